@@ -1,0 +1,94 @@
+# Four computer-vision task packages, two environments.
+#
+#   make demo    build both venvs, make synthetic demo data, short train + predict of every task
+#   make test    unit and end-to-end tests of common/ and every task (what CI runs)
+#   make bench   benchmarks on real data: make bench DATA_ROOT=../shared/data
+#
+# Each task folder adds its own targets (train-<task>, predict-<task>, bench-<task>, demo-<task>) in
+# <task>/task.mk, included below. Task short names: wood, minerals, ships, fcnn.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+# where data/<task>/ folders live: demo data by default, e.g. DATA_ROOT=../shared/data for the real sets
+DATA_ROOT ?= data
+# where training runs write checkpoints, logs and plots
+RUNS ?= runs
+# extra arguments for pytest, e.g. make test PYTEST_ARGS="-k tiling -x"
+PYTEST_ARGS ?=
+
+TORCH_VENV := .venv-torch
+TF_VENV := .venv-tf
+TORCH_PY := $(abspath $(TORCH_VENV))/bin/python
+TF_PY := $(abspath $(TF_VENV))/bin/python
+TORCH_REQS := common/requirements.txt fcnn_rgb_gt/requirements.txt minerals/requirements.txt \
+              wood_anomaly/requirements.txt requirements-dev.txt
+TF_REQS := common/requirements.txt airbus_ships/requirements.txt requirements-dev.txt
+export PYTHONUNBUFFERED := 1
+export MPLBACKEND := Agg
+
+TASKS := wood minerals ships fcnn
+DEMO_TARGETS :=
+TEST_TORCH := common
+TEST_TF :=
+
+.PHONY: help setup venv-torch venv-tf demo-data demo test test-torch test-tf bench clean
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# ------------------------------------------------------------------------------------------------ venvs
+# A venv is rebuilt from scratch when one of its requirement files (or pyproject.toml) changes.
+$(TORCH_VENV)/.stamp: $(TORCH_REQS) pyproject.toml
+	rm -rf $(TORCH_VENV)
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_PY) -m pip install -q --disable-pip-version-check $(addprefix -r ,$(TORCH_REQS))
+	$(TORCH_PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(TF_VENV)/.stamp: $(TF_REQS) pyproject.toml
+	rm -rf $(TF_VENV)
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_PY) -m pip install -q --disable-pip-version-check $(addprefix -r ,$(TF_REQS))
+	$(TF_PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+venv-torch: $(TORCH_VENV)/.stamp
+venv-tf: $(TF_VENV)/.stamp
+setup: venv-torch venv-tf
+
+# ------------------------------------------------------------------------------------------- task targets
+include $(sort $(wildcard */task.mk))
+
+# Targets of a task whose package is not built yet say so and succeed.
+train-% predict-% bench-% demo-% test-%:
+	@case "$*" in wood|minerals|ships|fcnn) echo "'$@': the $* task package is not built yet (see README)";; \
+	  *) echo "unknown target '$@'; tasks are: $(TASKS)"; exit 2;; esac
+
+# ------------------------------------------------------------------------------------------- demo data
+# Written only where data/<task>/ is missing or empty: user data is never overwritten.
+demo-data: venv-torch
+	$(TORCH_PY) -m wood_anomaly.demo_data --out $(DATA_ROOT)/wood
+	$(TORCH_PY) -m minerals.demo_data --out $(DATA_ROOT)/minerals
+	$(TORCH_PY) -m airbus_ships.demo_data --out $(DATA_ROOT)/airbus
+	$(TORCH_PY) -m fcnn_rgb_gt.demo_data --out $(DATA_ROOT)/fcnn
+
+demo: setup demo-data $(DEMO_TARGETS)
+	@echo; echo "demo finished; outputs are under $(RUNS)/<task>/ (see each task's README)"
+
+# ------------------------------------------------------------------------------------------------ tests
+# pytest exits 5 when a selection holds no test: that is not a failure here.
+test: test-torch test-tf
+
+test-torch: venv-torch
+	$(TORCH_PY) -m pytest $(TEST_TORCH) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-tf: venv-tf
+	$(if $(TEST_TF),$(TF_PY) -m pytest $(TEST_TF) $(PYTEST_ARGS) || [ $$? -eq 5 ],@echo "no TensorFlow tests yet")
+
+bench: $(addprefix bench-,$(TASKS))
+
+clean:
+	rm -rf $(TORCH_VENV) $(TF_VENV) $(RUNS) .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	@echo "data/ was left alone (it may hold your real data): remove it by hand if you mean to"

@@ -1,0 +1,264 @@
+"""Image, mask and Kaggle-RLE input/output, plus atomic file writes.
+
+numpy + Pillow only: nothing here imports torch or tensorflow.
+
+Conventions
+-----------
+* Images are returned as ``(H, W, 3)`` ``uint8`` RGB arrays, whatever the file holds (JPEG, PNG, RGBA,
+  grayscale, palette, 16-bit, EXIF-rotated).
+* Masks are returned as ``(H, W)`` ``uint8`` arrays whose values come from an explicit mapping of the raw
+  file values (e.g. ``{0: 1, 255: 0}`` for "0 = building, 255 = background").
+* Every read error is an :class:`ImageReadError` whose message starts with the file path, so that a user can
+  act on it, and a batch loop can catch it, report it and carry on.
+* Every write goes to a temporary file in the target folder first and is renamed into place, so a crash
+  never leaves a half-written output behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+# Pillow refuses images above ~179 Mpx by default ("decompression bomb"); aerial mosaics can be larger.
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image or mask. ``str(err)`` is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class RLEError(ValueError):
+    """A Kaggle run-length encoding is malformed (odd length, out of range, overlapping runs)."""
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode ``path``; raise :class:`ImageReadError` with a reason a user can act on."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    try:
+        img = Image.open(path)
+        img.load()  # force the decode so that truncated files fail here, not later
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a readable image (unknown or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
+        raise ImageReadError(path, f"corrupt or truncated image ({err})") from None
+    return img
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale integer arrays of more than 8 bits (16-bit PNG/TIFF) down to uint8; pass uint8 through."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    # 16-bit (or 32-bit holding 16-bit values, Pillow's mode "I")
+    return (arr.astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+
+
+def read_rgb(path: str | os.PathLike, background: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Read any image file as RGB.
+
+    Args:
+        path: image file (names with spaces are fine).
+        background: ``None`` drops an alpha channel (the pixel colours are kept as stored, the convention of
+            the FCN exercise's RGBA ``rgb.png``); an RGB triple composites transparent pixels onto that colour
+            instead (for cut-out product photos).
+
+    Returns:
+        ``(H, W, 3)`` uint8 array, EXIF orientation applied.
+    """
+    img = _open(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError) as err:  # a broken EXIF block must not cost the image
+        raise ImageReadError(path, f"unreadable EXIF orientation ({err})") from None
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") and background is not None:
+        base = Image.new("RGBA", img.size, tuple(background) + (255,))
+        img = Image.alpha_composite(base, img.convert("RGBA"))
+    arr = np.asarray(img.convert("RGB"))
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(path, f"unsupported image layout {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(
+    path: str | os.PathLike,
+    mapping: Mapping[int, int] | None = None,
+    default: int | None = None,
+) -> np.ndarray:
+    """Read a label mask with an explicit value mapping.
+
+    Args:
+        path: single- or multi-channel image; a multi-channel mask must have identical channels
+            (e.g. the FCN exercise's RGB ``gt.png``). An alpha channel is ignored.
+        mapping: raw value -> output value, e.g. ``{0: 1, 255: 0}``. ``None`` keeps raw values.
+        default: output for raw values missing from ``mapping``; ``None`` makes them an error that
+            lists the unexpected values.
+
+    Returns:
+        ``(H, W)`` uint8 array.
+    """
+    img = _open(path)
+    if img.mode == "P":
+        raw = np.asarray(img)  # palette indices are the labels
+    else:
+        arr = _to_uint8(np.asarray(img))
+        if arr.ndim == 3:
+            color = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
+            if not (color == color[..., :1]).all():
+                raise ImageReadError(path, "mask channels differ: expected a gray mask (identical channels)")
+            raw = color[..., 0]
+        else:
+            raw = arr
+    if mapping is None:
+        return np.ascontiguousarray(raw.astype(np.uint8))
+    lut = np.full(256, -1 if default is None else default, dtype=np.int16)
+    for src, dst in mapping.items():
+        lut[int(src)] = int(dst)
+    out = lut[raw]
+    if default is None and (out < 0).any():
+        bad = np.unique(raw[out < 0])
+        shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+        raise ImageReadError(path, f"unexpected mask values {shown}; expected only {sorted(mapping)}")
+    return out.astype(np.uint8)
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (by extension, case-insensitive), sorted by name."""
+    folder = Path(folder)
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+# ------------------------------------------------------------------------------------------------ Kaggle RLE
+def rle_decode(rle: str | float | None, shape: tuple[int, int] = (768, 768)) -> np.ndarray:
+    """Decode a Kaggle Airbus run-length encoding.
+
+    Runs are ``"start length start length ..."`` with 1-indexed starts over pixels numbered column-major
+    (down the first column, then the next). An empty string, ``None`` or NaN (pandas' empty cell) is an
+    empty mask.
+
+    Returns:
+        ``(H, W)`` uint8 mask with values {0, 1}.
+
+    Raises:
+        RLEError: odd number of values, non-positive lengths, runs outside the image, or runs that overlap
+            or are not in increasing order.
+    """
+    h, w = shape
+    if rle is None or (isinstance(rle, float) and np.isnan(rle)) or not str(rle).strip():
+        return np.zeros(shape, dtype=np.uint8)
+    try:
+        values = np.asarray(str(rle).split(), dtype=np.int64)
+    except ValueError:
+        raise RLEError(f"RLE holds non-integer values: {str(rle)[:60]!r}") from None
+    if values.size % 2:
+        raise RLEError(f"RLE has an odd number of values ({values.size}): start/length pairs expected")
+    starts, lengths = values[0::2] - 1, values[1::2]
+    if (starts < 0).any():
+        raise RLEError("RLE start below 1 (starts are 1-indexed)")
+    if (lengths <= 0).any():
+        raise RLEError("RLE run length must be positive")
+    ends = starts + lengths
+    if ends.max() > h * w:
+        raise RLEError(f"RLE run ends at pixel {int(ends.max())}, beyond the {h}x{w} image ({h * w} pixels)")
+    if (starts[1:] < ends[:-1]).any():
+        raise RLEError("RLE runs overlap or are not in increasing order")
+    flat = np.zeros(h * w, dtype=np.uint8)
+    for s, e in zip(starts, ends):
+        flat[s:e] = 1
+    return flat.reshape(w, h).T.copy()
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Encode a ``(H, W)`` binary mask as a Kaggle RLE string ("" for an empty mask)."""
+    flat = np.asarray(mask).T.reshape(-1) > 0
+    padded = np.concatenate([[False], flat, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1]) + 1  # 1-indexed run starts and ends
+    starts, ends = edges[0::2], edges[1::2]
+    return " ".join(f"{s} {e - s}" for s, e in zip(starts, ends))
+
+
+# ------------------------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
+
+    For libraries that write by file name (Pillow, matplotlib, ``torch.save``, ``keras.Model.save``). The
+    temporary name keeps the suffix so that format detection by extension still works.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """``open()`` that writes to a temporary file and renames it onto ``path`` only when the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_image(path: str | os.PathLike, array: np.ndarray, **pil_kwargs) -> Path:
+    """Save a ``(H, W)`` or ``(H, W, 3|4)`` uint8 array atomically; the format follows the suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(array)).save(tmp, format=Image.registered_extensions()[path.suffix.lower()],
+                                                **pil_kwargs)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent, default=_json_default)
+        f.write("\n")
+    return Path(path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
