@@ -70,8 +70,9 @@ KAGGLE_IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..
 
 
 def _iou_matrix(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> np.ndarray:
-    p = np.stack([np.asarray(m).reshape(-1) > 0 for m in preds]).astype(np.float32)
-    g = np.stack([np.asarray(m).reshape(-1) > 0 for m in gts]).astype(np.float32)
+    # float64 so that an IoU of exactly 0.6 compares with the 0.6 threshold as Kaggle's Python scorer does
+    p = np.stack([np.asarray(m).reshape(-1) > 0 for m in preds]).astype(np.float64)
+    g = np.stack([np.asarray(m).reshape(-1) > 0 for m in gts]).astype(np.float64)
     inter = p @ g.T
     union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
     return inter / np.maximum(union, 1)

@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import io
+
+
+@pytest.fixture
+def rgb():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+
+
+def test_png_round_trip_and_name_with_spaces(tmp_path, rgb):
+    path = tmp_path / "a file with spaces.png"
+    io.save_image(path, rgb)
+    np.testing.assert_array_equal(io.read_rgb(path), rgb)
+
+
+def test_jpeg(tmp_path, rgb):
+    path = tmp_path / "x.jpg"
+    Image.fromarray(rgb).save(path, quality=95)
+    out = io.read_rgb(path)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+
+
+def test_rgba_drops_alpha_or_composites(tmp_path, rgb):
+    alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    alpha[0, 0] = 0
+    path = tmp_path / "rgba.png"
+    io.save_image(path, np.concatenate([rgb, alpha], axis=-1))
+    np.testing.assert_array_equal(io.read_rgb(path), rgb)  # alpha dropped, colours kept
+    composited = io.read_rgb(path, background=(255, 255, 255))
+    np.testing.assert_array_equal(composited[0, 0], [255, 255, 255])
+    np.testing.assert_array_equal(composited[1:], rgb[1:])
+
+
+def test_grayscale_and_palette(tmp_path, rgb):
+    gray = rgb[..., 0]
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    out = io.read_rgb(tmp_path / "g.png")
+    assert out.shape == rgb.shape
+    np.testing.assert_array_equal(out[..., 1], gray)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    assert io.read_rgb(tmp_path / "p.png").shape == rgb.shape
+
+
+def test_16_bit(tmp_path):
+    arr16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    Image.fromarray(arr16).save(tmp_path / "16.png")
+    out = io.read_rgb(tmp_path / "16.png")
+    np.testing.assert_array_equal(out[..., 0], (arr16 >> 8).astype(np.uint8))
+
+
+def test_exif_rotation(tmp_path):
+    arr = np.zeros((10, 20, 3), np.uint8)
+    arr[:, :5] = 255  # white band on the left
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    img.save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    out = io.read_rgb(tmp_path / "rot.jpg")
+    assert out.shape == (20, 10, 3)  # displayed upright: width and height swapped
+    assert out[:5].mean() > 200 and out[-5:].mean() < 50  # the band is now on top
+
+
+def test_corrupt_empty_missing_and_folder(tmp_path, rgb):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "garbage.jpg").write_bytes(b"this is not an image")
+    io.save_image(tmp_path / "ok.png", rgb)
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    cases = {"empty.png": "empty", "garbage.jpg": "not a readable image", "truncated.png": "corrupt",
+             "missing.png": "not found", ".": "folder"}
+    for name, reason in cases.items():
+        with pytest.raises(io.ImageReadError) as err:
+            io.read_rgb(tmp_path / name)
+        assert str(tmp_path / name) in str(err.value) and reason in str(err.value)
+
+
+def test_read_mask_mapping(tmp_path):
+    gt = np.array([[0, 255], [255, 0]], np.uint8)
+    io.save_image(tmp_path / "gt.png", np.repeat(gt[..., None], 3, axis=2))  # RGB with identical channels
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "gt.png", {0: 1, 255: 0}), [[1, 0], [0, 1]])
+    io.save_image(tmp_path / "bad.png", np.array([[0, 128]], np.uint8))
+    with pytest.raises(io.ImageReadError, match="unexpected mask values 128"):
+        io.read_mask(tmp_path / "bad.png", {0: 1, 255: 0})
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "bad.png", {0: 1}, default=0), [[1, 0]])
+    colour = np.zeros((2, 2, 3), np.uint8)
+    colour[0, 0] = (255, 0, 0)
+    io.save_image(tmp_path / "colour.png", colour)
+    with pytest.raises(io.ImageReadError, match="channels differ"):
+        io.read_mask(tmp_path / "colour.png")
+
+
+def test_rle_known_case():
+    # 3x3 image, column-major numbering: pixels 1..3 are column 0, 4..6 column 1
+    mask = io.rle_decode("1 2 5 2", shape=(3, 3))
+    np.testing.assert_array_equal(mask, [[1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    assert io.rle_encode(mask) == "1 2 5 2"
+    assert io.rle_decode("", (3, 3)).sum() == 0 and io.rle_decode(float("nan"), (3, 3)).sum() == 0
+    assert io.rle_encode(np.zeros((3, 3))) == ""
+    full = io.rle_decode("1 589824")
+    assert full.shape == (768, 768) and full.all()
+
+
+def test_rle_random_round_trips():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        shape = tuple(rng.integers(1, 60, size=2))
+        mask = (rng.random(shape) > rng.random()).astype(np.uint8)
+        np.testing.assert_array_equal(io.rle_decode(io.rle_encode(mask), shape), mask)
+
+
+@pytest.mark.parametrize("rle,reason", [("1 2 3", "odd"), ("0 2", "below 1"), ("1 0", "positive"),
+                                        ("8 5", "beyond"), ("1 4 3 2", "overlap"), ("5 1 1 1", "overlap"),
+                                        ("1 x", "non-integer")])
+def test_rle_malformed(rle, reason):
+    with pytest.raises(io.RLEError, match=reason):
+        io.rle_decode(rle, shape=(3, 3))
+
+
+def test_atomic_writes_leave_nothing_on_error(tmp_path):
+    target = tmp_path / "out.json"
+    io.write_json(target, {"a": np.float32(1.5), "b": np.arange(2)})
+    assert json.loads(target.read_text()) == {"a": 1.5, "b": [0, 1]}
+    with pytest.raises(RuntimeError):
+        with io.atomic_write(target) as f:
+            f.write("half")
+            raise RuntimeError("crash mid-write")
+    assert json.loads(target.read_text())["a"] == 1.5  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
+
+
+def test_list_images(tmp_path, rgb):
+    for name in ["b.PNG", "a.jpg", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in io.list_images(tmp_path)] == ["a.jpg", "b.PNG"]
