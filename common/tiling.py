@@ -2,8 +2,9 @@
 
 numpy only. The image is padded (reflect by default) to a regular grid of tiles, so every tile lies fully
 inside the padded image, tiles of one grid all have the same size, and a network never sees more than
-``tile x tile`` pixels at once. Tiles are yielded in batches: the extra memory of a tiled prediction is one
-input batch plus one output batch, whatever the image size.
+``tile x tile`` pixels at once. Padding is done tile by tile (the padded image is never built) and tiles are
+yielded in batches: the extra memory of a tiled prediction is one input batch plus one output batch, besides
+the ``(H, W, K)`` output map itself, whatever the image size.
 
 Typical use::
 
@@ -71,20 +72,41 @@ def tile_grid(height: int, width: int, tile: int = MAX_TILE, overlap: int = 32) 
     return TileGrid(height, width, tile, overlap, top, left, (ph, pw), tuple((y, x) for y in ys for x in xs))
 
 
-def pad_to_grid(image: np.ndarray, grid: TileGrid, mode: str = "reflect") -> np.ndarray:
-    """Pad ``(H, W, ...)`` ``image`` to ``grid.padded_shape``. ``mode`` is any ``np.pad`` mode.
+def _source_index(coords: np.ndarray, length: int, mode: str) -> np.ndarray:
+    """Map padded coordinates (image coordinates, may be < 0 or >= length) to source indices, as np.pad does."""
+    if mode == "edge" or (mode == "reflect" and length == 1):
+        return np.clip(coords, 0, length - 1)
+    if mode == "reflect":  # ... 2 1 | 0 1 2 ... L-1 | L-2 ...   (edge not repeated)
+        period = 2 * (length - 1)
+        q = np.mod(coords, period)
+        return np.where(q < length, q, period - q)
+    if mode == "symmetric":  # ... 1 0 | 0 1 2 ... L-1 | L-1 ...   (edge repeated)
+        q = np.mod(coords, 2 * length)
+        return np.where(q < length, q, 2 * length - 1 - q)
+    raise ValueError(f"pad_mode must be 'reflect', 'symmetric', 'edge' or 'constant', got {mode!r}")
 
-    Reflect padding of an image smaller than the padding falls back to 'symmetric' repeats (np.pad handles
-    this by reflecting repeatedly), and a 1-pixel axis is edge-padded.
-    """
-    ph, pw = grid.padded_shape
-    pads = [(grid.pad_top, ph - grid.height - grid.pad_top), (grid.pad_left, pw - grid.width - grid.pad_left)]
-    pads += [(0, 0)] * (image.ndim - 2)
-    if mode == "reflect" and min(image.shape[:2]) < 2:
-        mode = "edge"
+
+def _gather(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, mode: str) -> np.ndarray:
+    """``image`` at rows ``ys`` and columns ``xs`` (image coordinates, possibly outside it), padded as np.pad would."""
+    h, w = image.shape[:2]
     if mode == "constant":
-        return np.pad(image, pads, mode="constant")
-    return np.pad(image, pads, mode=mode)
+        out = image[np.ix_(np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1))]
+        out[((ys < 0) | (ys >= h))[:, None] | ((xs < 0) | (xs >= w))[None, :]] = 0
+        return out
+    return image[np.ix_(_source_index(ys, h, mode), _source_index(xs, w, mode))]
+
+
+def extract_tile(image: np.ndarray, grid: TileGrid, origin: tuple[int, int], mode: str = "reflect") -> np.ndarray:
+    """The tile at ``origin`` (padded coordinates): equal to slicing :func:`pad_to_grid`'s output, built alone."""
+    y, x = origin
+    return _gather(image, np.arange(y, y + grid.tile) - grid.pad_top, np.arange(x, x + grid.tile) - grid.pad_left,
+                   mode)
+
+
+def pad_to_grid(image: np.ndarray, grid: TileGrid, mode: str = "reflect") -> np.ndarray:
+    """Pad ``(H, W, ...)`` ``image`` to ``grid.padded_shape`` ('reflect', 'symmetric', 'edge' or 'constant')."""
+    ph, pw = grid.padded_shape
+    return _gather(image, np.arange(ph) - grid.pad_top, np.arange(pw) - grid.pad_left, mode)
 
 
 def iter_tile_batches(
@@ -97,18 +119,17 @@ def iter_tile_batches(
 ) -> Iterator[tuple[np.ndarray, list[tuple[int, int]]]]:
     """Yield ``(batch, origins)``: ``batch`` is ``(B, tile, tile, C)`` (same dtype as ``image``), B <= batch_size.
 
-    ``image`` is ``(H, W, C)`` or ``(H, W)`` (then C = 1). Each yielded batch is a fresh array, so the caller
-    may keep or modify it. Peak extra memory: the padded image plus one batch.
+    ``image`` is ``(H, W, C)`` or ``(H, W)`` (then C = 1). Border tiles are padded on the fly (``pad_mode``:
+    'reflect', 'symmetric', 'edge' or 'constant'), so the only extra memory is one batch, whatever the image
+    size. Each yielded batch is a fresh array that the caller may keep or modify.
     """
     if image.ndim == 2:
         image = image[..., None]
     grid = grid or tile_grid(image.shape[0], image.shape[1], tile, overlap)
-    padded = pad_to_grid(image, grid, pad_mode)
-    t = grid.tile
     for i in range(0, len(grid.origins), batch_size):
         origins = list(grid.origins[i:i + batch_size])
-        batch = np.stack([padded[y:y + t, x:x + t] for y, x in origins])
-        assert batch.shape[1] <= MAX_TILE and batch.shape[2] <= MAX_TILE
+        batch = np.stack([extract_tile(image, grid, o, pad_mode) for o in origins])
+        assert batch.shape[1] <= MAX_TILE and batch.shape[2] <= MAX_TILE, "a tile exceeds 256x256"
         yield batch, origins
 
 

@@ -72,3 +72,31 @@ def test_two_dimensional_input_and_single_channel_output():
     image = np.arange(300 * 270, dtype=np.float32).reshape(300, 270)
     out = predict_tiled(image, lambda b: b[..., 0] * 2, tile=64, overlap=0)
     np.testing.assert_array_equal(out[..., 0], image * 2)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "symmetric", "edge", "constant"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (255, 257)])
+def test_padding_on_the_fly_equals_np_pad(mode, shape):
+    from common.tiling import extract_tile, pad_to_grid
+
+    image = np.random.default_rng(0).integers(0, 256, size=shape + (2,), dtype=np.uint8)
+    grid = tile_grid(*shape, tile=128, overlap=16)
+    ph, pw = grid.padded_shape
+    pads = ((grid.pad_top, ph - shape[0] - grid.pad_top), (grid.pad_left, pw - shape[1] - grid.pad_left), (0, 0))
+    np_mode = "edge" if mode == "reflect" and min(shape) == 1 else mode
+    expected = np.pad(image, pads, mode=np_mode)
+    np.testing.assert_array_equal(pad_to_grid(image, grid, mode), expected)
+    for y, x in grid.origins:
+        np.testing.assert_array_equal(extract_tile(image, grid, (y, x), mode), expected[y:y + 128, x:x + 128])
+
+
+def test_tiling_memory_is_one_batch_not_one_image():
+    import tracemalloc
+
+    image = np.zeros((2149 * 2, 1479 * 2, 3), np.uint8)  # 19 MB
+    tracemalloc.start()
+    for batch, _ in iter_tile_batches(image, tile=256, overlap=32, batch_size=4):
+        pass
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 4 * batch.nbytes  # one batch (0.8 MB) plus gather indices, never a padded copy of the image
