@@ -1,0 +1,138 @@
+"""Benchmark on the real wood photos: train on all of them (unlabeled), predict them, score against the
+consensus masks and image labels, side by side with a classical baseline. Writes benchmarks/wood.json.
+
+    make bench-wood DATA_ROOT=../shared/data
+    python wood_anomaly/bench.py --data ../shared/data/wood --runs runs/wood_bench --out benchmarks/wood.json
+
+Baseline: per-pixel Euclidean distance of the RGB colour from the photo's median colour (no learning).
+Image ranking: image AUROC of the photo scores (majority label of image_labels.csv), and whether every
+unanimously anomalous photo scores above every unanimously normal one. Training never sees masks or labels.
+Skips (exit 0) when the folder is missing or holds generated demo data.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.demo import is_demo
+from common.io import list_images, read_mask, read_rgb, write_json
+from common.metrics import image_auroc
+from wood_anomaly.evaluate import evaluate, pixel_metrics
+
+HERE = Path(__file__).resolve().parent
+
+
+def median_colour_distance(image: np.ndarray) -> np.ndarray:
+    """The classical baseline: ``(H, W)`` distance of every pixel's RGB from the photo's median colour."""
+    med = np.median(image.reshape(-1, 3), axis=0)
+    return np.linalg.norm(image.astype(np.float32) - med.astype(np.float32), axis=2)
+
+
+def run(cmd: list[str]) -> float:
+    """Run a script of this package in a child process; return its wall time in seconds."""
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def peak_child_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+
+
+def vote_groups(labels_csv: Path) -> tuple[dict[str, int], list[str], list[str]]:
+    """Majority labels, unanimously anomalous stems and unanimously normal stems from image_labels.csv."""
+    with open(labels_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    majority = {r["stem"]: int(r["majority_label"]) for r in rows}
+    pos = [r["stem"] for r in rows if int(r["n_positive_votes"]) == int(r["n_votes"])]
+    neg = [r["stem"] for r in rows if int(r["n_positive_votes"]) == 0]
+    return majority, pos, neg
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/wood", help="real wood folder (images/, masks/consensus/)")
+    p.add_argument("--runs", default="runs/wood_bench", help="where the run's model and predictions go")
+    p.add_argument("--out", default="benchmarks/wood.json", help="benchmark JSON")
+    p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--k 50'")
+    args = p.parse_args(argv)
+    data, runs = Path(args.data), Path(args.runs)
+    if not (data / "images").is_dir() or not (data / "masks" / "consensus").is_dir():
+        print(f"bench-wood: {data} has no images/ and masks/consensus/ (real data); skipping. "
+              "Run: make bench-wood DATA_ROOT=../shared/data")
+        return
+    if is_demo(data):
+        print(f"bench-wood: {data} holds generated demo data, not the real photos; skipping")
+        return
+
+    py = sys.executable
+    load_before = os.getloadavg()
+    train_s = run([py, str(HERE / "train.py"), "--data", str(data), "--out", str(runs), *args.train_args.split()])
+    train_peak = peak_child_mib()
+    predict_s = run([py, str(HERE / "predict.py"), "--data", str(data), "--model", str(runs / "model.pt"),
+                     "--out", str(runs / "pred")])
+    peak = peak_child_mib()
+    load_after = os.getloadavg()
+
+    with open(runs / "pred" / "predictions.csv", newline="") as f:
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+    masks_dir = data / "masks" / "consensus"
+    deep = evaluate(runs / "pred", masks_dir, None)
+    majority, unanimous_pos, unanimous_neg = vote_groups(data / "image_labels.csv")
+
+    base_maps, masks, base_scores = [], [], {}
+    for path in list_images(data / "images"):
+        m = median_colour_distance(read_rgb(path))
+        base_maps.append(m)
+        masks.append(read_mask(masks_dir / f"{path.stem}.png", {0: 0}, default=1).astype(bool))
+        base_scores[path.stem] = float(m.max())
+    baseline = pixel_metrics(base_maps, masks)
+
+    def ranking(scores: dict[str, float]) -> dict:
+        stems = [s for s in majority if s in scores]
+        return {"image_auroc_majority": image_auroc([scores[s] for s in stems], [majority[s] for s in stems]),
+                "unanimous_anomalous_above_clean": min(scores[s] for s in unanimous_pos)
+                > max(scores[s] for s in unanimous_neg),
+                "scores": {s: round(scores[s], 4) for s in stems}}
+
+    deep_scores = {s: float(r["score"]) for s, r in rows.items() if r["status"] == "ok"}
+    seconds = [float(r["seconds"]) for r in rows.values() if r["seconds"]]
+    result = {
+        "data": str(data), "photos": len(rows), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "make bench-wood DATA_ROOT=../shared/data",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
+                    "load_avg_1_5_15_after": [round(x, 2) for x in load_after],
+                    "note": "shared 2-core CPU, used by 3 other jobs at the same time: timings are pessimistic"},
+        "model": {"method": "PatchCore-style k-NN memory bank on EfficientNet-Lite0 (ImageNet) features",
+                  "config": __import__("json").loads((runs / "config.json").read_text()),
+                  "pixel": {k: deep[k] for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou",
+                                                 "mask_f1", "mask_iou")},
+                  "image_ranking": ranking(deep_scores),
+                  "labels": {s: r["label"] for s, r in rows.items()},
+                  "train_seconds_incl_model_load": round(train_s, 1),
+                  "predict_seconds_per_photo": round(float(np.mean(seconds)), 2) if seconds else None,
+                  "predict_seconds_total_incl_writing": round(predict_s, 1),
+                  "peak_memory_mib": {"train": round(train_peak), "train_and_predict": round(peak)}},
+        "baseline_median_colour_distance": {"pixel": baseline, "image_ranking": ranking(base_scores)},
+    }
+    result["model_beats_baseline"] = {k: result["model"]["pixel"][k] > baseline[k]
+                                      for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1")}
+    write_json(args.out, result)
+    print(__import__("json").dumps({k: result[k] for k in ("model_beats_baseline",)}, indent=1))
+    print(f"model {result['model']['pixel']}\nbaseline {baseline}\n-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

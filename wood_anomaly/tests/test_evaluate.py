@@ -1,0 +1,71 @@
+"""evaluate.py on hand-made maps, masks and labels: perfect, inverted and uninformative predictions."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from common.io import save_image
+from wood_anomaly import evaluate
+
+
+def make_run(root, maps, masks, labels):
+    """A predict.py-like folder (predictions.csv, <stem>/anomaly_map.npy + preds.png) and a data folder."""
+    pred, data = root / "pred", root / "data"
+    (data / "masks" / "consensus").mkdir(parents=True)
+    rows = []
+    for i, (m, t) in enumerate(zip(maps, masks)):
+        stem = f"photo {i}"
+        (pred / stem).mkdir(parents=True)
+        np.save(pred / stem / "anomaly_map.npy", m.astype(np.float16))
+        save_image(pred / stem / "preds.png", (m > 0.5).astype(np.uint8) * 255)
+        save_image(data / "masks" / "consensus" / f"{stem}.png", t.astype(np.uint8) * 255)
+        rows.append({"image": f"{stem}.jpg", "score": float(m.max()), "label": "anomalous" if m.max() > 0.5
+                     else "normal", "status": "ok"})
+    rows.append({"image": "bad.jpg", "score": "", "label": "error", "status": "bad.jpg: corrupt"})
+    with open(pred / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(data / "image_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["stem", "label"])
+        w.writerows([(f"photo {i}", lab) for i, lab in enumerate(labels)])
+    return pred, data
+
+
+def masks_and_maps():
+    masks = [np.zeros((40, 50), bool) for _ in range(3)]
+    masks[0][5:15, 5:20] = True
+    masks[1][30:38, 30:45] = True  # photo 2 is clean
+    return masks, [t.astype(np.float32) * 0.9 + 0.05 for t in masks]
+
+
+def test_perfect_maps_score_one(tmp_path):
+    masks, maps = masks_and_maps()
+    pred, data = make_run(tmp_path, maps, masks, ["anomalous", "anomalous", "normal"])
+    r = evaluate.evaluate(pred, data / "masks" / "consensus", data / "image_labels.csv")
+    assert r["photos"] == 3 and r["photos_with_masks"] == 3
+    for key in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou", "mask_f1", "mask_iou",
+                "image_auroc", "label_accuracy"):
+        assert r[key] == pytest.approx(1.0), key
+
+
+def test_inverted_maps_score_zero_and_noise_near_chance(tmp_path):
+    masks, maps = masks_and_maps()
+    pred, data = make_run(tmp_path / "inv", [1 - m for m in maps], masks, ["1", "1", "0"])
+    r = evaluate.evaluate(pred, data / "masks" / "consensus", data / "image_labels.csv")
+    assert r["pixel_auroc"] == pytest.approx(0.0) and r["aupro_0.3"] == pytest.approx(0.0)
+    assert r["mask_iou"] == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    pred, data = make_run(tmp_path / "noise", [rng.random(m.shape) for m in maps], masks, ["1", "1", "0"])
+    r = evaluate.evaluate(pred, data / "masks" / "consensus", None)
+    assert 0.4 < r["pixel_auroc"] < 0.6 and r["pixel_ap"] < 0.2 and "image_auroc" not in r
+
+
+def test_cli_writes_json(tmp_path):
+    masks, maps = masks_and_maps()
+    pred, data = make_run(tmp_path, maps, masks, ["1", "1", "0"])
+    evaluate.main(["--pred", str(pred), "--data", str(data), "--json", str(tmp_path / "m.json")])
+    assert (tmp_path / "m.json").exists()

@@ -1,0 +1,69 @@
+"""End-to-end: train on demo photos, predict a folder with a corrupt file, a constant photo and spaces in names."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import torch
+
+from common.io import read_mask
+from common.metrics import pixel_auroc
+from wood_anomaly import predict
+
+
+def rows_of(folder):
+    with open(folder / "predictions.csv", newline="") as f:
+        return {r["image"]: r for r in csv.DictReader(f)}
+
+
+def test_training_writes_model_and_log(trained_run):
+    ckpt = torch.load(trained_run / "model.pt", weights_only=True)
+    assert ckpt["bank"].ndim == 2 and ckpt["bank"].shape[0] == 4 * 600
+    assert ckpt["threshold"] > ckpt["q50"] > 0
+    assert (trained_run / "config.json").exists() and len((trained_run / "log.csv").read_text().splitlines()) == 5
+
+
+def test_planted_defects_score_higher_than_clean_texture(demo_dir, predicted):
+    maps, masks = [], []
+    for p in sorted((demo_dir / "masks" / "consensus").glob("*.png")):
+        maps.append(np.load(predicted / p.stem / "anomaly_map.npy").astype(np.float32))
+        masks.append(read_mask(p, {0: 0}, default=1) > 0)
+    defect = np.concatenate([m[t] for m, t in zip(maps, masks)])
+    clean = np.concatenate([m[~t] for m, t in zip(maps, masks)])
+    assert defect.size and np.median(defect) > np.quantile(clean, 0.99)
+    assert pixel_auroc(maps, masks) > 0.95
+    rows = rows_of(predicted)
+    scores = {name: float(r["score"]) for name, r in rows.items() if r["status"] == "ok" and "demo" in name}
+    labels = {p.stem + ".jpg": t.any() for p, t in zip(sorted((demo_dir / "masks" / "consensus").glob("*.png")), masks)}
+    assert min(s for n, s in scores.items() if labels[n]) > max(s for n, s in scores.items() if not labels[n])
+
+
+def test_outputs_exist_for_every_readable_input_including_spaces(predict_dir, predicted):
+    rows = rows_of(predicted)
+    assert set(rows) == {p.name for p in predict_dir.iterdir()}
+    for name, r in rows.items():
+        stem = name.rsplit(".", 1)[0]
+        if name == "broken photo.jpg":
+            assert r["status"] != "ok" and "broken photo.jpg" in r["status"] and r["label"] == "error"
+            assert not (predicted / stem).exists()
+            continue
+        assert " " in stem and r["status"] == "ok" and r["label"] in ("anomalous", "normal")
+        for f in ("preds.png", "heatmap.jpg", "overlay.jpg", "anomaly_map.npy"):
+            assert (predicted / stem / f).stat().st_size > 0
+        mask = read_mask(predicted / stem / "preds.png", {0: 0, 255: 1})
+        assert int(r["anomalous_area_px"]) == int(mask.sum())
+
+
+def test_constant_image_gives_a_flat_map(trained_run, predicted):
+    m = np.load(predicted / "constant photo" / "anomaly_map.npy").astype(np.float32)
+    threshold = torch.load(trained_run / "model.pt", weights_only=True)["threshold"]
+    assert m.max() - m.min() < 0.05 * threshold  # tile-border effects of the CNN stay tiny
+    assert rows_of(predicted)["constant photo.png"]["label"] == "normal"
+
+
+def test_constant_image_flat_without_self_reference(trained_run):
+    model, cfg, _ = predict.load_model(trained_run / "model.pt", torch.device("cpu"))
+    cfg.self_patches = 0
+    m = predict.anomaly_map(model, np.full((200, 300, 3), 128, np.uint8), cfg, torch.device("cpu"))
+    threshold = torch.load(trained_run / "model.pt", weights_only=True)["threshold"]
+    assert m.shape == (200, 300) and m.max() - m.min() < 0.05 * threshold
