@@ -1,0 +1,122 @@
+"""Benchmark on the real shared subset: train on a fixed seeded split, test on the rest, write benchmarks/airbus.json.
+
+    python airbus_ships/bench.py --data ../shared/data/airbus        # or: make bench-ships DATA_ROOT=../shared/data
+
+The 210 images are split by image (stratified ship / no ship, seed 0) into 70% training (train.py holds out
+its own 15% of these for validation and for choosing the ship / no-ship rule) and 30% test. train.py runs
+with its default settings; test.py predicts the test images. Reported: Kaggle score, dice on ship images,
+ship / no-ship accuracy, training time, images/s of test.py, peak memory of each step, machine load.
+Skips (exit 0) when the folder is missing or holds generated demo data.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from common.demo import is_demo
+from common.io import atomic_write, write_json
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, peak resident memory in MiB of it and its children)."""
+    print("$", " ".join(cmd), flush=True)
+    start, peak = time.time(), 0
+    proc = subprocess.Popen(cmd)
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True)))
+        except psutil.Error:
+            pass
+        time.sleep(0.5)
+    if proc.returncode:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return time.time() - start, peak / 2 ** 20
+
+
+def write_split(data: Path, out: Path, test_fraction: float, seed: int) -> tuple[Path, Path, int, int]:
+    from airbus_ships.data import read_mask_table, split_by_image
+    table = read_mask_table(data / "masks.csv", data / "images")
+    train, test = split_by_image(table.frame, test_fraction, seed)
+    with open(data / "masks.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    paths = []
+    for name, part in (("train", train), ("test", test)):
+        ids = set(part["ImageId"])
+        path = out / "split" / f"{name}.csv"
+        with atomic_write(path, "w", newline="") as f:
+            csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if r[0] in ids])
+        paths.append(path)
+    return paths[0], paths[1], len(train), len(test)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="../shared/data/airbus", help="the real shared subset (images/ + masks.csv)")
+    p.add_argument("--out", default="runs/airbus_bench", help="run folder (split, model, test outputs)")
+    p.add_argument("--json", default=str(HERE.parent / "benchmarks" / "airbus.json"), help="result file")
+    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0, help="split seed (fixed: keep 0 for comparable numbers)")
+    p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--input-mode resize'")
+    args = p.parse_args()
+    data, out = Path(args.data), Path(args.out)
+    if not (data / "masks.csv").is_file() or not (data / "images").is_dir():
+        print(f"bench-ships: {data} holds no images/ + masks.csv; skipping (give DATA_ROOT=../shared/data)")
+        return
+    if is_demo(data):
+        print(f"bench-ships: {data} is generated demo data; benchmarks need the real set; skipping")
+        return
+    train_csv, test_csv, n_train, n_test = write_split(data, out, args.test_fraction, args.seed)
+    py = sys.executable
+    train_s, train_mib = run_measured([py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv),
+                                       "--out", str(out), "--seed", str(args.seed)] + args.train_args.split())
+    test_s, test_mib = run_measured([py, str(HERE / "test.py"), "--data", str(data), "--csv", str(test_csv),
+                                     "--model", str(out / "model" / "best.keras"), "--out", str(out / "test"),
+                                     "--overlays", "0"])
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    summary = json.loads((out / "train_summary.json").read_text())
+    rule = json.loads((out / "model" / "postprocess.json").read_text())
+    config = json.loads((out / "model" / "config.json").read_text())
+    result = {
+        "task": "airbus_ships",
+        "data": str(data),
+        "split": {"seed": args.seed, "test_fraction": args.test_fraction, "train_images": n_train,
+                  "test_images": n_test, "test_ship_images": metrics.get("ship_images")},
+        "kaggle_score": metrics["kaggle_score"],
+        "dice_ship_images_mean": metrics["dice_ship_images_mean"],
+        "dice_pixels": metrics["dice_pixels"],
+        "iou_pixels": metrics["iou_pixels"],
+        "iou_ship_images_mean": metrics["iou_ship_images_mean"],
+        "ship_no_ship_accuracy": metrics["ship_no_ship_accuracy"],
+        "train_minutes_fit": summary["train_minutes"],
+        "train_minutes_wall": train_s / 60,
+        "epochs": summary["epochs_logged"],
+        "test_images_per_second": metrics["images_per_second"],
+        "test_wall_seconds": test_s,
+        "peak_memory_mib": {"train": round(train_mib), "test": round(test_mib)},
+        "ship_rule": rule,
+        "train_config": config,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_at_end": os.getloadavg(),
+                    "note": "2-core CPU shared with 3 other jobs during the run: timings are pessimistic"},
+        "command": "make bench-ships DATA_ROOT=../shared/data",
+    }
+    write_json(args.json, result)
+    print(json.dumps({k: result[k] for k in ("kaggle_score", "dice_ship_images_mean", "ship_no_ship_accuracy",
+                                             "train_minutes_wall", "test_images_per_second")}, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

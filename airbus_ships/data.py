@@ -1,0 +1,253 @@
+"""Kaggle Airbus data: find the files, read and check the mask table, split it, stream it with ``tf.data``.
+
+On-disk layouts accepted (``--data DIR``):
+
+* Kaggle:        ``DIR/train_v2/*.jpg`` + ``DIR/train_ship_segmentations_v2.csv``
+* this project:  ``DIR/images/*.jpg``   + ``DIR/masks.csv``
+
+The mask table has one row per ship (``ImageId,EncodedPixels``; 1-indexed, column-major runs over a 768x768
+image) and one row with an empty ``EncodedPixels`` per image without ships. It is read once into a small
+per-image table of RLE *strings* (about 100 MB for the full 231,723-row Kaggle CSV); masks are decoded on the
+fly, inside the ``tf.data`` graph, one image at a time: the pipeline never holds more masks than the images
+it is preparing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+SIZE = 768  # Kaggle image side; RLE pixel numbers refer to a SIZE x SIZE image
+SHIP_SEP = ";"  # separates the RLE strings of the ships of one image in MaskTable.frame["rle"]
+
+LAYOUTS = (("images", "masks.csv"), ("train_v2", "train_ship_segmentations_v2.csv"))
+
+
+def find_layout(data: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(images_dir, csv_path)`` of a data folder (csv_path None when the folder holds no mask table).
+
+    A folder of images without a sub-folder is accepted as an image folder (test.py on new images).
+    """
+    data = Path(data)
+    for images, csv in LAYOUTS:
+        if (data / images).is_dir():
+            return data / images, (data / csv if (data / csv).is_file() else None)
+    if data.is_dir():
+        return data, None
+    raise FileNotFoundError(f"{data}: data folder not found (expected {LAYOUTS[0][0]}/ + {LAYOUTS[0][1]} "
+                            f"or {LAYOUTS[1][0]}/ + {LAYOUTS[1][1]})")
+
+
+def check_rle(rle: str, size: int = SIZE) -> str | None:
+    """Why a Kaggle RLE string is malformed, or None when it is valid (empty strings are valid).
+
+    Same rules as :func:`common.io.rle_decode`, without allocating the mask (fast on 200k rows).
+    """
+    if not rle.strip():
+        return None
+    try:
+        v = np.array(rle.split(), dtype=np.int64)
+    except ValueError:
+        return "non-integer values"
+    if v.size % 2:
+        return f"odd number of values ({v.size})"
+    starts, lengths = v[0::2], v[1::2]
+    if (starts < 1).any():
+        return "start below 1 (starts are 1-indexed)"
+    if (lengths <= 0).any():
+        return "run length not positive"
+    ends = starts - 1 + lengths
+    if ends.max() > size * size:
+        return f"run ends at pixel {int(ends.max())}, beyond {size}x{size}"
+    if (starts[1:] - 1 < ends[:-1]).any():
+        return "runs overlap or are not increasing"
+    return None
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+@dataclass
+class MaskTable:
+    """Per-image masks as RLE strings: ``frame`` has columns ImageId, path, rle (the RLE strings of the image's
+    ships joined by ``SHIP_SEP``; "" for no ship), n_ships, ship_pixels. ``problems`` lists the rows dropped."""
+
+    frame: pd.DataFrame
+    problems: list[str]
+
+
+def read_mask_table(csv_path: str | os.PathLike, images_dir: str | os.PathLike,
+                    check_files: bool = True, max_report: int = 20) -> MaskTable:
+    """Read a Kaggle mask CSV, check every row, drop (and report) what cannot be used.
+
+    Dropped: rows whose RLE is malformed (odd length, non-integer, out of range, overlapping or unordered runs;
+    the whole image goes, as its mask would be wrong) and rows naming an image file that does not exist. Images are not
+    opened here (a corrupt JPEG is found, reported and skipped when it is read).
+    """
+    csv_path, images_dir = Path(csv_path), Path(images_dir)
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{csv_path}: cannot read the mask table ({err})") from None
+    if not {"ImageId", "EncodedPixels"} <= set(df.columns):
+        raise ValueError(f"{csv_path}: columns ImageId,EncodedPixels expected, found {list(df.columns)}")
+    df["EncodedPixels"] = df["EncodedPixels"].str.strip()
+    problems: list[str] = []
+    bad_ids: set[str] = set()
+    for i, (image_id, rle) in enumerate(zip(df["ImageId"], df["EncodedPixels"])):
+        why = check_rle(rle)
+        if why:
+            problems.append(f"{csv_path}:{i + 2}: {image_id}: malformed RLE ({why}); image skipped")
+            bad_ids.add(image_id)
+    if check_files:
+        present = set(os.listdir(images_dir)) if images_dir.is_dir() else set()
+        for image_id in df["ImageId"].unique():
+            if image_id not in present:
+                problems.append(f"{csv_path}: {image_id}: image file not found in {images_dir}; rows skipped")
+                bad_ids.add(image_id)
+    df = df[~df["ImageId"].isin(bad_ids)]
+    ships = df[df["EncodedPixels"] != ""]
+    lengths = ships["EncodedPixels"].map(lambda r: int(np.array(r.split()[1::2], np.int64).sum()))
+    per_image = pd.DataFrame({"ImageId": pd.unique(df["ImageId"])})
+    grouped = ships.groupby("ImageId", sort=False)
+    per_image["rle"] = per_image["ImageId"].map(grouped["EncodedPixels"].agg(SHIP_SEP.join)).fillna("")
+    per_image["n_ships"] = per_image["ImageId"].map(grouped.size()).fillna(0).astype(int)
+    per_image["ship_pixels"] = per_image["ImageId"].map(lengths.groupby(ships["ImageId"]).sum()).fillna(0)
+    per_image["ship_pixels"] = per_image["ship_pixels"].astype(int)
+    per_image["path"] = [str(images_dir / i) for i in per_image["ImageId"]]
+    for p in problems[:max_report]:
+        _warn(p)
+    if len(problems) > max_report:
+        _warn(f"... and {len(problems) - max_report} more problems in {csv_path}")
+    return MaskTable(per_image, problems)
+
+
+def ship_instances(rle: str, size: int = SIZE) -> list[np.ndarray]:
+    """The ships of one image as ``(size, size)`` bool masks, from a ``MaskTable.frame["rle"]`` value."""
+    from common.io import rle_decode
+    return [rle_decode(r, (size, size)).astype(bool) for r in rle.split(SHIP_SEP) if r]
+
+
+def split_by_image(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split images (not ship rows) into train/validation, stratified by ship / no ship, reproducibly."""
+    if val_fraction <= 0:
+        return frame, frame.iloc[:0]
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for _, group in frame.groupby(frame["n_ships"] > 0):
+        n_val = int(round(len(group) * val_fraction))
+        val_idx += list(rng.choice(group.index.to_numpy(), size=n_val, replace=False))
+    val = frame.loc[sorted(val_idx)]
+    return frame.drop(index=val.index), val
+
+
+# ------------------------------------------------------------------------------------------------ tf.data
+def tf_rle_decode(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
+    """Decode checked Kaggle RLE strings (several ships joined by ``SHIP_SEP``) to one ``(size, size)`` uint8
+    mask in the TF graph."""
+    values = tf.strings.to_number(tf.strings.split(tf.strings.regex_replace(rle, SHIP_SEP, " ")), tf.int64)
+    starts, lengths = values[0::2] - 1, values[1::2]
+    index = tf.ragged.range(starts, starts + lengths).flat_values
+    flat = tf.scatter_nd(index[:, None], tf.ones_like(index, tf.uint8), [size * size])
+    return tf.transpose(tf.reshape(tf.minimum(flat, 1), [size, size]))  # column-major numbering
+
+
+def load_example(path: tf.Tensor, rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Read one JPEG and decode its mask: ``(768, 768, 3)`` uint8 and ``(768, 768, 1)`` uint8.
+
+    A corrupt file or an image that is not 768x768 raises an error naming the file; the pipeline's
+    ``ignore_errors`` logs it and skips the image.
+    """
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    tf.debugging.assert_equal(tf.shape(image)[:2], [SIZE, SIZE],
+                              message=tf.strings.join([path, ": image is not 768x768; skipped"]))
+    image = tf.ensure_shape(image, [SIZE, SIZE, 3])
+    return image, tf_rle_decode(rle)[..., None]
+
+
+def crop_around_ships(image, mask, crop: int, ship_prob: float):
+    """A ``crop x crop`` window: with probability ``ship_prob`` (and when there is a ship) centred, with a random
+    offset, on a random ship pixel; otherwise anywhere. Keeps ship pixels at full resolution."""
+    ship_pixels = tf.where(mask[..., 0] > 0)
+    n = tf.shape(ship_pixels, out_type=tf.int64)[0]
+    on_ship = tf.logical_and(n > 0, tf.random.uniform([]) < ship_prob)
+
+    def centred():
+        c = ship_pixels[tf.random.uniform([], 0, tf.maximum(n, 1), dtype=tf.int64)]
+        jitter = tf.random.uniform([2], -crop // 3, crop // 3 + 1, dtype=tf.int64)
+        return tf.clip_by_value(c + jitter - crop // 2, 0, SIZE - crop)
+
+    def anywhere():
+        return tf.random.uniform([2], 0, SIZE - crop + 1, dtype=tf.int64)
+
+    y0x0 = tf.cond(on_ship, centred, anywhere)
+    y0, x0 = y0x0[0], y0x0[1]
+    return image[y0:y0 + crop, x0:x0 + crop], mask[y0:y0 + crop, x0:x0 + crop]
+
+
+def downscale(image, mask, size: int):
+    """Whole image and mask downscaled to ``size x size`` (area averaging; the mask becomes a soft target)."""
+    image = tf.cast(tf.round(tf.image.resize(tf.cast(image, tf.float32), [size, size], method="area")), tf.uint8)
+    mask = tf.image.resize(tf.cast(mask, tf.float32), [size, size], method="area")
+    return image, mask
+
+
+def augment(image, mask):
+    """Random flips, 90-degree rotations and light brightness / contrast / saturation changes."""
+    k = tf.random.uniform([], 0, 4, dtype=tf.int32)
+    image, mask = tf.image.rot90(image, k), tf.image.rot90(mask, k)
+    flip = tf.random.uniform([]) < 0.5
+    image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+    mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
+    x = tf.cast(image, tf.float32) / 255.0
+    x = tf.image.random_brightness(x, 0.08)
+    x = tf.image.random_contrast(x, 0.85, 1.15)
+    x = tf.image.random_saturation(x, 0.85, 1.15)
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8), mask
+
+
+def _stream(frame: pd.DataFrame, seed: int) -> tf.data.Dataset:
+    """Endless shuffled ``(path, rle)`` strings of ``frame`` (re-shuffled every pass)."""
+    ds = tf.data.Dataset.from_tensor_slices((frame["path"].to_numpy(str), frame["rle"].to_numpy(str)))
+    return ds.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True).repeat()
+
+
+def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mode: str = "crop",
+                 empty_share: float | None = 0.25, ship_crop_prob: float = 0.8, training: bool = True,
+                 seed: int = 0) -> tf.data.Dataset:
+    """Endless batches ``((B, s, s, 3) uint8 images, (B, s, s, 1) float32 masks)`` of ``frame``'s images.
+
+    Args:
+        mode: "crop" (full-resolution ``input_size`` crops, biased to ships by ``ship_crop_prob``) or
+            "resize" (whole image downscaled to ``input_size``).
+        empty_share: share of sampled images without ships (None keeps the data's own share).
+        training: augment; otherwise the order and crops still vary but nothing is flipped or recoloured.
+    """
+    has_ship = frame["n_ships"] > 0
+    parts = [(frame[has_ship], 1.0 - (empty_share or 0.0)), (frame[~has_ship], empty_share or 0.0)]
+    parts = [(f, w) for f, w in parts if len(f) and w > 0]
+    if empty_share is None or len(parts) < 2:
+        ds = _stream(frame, seed)
+    else:
+        ds = tf.data.Dataset.sample_from_datasets([_stream(f, seed + i) for i, (f, _) in enumerate(parts)],
+                                                  weights=[w for _, w in parts], seed=seed)
+    ds = ds.map(load_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.ignore_errors(log_warning=True)
+    if mode == "crop":
+        ds = ds.map(lambda i, m: crop_around_ships(i, m, input_size, ship_crop_prob),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    elif mode == "resize":
+        ds = ds.map(lambda i, m: downscale(i, m, input_size), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=False)
+    else:
+        raise ValueError(f"mode must be 'crop' or 'resize', got {mode!r}")
+    if training:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.map(lambda i, m: (i, tf.cast(m, tf.float32)))
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

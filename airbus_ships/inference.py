@@ -1,0 +1,106 @@
+"""From a trained U-Net to ship instances: whole-image prediction, the ship / no-ship rule, its calibration.
+
+Shared by train.py (which chooses the rule on its validation images) and test.py (which applies it).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from common.metrics import airbus_score
+from common.tiling import predict_tiled
+
+POSTPROCESS_FILE = "postprocess.json"  # next to the checkpoints in model/
+
+
+def network_stride(model) -> int:
+    """2 ** (number of poolings): input sides must be multiples of it."""
+    return 2 ** sum(1 for layer in model.layers if layer.name.startswith("pool"))
+
+
+def predict_probs(model, image: np.ndarray, how: str = "full", input_mode: str = "crop",
+                  input_size: int = 256) -> np.ndarray:
+    """``(H, W)`` float32 ship probabilities of one ``(H, W, 3)`` uint8 image of any size.
+
+    Args:
+        how: "full" runs the fully-convolutional net once on the whole image (reflect-padded to a multiple of
+            the network stride); "tile" uses :func:`common.tiling.predict_tiled` (256x256 tiles, 32 px
+            overlap, raised-cosine blending).
+        input_mode: how the model was trained: "crop" (full resolution) or "resize" (the whole image was
+            downscaled to ``input_size``: predict on the downscaled image, upsample the probabilities).
+    """
+    import tensorflow as tf  # local: keeps this module importable for numpy-only helpers
+
+    h, w = image.shape[:2]
+    if input_mode == "resize":
+        small = tf.image.resize(image[None].astype(np.float32), [input_size, input_size], method="area")
+        prob = model(small, training=False)
+        return tf.image.resize(prob, [h, w], method="bilinear").numpy()[0, ..., 0]
+    if how == "tile":
+        return predict_tiled(image, lambda b: model(b, training=False).numpy(), tile=256, overlap=32,
+                             batch_size=9)[..., 0]
+    if how != "full":
+        raise ValueError(f"how must be 'full' or 'tile', got {how!r}")
+    s = network_stride(model)
+    ph, pw = (-h) % s, (-w) % s
+    padded = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect")
+    prob = model(padded[None], training=False).numpy()[0, ..., 0]
+    return prob[ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+
+@dataclass
+class ShipRule:
+    """Turns a probability map into ships: pixels above ``threshold`` form 8-connected components; a component
+    is a ship when it has at least ``min_size`` pixels and its highest probability reaches ``min_confidence``.
+    An image with no such component is a no-ship image (one empty submission row)."""
+
+    threshold: float = 0.5
+    min_size: int = 0
+    min_confidence: float = 0.5
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        from common.io import write_json
+        write_json(Path(folder) / POSTPROCESS_FILE, {**asdict(self), **(extra or {})})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ShipRule":
+        path = Path(folder) / POSTPROCESS_FILE
+        if not path.exists():
+            return cls()
+        cfg = json.loads(path.read_text())
+        return cls(**{k: cfg[k] for k in ("threshold", "min_size", "min_confidence") if k in cfg})
+
+
+def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:
+    """Split a ``(H, W)`` probability map into ship instances: a list of ``(H, W)`` bool masks."""
+    labels, n = ndimage.label(prob > rule.threshold, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(prob), labels, index)
+    peaks = ndimage.maximum(prob, labels, index)
+    keep = index[(sizes >= rule.min_size) & (peaks >= rule.min_confidence)]
+    return [labels == i for i in keep]
+
+
+def calibrate_rule(probs: list[np.ndarray], truths: list[list[np.ndarray]],
+                   thresholds=(0.4, 0.5, 0.6), min_sizes=(0, 10, 20, 40, 80),
+                   confidences=(0.5, 0.7, 0.8, 0.9, 0.95)) -> tuple[ShipRule, float]:
+    """Grid-search the rule that maximises the Kaggle score on ``(probability map, true ships)`` pairs.
+
+    Ties go to the least restrictive rule (earliest in the grid). Returns ``(rule, score)``.
+    """
+    best, best_score = ShipRule(), -1.0
+    for t, m, c in itertools.product(thresholds, min_sizes, confidences):
+        if c < t:
+            continue
+        rule = ShipRule(t, m, c)
+        score = airbus_score([(ships_from_probs(p, rule), g) for p, g in zip(probs, truths)])
+        if score > best_score + 1e-9:
+            best, best_score = rule, score
+    return best, best_score

@@ -1,0 +1,30 @@
+# airbus_ships: tf.keras U-Net ship segmentation (Kaggle Airbus). Included by the root Makefile.
+#   make train-ships                 train on $(DATA_ROOT)/airbus into $(RUNS)/airbus (demo data on a fresh clone)
+#   make test-ships                  predict + score $(DATA_ROOT)/airbus with $(RUNS)/airbus/model/best.keras
+#   make bench-ships DATA_ROOT=../shared/data    fixed split of the real subset -> benchmarks/airbus.json
+#   make demo-ships                  short train + test on the demo data (< 2 min)
+SHIPS_TRAIN_ARGS ?=
+SHIPS_TEST_ARGS ?=
+
+.PHONY: train-ships test-ships predict-ships bench-ships demo-ships
+
+train-ships: venv-tf demo-data
+	$(TF_PY) airbus_ships/train.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus $(SHIPS_TRAIN_ARGS)
+
+test-ships: venv-tf
+	$(TF_PY) airbus_ships/test.py --data $(DATA_ROOT)/airbus --model $(RUNS)/airbus/model/best.keras \
+	  --out $(RUNS)/airbus/test $(SHIPS_TEST_ARGS)
+
+predict-ships: test-ships
+
+bench-ships: venv-tf
+	$(TF_PY) airbus_ships/bench.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus_bench
+
+demo-ships: venv-tf demo-data
+	$(TF_PY) airbus_ships/train.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus_demo \
+	  --epochs 4 --steps-per-epoch 10 --val-steps 2 --calib-images 8
+	$(TF_PY) airbus_ships/test.py --data $(DATA_ROOT)/airbus --model $(RUNS)/airbus_demo/model/best.keras \
+	  --out $(RUNS)/airbus_demo/test
+
+DEMO_TARGETS += demo-ships
+TEST_TF += airbus_ships

@@ -1,0 +1,230 @@
+"""Predict ships with a trained U-Net: Kaggle submission CSV, overlays, and scores when masks are known.
+
+    python airbus_ships/test.py --data data/airbus --out runs/airbus/test                 # images/ + masks.csv
+    python airbus_ships/test.py --data /path/to/test_v2 --model runs/airbus/model/best.keras   # no ground truth
+
+For every image: ship probabilities from the fully-convolutional net run on the whole image (``--how full``,
+default; ``--how tile`` uses the common 256x256 tiler, measured slower with the same result), a threshold,
+8-connected components as ship instances, the ship / no-ship rule chosen at training time
+(``model/postprocess.json``: minimum component size and peak probability). Writes into ``--out``:
+
+* ``submission.csv``: ``ImageId,EncodedPixels``, one row per predicted ship, one empty row for an image
+  without ships (the Kaggle format);
+* ``result-image/<ImageId>.jpg``: the image with predicted ships in red and true ship outlines in green;
+* ``metrics.json`` (and a printed summary) when ground truth is available: dice and IoU (over all pixels and
+  per ship image), the Kaggle score (F2 over IoU 0.50:0.95), ship / no-ship accuracy, images/s.
+
+Bad input never stops the run: a malformed RLE row, a row whose image is missing, an unreadable image or
+one that is not 768x768 is reported with its row or file and the reason; outputs are written atomically at
+the end (overlays one by one), so nothing is left half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from airbus_ships.data import SIZE, check_rle, find_layout  # noqa: E402
+from airbus_ships.inference import ShipRule, predict_probs, ships_from_probs  # noqa: E402
+from airbus_ships.losses import CUSTOM_OBJECTS  # noqa: E402
+from common.io import ImageReadError, atomic_write, list_images, read_rgb, rle_decode, rle_encode, save_image, write_json  # noqa: E402
+from common.metrics import f2_image_score  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="data/airbus", help="images/ (+ masks.csv), train_v2/ (+ CSV) or a folder of images")
+    p.add_argument("--csv", default="", help="ground-truth / image-list CSV (default: the one in --data, if any)")
+    p.add_argument("--no-gt", action="store_true", help="ignore ground truth: predict every image in the folder")
+    p.add_argument("--model", default="runs/airbus/model/best.keras", help="trained .keras model")
+    p.add_argument("--out", default="runs/airbus/test", help="output folder")
+    p.add_argument("--how", choices=("full", "tile"), default="full", help="whole image or 256x256 tiles")
+    p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: postprocess.json)")
+    p.add_argument("--min-size", type=int, default=None, help="smallest ship in pixels (default: postprocess.json)")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="peak probability a ship must reach (default: postprocess.json)")
+    p.add_argument("--overlays", type=int, default=40, help="write overlays for this many images (-1: all)")
+    p.add_argument("--limit", type=int, default=0, help="predict at most this many images (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="unused by inference (deterministic); kept for symmetry")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return p.parse_args(argv)
+
+
+def report(msg: str) -> None:
+    print(f"skipped: {msg}", file=sys.stderr)
+
+
+def read_ground_truth(csv_path: Path, images_dir: Path) -> tuple[OrderedDict, list[str]]:
+    """``{ImageId: [rle, ...] or None}`` in file order (None: a row of that image is malformed, so the image is
+    predicted but not scored), and the problems found. Rows whose image file is missing are dropped."""
+    truth: OrderedDict[str, list[str] | None] = OrderedDict()
+    problems = []
+    with open(csv_path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header or header[:2] != ["ImageId", "EncodedPixels"]:
+            raise SystemExit(f"{csv_path}: header ImageId,EncodedPixels expected, found {header}")
+        for line, row in enumerate(reader, start=2):
+            if len(row) < 1 or not row[0].strip():
+                problems.append(f"{csv_path}:{line}: empty ImageId")
+                continue
+            image_id, rle = row[0].strip(), (row[1].strip() if len(row) > 1 else "")
+            if not (images_dir / image_id).is_file():
+                if image_id not in truth:
+                    problems.append(f"{csv_path}:{line}: {image_id}: image file not found in {images_dir}")
+                truth.setdefault(image_id, None)
+                continue
+            why = check_rle(rle)
+            if why:
+                problems.append(f"{csv_path}:{line}: {image_id}: malformed RLE ({why}); image predicted, not scored")
+                truth[image_id] = None
+                continue
+            if image_id not in truth:
+                truth[image_id] = []
+            if truth[image_id] is not None and rle:
+                truth[image_id].append(rle)
+    # drop images whose file is missing (they were recorded as None only to report them once)
+    return OrderedDict((k, v) for k, v in truth.items() if (images_dir / k).is_file()), problems
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """Predicted ships tinted red, true ship outlines in green."""
+    out = image.astype(np.float32)
+    out[pred] = 0.45 * out[pred] + 0.55 * np.array([255, 0, 0])
+    if truth is not None:
+        edge = truth & ~ndimage.binary_erosion(truth)
+        out[edge] = (0, 255, 0)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+class Scores:
+    """Accumulates dice / IoU (all pixels and per ship image), Kaggle F2 and ship / no-ship accuracy."""
+
+    def __init__(self):
+        self.tp = self.fp = self.fn = 0
+        self.f2, self.dice_ship, self.iou_ship, self.correct = [], [], [], []
+
+    def add(self, pred_ships: list[np.ndarray], true_ships: list[np.ndarray], shape) -> None:
+        pred = np.any(pred_ships, axis=0) if pred_ships else np.zeros(shape, bool)
+        true = np.any(true_ships, axis=0) if true_ships else np.zeros(shape, bool)
+        tp, fp, fn = int((pred & true).sum()), int((pred & ~true).sum()), int((~pred & true).sum())
+        self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+        self.f2.append(f2_image_score(pred_ships, true_ships))
+        self.correct.append(bool(pred_ships) == bool(true_ships))
+        if true_ships:
+            self.dice_ship.append(2 * tp / (2 * tp + fp + fn))
+            self.iou_ship.append(tp / (tp + fp + fn))
+
+    def summary(self) -> dict:
+        n = len(self.f2)
+        denom = 2 * self.tp + self.fp + self.fn
+        return {
+            "images_scored": n,
+            "ship_images": len(self.dice_ship),
+            "kaggle_score": float(np.mean(self.f2)) if n else None,
+            "dice_pixels": 2 * self.tp / denom if denom else 1.0,
+            "iou_pixels": self.tp / (self.tp + self.fp + self.fn) if denom else 1.0,
+            "dice_ship_images_mean": float(np.mean(self.dice_ship)) if self.dice_ship else None,
+            "iou_ship_images_mean": float(np.mean(self.iou_ship)) if self.iou_ship else None,
+            "ship_no_ship_accuracy": float(np.mean(self.correct)) if n else None,
+        }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        import tensorflow as tf
+        tf.config.set_visible_devices([], "GPU")
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        sys.exit(f"{model_path}: model not found (train one with airbus_ships/train.py)")
+    model = keras.saving.load_model(model_path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+    cfg_path = model_path.parent / "config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    input_mode, input_size = cfg.get("input_mode", "crop"), int(cfg.get("input_size", 256))
+    rule = ShipRule.load(model_path.parent)
+    for key in ("threshold", "min_size", "min_confidence"):
+        if getattr(args, key) is not None:
+            setattr(rule, key, getattr(args, key))
+
+    images_dir, csv_path = find_layout(args.data)
+    csv_path = Path(args.csv) if args.csv else csv_path
+    problems: list[str] = []
+    if csv_path is not None and not args.no_gt:
+        truth, problems = read_ground_truth(csv_path, images_dir)
+        image_ids = list(truth)
+    else:
+        truth, image_ids = {}, [p.name for p in list_images(images_dir)]
+    for p in problems:
+        report(p)
+    if args.limit:
+        image_ids = image_ids[:args.limit]
+    print(f"{len(image_ids)} images from {images_dir}; ground truth: {csv_path if truth else 'none'}; "
+          f"{model_path} ({input_mode}), {args.how} prediction, {rule}")
+
+    out = Path(args.out)
+    rows, scores, n_done, elapsed = [], Scores(), 0, 0.0
+    for image_id in tqdm(image_ids, desc="predict", unit="img", file=sys.stdout, mininterval=5):
+        try:
+            image = read_rgb(images_dir / image_id)
+        except ImageReadError as err:
+            problems.append(str(err))
+            report(str(err))
+            continue
+        if image.shape[:2] != (SIZE, SIZE):
+            msg = (f"{images_dir / image_id}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}; "
+                   f"predicted at its own size (RLE for that shape), not scored")
+            problems.append(msg)
+            report(msg)
+        t0 = time.perf_counter()
+        ships = ships_from_probs(predict_probs(model, image, args.how, input_mode, input_size), rule)
+        elapsed += time.perf_counter() - t0
+        n_done += 1
+        rows += [(image_id, rle_encode(s)) for s in ships] or [(image_id, "")]
+        true_rles = truth.get(image_id)
+        true_ships = None
+        if true_rles is not None and image.shape[:2] == (SIZE, SIZE):
+            true_ships = [rle_decode(r).astype(bool) for r in true_rles]
+            scores.add(ships, true_ships, image.shape[:2])
+        if args.overlays < 0 or n_done <= args.overlays:
+            pred = np.any(ships, axis=0) if ships else np.zeros(image.shape[:2], bool)
+            truth_mask = np.any(true_ships, axis=0) if true_ships else None
+            save_image(out / "result-image" / (Path(image_id).stem + ".jpg"), overlay(image, pred, truth_mask),
+                       quality=90)
+
+    with atomic_write(out / "submission.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ImageId", "EncodedPixels"])
+        writer.writerows(rows)
+    result = {"images_predicted": n_done, "images_per_second": n_done / elapsed if elapsed else None,
+              "prediction": args.how, "rule": vars(rule), "problems": problems}
+    if truth:
+        result.update(scores.summary())
+    write_json(out / "metrics.json", result)
+    print(f"wrote {out / 'submission.csv'} ({len(rows)} rows, {n_done} images), overlays in {out / 'result-image'}")
+    if problems:
+        print(f"{len(problems)} problem(s) reported above; the other images were processed")
+    if truth and scores.f2:
+        s = scores.summary()
+        print(f"Kaggle score {s['kaggle_score']:.3f} | dice {s['dice_pixels']:.3f} (pixels), "
+              f"{s['dice_ship_images_mean'] or 0:.3f} (mean over {s['ship_images']} ship images) | "
+              f"IoU {s['iou_pixels']:.3f} | ship/no-ship accuracy {s['ship_no_ship_accuracy']:.3f} | "
+              f"{result['images_per_second']:.2f} images/s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

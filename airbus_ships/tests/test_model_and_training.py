@@ -1,0 +1,56 @@
+"""The U-Net's shapes, a few training steps lowering the loss, train.py outputs and --resume."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from airbus_ships.data import make_dataset, read_mask_table
+from airbus_ships.losses import CUSTOM_OBJECTS, bce_dice_loss, dice_coef, iou_coef
+from airbus_ships.model import build_unet
+
+
+@pytest.mark.parametrize("size", [256, 768])
+def test_output_shape(size):
+    model = build_unet((4, 8, 16, 32), bottleneck_rates=(1, 2))
+    out = model(np.zeros((1, size, size, 3), np.uint8))
+    assert out.shape == (1, size, size, 1)
+    assert float(np.min(out)) >= 0 and float(np.max(out)) <= 1  # sigmoid
+
+
+def test_default_model_is_a_five_level_unet():
+    model = build_unet((8, 16, 32, 64, 128))
+    names = [layer.name for layer in model.layers]
+    assert sum(n.startswith("pool") for n in names) == 5 and "bottleneck_d4" in names
+    assert model.output_shape == (None, None, None, 1)
+
+
+def test_few_training_steps_lower_the_loss(demo_dir):
+    keras.utils.set_random_seed(0)
+    frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
+    x, y = next(iter(make_dataset(frame, batch_size=4, input_size=128, empty_share=0.25, seed=0)))
+    model = build_unet((8, 16, 32))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
+    first = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    for _ in range(15):
+        model.train_on_batch(x, y)
+    last = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert last < first - 0.05, (first, last)
+
+
+def test_train_script_outputs_and_resume(trained_run):
+    model_dir = trained_run / "model"
+    for name in ("best.keras", "last.keras", "config.json", "postprocess.json"):
+        assert (model_dir / name).is_file(), name
+    assert (trained_run / "training_curves.png").stat().st_size > 1000
+    log = pd.read_csv(trained_run / "train_log.csv")
+    assert list(log["epoch"]) == [0, 1, 2]  # two epochs, then one more after --resume
+    assert {"loss", "val_loss", "dice_coef", "val_iou_coef"} <= set(log.columns)
+    rule = json.loads((model_dir / "postprocess.json").read_text())
+    assert {"threshold", "min_size", "min_confidence"} <= set(rule)
+    model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS, safe_mode=True)
+    assert model.output_shape[-1] == 1
+    assert not list(trained_run.rglob("*.tmp*"))  # atomic writes leave no temporary file

@@ -1,0 +1,86 @@
+"""test.py end to end on demo data: a valid Kaggle submission, overlays, scores, and bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.io import rle_decode
+
+
+def read_submission(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["ImageId", "EncodedPixels"]
+    return rows[1:]
+
+
+def test_submission_is_valid(demo_dir, trained_run, tmp_path, run_test_script):
+    out = tmp_path / "test"
+    proc = run_test_script(demo_dir, trained_run, out)
+    rows = read_submission(out / "submission.csv")
+    images = sorted(p.name for p in (demo_dir / "images").iterdir())
+    assert sorted({r[0] for r in rows}) == images  # every image has at least one row
+    for image_id in images:
+        rles = [r[1] for r in rows if r[0] == image_id]
+        if "" in rles:
+            assert rles == [""]  # an empty row only for an image with no ship, and then only one
+        masks = [rle_decode(r, (768, 768)) for r in rles if r]  # decodes inside 768x768 (raises otherwise)
+        if masks:
+            assert np.sum(masks, axis=0).max() == 1  # ships do not overlap (Kaggle rule)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("kaggle_score", "dice_pixels", "iou_pixels", "dice_ship_images_mean", "ship_no_ship_accuracy"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["images_scored"] == len(images)
+    assert "Kaggle score" in proc.stdout
+    assert len(list((out / "result-image").glob("*.jpg"))) == len(images)
+
+
+def test_tiled_prediction_matches_whole_image(demo_dir, trained_run):
+    import keras
+    from airbus_ships.inference import predict_probs
+    from airbus_ships.losses import CUSTOM_OBJECTS
+    from common.io import read_rgb
+    model = keras.saving.load_model(trained_run / "model" / "best.keras", custom_objects=CUSTOM_OBJECTS)
+    image = read_rgb(next((demo_dir / "images").iterdir()))
+    full, tiled = predict_probs(model, image, "full"), predict_probs(model, image, "tile")
+    assert full.shape == tiled.shape == (768, 768)
+    assert np.mean(np.abs(full - tiled)) < 0.05  # same network, only the borders of tiles differ
+
+
+def test_bad_input_is_reported_and_the_run_continues(demo_dir, trained_run, tmp_path, run_test_script):
+    data = tmp_path / "bad"
+    shutil.copytree(demo_dir / "images", data / "images")
+    good = sorted(p.name for p in (data / "images").iterdir())
+    (data / "images" / "corrupt.jpg").write_bytes((data / "images" / good[0]).read_bytes()[:400])
+    Image.new("RGB", (500, 320), (20, 40, 60)).save(data / "images" / "small.jpg")
+    with open(demo_dir / "masks.csv") as f:
+        text = f.read()
+    text += ("corrupt.jpg,\nsmall.jpg,\nmissing.jpg,1 5\n"
+             f"{good[1]},1 3 2\n"               # odd length
+             f"{good[2]},589820 50\n"           # beyond the image
+             f"{good[3]},10 20 15 3\n")         # overlapping runs
+    (data / "masks.csv").write_text(text)
+    out = tmp_path / "out"
+    (out).mkdir()
+    proc = run_test_script(data, trained_run, out)
+    err = proc.stderr
+    assert "corrupt.jpg: corrupt or truncated image" in err
+    assert "small.jpg: image is 500x320, not 768x768" in err
+    assert "missing.jpg: image file not found" in err
+    for image_id, why in ((good[1], "odd number"), (good[2], "beyond"), (good[3], "overlap")):
+        assert any(f"{image_id}: malformed RLE (" in line and why in line for line in err.splitlines()), why
+    rows = read_submission(out / "submission.csv")
+    ids = {r[0] for r in rows}
+    assert set(good) | {"small.jpg"} == ids  # every readable image predicted, bad-label images too
+    for r in rows:
+        if r[0] == "small.jpg" and r[1]:
+            rle_decode(r[1], (320, 500))  # encoded for its own shape
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images_scored"] == len(good) - 3  # the three images with bad RLE rows are not scored
+    assert len(metrics["problems"]) == 6
+    assert not list(out.rglob("*.tmp*"))
