@@ -1,0 +1,72 @@
+"""Device choice, checkpoint loading and tiled inference (never more than 256x256 pixels into the network)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.tiling import MAX_TILE, predict_tiled
+from fcnn_rgb_gt.model import FCN, ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or unreadable; ``str(err)`` is ``"<path>: <reason>"``."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def set_threads(threads: int = 0) -> None:
+    """Use ``threads`` intra-op threads (0: the CPU count, at most 2 on this shared machine's budget)."""
+    torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
+
+
+def prepare(model: FCN, device: torch.device) -> FCN:
+    """Move to ``device``; channels_last is ~1.7x faster for these convolutions on CPU."""
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[FCN, dict]:
+    """Return ``(model in eval mode, checkpoint dict)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (train first: python fcnn_rgb_gt/train.py)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = FCN(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a valid fcnn_rgb_gt checkpoint ({str(err).splitlines()[0]})") from None
+    return prepare(model, device).eval(), ckpt
+
+
+def _even_tile(tile: int, height: int, width: int) -> int:
+    """The tile to use: even (pool/upsample round trip), <= 256, no larger than the image needs."""
+    need = max(height, width, 16)
+    return max(2, min(tile, MAX_TILE, need + need % 2) // 2 * 2)
+
+
+@torch.inference_mode()
+def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = None, tile: int = MAX_TILE,
+                  overlap: int = 32, batch_size: int = 8, progress=None) -> np.ndarray:
+    """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles."""
+    device = device or next(model.parameters()).device
+    h, w = image.shape[:2]
+    tile = _even_tile(tile, h, w)
+    overlap = min(overlap, tile // 2)
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        assert batch.shape[1] <= MAX_TILE and batch.shape[2] <= MAX_TILE, batch.shape  # the brief's GPU limit
+        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()  # (B, t, t): building probability
+
+    return predict_tiled(image, fn, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)[..., 0]

@@ -1,0 +1,83 @@
+"""The brief's fully convolutional network, and nothing else.
+
+    Input -> Conv1(3x3, 16, pad 1) -> ReLU -> Conv2(3x3, 32, pad 1) -> ReLU -> MaxPool(2x2)
+          -> Conv3(3x3, 16, pad 1) -> ReLU -> UpSample(x2) -> Conv4(5x5, 2, pad 2) -> Output (2 channels)
+
+The four convolutions are fixed. The brief allows extra *non-convolutional* layers; each one is an option that
+is off in the plain network (``FCN()`` == ``FCNConfig(plain)``):
+
+* ``normalize``: per-channel input standardisation ``(x - mean) / std`` with fixed statistics (buffers, set
+  from the training image by train.py) instead of the plain ``x / 255``.
+* ``batch_norm``: BatchNorm2d after Conv1, Conv2 and Conv3 (before each ReLU).
+* ``dropout``: Dropout2d (whole feature maps) before Conv4.
+
+Input: ``(B, 3, H, W)`` float in [0, 1] (RGB / 255), H and W even. Output: ``(B, 2, H, W)`` logits; channel 1
+is "building". Receptive field of one output pixel: 14x14 input pixels (3, 5, 6, 10, 14 through the layers).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+NUM_CLASSES = 2  # 0 = background, 1 = building
+
+
+@dataclass
+class ModelConfig:
+    normalize: bool = False  # fixed per-channel input standardisation (non-convolutional)
+    batch_norm: bool = False  # BatchNorm2d after conv1..conv3
+    dropout: float = 0.0  # Dropout2d probability before conv4; 0 = none
+    upsample: str = "nearest"  # "nearest" or "bilinear" (both parameter-free)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FCN(nn.Module):
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        bn = (lambda c: nn.BatchNorm2d(c)) if cfg.batch_norm else (lambda c: nn.Identity())
+        # mean/std are buffers so they travel with the checkpoint; identity (0, 1) unless `normalize`
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("std", torch.ones(1, 3, 1, 1))
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = bn(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.bn2 = bn(32)
+        self.pool = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(32, 16, 3, padding=1)
+        self.bn3 = bn(16)
+        self.up = nn.Upsample(scale_factor=2, mode=cfg.upsample)
+        self.drop = nn.Dropout2d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.conv4 = nn.Conv2d(16, NUM_CLASSES, 5, padding=2)
+        self.relu = nn.ReLU(inplace=True)
+
+    def set_input_stats(self, mean, std) -> None:
+        """Per-channel mean/std of [0, 1] RGB inputs; used only when ``cfg.normalize``."""
+        if self.cfg.normalize:
+            self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-3).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.normalize:
+            x = (x - self.mean) / self.std
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.pool(x)
+        x = self.relu(self.bn3(self.conv3(x)))
+        x = self.up(x)
+        return self.conv4(self.drop(x))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flops_per_pixel() -> int:
+    """Multiply-add FLOPs (2 per MAC) of the four convolutions per input pixel (conv3 runs at 1/4 resolution)."""
+    macs = 3 * 16 * 9 + 16 * 32 * 9 + (32 * 16 * 9) / 4 + 16 * 2 * 25
+    return int(2 * macs)

@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.tiling import MAX_TILE, pad_to_grid, tile_grid
+from fcnn_rgb_gt import predict
+from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
+from fcnn_rgb_gt.model import FCN
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (255, 257), (600, 700)])
+def test_tiled_prediction_returns_the_input_size_and_never_feeds_more_than_256(shape):
+    net = FCN().eval()
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    image = np.random.default_rng(0).integers(0, 256, shape + (3,), dtype=np.uint8)
+    prob = predict_probs(net, image, torch.device("cpu"))
+    assert prob.shape == shape and prob.dtype == np.float32
+    assert np.isfinite(prob).all() and (0 <= prob).all() and (prob <= 1).all()
+    assert seen and all(s[2] <= MAX_TILE and s[3] <= MAX_TILE and s[1] == 3 for s in seen)
+
+
+@pytest.mark.parametrize("overlap", [16, 32])
+def test_blending_leaves_no_seam(pair_dir, overlap):
+    """Overlapping, blended tiles match one untiled forward pass over the same padded image: the zero padding
+    at tile borders is blended away (without overlap it shows as seams)."""
+    torch.manual_seed(0)
+    net = FCN().eval()
+    image = np.asarray(Image.open(pair_dir / "rgb.png").convert("RGB"))[:150, :190]
+
+    def reference(ov):  # one forward pass over the padded image the tiler uses, cropped back
+        g = tile_grid(150, 190, 64, ov)
+        padded = pad_to_grid(image, g)
+        with torch.inference_mode():
+            p = torch.softmax(net(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255), 1)[0, 1]
+        return p.numpy()[g.pad_top:g.pad_top + 150, g.pad_left:g.pad_left + 190]
+
+    seams = np.abs(predict_probs(net, image, tile=64, overlap=0) - reference(0)).max()
+    blended = np.abs(predict_probs(net, image, tile=64, overlap=overlap) - reference(overlap)).max()
+    assert blended < 0.2 * seams and blended < 5e-3
+
+
+def test_predict_cli_writes_outputs_and_prints_metrics(trained_run, pair_dir, tmp_path, capsys):
+    val = pair_dir / "extra" / "demo_val"
+    out = tmp_path / "pred"
+    rgba = np.asarray(Image.open(val / "rgb.png"))
+    assert rgba.shape[2] == 4  # the exercise's RGBA convention
+    code = predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(val / "rgb.png"),
+                         "--gt", str(val / "gt.png"), "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "building IoU" in text and "F1" in text and "pixel accuracy" in text
+    for name in ("predictions.jpg", "predictions_mask.png", "predictions_overlay.jpg"):
+        assert Image.open(out / name).size == (rgba.shape[1], rgba.shape[0])
+    mask = np.asarray(Image.open(out / "predictions_mask.png"))
+    assert set(np.unique(mask)) <= {0, 255}
+    metrics = json.loads((out / "predictions_metrics.json").read_text())
+    assert 0 <= metrics["iou"] <= 1 and 0 <= metrics["f1"] <= 1
+
+
+def test_predict_any_size_image(trained_run, tmp_path):
+    img = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (255, 257, 4), dtype=np.uint8)).save(img)
+    assert predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(img),
+                         "--out", str(tmp_path / "o")]) == 0
+    assert Image.open(tmp_path / "o" / "predictions_mask.png").size == (257, 255)
+
+
+def test_checkpoint_loads_with_config(trained_run):
+    model, ckpt = load_checkpoint(trained_run / "best.pt", torch.device("cpu"))
+    assert not model.training and ckpt["model_config"]["batch_norm"] is True
+
+
+@pytest.mark.parametrize("case", ["missing_image", "corrupt_image", "size_mismatch", "bad_gt_values",
+                                  "missing_checkpoint"])
+def test_bad_predict_input_is_one_line_error(case, trained_run, pair_dir, tmp_path, capsys):
+    img, gt = tmp_path / "img.png", tmp_path / "gt.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(img)
+    Image.fromarray(np.full((40, 50), 255, np.uint8)).save(gt)
+    ckpt = trained_run / "best.pt"
+    bad = {"missing_image": img, "corrupt_image": img, "size_mismatch": gt, "bad_gt_values": gt,
+           "missing_checkpoint": tmp_path / "none.pt"}[case]
+    if case == "missing_image":
+        img.unlink()
+    elif case == "corrupt_image":
+        img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    elif case == "size_mismatch":
+        Image.fromarray(np.full((41, 50), 255, np.uint8)).save(gt)
+    elif case == "bad_gt_values":
+        Image.fromarray(np.full((40, 50), 7, np.uint8)).save(gt)
+    else:
+        ckpt = bad
+    out = tmp_path / "out"
+    code = predict.main(["--checkpoint", str(ckpt), "--image", str(img), "--gt", str(gt), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and str(bad) in err[0], err
+    assert not out.exists()  # nothing written

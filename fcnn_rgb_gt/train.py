@@ -1,0 +1,308 @@
+"""Train the brief's FCN on one aerial image pair (rgb.png + gt.png), never feeding it more than 256x256x3.
+
+    python fcnn_rgb_gt/train.py                      # data/fcnn/rgb.png + gt.png -> runs/fcnn/
+    python fcnn_rgb_gt/train.py --data ../shared/data/fcnn/train_substitute --epochs 30
+    python fcnn_rgb_gt/train.py --resume             # continue runs/fcnn/last.pt up to --epochs
+
+A strip at the end of the image's longer axis (``--val-fraction``) is held out: training crops come only from
+the rest, and the held-out strip picks the best epoch (building IoU), the probability threshold and, across
+runs, the options. Outputs in ``--out``: ``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best
+metric, config, threshold, history), ``config.json``, ``log.csv`` and ``loss_vs_epochs.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.io import ImageReadError, atomic_path, atomic_write, write_json
+from common.metrics import segmentation_report
+from common.tiling import MAX_TILE
+from fcnn_rgb_gt import demo_data
+from fcnn_rgb_gt.data import DEFAULT_DATA, DEFAULT_RUNS, MIN_TRAIN_SIDE, CropSampler, load_pair, spatial_split, \
+    to_tensor
+from fcnn_rgb_gt.infer import CheckpointError, predict_probs, prepare, resolve_device, set_threads
+from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters
+
+
+@dataclass
+class TrainConfig:
+    data: str = str(DEFAULT_DATA)  # folder holding rgb.png and gt.png (overridden by --rgb / --gt)
+    rgb: str = ""  # image file; default <data>/rgb.png
+    gt: str = ""  # ground truth file (0 = building, 255 = background); default <data>/gt.png
+    out: str = str(DEFAULT_RUNS)  # run folder: checkpoints, log.csv, loss_vs_epochs.png
+    epochs: int = 16  # passes; one epoch covers the training region about once with random crops
+    max_minutes: float = 14.0  # safety stop: no new epoch starts after this (0 = no limit)
+    tile: int = 128  # training crop and validation tile side, <= 256 (the brief's memory limit); 128 px
+    # crops give 4x the optimiser steps of 256 px ones for the same pixels, and the 14 px receptive field
+    # needs no more context
+    batch_size: int = 8  # crops per step
+    lr: float = 1e-2  # AdamW peak learning rate, cosine decay to 1 % over the run
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2  # share of the longer axis held out as the validation strip
+    loss: str = "wce"  # ce | wce (class-weighted CE) | ce_dice (CE + soft dice of the building class)
+    augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter
+    normalize: bool = True  # model option: fixed per-channel input standardisation (training-image stats)
+    batch_norm: bool = True  # model option: BatchNorm after conv1..conv3
+    dropout: float = 0.0  # model option: Dropout2d before conv4
+    upsample: str = "nearest"  # model option: nearest | bilinear (both parameter-free)
+    threshold: float = -1.0  # building probability threshold; < 0: the best IoU on the validation strip
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads; 0 = min(2, CPU count)
+    resume: bool = False  # continue from <out>/last.pt
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type={"int": int, "float": float}.get(str(f.type), str), default=f.default)
+    p.add_argument("--plain", action="store_true",
+                   help="the bare brief architecture: no normalisation, batch norm or dropout")
+    args = vars(p.parse_args(argv))
+    if args.pop("plain"):
+        args.update(normalize=False, batch_norm=False, dropout=0.0, upsample="nearest")
+    cfg = TrainConfig(**args)
+    if not 2 <= cfg.tile <= MAX_TILE:
+        p.error(f"--tile must be in 2..{MAX_TILE} (the network never sees more than 256x256), got {cfg.tile}")
+    if cfg.loss not in ("ce", "wce", "ce_dice"):
+        p.error(f"--loss must be ce, wce or ce_dice, got {cfg.loss}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------- data
+def load_data(cfg: TrainConfig):
+    """Images of the training and validation regions, and the split."""
+    rgb = Path(cfg.rgb or Path(cfg.data) / "rgb.png")
+    gt = Path(cfg.gt or Path(cfg.data) / "gt.png")
+    if not cfg.rgb and not cfg.gt and Path(cfg.data) == DEFAULT_DATA and not DEFAULT_DATA.exists():
+        print(f"no data in {DEFAULT_DATA}: writing the synthetic demo pair there", file=sys.stderr)
+        demo_data.write(DEFAULT_DATA)
+    image, mask = load_pair(rgb, gt, min_side=MIN_TRAIN_SIDE)
+    split = spatial_split(mask, cfg.val_fraction, gap=16)
+    return image, mask, split, rgb, gt
+
+
+def class_weights(mask: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (background, building)."""
+    freq = np.bincount(mask.ravel(), minlength=2) / mask.size
+    w = 1.0 / np.maximum(freq, 1e-3)
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, kind: str, weights: torch.Tensor) -> torch.Tensor:
+    if kind == "wce":
+        return F.cross_entropy(logits, target, weight=weights.to(logits.device))
+    loss = F.cross_entropy(logits, target)
+    if kind == "ce_dice":
+        p = torch.softmax(logits, 1)[:, 1]
+        t = target.float()
+        loss = loss + 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    return loss
+
+
+def warmup_cosine(total: int, warmup: float = 0.05, floor: float = 0.01):
+    """LR factor per step: linear warm-up over ``warmup`` of the run, then cosine decay to ``floor``."""
+    w = max(1, int(total * warmup))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        t = min(1.0, (step - w) / max(1, total - w))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device) -> float:
+    model.train()
+    total = 0.0
+    for _ in tqdm(range(steps), desc="train", leave=False, disable=not sys.stderr.isatty()):
+        x, y = sampler.sample(cfg.batch_size)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        loss = loss_fn(model(x), y.to(device), cfg.loss, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item()
+    return total / steps
+
+
+def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device) -> tuple[dict, np.ndarray]:
+    """Tiled prediction of the validation strip: CE loss, and IoU/F1 at probability 0.5."""
+    model.eval()
+    prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4))
+    p = np.clip(prob, 1e-6, 1 - 1e-6)
+    loss = float(-np.mean(np.where(mask == 1, np.log(p), np.log(1 - p))))
+    return {"val_loss": loss, **{f"val_{k}": v for k, v in segmentation_report(prob >= 0.5, mask).items()}}, prob
+
+
+def best_threshold(prob: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """The probability threshold (0.05 .. 0.95) with the best building IoU on the validation strip."""
+    from common.metrics import iou
+
+    scores = [(iou(prob >= t, mask), round(float(t), 2)) for t in np.arange(0.05, 0.951, 0.05)]
+    best_iou, t = max(scores)
+    return t, best_iou
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: dict, cfg: TrainConfig, history: list,
+                    threshold: float = 0.5) -> None:
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": epoch, "best_iou": best["iou"], "best_epoch": best["epoch"], "threshold": threshold,
+             "config": asdict(cfg), "model_config": model.cfg.to_dict(), "history": history,
+             "classes": ["background", "building"]}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    with atomic_write(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_losses(path: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (augmented crops)")
+    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation loss (held-out strip, CE)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(ep, [h["val_iou"] for h in history], "g--", alpha=0.6, label="validation building IoU")
+    ax2.set_ylabel("IoU")
+    ax2.set_ylim(0, 1)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
+    ax.set_title("FCN training: loss vs epochs")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------- main
+def train(cfg: TrainConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+
+    image, mask, split, rgb_path, gt_path = load_data(cfg)
+    tr_img, tr_mask = split.train(image), split.train(mask)
+    va_img, va_mask = split.val(image), split.val(mask)
+    print(f"data: {rgb_path} {image.shape[1]}x{image.shape[0]}, building {mask.mean():.1%}; "
+          f"train region {tr_mask.shape[1]}x{tr_mask.shape[0]}, validation strip ({split.side}) "
+          f"{va_mask.shape[1]}x{va_mask.shape[0]}, building {va_mask.mean():.1%}")
+
+    model = FCN(ModelConfig(cfg.normalize, cfg.batch_norm, cfg.dropout, cfg.upsample))
+    x = to_tensor(tr_img)
+    model.set_input_stats(x.mean((1, 2)), x.std((1, 2)))
+    model = prepare(model, device)
+    sampler = CropSampler(x, torch.from_numpy(tr_mask).long(), cfg.tile, cfg.augment,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+    crop = sampler.crop
+    steps = max(4, round(tr_mask.size / (cfg.batch_size * crop * crop)))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps))
+    weights = class_weights(tr_mask)
+    print(f"model: {count_parameters(model)} parameters {model.cfg.to_dict()}; {steps} steps/epoch of "
+          f"{cfg.batch_size}x{crop}x{crop} crops, loss {cfg.loss}, device {device}, {torch.get_num_threads()} threads")
+
+    history, best, start = [], {"iou": -1.0, "epoch": 0}, 1
+    if cfg.resume:
+        ckpt_path = out / "last.pt"
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"{ckpt_path}: nothing to resume (no last.pt in --out)")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        history, start = ckpt["history"], ckpt["epoch"] + 1
+        best = {"iou": ckpt["best_iou"], "epoch": ckpt["best_epoch"]}
+        print(f"resumed {ckpt_path} at epoch {ckpt['epoch']} (best IoU {best['iou']:.4f} at epoch {best['epoch']})")
+    write_json(out / "config.json", asdict(cfg))
+
+    t0 = time.perf_counter()
+    for epoch in range(start, cfg.epochs + 1):
+        if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            print(f"stopping before epoch {epoch}: --max-minutes {cfg.max_minutes} reached")
+            break
+        train_loss = train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device)
+        metrics, _ = evaluate(model, va_img, va_mask, cfg, device)
+        row = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(metrics["val_loss"], 5),
+               "val_iou": round(metrics["val_iou"], 4), "val_f1": round(metrics["val_f1"], 4),
+               "val_accuracy": round(metrics["val_accuracy"], 4), "lr": f"{sched.get_last_lr()[0]:.2e}",
+               "seconds": round(time.perf_counter() - t0, 1)}
+        history.append(row)
+        improved = metrics["val_iou"] > best["iou"]
+        if improved:
+            best = {"iou": metrics["val_iou"], "epoch": epoch}
+            save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, history)
+        save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, history)
+        write_log(out / "log.csv", history)
+        plot_losses(out / "loss_vs_epochs.png", history)
+        print(f"epoch {epoch:3d}/{cfg.epochs}  train {train_loss:.4f}  val {metrics['val_loss']:.4f}  "
+              f"IoU {metrics['val_iou']:.4f}  F1 {metrics['val_f1']:.4f}  {row['seconds']:.0f}s" +
+              ("  *best" if improved else ""))
+
+    # the probability threshold is chosen on the validation strip with the best epoch's weights
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    metrics, prob = evaluate(model, va_img, va_mask, cfg, device)
+    threshold, thr_iou = (cfg.threshold, metrics["val_iou"]) if cfg.threshold >= 0 else best_threshold(prob, va_mask)
+    if cfg.threshold >= 0:
+        thr_iou = segmentation_report(prob >= threshold, va_mask)["iou"]
+    ckpt["threshold"] = threshold
+    ckpt["val_iou_at_threshold"] = thr_iou
+    with atomic_path(out / "best.pt") as tmp:
+        torch.save(ckpt, tmp)
+    summary = {"best_epoch": best["epoch"], "val_iou_at_0.5": round(best["iou"], 4), "threshold": threshold,
+               "val_iou_at_threshold": round(thr_iou, 4), "train_seconds": round(time.perf_counter() - t0, 1),
+               "out": str(out)}
+    print(f"best epoch {best['epoch']}: validation IoU {best['iou']:.4f} at 0.5, {thr_iou:.4f} at threshold "
+          f"{threshold}; checkpoint {out / 'best.pt'}, plot {out / 'loss_vs_epochs.png'}")
+    return summary
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except (ImageReadError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # e.g. --device cuda without CUDA
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
