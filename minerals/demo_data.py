@@ -5,7 +5,9 @@
 Each photo shows one irregular specimen on a plain, slightly shaded background, like the web photos of the
 real set. The classes differ in colour and texture (flaky dark biotite, iridescent bornite, blue
 chrysocolla, banded green malachite, pale platy muscovite, brassy cubic pyrite, clear faceted quartz).
-Writes ``<class>/<nnnn>.jpg`` (some ``.png``, one RGBA), and ``manifest.csv`` (``path,label,dup_group``).
+Writes ``<class>/<nnnn>.jpg`` (some ``.png``, one RGBA), ``manifest.csv`` (``path,label,dup_group``) and
+``boxes_truth.csv`` (``path,xmin,ymin,xmax,ymax,label``: the true specimen box of every photo, which the real
+set does not have; tests use it as a box file and to measure the automatic box finder).
 """
 from __future__ import annotations
 
@@ -53,8 +55,9 @@ def specimen_texture(label: str, h: int, w: int, rng: np.random.Generator) -> np
     return np.asarray(c1, np.float32) * (1 - t) + np.asarray(c2, np.float32) * t
 
 
-def make_photo(label: str, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """``(H, W, 3)`` uint8: one specimen (a random blob) of ``label`` on a plain background."""
+def make_photo(label: str, rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, tuple]:
+    """``(H, W, 3)`` uint8: one specimen (a random blob) of ``label`` on a plain background, and its box
+    ``(xmin, ymin, xmax, ymax)`` in pixels (exclusive max)."""
     h, w = size
     bg = np.array(rng.choice([[245, 245, 245], [225, 225, 228], [40, 40, 45], [210, 200, 185]]), np.float32)
     img = bg * (0.92 + 0.08 * smooth_noise((h, w), rng, scale=w)[..., None])
@@ -70,17 +73,19 @@ def make_photo(label: str, rng: np.random.Generator, size: tuple[int, int]) -> n
     light = 0.75 + 0.35 * smooth_noise((h, w), rng, scale=r)[..., None]  # a little 3-D shading
     img = img * (1 - m) + tex * light * m
     img += rng.normal(0, 3, img.shape)
-    return img.clip(0, 255).astype(np.uint8)
+    xs, ys = [x for x, _ in poly], [y for _, y in poly]
+    box = (max(int(min(xs)), 0), max(int(min(ys)), 0), min(int(np.ceil(max(xs))) + 1, w), min(int(np.ceil(max(ys))) + 1, h))
+    return img.clip(0, 255).astype(np.uint8), box
 
 
 def write(out: str | Path, seed: int = 0, per_class: int = 12, size: tuple[int, int] = (240, 320)) -> Path:
     out = Path(out)
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, boxes = [], []
     for label in CLASSES:
         for i in range(per_class):
             hw = (int(size[0] * rng.uniform(0.8, 1.3)), int(size[1] * rng.uniform(0.8, 1.3)))
-            photo = make_photo(label, rng, hw)
+            photo, box = make_photo(label, rng, hw)
             if i == 1:  # a PNG with an alpha channel, as some real files are
                 alpha = np.full(photo.shape[:2] + (1,), 255, np.uint8)
                 name, arr = f"{i:04d}.png", np.concatenate([photo, alpha], axis=-1)
@@ -88,10 +93,16 @@ def write(out: str | Path, seed: int = 0, per_class: int = 12, size: tuple[int, 
                 name, arr = f"{i:04d}.jpg", photo
             save_image(out / label / name, arr)
             rows.append({"path": f"{label}/{name}", "label": label, "dup_group": ""})
+            boxes.append({"path": f"{label}/{name}", "xmin": box[0], "ymin": box[1], "xmax": box[2],
+                          "ymax": box[3], "label": label})
     with atomic_write(out / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "dup_group"])
         writer.writeheader()
         writer.writerows(rows)
+    with atomic_write(out / "boxes_truth.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "xmin", "ymin", "xmax", "ymax", "label"])
+        writer.writeheader()
+        writer.writerows(boxes)
     write_marker(out, f"{per_class} synthetic specimen photos per class in {len(CLASSES)} class folders.")
     return out
 

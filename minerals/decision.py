@@ -1,0 +1,63 @@
+"""The decision rule shared by training (threshold choice), prediction and evaluation.
+
+The network outputs softmax probabilities over the 7 minerals and ``negative``. A patch's *confidence* is
+the probability of its most likely mineral; the answer is that mineral when the confidence reaches the
+threshold, else ``"unknown"``. A ``negative`` patch takes probability mass away from every mineral, so it
+ends up below the threshold: one rule rejects both background/non-mineral patches and unsure minerals.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minerals.data import CLASSES, MINERALS, NEGATIVE
+
+UNKNOWN = "unknown"
+
+
+def mineral_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``probs`` (N, 8) -> (confidence (N,), index of the most likely mineral (N,))."""
+    m = probs[:, : len(MINERALS)]
+    return m.max(axis=1), m.argmax(axis=1)
+
+
+def decide(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, list[str]]:
+    """(confidence (N,), results: a mineral name or ``"unknown"``) for ``probs`` (N, 8)."""
+    conf, idx = mineral_confidence(probs)
+    return conf, [MINERALS[i] if c >= threshold else UNKNOWN for c, i in zip(conf, idx)]
+
+
+def open_set_correct(probs: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Per patch: right mineral above the threshold, or a ``negative`` patch answered ``"unknown"``."""
+    conf, idx = mineral_confidence(probs)
+    accepted = conf >= threshold
+    is_neg = labels == CLASSES.index(NEGATIVE)
+    return np.where(is_neg, ~accepted, accepted & (idx == labels))
+
+
+def choose_threshold(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None) -> float:
+    """The threshold with the best open-set accuracy on validation patches (the lowest among equals).
+
+    ``labels`` are indices into :data:`CLASSES`. Both minerals and negatives count, in their natural
+    proportion, so a threshold only goes up when it rejects more wrong answers than right ones.
+    """
+    grid = np.round(np.arange(0.0, 1.0, 0.01), 2) if grid is None else grid
+    scores = [open_set_correct(probs, labels, t).mean() for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def threshold_curve(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None) -> dict[str, list]:
+    """Accuracy and coverage against the threshold, on the mineral patches (``labels`` < 7).
+
+    coverage = share of mineral patches answered with a mineral; accuracy = share of those that are right;
+    open_set_accuracy counts negatives too (see :func:`open_set_correct`).
+    """
+    grid = np.round(np.arange(0.0, 1.0, 0.01), 2) if grid is None else grid
+    conf, idx = mineral_confidence(probs)
+    pos = labels < len(MINERALS)
+    out = {"threshold": grid.tolist(), "accuracy": [], "coverage": [], "open_set_accuracy": []}
+    for t in grid:
+        acc = (conf >= t) & pos
+        out["coverage"].append(float(acc.sum() / max(pos.sum(), 1)))
+        out["accuracy"].append(float((idx[acc] == labels[acc]).mean()) if acc.any() else float("nan"))
+        out["open_set_accuracy"].append(float(open_set_correct(probs, labels, t).mean()))
+    return out

@@ -1,0 +1,140 @@
+"""Measure a trained classifier on labelled patches: accuracy, macro-F1, per-class P/R/F1, confusion matrix,
+and accuracy / coverage against the confidence threshold.
+
+    python minerals/evaluate.py --checkpoint runs/minerals/train/best.pt --data runs/minerals/samples \
+        [--split val] --out runs/minerals/eval
+
+Labelled patches are either an extracted-samples folder (``index.csv``; ``--split val`` keeps the validation
+patches of the run's ``split.csv``) or a folder of ``<class>/<patch>`` sub-folders (``negative/`` for
+non-minerals). Writes ``metrics.json``, ``confusion_matrix.png`` and ``threshold_curve.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.io import IMAGE_EXTENSIONS, write_json
+from common.metrics import classification_summary
+from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
+from minerals.decision import UNKNOWN, decide, threshold_curve
+from minerals.predict import load_classifier, predict_probs
+
+
+def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all") -> list[tuple[Path, str]]:
+    """``(file, label)`` pairs from an index.csv folder (optionally one split of a run) or class folders."""
+    if (data / "index.csv").exists():
+        rows = read_index(data)
+        if split != "all":
+            if split_csv is None or not split_csv.exists():
+                raise SystemExit(f"--split {split}: the run's split.csv was not found ({split_csv})")
+            with open(split_csv, newline="") as f:
+                keep = {r["patch"] for r in csv.DictReader(f) if r["split"] == split}
+            rows = [r for r in rows if r["patch"] in keep]
+        return [(Path(r["file"]), r["label"]) for r in rows]
+    pairs = []
+    for c in CLASSES:
+        if (data / c).is_dir():
+            pairs += [(f, c) for f in sorted((data / c).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not pairs:
+        raise SystemExit(f"{data}: neither index.csv nor <class>/ folders of patches")
+    return pairs
+
+
+def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """All metrics of one evaluation; ``probs`` (N, 8) softmax, ``labels`` (N,) indices into CLASSES."""
+    pos = labels < len(MINERALS)
+    closed = classification_summary(labels[pos].tolist(), probs[pos, : len(MINERALS)].argmax(1).tolist(), MINERALS)
+    _, results = decide(probs, threshold)
+    truth = [CLASSES[i] if i < len(MINERALS) else UNKNOWN for i in labels]
+    open_set = classification_summary(truth, results, MINERALS + [UNKNOWN])
+    curve = threshold_curve(probs, labels)
+    return {"n_patches": int(len(labels)), "n_mineral_patches": int(pos.sum()), "threshold": threshold,
+            "closed_set": closed,  # the most likely mineral, mineral patches only (the usual dataset metric)
+            "open_set": open_set,  # with the threshold: negatives must come out "unknown"
+            "coverage_at_threshold": float(np.mean([r != UNKNOWN for r, p in zip(results, pos) if p]))
+            if pos.any() else float("nan"),
+            "threshold_curve": curve}
+
+
+def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(np.asarray(cm), display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False,
+                                                                      xticks_rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_threshold(curve: dict, threshold: float, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve["threshold"], curve["accuracy"], label="accuracy of answered mineral patches")
+    ax.plot(curve["threshold"], curve["coverage"], label="coverage (mineral patches answered)")
+    ax.plot(curve["threshold"], curve["open_set_accuracy"], label="open-set accuracy (incl. negatives)")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set(xlabel="confidence threshold", ylim=(0, 1.02), title="accuracy and coverage vs threshold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/minerals/train/best.pt")
+    p.add_argument("--data", default="runs/minerals/samples", help="samples folder (index.csv) or class folders")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"],
+                   help="with an index.csv: which patches of the run's split.csv (next to the checkpoint)")
+    p.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    model, meta = load_classifier(args.checkpoint, device)
+    threshold = meta["threshold"] if args.threshold is None else args.threshold
+    data = Path(args.data)
+    split = args.split if (data / "index.csv").exists() else "all"
+    pairs = labelled_patches(data, Path(args.checkpoint).parent / "split.csv", split)
+    probs, labels = [], []
+    for i, pr, err in predict_probs(model, [f for f, _ in pairs], meta["img_size"], device):
+        if err:
+            print(f"skipped {err}", file=sys.stderr)
+            continue
+        probs.append(pr)
+        labels.append(CLASSES.index(pairs[i][1]))
+    report = summarise(np.stack(probs), np.asarray(labels), threshold)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", report)
+    plot_confusion(report["closed_set"]["confusion_matrix"], MINERALS, out / "confusion_matrix.png",
+                   f"{meta['backbone']}: {split} mineral patches (acc {report['closed_set']['accuracy']:.3f})")
+    plot_confusion(report["open_set"]["confusion_matrix"], MINERALS + [UNKNOWN], out / "confusion_matrix_open_set.png",
+                   f"with threshold {threshold:.2f} ('{NEGATIVE}' patches should be '{UNKNOWN}')")
+    plot_threshold(report["threshold_curve"], threshold, out / "threshold_curve.png")
+    c = report["closed_set"]
+    print(f"{report['n_patches']} patches ({split}): accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}; "
+          f"threshold {threshold:.2f}: open-set accuracy {report['open_set']['accuracy']:.4f}, coverage "
+          f"{report['coverage_at_threshold']:.3f}; wrote {out}", file=sys.stderr)
+    for name, m in c["per_class"].items():
+        print(f"  {name:<12} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1-score']:.3f}  n {int(m['support'])}",
+              file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

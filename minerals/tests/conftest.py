@@ -1,0 +1,29 @@
+"""Session fixtures: tiny demo photos, their extracted samples and a tiny trained checkpoint (tmp dirs only)."""
+from __future__ import annotations
+
+import pytest
+
+from minerals import demo_data, train
+from minerals.extract_samples import extract
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """7 classes x 5 synthetic specimen photos (+ manifest.csv, boxes_truth.csv)."""
+    return demo_data.write(tmp_path_factory.mktemp("photos"), seed=1, per_class=5, size=(120, 160))
+
+
+@pytest.fixture(scope="session")
+def samples(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples")
+    extract(photos, out, patch_size=64, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def run(samples, tmp_path_factory):
+    """A 2-epoch OreNet run at 48 px: best.pt, last.pt, logs, ONNX graph."""
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--data", str(samples), "--out", str(out), "--epochs", "2", "--img-size", "48",
+                "--batch-size", "16", "--width", "0.5", "--threads", "2"])
+    return out

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from minerals.data import CLASSES, MINERALS
+from minerals.decision import choose_threshold, decide, threshold_curve
+from minerals.evaluate import summarise
+
+
+def onehot(i, p=0.9):
+    v = np.full(len(CLASSES), (1 - p) / (len(CLASSES) - 1))
+    v[i] = p
+    return v
+
+
+def test_hand_made_confusion_case():
+    # 4 biotite: 3 right, 1 taken for pyrite; 2 pyrite right; 2 quartz: 1 right (unsure: 0.4), 1 as biotite
+    b, py, q, neg = (CLASSES.index(c) for c in ("biotite", "pyrite", "quartz", "negative"))
+    probs = np.stack([onehot(b), onehot(b), onehot(b), onehot(py), onehot(py), onehot(py), onehot(q, 0.4),
+                      onehot(b), onehot(neg), onehot(neg)])
+    labels = np.array([b, b, b, b, py, py, q, q, neg, neg])
+    r = summarise(probs, labels, threshold=0.5)
+    c = r["closed_set"]
+    assert c["accuracy"] == pytest.approx(6 / 8)
+    cm = np.array(c["confusion_matrix"])
+    assert cm[MINERALS.index("biotite"), MINERALS.index("pyrite")] == 1
+    assert cm[MINERALS.index("quartz"), MINERALS.index("biotite")] == 1
+    assert c["per_class"]["biotite"]["precision"] == pytest.approx(3 / 4)
+    assert c["per_class"]["biotite"]["recall"] == pytest.approx(3 / 4)
+    assert c["per_class"]["pyrite"]["precision"] == pytest.approx(2 / 3)
+    assert c["per_class"]["quartz"]["recall"] == pytest.approx(1 / 2)
+    f1 = {"biotite": 0.75, "pyrite": 0.8, "quartz": 2 / 3}
+    assert c["macro_f1"] == pytest.approx(sum(f1.values()) / 7)  # 4 absent classes count as 0
+    # with the threshold 0.5: the unsure quartz and both negatives are "unknown"
+    assert r["coverage_at_threshold"] == pytest.approx(7 / 8)
+    assert r["open_set"]["accuracy"] == pytest.approx((3 + 2 + 0 + 0 + 2) / 10)
+
+
+def test_threshold_rule_and_curve():
+    probs = np.stack([onehot(0, 0.95), onehot(1, 0.6), onehot(2, 0.3), onehot(7, 0.9)])
+    labels = np.array([0, 1, 7, 7])  # the third is a negative patch that looks a little like chrysocolla
+    conf, res = decide(probs, 0.5)
+    assert res == ["biotite", "bornite", "unknown", "unknown"]
+    # rejecting the third needs t > 0.3, keeping the second t <= 0.6: the lowest best grid value is 0.31
+    t = choose_threshold(probs, labels)
+    assert t == pytest.approx(0.31)
+    curve = threshold_curve(probs, labels)
+    cov = curve["coverage"]
+    assert cov[0] == 1.0 and all(a >= b for a, b in zip(cov, cov[1:]))

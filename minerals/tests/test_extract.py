@@ -1,0 +1,102 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minerals.extract_samples import Box, boxes_for, extract, find_specimen_box, load_boxes
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a.x1, b.x1) - max(a.x0, b.x0))
+    iy = max(0, min(a.y1, b.y1) - max(a.y0, b.y0))
+    inter = ix * iy
+    return inter / ((a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter)
+
+
+def box_of(r) -> Box:
+    return Box(*(int(r[k]) for k in ("x0", "y0", "x1", "y1")))
+
+
+def check_index(out: Path):
+    rows = read(out / "index.csv")
+    for r in rows:
+        assert (out / "patches" / r["patch"]).exists()
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+    for src, rs in by_source.items():
+        if not src:
+            continue
+        pos = [box_of(r) for r in rs if r["kind"] == "positive"]
+        assert pos, src
+        for r in rs:  # every box lies inside its image
+            b = box_of(r)
+            assert 0 <= b.x0 < b.x1 <= int(r["src_w"]) and 0 <= b.y0 < b.y1 <= int(r["src_h"])
+        for r in rs:  # negatives touch no positive box
+            if r["kind"] == "background":
+                assert all(box_of(r).disjoint(p) for p in pos), src
+    return rows
+
+
+def test_without_box_file_finds_specimens(samples, photos):
+    rows = check_index(samples)
+    labels = {r["label"] for r in rows}
+    assert labels == {"biotite", "bornite", "chrysocolla", "malachite", "muscovite", "pyrite", "quartz", "negative"}
+    assert any(r["kind"] == "background" for r in rows) and any(r["kind"] == "synthetic" for r in rows)
+    truth = load_boxes(photos / "boxes_truth.csv")
+    ious = [iou(box_of(r), boxes_for(truth, r["source"])[0]) for r in rows if r["kind"] == "positive"]
+    assert np.mean(ious) > 0.7, np.mean(ious)
+    assert (samples / "contact_sheet_00.jpg").exists() and (samples / "boxes.csv").exists()
+
+
+def test_with_box_file_uses_given_boxes(photos, tmp_path):
+    out = tmp_path / "s"
+    extract(photos, out, boxes=photos / "boxes_truth.csv", patch_size=64, sheets=False)
+    rows = check_index(out)
+    truth = {r["path"]: r for r in read(photos / "boxes_truth.csv")}
+    for r in rows:
+        if r["kind"] == "positive":
+            assert r["method"] == "given"
+            t = truth[r["source"]]
+            assert (r["x0"], r["y0"], r["x1"], r["y1"]) == (t["xmin"], t["ymin"], t["xmax"], t["ymax"])
+
+
+def test_deterministic(photos, samples, tmp_path):
+    out = tmp_path / "again"
+    extract(photos, out, patch_size=64, seed=0, sheets=False)
+    assert read(out / "index.csv") == read(samples / "index.csv")
+    first = sorted((samples / "patches").rglob("*.jpg"))[:5]
+    for f in first:
+        assert f.read_bytes() == (out / "patches" / f.relative_to(samples / "patches")).read_bytes()
+
+
+def test_box_file_formats(tmp_path):
+    (tmp_path / "voc").mkdir()
+    (tmp_path / "voc" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>100</width><height>80</height></size>"
+        "<object><name>pyrite</name><bndbox><xmin>11</xmin><ymin>21</ymin><xmax>50</xmax><ymax>60</ymax>"
+        "</bndbox></object></annotation>")
+    (tmp_path / "yolo" / "pyrite").mkdir(parents=True)
+    (tmp_path / "yolo" / "pyrite" / "a.txt").write_text("0 0.5 0.5 0.2 0.25\n")
+    (tmp_path / "b.csv").write_text("filename,xmin,ymin,xmax,ymax\npyrite/a.jpg,10,20,50,60\n")
+    voc = boxes_for(load_boxes(tmp_path / "voc"), "pyrite/a.jpg")[0].to_pixels(100, 80)
+    yolo = boxes_for(load_boxes(tmp_path / "yolo"), "pyrite/a.jpg")[0].to_pixels(100, 80)
+    csv_ = boxes_for(load_boxes(tmp_path / "b.csv"), "pyrite/a.jpg")[0].to_pixels(100, 80)
+    assert (voc.x0, voc.y0, voc.x1, voc.y1) == (10, 20, 50, 60) == (csv_.x0, csv_.y0, csv_.x1, csv_.y1)
+    assert (yolo.x0, yolo.y0, yolo.x1, yolo.y1) == (40, 30, 60, 50)
+    with pytest.raises(FileNotFoundError):
+        load_boxes(tmp_path / "missing")
+
+
+def test_textured_background_falls_back_to_whole_image():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    box, method = find_specimen_box(np.asarray(Image.fromarray(img)))
+    assert method == "full" and (box.x0, box.y0, box.x1, box.y1) == (0, 0, 120, 90)

@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from minerals.data import CLASSES, MINERALS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_training_writes_checkpoints_with_threshold(run):
+    for name in ("best.pt", "last.pt", "config.json", "log.csv", "curves.png", "model.onnx", "model_summary.txt",
+                 "split.csv", "val_predictions.csv", "result.json"):
+        assert (run / name).exists(), name
+    ck = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert ck["classes"] == CLASSES and 0.0 <= ck["threshold"] < 1.0
+    assert {"model", "optimizer", "epoch", "best_metric", "config"} <= set(ck)
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(run / "model.onnx")))
+
+
+def test_split_keeps_groups_apart(run):
+    import csv
+
+    with open(run / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    side = {}
+    for r in rows:
+        assert side.setdefault(r["group"], r["split"]) == r["split"], r["group"]
+    assert {r["split"] for r in rows} == {"train", "val"}
+
+
+def predict(args, cwd=ROOT):
+    p = subprocess.run([sys.executable, str(ROOT / "minerals" / "predict.py")] + args, capture_output=True,
+                       text=True, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_predict_json_schema_threshold_and_corrupt_file(run, samples, tmp_path):
+    patches = sorted((samples / "patches" / "pyrite").glob("*.jpg"))[:3]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    for threshold in ("0.0", "0.5", "0.99"):
+        rc, out, err = predict([*map(str, patches), str(bad), "--checkpoint", str(run / "best.pt"),
+                                "--threshold", threshold], cwd=tmp_path)  # runs from any folder
+        res = json.loads(out)  # stdout holds the JSON and nothing else
+        assert rc == 1 and "broken.jpg" in err
+        assert list(res) == [p.name for p in patches] + ["broken.jpg"]
+        assert res["broken.jpg"]["result"] == "error" and res["broken.jpg"]["confidence"] is None
+        for p in patches:
+            r = res[p.name]
+            assert set(r) == {"confidence", "result"} and isinstance(r["confidence"], float)
+            assert r["result"] in MINERALS + ["unknown"]
+            assert (r["result"] == "unknown") == (r["confidence"] < float(threshold))
+    # default threshold: the checkpoint's
+    thr = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["threshold"]
+    rc, out, err = predict([str(samples / "patches"), "--checkpoint", str(run / "best.pt")])
+    assert rc == 0 and f"threshold {thr:.2f}" in err
+    res = json.loads(out)
+    assert len(res) == len(list((samples / "patches").rglob("*.jpg")))
+    assert all((r["result"] == "unknown") == (r["confidence"] < thr) for r in res.values())
+
+
+def test_evaluate_on_run(run, samples, tmp_path):
+    from minerals import evaluate
+
+    report = evaluate.main(["--checkpoint", str(run / "best.pt"), "--data", str(samples), "--out", str(tmp_path)])
+    assert 0 <= report["closed_set"]["accuracy"] <= 1
+    for name in ("metrics.json", "confusion_matrix.png", "confusion_matrix_open_set.png", "threshold_curve.png"):
+        assert (tmp_path / name).exists()

@@ -1,0 +1,291 @@
+"""Train the minerals classifier (7 minerals + "negative") on extracted patches.
+
+    python minerals/extract_samples.py --data data/minerals --out runs/minerals/samples
+    python minerals/train.py --data runs/minerals/samples --out runs/minerals/train            # from scratch
+    python minerals/train.py --backbone efficientnet_lite0 --out runs/minerals/transfer        # transfer
+
+Reads top to bottom: config -> data (group-aware split) -> model -> loop -> save. Writes into ``--out``:
+``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best metric, config, classes, threshold),
+``config.json``, ``split.csv``, ``log.csv`` (per-epoch metrics), ``curves.png``, ``model.onnx`` and
+``model_summary.txt`` (the network graph), ``val_predictions.csv`` (validation probabilities of best.pt).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import resource
+import sys
+import warnings
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.io import atomic_path, write_json
+from common.metrics import classification_summary
+from minerals.data import CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
+from minerals.decision import choose_threshold, open_set_correct
+from minerals.model import BACKBONES, build_model
+
+
+@dataclass
+class Config:
+    data: str = "runs/minerals/samples"  # folder written by extract_samples.py (index.csv + patches/)
+    out: str = "runs/minerals/train"  # run folder: checkpoints, logs, plots, graph
+    backbone: str = "orenet"  # orenet (own, from scratch) | efficientnet_lite0 (ImageNet transfer)
+    width: float = 0.75  # OreNet channel-width multiplier
+    freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
+    img_size: int = 0  # input side in px (0: 96 for orenet, 128 for efficientnet_lite0)
+    epochs: int = 0  # (0: 30 for orenet, 8 for efficientnet_lite0)
+    batch_size: int = 48
+    lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 1e-3 for efficientnet_lite0)
+    weight_decay: float = 0.05  # AdamW decoupled weight decay
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (https://arxiv.org/abs/1512.00567)
+    class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
+    n_folds: int = 5  # the validation set is one fold of a stratified group k-fold
+    val_fold: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 2  # CPU threads (the machine is shared: keep it small)
+    max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
+    resume: str = ""  # a last.pt to continue from
+    export: bool = True  # export model.onnx + model_summary.txt at the end
+
+    def resolve(self) -> "Config":
+        transfer = self.backbone == "efficientnet_lite0"
+        self.img_size = self.img_size or (128 if transfer else 96)
+        self.epochs = self.epochs or (8 if transfer else 30)
+        self.lr = self.lr or (1e-3 if transfer else 4e-3)
+        return self
+
+
+def parse_args(argv=None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        if f.type in ("bool", bool):
+            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
+                           choices=BACKBONES if f.name == "backbone" else None)
+    return Config(**vars(p.parse_args(argv))).resolve()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def make_loaders(cfg: Config):
+    rows = read_index(cfg.data)
+    train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, cfg.seed)
+    cache = int(cfg.img_size * 1.25)
+    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size), cache)
+    val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), cache)
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_dl = torch.utils.data.DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
+                                           generator=g)
+    val_dl = torch.utils.data.DataLoader(val_ds, 2 * cfg.batch_size)
+    return train_rows, val_rows, train_dl, val_dl
+
+
+def class_weights(labels: list[int], power: float) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
+    w = (counts.sum() / (len(CLASSES) * np.maximum(counts, 1))) ** power
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int) -> tuple[float, int]:
+    model.train()
+    total, n = 0.0, 0
+    for x, y in tqdm(loader, desc="train", leave=False, file=sys.stderr):
+        x = x.to(device, memory_format=torch.channels_last)
+        y = y.to(device)
+        loss = F.cross_entropy(model(x), y, weight=weights, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(y)
+        n += len(y)
+        step += 1
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    return total / max(n, 1), step
+
+
+@torch.no_grad()
+def evaluate(model, loader, device) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean plain cross-entropy, probabilities (N, 8), labels (N,)) on ``loader``."""
+    model.eval()
+    probs, labels, total = [], [], 0.0
+    for x, y in loader:
+        logits = model(x.to(device, memory_format=torch.channels_last)).float().cpu()
+        total += F.cross_entropy(logits, y, reduction="sum").item()
+        probs.append(logits.softmax(1).numpy())
+        labels.append(y.numpy())
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    return total / max(len(labels), 1), probs, labels
+
+
+def mineral_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Closed-set metrics on the mineral patches: the most likely mineral against the true one."""
+    pos = labels < len(MINERALS)
+    pred = probs[pos, : len(MINERALS)].argmax(1)
+    return classification_summary(labels[pos].tolist(), pred.tolist(), MINERALS)
+
+
+def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: float, cfg: Config, threshold: float,
+                    history: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "best_metric": best, "config": dataclasses.asdict(cfg), "classes": CLASSES,
+                    "minerals": MINERALS, "threshold": threshold, "img_size": cfg.img_size,
+                    "backbone": cfg.backbone, "width": cfg.width, "history": history}, tmp)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train (smoothed, weighted)")
+    ax[0].plot(ep, [h["val_loss"] for h in history], label="validation")
+    ax[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax[1].plot(ep, [h["val_accuracy"] for h in history], label="accuracy (7 minerals)")
+    ax[1].plot(ep, [h["val_macro_f1"] for h in history], label="macro-F1 (7 minerals)")
+    ax[1].plot(ep, [h["val_open_set_accuracy"] for h in history], label="open-set acc. (+negatives, at threshold)")
+    ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def export_graph(model, cfg: Config, out: Path) -> None:
+    """The network graph as ONNX (opens in Netron) and a readable layer-by-layer summary."""
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    x = torch.rand(1, 3, cfg.img_size, cfg.img_size)
+    with atomic_path(out / "model.onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice (dynamo needs onnxscript)
+        torch.onnx.export(model, (x,), tmp, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    lines, hooks = [], []
+    for name, mod in model.named_modules():
+        if name and name.count(".") <= 1:
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: lines.append(f"{name:<28} {type(m).__name__:<20} {tuple(o.shape)!s:<20} "
+                                                        f"{sum(p.numel() for p in m.parameters()):>10,}")))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    n = sum(p.numel() for p in model.parameters())
+    text = (f"{cfg.backbone}: input (1, 3, {cfg.img_size}, {cfg.img_size}) float RGB in [0, 1] -> logits over "
+            f"{CLASSES}\n{n:,} parameters\n\n{'module':<28} {'type':<20} {'output shape':<20} {'params':>10}\n"
+            + "\n".join(lines) + "\n\nfull module tree:\n" + str(model) + "\n")
+    (out / "model_summary.txt").write_text(text)
+
+
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", dataclasses.asdict(cfg))
+
+    # data
+    t0 = time.time()
+    train_rows, val_rows, train_dl, val_dl = make_loaders(cfg)
+    with atomic_path(out / "split.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patch", "label", "group", "split"])
+        w.writerows([(r["patch"], r["label"], r["group"], s) for s, rs in (("train", train_rows), ("val", val_rows))
+                     for r in rs])
+    counts = {c: sum(r["label"] == c for r in train_rows) for c in CLASSES}
+    print(f"{len(train_rows)} training / {len(val_rows)} validation patches (loaded in {time.time() - t0:.0f}s); "
+          f"training counts {counts}", file=sys.stderr)
+
+    # model
+    model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_dl),
+                                                pct_start=0.25)  # https://arxiv.org/abs/1708.07120
+    weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
+    start, best, history, step = 0, -1.0, [], 0
+    if cfg.resume:
+        ck = torch.load(cfg.resume, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start, best, history = ck["epoch"], ck["best_metric"], ck["history"]
+        step = start * len(train_dl)
+        print(f"resumed from {cfg.resume} at epoch {start}", file=sys.stderr)
+
+    # loop
+    t_train = time.time()
+    for epoch in range(start + 1, cfg.epochs + 1):
+        t = time.time()
+        train_loss, step = train_one_epoch(model, train_dl, opt, sched, weights, cfg, device, step)
+        val_loss, probs, labels = evaluate(model, val_dl, device)
+        summary = mineral_metrics(probs, labels)
+        threshold = choose_threshold(probs, labels)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": summary["accuracy"],
+               "val_macro_f1": summary["macro_f1"], "threshold": threshold,
+               "val_open_set_accuracy": float(open_set_correct(probs, labels, threshold).mean()),
+               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t}
+        history.append(row)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), file=sys.stderr)
+        metric = summary["macro_f1"] + 1e-3 * summary["accuracy"]
+        if metric > best:
+            best = metric
+            save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, threshold, history)
+        save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, threshold, history)
+        with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            w.writeheader()
+            w.writerows(history)
+        plot_curves(history, out / "curves.png")
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    train_seconds = time.time() - t_train
+
+    # save: the best checkpoint's validation predictions, the graph, a summary
+    ck = torch.load(out / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(ck["model"])
+    _, probs, labels = evaluate(model, val_dl, device)
+    with atomic_path(out / "val_predictions.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patch", "label"] + [f"p_{c}" for c in CLASSES])
+        w.writerows([[r["patch"], r["label"]] + [f"{p:.5f}" for p in pr] for r, pr in zip(val_rows, probs)])
+    result = {"best_epoch": ck["epoch"], "threshold": ck["threshold"], "train_seconds": train_seconds,
+              **{k: v for k, v in mineral_metrics(probs, labels).items() if k in ("accuracy", "macro_f1")},
+              "open_set_accuracy": float(open_set_correct(probs, labels, ck["threshold"]).mean())}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    write_json(out / "result.json", result)
+    if cfg.export:
+        export_graph(model, cfg, out)
+    print(f"done: {json.dumps(result)}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
