@@ -39,20 +39,25 @@ help:
 	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
 
 # ------------------------------------------------------------------------------------------------ venvs
-# A venv is rebuilt from scratch when one of its requirement files (or pyproject.toml) changes.
+# A venv is rebuilt from scratch when the content of one of its requirement files (or pyproject.toml)
+# changes; the stamp holds a hash of that content, so a mere touch (git checkout) costs nothing.
+# $(1) venv folder, $(2) its requirement files
+define build_venv
+	@hash=$$(cat $(2) pyproject.toml | sha256sum | cut -d' ' -f1); \
+	if [ -f $(1)/.stamp ] && [ "$$(cat $(1)/.stamp)" = "$$hash" ]; then touch $(1)/.stamp; exit 0; fi; \
+	echo "building $(1) from $(2)"; set -x; \
+	rm -rf $(1); \
+	$(PYTHON) -m venv $(1); \
+	$(1)/bin/python -m pip install -q --disable-pip-version-check $(addprefix -r ,$(2)); \
+	$(1)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .; \
+	echo "$$hash" > $(1)/.stamp
+endef
+
 $(TORCH_VENV)/.stamp: $(TORCH_REQS) pyproject.toml
-	rm -rf $(TORCH_VENV)
-	$(PYTHON) -m venv $(TORCH_VENV)
-	$(TORCH_PY) -m pip install -q --disable-pip-version-check $(addprefix -r ,$(TORCH_REQS))
-	$(TORCH_PY) -m pip install -q --disable-pip-version-check --no-deps -e .
-	touch $@
+	$(call build_venv,$(TORCH_VENV),$(TORCH_REQS))
 
 $(TF_VENV)/.stamp: $(TF_REQS) pyproject.toml
-	rm -rf $(TF_VENV)
-	$(PYTHON) -m venv $(TF_VENV)
-	$(TF_PY) -m pip install -q --disable-pip-version-check $(addprefix -r ,$(TF_REQS))
-	$(TF_PY) -m pip install -q --disable-pip-version-check --no-deps -e .
-	touch $@
+	$(call build_venv,$(TF_VENV),$(TF_REQS))
 
 venv-torch: $(TORCH_VENV)/.stamp
 venv-tf: $(TF_VENV)/.stamp
