@@ -29,6 +29,21 @@ from minerals.decision import decide  # noqa: E402
 
 A4 = (8.27, 11.69)
 
+
+class Pages(PdfPages):
+    """PdfPages that can also write every page as a PNG (to look at the layout without a PDF viewer)."""
+
+    def __init__(self, path: Path, png_dir: Path | None = None):
+        super().__init__(path)
+        self.png_dir, self.n = png_dir, 0
+
+    def savefig(self, fig, **kw):
+        super().savefig(fig, **kw)
+        if self.png_dir is not None:
+            self.png_dir.mkdir(parents=True, exist_ok=True)
+            fig.savefig(self.png_dir / f"page_{self.n:02d}.png", dpi=60)
+        self.n += 1
+
 SAMPLING = """\
 The public set has no bounding boxes, so extract_samples.py finds the specimen box itself (a box file in
 Pascal VOC XML, YOLO txt or CSV is used instead when given). The method is classical and documented:
@@ -138,6 +153,7 @@ def main(argv=None) -> None:
     p.add_argument("--bench-json", default="benchmarks/minerals.json", help="figures for the summary, if present")
     p.add_argument("--demo-iou", default="0.83 (84 photos, seed 0)", help="measured IoU of the box finder on demo data")
     p.add_argument("--seed", type=int, default=0, help="which validation examples are shown")
+    p.add_argument("--pages-png", default=None, help="also write each page as a PNG into this folder")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     samples = runs / "samples"
@@ -151,7 +167,7 @@ def main(argv=None) -> None:
     index = read_csv(samples / "index.csv")
     rng = np.random.default_rng(args.seed)
     tmp = out.with_suffix(".tmp.pdf")
-    with PdfPages(tmp) as pdf:
+    with Pages(tmp, Path(args.pages_png) if args.pages_png else None) as pdf:
         # summary
         lines = [f"Data: {len({r['source'] for r in index if r['source']})} photos -> {len(index)} patches "
                  f"({sum(r['kind'] == 'positive' for r in index)} positive, "
