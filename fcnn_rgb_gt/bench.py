@@ -94,47 +94,64 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
-    """(Runs in a fresh process.) Time and peak RSS of predicting ``image_path`` tiled ``repeat x repeat``."""
+def _vm_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_predict(ckpt: str, image_path: str, repeat: int, batch_size: int = 8) -> dict:
+    """(Runs in a fresh process.) Time and peak memory of predicting ``image_path`` tiled ``repeat x repeat``.
+
+    The peak is the resident-set high-water mark (VmHWM) reset just before the prediction (``clear_refs``), so it
+    counts what predict itself allocates, not the image decoding before it. The float32 matmul rate is measured
+    in the same process just before, under the same machine load.
+    """
     set_threads(0)
     model, _ = load_checkpoint(ckpt, torch.device("cpu"))
-    image = read_rgb(image_path)
-    image = np.tile(image, (repeat, repeat, 1))
+    image = np.tile(read_rgb(image_path), (repeat, repeat, 1))
     predict_probs(model, image[:256, :256])  # warm-up (first-call allocations, oneDNN kernel choice)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
-    prob = predict_probs(model, image)
-    pred = prob >= 0.5
-    sec = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rate = matmul_gflops()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    rss_before = _vm_kib("VmRSS") / 1024
+    times = []
+    for _ in range(2):  # best of two: the machine is shared, the minimum is the least disturbed run
+        t0 = time.perf_counter()
+        prob = predict_probs(model, image, batch_size=batch_size)
+        pred = prob >= 0.5
+        times.append(time.perf_counter() - t0)
+        del prob
+    sec = min(times)
+    peak = _vm_kib("VmHWM") / 1024
     h, w = image.shape[:2]
+    flops = flops_per_pixel() * h * w
     return {"size": [w, h], "megapixels": round(h * w / 1e6, 2), "seconds": round(sec, 2),
             "rss_before_mib": round(rss_before, 1), "peak_rss_mib": round(peak, 1),
             "peak_increase_mib": round(peak - rss_before, 1),
             # full-size buffers a full-size output needs whatever the tiling: padded input copy (3 B/px),
             # blended accumulator + weight + result (3 x 4 B/px), mask (1 B/px)
             "image_sized_buffers_mib": round(h * w * 16 / 2 ** 20, 1),
-            "building_fraction": round(float(pred.mean()), 4), "threads": torch.get_num_threads()}
+            "gflops_image": round(flops / 1e9, 2), "matmul_gflops_per_s": round(rate, 1),
+            "flop_bound_seconds": round(flops / (rate * 1e9), 2),
+            "predict_over_flop_bound": round(sec / (flops / (rate * 1e9)), 2),
+            "building_fraction": round(float(pred.mean()), 4), "threads": torch.get_num_threads(),
+            "batch_size": batch_size, "load_avg": load_avg()}
 
 
 def predict_cost(ckpt: Path, image_path: Path) -> dict:
     runs = {}
-    for name, repeat in (("1x", 1), ("4x_area", 2)):
+    for name, repeat, batch in (("1x", 1, 8), ("4x_area", 2, 8), ("1x_batch1", 1, 1)):
         cmd = [sys.executable, "-m", "fcnn_rgb_gt.bench", "--measure-predict", str(ckpt), str(image_path),
-               str(repeat)]
+               str(repeat), str(batch)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
         runs[name] = json.loads(out.strip().splitlines()[-1])
         print(f"  predict {name}: {runs[name]}", flush=True)
-    set_threads(0)
-    rate = matmul_gflops()
-    one = runs["1x"]
-    flops = flops_per_pixel() * one["size"][0] * one["size"][1]
-    bound = flops / (rate * 1e9)
-    return {**runs, "flops_per_pixel": flops_per_pixel(), "gflops_image": round(flops / 1e9, 2),
-            "matmul_gflops_per_s": round(rate, 1), "flop_bound_seconds": round(bound, 2),
-            "predict_over_flop_bound": round(one["seconds"] / bound, 2),
-            "tile_overhead": "256 px tiles with 32 px overlap process ~1.3x the image's pixels; counted in the "
-                             "measured time, not in the bound"}
+    return {**runs, "flops_per_pixel": flops_per_pixel(),
+            "flop_bound": "FLOPs of the four convolutions over the image's pixels / float32 torch.mm rate "
+                          "(1024x1024, same threads, same process, just before); the 256 px tiles with 32 px "
+                          "overlap process ~1.3x the image's pixels, which counts in the time, not in the bound"}
 
 
 def main(argv=None) -> int:
@@ -144,11 +161,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "fcnn.json"))
     p.add_argument("--skip-train", action="store_true", help="reuse <runs>/default/best.pt")
     p.add_argument("--ablate", action="store_true", help="also run the short ablation variants")
-    p.add_argument("--measure-predict", nargs=3, metavar=("CKPT", "IMAGE", "REPEAT"), help=argparse.SUPPRESS)
+    p.add_argument("--measure-predict", nargs="+", help=argparse.SUPPRESS)  # CKPT IMAGE REPEAT [BATCH]
     args = p.parse_args(argv)
     if args.measure_predict:
-        ckpt, image, repeat = args.measure_predict
-        print(json.dumps(measure_predict(ckpt, image, int(repeat))))
+        ckpt, image, repeat, *batch = args.measure_predict
+        print(json.dumps(measure_predict(ckpt, image, int(repeat), int(batch[0]) if batch else 8)))
         return 0
 
     data = Path(args.data)
@@ -168,9 +185,10 @@ def main(argv=None) -> int:
     ckpt = torch.load(default / "best.pt", map_location="cpu", weights_only=True)
     report["train"] = {"command": "python fcnn_rgb_gt/train.py --data <data>/train_substitute",
                        "config": ckpt["config"], "model_config": ckpt["model_config"],
-                       "best_epoch": ckpt["best_epoch"], "val_iou_at_0.5": round(ckpt["best_iou"], 4),
+                       "best_epoch": ckpt["best_epoch"],
+                       "val_iou_at_0.5": ckpt["history"][ckpt["best_epoch"] - 1]["val_iou"],
                        "threshold": ckpt["threshold"], "val_iou_at_threshold": round(ckpt["val_iou_at_threshold"], 4),
-                       "epochs_run": len(ckpt["history"]), "train_loop_seconds": ckpt["history"][-1]["seconds"]}
+                       "epochs_run": len(torch.load(default / "last.pt", map_location="cpu", weights_only=True)["history"]), "train_loop_seconds": ckpt["history"][-1]["seconds"]}
     print("test pairs (extra/*):", flush=True)
     report["extra"] = evaluate_pairs(default / "best.pt", pairs)
     ious = [r["iou"] for r in report["extra"].values()]
@@ -184,7 +202,7 @@ def main(argv=None) -> int:
             sec = train_run(train_dir, runs / name.split()[0], ABLATION_BUDGET + flags)
             st = torch.load(runs / name.split()[0] / "best.pt", map_location="cpu", weights_only=True)
             abl[name] = {"flags": " ".join(flags), "train_seconds": sec, "best_epoch": st["best_epoch"],
-                         "val_iou_at_0.5": round(st["best_iou"], 4), "threshold": st["threshold"],
+                         "val_iou_at_0.5": st["history"][st["best_epoch"] - 1]["val_iou"], "threshold": st["threshold"],
                          "val_iou_at_threshold": round(st["val_iou_at_threshold"], 4),
                          "extra_iou": {k: v["iou"] for k, v in evaluate_pairs(runs / name.split()[0] / "best.pt", pairs).items()}}
             report["ablations"] = {"budget": " ".join(ABLATION_BUDGET), "selection": "val_iou_at_threshold "

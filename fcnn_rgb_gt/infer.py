@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from common.tiling import MAX_TILE, predict_tiled
 from fcnn_rgb_gt.model import FCN, ModelConfig
@@ -33,8 +34,18 @@ def prepare(model: FCN, device: torch.device) -> FCN:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[FCN, dict]:
-    """Return ``(model in eval mode, checkpoint dict)``."""
+def fuse_batch_norm(model: FCN) -> FCN:
+    """Fold each eval-mode BatchNorm into the convolution before it (exact; one pass less over the activations)."""
+    model.eval()
+    for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+        if isinstance(getattr(model, bn), torch.nn.BatchNorm2d):
+            setattr(model, conv, fuse_conv_bn_eval(getattr(model, conv), getattr(model, bn)))
+            setattr(model, bn, torch.nn.Identity())
+    return model
+
+
+def load_checkpoint(path: str | Path, device: torch.device, fuse: bool = True) -> tuple[FCN, dict]:
+    """Return ``(model in eval mode, checkpoint dict)``; ``fuse`` folds batch norm into the convolutions."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found (train first: python fcnn_rgb_gt/train.py)")
@@ -44,7 +55,10 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[FCN, dict]:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a valid fcnn_rgb_gt checkpoint ({str(err).splitlines()[0]})") from None
-    return prepare(model, device).eval(), ckpt
+    model.eval()
+    if fuse:
+        model = fuse_batch_norm(model)
+    return prepare(model, device), ckpt
 
 
 def _even_tile(tile: int, height: int, width: int) -> int:
@@ -67,6 +81,7 @@ def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = N
         x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
-        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()  # (B, t, t): building probability
+        # (B, t, t) building probability: softmax over two logits == sigmoid of their difference
+        return torch.sigmoid((logits[:, 1] - logits[:, 0]).float()).cpu().numpy()
 
     return predict_tiled(image, fn, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)[..., 0]

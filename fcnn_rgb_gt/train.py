@@ -145,7 +145,7 @@ def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device) -> 
 
 
 def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device) -> tuple[dict, np.ndarray]:
-    """Tiled prediction of the validation strip: CE loss, and IoU/F1 at probability 0.5."""
+    """Tiled prediction of the validation strip: CE loss, IoU/F1 at probability 0.5, and the probabilities."""
     model.eval()
     prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4))
     p = np.clip(prob, 1e-6, 1 - 1e-6)
@@ -167,6 +167,7 @@ def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: dict, cfg: 
                     threshold: float = 0.5) -> None:
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "epoch": epoch, "best_iou": best["iou"], "best_epoch": best["epoch"], "threshold": threshold,
+             "val_iou_at_threshold": best["iou"],
              "config": asdict(cfg), "model_config": model.cfg.to_dict(), "history": history,
              "classes": ["background", "building"]}
     with atomic_path(path) as tmp:
@@ -193,7 +194,8 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
-    ax2.plot(ep, [h["val_iou"] for h in history], "g--", alpha=0.6, label="validation building IoU")
+    ax2.plot(ep, [h["val_iou_at_threshold"] for h in history], "g--", alpha=0.6,
+             label="validation building IoU (tuned threshold)")
     ax2.set_ylabel("IoU")
     ax2.set_ylim(0, 1)
     lines = ax.get_legend_handles_labels()
@@ -245,7 +247,7 @@ def train(cfg: TrainConfig) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         history, start = ckpt["history"], ckpt["epoch"] + 1
-        best = {"iou": ckpt["best_iou"], "epoch": ckpt["best_epoch"]}
+        best = {"iou": ckpt["best_iou"], "epoch": ckpt["best_epoch"], "threshold": ckpt["threshold"]}
         print(f"resumed {ckpt_path} at epoch {ckpt['epoch']} (best IoU {best['iou']:.4f} at epoch {best['epoch']})")
     write_json(out / "config.json", asdict(cfg))
 
@@ -255,39 +257,34 @@ def train(cfg: TrainConfig) -> dict:
             print(f"stopping before epoch {epoch}: --max-minutes {cfg.max_minutes} reached")
             break
         train_loss = train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device)
-        metrics, _ = evaluate(model, va_img, va_mask, cfg, device)
+        metrics, prob = evaluate(model, va_img, va_mask, cfg, device)
+        # the threshold is part of the model: chosen on the validation strip at every epoch (unless fixed)
+        if cfg.threshold >= 0:
+            threshold, thr_iou = cfg.threshold, segmentation_report(prob >= cfg.threshold, va_mask)["iou"]
+        else:
+            threshold, thr_iou = best_threshold(prob, va_mask)
         row = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(metrics["val_loss"], 5),
                "val_iou": round(metrics["val_iou"], 4), "val_f1": round(metrics["val_f1"], 4),
-               "val_accuracy": round(metrics["val_accuracy"], 4), "lr": f"{sched.get_last_lr()[0]:.2e}",
+               "val_accuracy": round(metrics["val_accuracy"], 4), "threshold": threshold,
+               "val_iou_at_threshold": round(thr_iou, 4), "lr": f"{sched.get_last_lr()[0]:.2e}",
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
-        improved = metrics["val_iou"] > best["iou"]
+        improved = thr_iou > best["iou"]
         if improved:
-            best = {"iou": metrics["val_iou"], "epoch": epoch}
-            save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, history)
-        save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, history)
+            best = {"iou": thr_iou, "epoch": epoch, "threshold": threshold}
+            save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, history, threshold)
+        save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, history, best.get("threshold", 0.5))
         write_log(out / "log.csv", history)
         plot_losses(out / "loss_vs_epochs.png", history)
         print(f"epoch {epoch:3d}/{cfg.epochs}  train {train_loss:.4f}  val {metrics['val_loss']:.4f}  "
-              f"IoU {metrics['val_iou']:.4f}  F1 {metrics['val_f1']:.4f}  {row['seconds']:.0f}s" +
-              ("  *best" if improved else ""))
+              f"IoU {metrics['val_iou']:.4f} (at {threshold}: {thr_iou:.4f})  F1 {metrics['val_f1']:.4f}  "
+              f"{row['seconds']:.0f}s" + ("  *best" if improved else ""))
 
-    # the probability threshold is chosen on the validation strip with the best epoch's weights
-    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(ckpt["model"])
-    metrics, prob = evaluate(model, va_img, va_mask, cfg, device)
-    threshold, thr_iou = (cfg.threshold, metrics["val_iou"]) if cfg.threshold >= 0 else best_threshold(prob, va_mask)
-    if cfg.threshold >= 0:
-        thr_iou = segmentation_report(prob >= threshold, va_mask)["iou"]
-    ckpt["threshold"] = threshold
-    ckpt["val_iou_at_threshold"] = thr_iou
-    with atomic_path(out / "best.pt") as tmp:
-        torch.save(ckpt, tmp)
-    summary = {"best_epoch": best["epoch"], "val_iou_at_0.5": round(best["iou"], 4), "threshold": threshold,
-               "val_iou_at_threshold": round(thr_iou, 4), "train_seconds": round(time.perf_counter() - t0, 1),
+    summary = {"best_epoch": best["epoch"], "val_iou_at_threshold": round(best["iou"], 4),
+               "threshold": best.get("threshold"), "train_seconds": round(time.perf_counter() - t0, 1),
                "out": str(out)}
-    print(f"best epoch {best['epoch']}: validation IoU {best['iou']:.4f} at 0.5, {thr_iou:.4f} at threshold "
-          f"{threshold}; checkpoint {out / 'best.pt'}, plot {out / 'loss_vs_epochs.png'}")
+    print(f"best epoch {best['epoch']}: validation IoU {best['iou']:.4f} at threshold {best.get('threshold')}; "
+          f"checkpoint {out / 'best.pt'}, plot {out / 'loss_vs_epochs.png'}")
     return summary
 
 
