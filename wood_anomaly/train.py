@@ -14,8 +14,8 @@ still scores high as long as ``k`` exceeds the number of its copies.
 Scores are relative to the photo itself: predict adds the photo's own patches to the bank (self-reference),
 so a new wood species is compared with itself as well as with the training boards.
 
-The pixel threshold is set without labels, from the scores of the training photos: ``q50 + 2 (q99 - q50)``
-of all their (smoothed) pixel scores: the 99th percentile pushed out by its own distance from the median.
+The pixel threshold is set without labels, from the scores of held-out patches of the training photos:
+``q50 + 2 (q99 - q50)``, the 99th percentile pushed out by its own distance from the median.
 
 Outputs in ``--out``: ``model.pt`` (memory bank, config, threshold, score statistics), ``config.json`` and
 ``log.csv`` (one row per training photo).
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from common.io import atomic_path, atomic_write, write_json
 from wood_anomaly.data import read_images, resize, tile_features
-from wood_anomaly.model import PatchCore
+from wood_anomaly.model import PatchCore, knn_distance
 
 DEFAULT_DATA = Path("data/wood")
 DEFAULT_RUNS = Path("runs/wood")
@@ -48,8 +48,9 @@ class TrainConfig:
     scale: float = 0.5  # photos are resized by this before tiling (2592x1952 -> 1296x976)
     stages: str = "1,2"  # EfficientNet-Lite0 stages used as patch features (1: stride 4, 2: 8, 3: 16)
     pool: int = 3  # local averaging of features over pool x pool neighbours (PatchCore aggregation)
-    patches_per_image: int = 2000  # uniform random patch features per photo kept in the memory bank
-    self_patches: int = 2000  # at predict: patches of the scored photo itself added to the bank
+    patches_per_image: int = 1500  # uniform random patch features per photo kept in the memory bank
+    self_patches: int = 1500  # at predict: patches of the scored photo itself added to the bank
+    calib_patches: int = 4000  # held-out patches per photo whose scores set the threshold
     k: int = 30  # score = mean distance to the k nearest bank features (k > copies of any one defect)
     sigma: float = 2.0  # Gaussian smoothing of the score map, in pixels of the resized photo
     tile: int = 256  # network input tile (<= 256)
@@ -97,10 +98,12 @@ def sample_rows(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     return x if x.shape[0] <= n else x[torch.randperm(x.shape[0], generator=gen)[:n]]
 
 
-def fit_bank(model: PatchCore, images, cfg: TrainConfig, device: torch.device, log_path: Path) -> torch.Tensor:
-    """Memory bank ``(M, D)``: ``patches_per_image`` random patch features of every photo; one log row each."""
+def fit_bank(model: PatchCore, images, cfg: TrainConfig, device: torch.device, log_path: Path):
+    """Memory bank ``(M, D)``: ``patches_per_image`` random patch features of every photo (one log row each),
+    plus, per photo, a second disjoint random sample of its features (``calib_patches``) kept to calibrate
+    the threshold."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    parts = []
+    parts, held_out = [], []
     with atomic_write(log_path, "w", newline="") as f:
         log = csv.writer(f)
         log.writerow(["image", "height", "width", "patches", "kept", "seconds"])
@@ -108,26 +111,31 @@ def fit_bank(model: PatchCore, images, cfg: TrainConfig, device: torch.device, l
             t0 = time.perf_counter()
             feats = tile_features(model.features, resize(img, cfg.scale), cfg.tile, cfg.overlap, cfg.pad,
                                   cfg.batch_size, device)
-            parts.append(sample_rows(feats, cfg.patches_per_image, gen))
+            order = torch.randperm(feats.shape[0], generator=gen)
+            parts.append(feats[order[:cfg.patches_per_image]])
+            held_out.append(feats[order[cfg.patches_per_image:][:cfg.calib_patches]])
             log.writerow([path.name, *img.shape[:2], feats.shape[0], parts[-1].shape[0],
                           f"{time.perf_counter() - t0:.2f}"])
-    return torch.cat(parts)
+    return torch.cat(parts), held_out
 
 
-def calibrate(model: PatchCore, images, cfg: TrainConfig, device: torch.device) -> dict:
-    """X."""
-    from wood_anomaly.predict import anomaly_map  # local: predict imports this module too
+def calibrate(model: PatchCore, held_out: list[torch.Tensor], cfg: TrainConfig) -> dict:
+    """Label-free pixel threshold ``q50 + 2 (q99 - q50)`` of the k-NN scores of held-out training patches.
 
-    samples, image_scores = [], []
-    rng = np.random.default_rng(cfg.seed)
-    for _, img in tqdm(images, desc="threshold", unit="photo"):
-        m = anomaly_map(model, img, cfg, device, full_size=False)
-        samples.append(rng.choice(m.reshape(-1), size=min(m.size, 200_000), replace=False))
-        image_scores.append(float(m.max()))
-    s = np.concatenate(samples)
+    Each photo's held-out patches are scored as predict would score them (memory bank + that photo's own
+    sample), so the threshold matches the scale of predicted maps without predicting every photo again.
+    """
+    scores = []
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    for feats in held_out:
+        bank = model.bank
+        if cfg.self_patches > 0:
+            bank = torch.cat([bank, feats[torch.randperm(feats.shape[0], generator=gen)[:cfg.self_patches]]
+                              .to(bank.device)])
+        scores.append(knn_distance(feats.to(bank.device), bank, cfg.k).cpu())
+    s = torch.cat(scores).numpy()
     q50, q99 = np.quantile(s, [0.5, 0.99])
-    return {"threshold": float(q50 + 2 * (q99 - q50)), "q50": float(q50), "q99": float(q99),
-            "train_image_scores": image_scores}
+    return {"threshold": float(q50 + 2 * (q99 - q50)), "q50": float(q50), "q99": float(q99)}
 
 
 def save_checkpoint(path: Path, model: PatchCore, cfg: TrainConfig, calib: dict, images) -> None:
@@ -150,8 +158,9 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     model = build_model(cfg, device)
-    model.set_bank(fit_bank(model, images, cfg, device, out / "log.csv"))
-    calib = calibrate(model, images, cfg, device)
+    bank, held_out = fit_bank(model, images, cfg, device, out / "log.csv")
+    model.set_bank(bank)
+    calib = calibrate(model, held_out, cfg)
     seconds = time.perf_counter() - t0
     save_checkpoint(out / "model.pt", model, cfg, calib, images)
     write_json(out / "config.json", {**asdict(cfg), "bank_size": int(model.bank.shape[0]),
