@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -47,8 +49,8 @@ class TrainConfig:
     # needs no more context
     batch_size: int = 8  # crops per step
     lr: float = 1e-2  # AdamW peak learning rate, cosine decay to 1 % over the run
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.2  # share of the longer axis held out as the validation strip
+    weight_decay: float = 1e-4  # AdamW weight decay
+    val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
     loss: str = "wce"  # ce | wce (class-weighted CE) | ce_dice (CE + soft dice of the building class)
     augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter
     normalize: bool = True  # model option: fixed per-channel input standardisation (training-image stats)
@@ -65,12 +67,15 @@ class TrainConfig:
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # the help of each option is the comment beside its default in TrainConfig
+    comments = dict(re.findall(r"^    (\w+): .*?#\s*(.*)$", inspect.getsource(TrainConfig), re.M))
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag, help_ = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         else:
-            p.add_argument(flag, type={"int": int, "float": float}.get(str(f.type), str), default=f.default)
+            p.add_argument(flag, type={"int": int, "float": float}.get(str(f.type), str), default=f.default,
+                           help=help_)
     p.add_argument("--plain", action="store_true",
                    help="the bare brief architecture: no normalisation, batch norm or dropout")
     args = vars(p.parse_args(argv))
@@ -144,12 +149,21 @@ def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device) -> 
     return total / steps
 
 
-def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device) -> tuple[dict, np.ndarray]:
-    """Tiled prediction of the validation strip: CE loss, IoU/F1 at probability 0.5, and the probabilities."""
+def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device, weights: torch.Tensor
+             ) -> tuple[dict, np.ndarray]:
+    """Tiled prediction of the validation strip: the training loss (same kind and class weights, so the two
+    curves compare), IoU/F1 at probability 0.5, and the probabilities."""
     model.eval()
     prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4))
     p = np.clip(prob, 1e-6, 1 - 1e-6)
-    loss = float(-np.mean(np.where(mask == 1, np.log(p), np.log(1 - p))))
+    nll = np.where(mask == 1, -np.log(p), -np.log(1 - p))
+    if cfg.loss == "wce":  # F.cross_entropy(weight=...) normalises by the summed weights
+        w = weights.numpy()[mask]
+        loss = float((w * nll).sum() / w.sum())
+    else:
+        loss = float(nll.mean())
+    if cfg.loss == "ce_dice":
+        loss += 1 - (2 * (prob * mask).sum() + 1) / (prob.sum() + mask.sum() + 1)
     return {"val_loss": loss, **{f"val_{k}": v for k, v in segmentation_report(prob >= 0.5, mask).items()}}, prob
 
 
@@ -190,7 +204,7 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (augmented crops)")
-    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation loss (held-out strip, CE)")
+    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation loss (held-out strip, same loss)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
@@ -257,7 +271,7 @@ def train(cfg: TrainConfig) -> dict:
             print(f"stopping before epoch {epoch}: --max-minutes {cfg.max_minutes} reached")
             break
         train_loss = train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device)
-        metrics, prob = evaluate(model, va_img, va_mask, cfg, device)
+        metrics, prob = evaluate(model, va_img, va_mask, cfg, device, weights)
         # the threshold is part of the model: chosen on the validation strip at every epoch (unless fixed)
         if cfg.threshold >= 0:
             threshold, thr_iou = cfg.threshold, segmentation_report(prob >= cfg.threshold, va_mask)["iou"]
