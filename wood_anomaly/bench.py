@@ -46,6 +46,11 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def child_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_child_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
 
@@ -79,7 +84,7 @@ def main(argv=None) -> None:
     py = sys.executable
     load_before = os.getloadavg()
     train_s = run([py, str(HERE / "train.py"), "--data", str(data), "--out", str(runs), *args.train_args.split()])
-    train_peak = peak_child_mib()
+    train_peak, train_cpu = peak_child_mib(), child_cpu_s()
     predict_s = run([py, str(HERE / "predict.py"), "--data", str(data), "--model", str(runs / "model.pt"),
                      "--out", str(runs / "pred")])
     peak = peak_child_mib()
@@ -108,13 +113,15 @@ def main(argv=None) -> None:
 
     deep_scores = {s: float(r["score"]) for s, r in rows.items() if r["status"] == "ok"}
     seconds = [float(r["seconds"]) for r in rows.values() if r["seconds"]]
+    cpu = [float(r["cpu_seconds"]) for r in rows.values() if r.get("cpu_seconds")]
     result = {
         "data": str(data), "photos": len(rows), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "make bench-wood DATA_ROOT=../shared/data",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
                     "load_avg_1_5_15_after": [round(x, 2) for x in load_after],
-                    "note": "shared 2-core CPU, used by 3 other jobs at the same time: timings are pessimistic"},
+                    "note": "shared 2-core CPU used by 3 other helpers' jobs at the same time: wall times are "
+                            "pessimistic; cpu_seconds / 2 estimates the wall time on an idle 2-core machine"},
         "model": {"method": "PatchCore-style k-NN memory bank on EfficientNet-Lite0 (ImageNet) features",
                   "config": __import__("json").loads((runs / "config.json").read_text()),
                   "pixel": {k: deep[k] for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou",
@@ -122,7 +129,9 @@ def main(argv=None) -> None:
                   "image_ranking": ranking(deep_scores),
                   "labels": {s: r["label"] for s, r in rows.items()},
                   "train_seconds_incl_model_load": round(train_s, 1),
+                  "train_cpu_seconds": round(train_cpu, 1),
                   "predict_seconds_per_photo": round(float(np.mean(seconds)), 2) if seconds else None,
+                  "predict_cpu_seconds_per_photo": round(float(np.mean(cpu)), 2) if cpu else None,
                   "predict_seconds_total_incl_writing": round(predict_s, 1),
                   "peak_memory_mib": {"train": round(train_peak), "train_and_predict": round(peak)}},
         "baseline_median_colour_distance": {"pixel": baseline, "image_ranking": ranking(base_scores)},

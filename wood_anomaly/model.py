@@ -76,14 +76,32 @@ def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int
 class PatchCore(nn.Module):
     """Feature extractor + memory bank. ``forward`` maps image tiles to per-pixel anomaly scores."""
 
-    def __init__(self, stages: tuple[int, ...] = (2, 3), pool: int = 3, k: int = 1):
+    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, k: int = 30, neighbours: int = 3):
         super().__init__()
         self.features = PatchFeatures(stages, pool)
-        self.k = k
-        self.register_buffer("bank", torch.zeros(0, self.features.dim))
+        self.k, self.neighbours = k, neighbours
+        d = self.features.dim
+        self.register_buffer("bank", torch.zeros(0, d))  # (M, D) patch features of the training photos
+        self.register_buffer("bank_image", torch.zeros(0, dtype=torch.long))  # (M,) photo index of each row
+        self.register_buffer("image_desc", torch.zeros(0, d))  # (N, D) mean patch feature of each photo
 
-    def set_bank(self, bank: torch.Tensor) -> None:
+    def set_bank(self, bank: torch.Tensor, bank_image: torch.Tensor, image_desc: torch.Tensor) -> None:
         self.bank = bank.to(self.bank.device, self.bank.dtype).contiguous()
+        self.bank_image = bank_image.to(self.bank.device)
+        self.image_desc = image_desc.to(self.bank.device, self.bank.dtype)
+
+    def select_bank(self, desc: torch.Tensor) -> torch.Tensor:
+        """Bank rows of the ``neighbours`` training photos whose mean feature is closest to ``desc`` (D,)
+        (SPADE-style image retrieval: a pine board is compared with pine boards, not with walnut).
+
+        A training photo identical to the query (the query *is* that photo) is left out: the query's own
+        patches join the bank separately (self-reference), and counting them twice would let a defect match
+        its own copies. ``neighbours`` = 0 keeps every other photo."""
+        dist = (self.image_desc - desc.to(self.image_desc)).norm(dim=1)
+        other = dist > 1e-4 * desc.norm().clamp_min(1e-6)
+        order = [int(i) for i in dist.argsort() if other[i]]
+        keep = order if self.neighbours <= 0 else order[:self.neighbours]
+        return self.bank[torch.isin(self.bank_image, torch.tensor(keep, dtype=torch.long, device=self.bank.device))]
 
     @torch.no_grad()
     def score_features(self, f: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,8 +11,10 @@ would pick exactly the rare, defective patches), and the score of a patch is its
 ``--k`` nearest bank features, so a defect seen a few times in training (the same board photographed twice)
 still scores high as long as ``k`` exceeds the number of its copies.
 
-Scores are relative to the photo itself: predict adds the photo's own patches to the bank (self-reference),
-so a new wood species is compared with itself as well as with the training boards.
+Each photo is compared with the bank rows of the ``--neighbours`` training photos whose mean feature is closest
+to its own (SPADE-style retrieval: pine with pine, walnut with walnut; a training photo never with itself),
+plus ``--self-patches`` random patches of the photo itself (self-reference: a new species is compared with
+itself too).
 
 The pixel threshold is set without labels, from the scores of held-out patches of the training photos:
 ``q50 + 2 (q99 - q50)``, the 99th percentile pushed out by its own distance from the median.
@@ -48,10 +50,11 @@ class TrainConfig:
     scale: float = 0.5  # photos are resized by this before tiling (2592x1952 -> 1296x976)
     stages: str = "1,2"  # EfficientNet-Lite0 stages used as patch features (1: stride 4, 2: 8, 3: 16)
     pool: int = 3  # local averaging of features over pool x pool neighbours (PatchCore aggregation)
-    patches_per_image: int = 1500  # uniform random patch features per photo kept in the memory bank
-    self_patches: int = 1500  # at predict: patches of the scored photo itself added to the bank
+    patches_per_image: int = 2000  # uniform random patch features per photo kept in the memory bank
+    self_patches: int = 500  # at predict: random patches of the scored photo itself added to the bank
     calib_patches: int = 4000  # held-out patches per photo whose scores set the threshold
     k: int = 30  # score = mean distance to the k nearest bank features (k > copies of any one defect)
+    neighbours: int = 3  # score against the bank rows of the most similar other training photos (0: all)
     sigma: float = 2.0  # Gaussian smoothing of the score map, in pixels of the resized photo
     tile: int = 256  # network input tile (<= 256)
     overlap: int = 32  # overlap of neighbouring tiles, blended by common.tiling
@@ -90,7 +93,7 @@ def resolve_device(name: str, threads: int = 2) -> torch.device:
 
 def build_model(cfg: TrainConfig, device: torch.device) -> PatchCore:
     stages = tuple(int(s) for s in str(cfg.stages).split(","))
-    return PatchCore(stages, cfg.pool, cfg.k).to(device).eval().to(memory_format=torch.channels_last)
+    return PatchCore(stages, cfg.pool, cfg.k, cfg.neighbours).to(device).eval().to(memory_format=torch.channels_last)
 
 
 def sample_rows(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -103,7 +106,7 @@ def fit_bank(model: PatchCore, images, cfg: TrainConfig, device: torch.device, l
     plus, per photo, a second disjoint random sample of its features (``calib_patches``) kept to calibrate
     the threshold."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    parts, held_out = [], []
+    parts, held_out, desc = [], [], []
     with atomic_write(log_path, "w", newline="") as f:
         log = csv.writer(f)
         log.writerow(["image", "height", "width", "patches", "kept", "seconds"])
@@ -113,10 +116,12 @@ def fit_bank(model: PatchCore, images, cfg: TrainConfig, device: torch.device, l
                                   cfg.batch_size, device)
             order = torch.randperm(feats.shape[0], generator=gen)
             parts.append(feats[order[:cfg.patches_per_image]])
+            desc.append(feats.mean(0))
             held_out.append(feats[order[cfg.patches_per_image:][:cfg.calib_patches]])
             log.writerow([path.name, *img.shape[:2], feats.shape[0], parts[-1].shape[0],
                           f"{time.perf_counter() - t0:.2f}"])
-    return torch.cat(parts), held_out
+    index = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(parts)])
+    return torch.cat(parts), index, torch.stack(desc), held_out
 
 
 def calibrate(model: PatchCore, held_out: list[torch.Tensor], cfg: TrainConfig) -> dict:
@@ -128,7 +133,7 @@ def calibrate(model: PatchCore, held_out: list[torch.Tensor], cfg: TrainConfig) 
     scores = []
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     for feats in held_out:
-        bank = model.bank
+        bank = model.select_bank(model.image_desc[len(scores)])
         if cfg.self_patches > 0:
             bank = torch.cat([bank, feats[torch.randperm(feats.shape[0], generator=gen)[:cfg.self_patches]]
                               .to(bank.device)])
@@ -139,7 +144,8 @@ def calibrate(model: PatchCore, held_out: list[torch.Tensor], cfg: TrainConfig) 
 
 
 def save_checkpoint(path: Path, model: PatchCore, cfg: TrainConfig, calib: dict, images) -> None:
-    ckpt = {"bank": model.bank.cpu(), "config": asdict(cfg), **calib,
+    ckpt = {"bank": model.bank.cpu(), "bank_image": model.bank_image.cpu(), "image_desc": model.image_desc.cpu(),
+            "config": asdict(cfg), **calib,
             "train_images": [p.name for p, _ in images]}
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
@@ -158,8 +164,8 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     model = build_model(cfg, device)
-    bank, held_out = fit_bank(model, images, cfg, device, out / "log.csv")
-    model.set_bank(bank)
+    bank, index, desc, held_out = fit_bank(model, images, cfg, device, out / "log.csv")
+    model.set_bank(bank, index, desc)
     calib = calibrate(model, held_out, cfg)
     seconds = time.perf_counter() - t0
     save_checkpoint(out / "model.pt", model, cfg, calib, images)
