@@ -82,16 +82,17 @@ def evaluate_pairs(ckpt: Path, pairs: list[Path]) -> dict:
     return results
 
 
-def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
-    """Best float32 torch.mm rate (GFLOP/s) over a few tries with the current thread count."""
+def matmul_gflops(n: int = 1024, reps: int = 10) -> tuple[float, float]:
+    """Best float32 torch.mm rate over a few tries with the current thread count, as
+    ``(GFLOP per wall second, GFLOP per CPU second of this process)``."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return 2 * n ** 3 / wall / 1e9, 2 * n ** 3 / cpu / 1e9
 
 
 def _vm_kib(field: str) -> int:
@@ -102,7 +103,7 @@ def _vm_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_predict(ckpt: str, image_path: str, repeat: int, batch_size: int = 8) -> dict:
+def measure_predict(ckpt: str, image_path: str, repeat: int, batch_size: int = 1) -> dict:
     """(Runs in a fresh process.) Time and peak memory of predicting ``image_path`` tiled ``repeat x repeat``.
 
     The peak is the resident-set high-water mark (VmHWM) reset just before the prediction (``clear_refs``), so it
@@ -113,17 +114,18 @@ def measure_predict(ckpt: str, image_path: str, repeat: int, batch_size: int = 8
     model, _ = load_checkpoint(ckpt, torch.device("cpu"))
     image = np.tile(read_rgb(image_path), (repeat, repeat, 1))
     predict_probs(model, image[:256, :256])  # warm-up (first-call allocations, oneDNN kernel choice)
-    rate = matmul_gflops()
+    rate, rate_cpu = matmul_gflops()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     rss_before = _vm_kib("VmRSS") / 1024
-    times = []
+    times, cpus = [], []
     for _ in range(2):  # best of two: the machine is shared, the minimum is the least disturbed run
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         prob = predict_probs(model, image, batch_size=batch_size)
         pred = prob >= 0.5
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         del prob
-    sec = min(times)
+    sec, cpu = min(times), min(cpus)
     peak = _vm_kib("VmHWM") / 1024
     h, w = image.shape[:2]
     flops = flops_per_pixel() * h * w
@@ -136,13 +138,16 @@ def measure_predict(ckpt: str, image_path: str, repeat: int, batch_size: int = 8
             "gflops_image": round(flops / 1e9, 2), "matmul_gflops_per_s": round(rate, 1),
             "flop_bound_seconds": round(flops / (rate * 1e9), 2),
             "predict_over_flop_bound": round(sec / (flops / (rate * 1e9)), 2),
+            # the same ratio in CPU seconds of this process: robust to the time other jobs hold the cores
+            "cpu_seconds": round(cpu, 2), "matmul_gflops_per_cpu_s": round(rate_cpu, 1),
+            "predict_over_flop_bound_cpu_time": round(cpu / (flops / (rate_cpu * 1e9)), 2),
             "building_fraction": round(float(pred.mean()), 4), "threads": torch.get_num_threads(),
             "batch_size": batch_size, "load_avg": load_avg()}
 
 
 def predict_cost(ckpt: Path, image_path: Path) -> dict:
     runs = {}
-    for name, repeat, batch in (("1x", 1, 8), ("4x_area", 2, 8), ("1x_batch1", 1, 1)):
+    for name, repeat, batch in (("1x", 1, 1), ("4x_area", 2, 1), ("1x_batch8", 1, 8), ("4x_area_batch8", 2, 8)):
         cmd = [sys.executable, "-m", "fcnn_rgb_gt.bench", "--measure-predict", str(ckpt), str(image_path),
                str(repeat), str(batch)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
@@ -154,6 +159,42 @@ def predict_cost(ckpt: Path, image_path: Path) -> dict:
                           "overlap process ~1.3x the image's pixels, which counts in the time, not in the bound"}
 
 
+def markdown(report: dict) -> str:
+    """The README's results tables from a benchmarks/fcnn.json report."""
+    t, pr = report["train"], report["predict"]
+    lines = [f"Machine: {report['machine']}; load average at start {report['load_avg_at_start']}, "
+             f"at end {report.get('load_avg_at_end')}.", "",
+             f"Training (`{t['command']}`, defaults): {report.get('train_seconds')} s wall in all, "
+             f"{t['epochs_run']} epochs; best epoch {t['best_epoch']}, validation-strip IoU {t['val_iou_at_0.5']} at "
+             f"0.5 and {t['val_iou_at_threshold']} at the chosen threshold {t['threshold']}.", "",
+             "| test pair (extra/*) | size | building IoU | F1 | precision | recall | pixel accuracy | IoU at 0.5 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in report["extra"].items():
+        lines.append(f"| {name} | {r['size'][0]}x{r['size'][1]} | **{r['iou']}** | {r['f1']} | {r['precision']} | "
+                     f"{r['recall']} | {r['accuracy']} | {r['iou_at_0.5']} |")
+    lines += ["", "| predict | size | seconds | FLOP bound s (matmul GFLOP/s) | time / bound | RSS before MiB | "
+              "peak increase MiB | image-sized buffers MiB |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("1x", "4x_area", "1x_batch8", "4x_area_batch8"):
+        r = pr.get(name)
+        if r:
+            lines.append(f"| {name} (batch {r['batch_size']}) | {r['size'][0]}x{r['size'][1]} | {r['seconds']} | "
+                         f"{r.get('flop_bound_seconds')} ({r.get('matmul_gflops_per_s')}) | "
+                         f"{r.get('predict_over_flop_bound')} (CPU time: {r.get('predict_over_flop_bound_cpu_time')}) | "
+                         f"{r['rss_before_mib']} | {r['peak_increase_mib']} | "
+                         f"{r['image_sized_buffers_mib']} |")
+    abl = report.get("ablations")
+    if abl:
+        names = list(next(iter(abl["runs"].values()))["extra_iou"])
+        lines += ["", f"Ablations ({abl['budget']} each; chosen by {abl['selection']}):", "",
+                  "| variant | flags | val IoU at 0.5 | threshold | **val IoU** | " + " | ".join(names) + " | s |",
+                  "|---|---|---|---|---|" + "---|" * len(names) + "---|"]
+        for name, r in abl["runs"].items():
+            lines.append(f"| {name} | `{r['flags']}` | {r['val_iou_at_0.5']} | {r['threshold']} | "
+                         f"**{r['val_iou_at_threshold']}** | " + " | ".join(str(r['extra_iou'][n]) for n in names)
+                         + f" | {r['train_seconds']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO_ROOT / "data" / "fcnn"), help="folder with train_substitute/ and extra/")
@@ -161,13 +202,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "fcnn.json"))
     p.add_argument("--skip-train", action="store_true", help="reuse <runs>/default/best.pt")
     p.add_argument("--ablate", action="store_true", help="also run the short ablation variants")
+    p.add_argument("--markdown", action="store_true", help="print the results tables of --out and exit")
     p.add_argument("--measure-predict", nargs="+", help=argparse.SUPPRESS)  # CKPT IMAGE REPEAT [BATCH]
     args = p.parse_args(argv)
     if args.measure_predict:
         ckpt, image, repeat, *batch = args.measure_predict
-        print(json.dumps(measure_predict(ckpt, image, int(repeat), int(batch[0]) if batch else 8)))
+        print(json.dumps(measure_predict(ckpt, image, int(repeat), int(batch[0]) if batch else 1)))
         return 0
 
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     data = Path(args.data)
     train_dir = data / "train_substitute"
     if not (train_dir / "rgb.png").is_file() or is_demo(data) or is_demo(train_dir):

@@ -69,7 +69,7 @@ def _even_tile(tile: int, height: int, width: int) -> int:
 
 @torch.inference_mode()
 def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = None, tile: int = MAX_TILE,
-                  overlap: int = 32, batch_size: int = 8, progress=None) -> np.ndarray:
+                  overlap: int = 32, batch_size: int = 1, progress=None) -> np.ndarray:
     """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles."""
     device = device or next(model.parameters()).device
     h, w = image.shape[:2]

@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="output folder; default: the checkpoint's folder")
     p.add_argument("--tile", type=int, default=MAX_TILE, help="tile side, <= 256 (the memory limit)")
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (memory: one batch)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="tiles per forward pass; 1 = one 256x256x3 input at a time (the strict limit; as fast on CPU)")
     p.add_argument("--threshold", type=float, default=-1.0,
                    help="building probability threshold; < 0: the one chosen on validation at training")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
