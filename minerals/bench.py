@@ -31,18 +31,22 @@ from minerals.extract_samples import extract
 from minerals.predict import load_classifier, predict_probs
 
 RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"]}
-IGNORED = {"threads", "device", "resume", "export"}  # do not change what a run learns
+IGNORED = {"threads", "device", "resume", "export", "out"}  # do not change what a run learns
+UNUSED = {"orenet": {"freeze"}, "efficientnet_lite0": {"width"}}  # options a backbone ignores
 
 
 def train_run(name: str, samples: Path, out: Path, seed: int, threads: int) -> dict:
     run = out / name
     args = ["--data", str(samples), "--out", str(run), "--seed", str(seed), "--threads", str(threads)] + RUNS[name]
-    want = {k: v for k, v in dataclasses.asdict(train.parse_args(args)).items() if k not in IGNORED}
+    cfg = train.parse_args(args)
+    skip = IGNORED | UNUSED[cfg.backbone]
+    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     if (run / "result.json").exists() and (run / "config.json").exists():
-        have = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k not in IGNORED}
+        have = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k not in skip}
         if have == want:
             print(f"{name}: reusing the finished run in {run}", file=sys.stderr)
             return json.loads((run / "result.json").read_text())
+        print(f"{name}: {run} holds a run with another config; retraining", file=sys.stderr)
     subprocess.run([sys.executable, str(Path(__file__).with_name("train.py"))] + args, check=True)
     return json.loads((run / "result.json").read_text())
 

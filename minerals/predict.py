@@ -1,6 +1,6 @@
 """Classify image patches into the 7 minerals or "unknown"; JSON results to stdout, logs to stderr.
 
-    python minerals/predict.py PATCH_OR_FOLDER [...] [--checkpoint runs/minerals/train/best.pt] \
+    python minerals/predict.py [PATCH_OR_FOLDER ...] [--checkpoint runs/minerals/train/best.pt] \
         [--threshold 0.5] > results.json
 
 Output: ``{"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}}``. ``confidence`` is the
@@ -27,6 +27,7 @@ from minerals.decision import decide
 from minerals.model import build_model
 
 DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
+DEFAULT_INPUT = "runs/minerals/samples/patches"  # what `make train-minerals` extracted
 
 
 def load_classifier(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -81,7 +82,7 @@ def predict_probs(model, files: list[Path], img_size: int, device: torch.device,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="*", default=["data/minerals_patches"], help="patch files and/or folders")
+    p.add_argument("inputs", nargs="*", help=f"patch files and/or folders, searched recursively (default: {DEFAULT_INPUT})")
     p.add_argument("--data", default=None, help="a folder of patches (same as a positional input)")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="best.pt written by train.py")
     p.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the checkpoint's)")
@@ -91,12 +92,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
     args = p.parse_args(argv)
+    inputs = ([args.data] if args.data else []) + args.inputs
+    if not inputs:
+        if not Path(DEFAULT_INPUT).is_dir():
+            p.error(f"give patch files or folders (the default {DEFAULT_INPUT} does not exist)")
+        print(f"no input given: classifying {DEFAULT_INPUT}", file=sys.stderr)
+        inputs = [DEFAULT_INPUT]
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     model, meta = load_classifier(args.checkpoint, device)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
-    inputs = ([args.data] if args.data else []) + (args.inputs if args.inputs != p.get_default("inputs") or not args.data else [])
     files = collect_files(inputs)
     print(f"{len(files)} files, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}", file=sys.stderr)
     results: dict[str, dict] = {}

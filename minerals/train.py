@@ -39,10 +39,10 @@ class Config:
     data: str = "runs/minerals/samples"  # folder written by extract_samples.py (index.csv + patches/)
     out: str = "runs/minerals/train"  # run folder: checkpoints, logs, plots, graph
     backbone: str = "orenet"  # orenet (own, from scratch) | efficientnet_lite0 (ImageNet transfer)
-    width: float = 1.0  # OreNet channel-width multiplier
-    freeze: int = 2  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
-    img_size: int = 0  # input side in px (0: 96 for orenet, 160 for efficientnet_lite0)
-    epochs: int = 0  # (0: 50 for orenet, 8 for efficientnet_lite0)
+    width: float = 0.75  # OreNet channel-width multiplier
+    freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
+    img_size: int = 0  # input side in px (0: 96 for orenet, 128 for efficientnet_lite0)
+    epochs: int = 0  # (0: 30 for orenet, 8 for efficientnet_lite0)
     batch_size: int = 48
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 1e-3 for efficientnet_lite0)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
@@ -59,8 +59,8 @@ class Config:
 
     def resolve(self) -> "Config":
         transfer = self.backbone == "efficientnet_lite0"
-        self.img_size = self.img_size or (160 if transfer else 96)
-        self.epochs = self.epochs or (8 if transfer else 50)
+        self.img_size = self.img_size or (128 if transfer else 96)
+        self.epochs = self.epochs or (8 if transfer else 30)
         self.lr = self.lr or (1e-3 if transfer else 4e-3)
         return self
 
