@@ -50,14 +50,14 @@ def split_rows(rows: list[dict], n_folds: int = 5, fold: int = 0, seed: int = 0)
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
-def train_transform(size: int) -> v2.Compose:
+def train_transform(size: int, min_scale: float = 0.25) -> v2.Compose:
     """Strong but CPU-cheap augmentation for training from few photos: scale/crop, flips, photometric changes.
 
     No hue change: colour is one of the strongest cues between these minerals (and hue jitter is the most
     expensive v2 op on CPU); rotations are left out for the same cost reason (flips cover 4 orientations).
     """
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.25, 1.0), ratio=(0.75, 1.333), antialias=True),
+        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.75, 1.333), antialias=True),
         v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
         v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.25),
         v2.ToDtype(torch.float32, scale=True),
@@ -76,14 +76,15 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Patches decoded once into memory (shorter side ``cache_side``), transformed on the fly."""
+    """Patches decoded once into memory (shorter side cut to ``cache_side``; 0 keeps the stored size, which
+    makes validation see exactly what predict.py sees), transformed on the fly."""
 
     def __init__(self, rows: list[dict], transform, cache_side: int):
         self.labels = [CLASSES.index(r["label"]) for r in rows]
         self.images = []
         for r in rows:
             im = Image.fromarray(read_rgb(r["file"]))
-            s = cache_side / min(im.size)
+            s = cache_side / min(im.size) if cache_side else 1.0
             if s < 1:
                 im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
             self.images.append(to_tensor(np.asarray(im)))

@@ -23,6 +23,7 @@ from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
 from minerals.decision import UNKNOWN, decide, threshold_curve
 from minerals.predict import load_classifier, predict_probs
+from minerals.train import pick_device
 
 
 def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all") -> list[tuple[Path, str]]:
@@ -103,8 +104,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     model, meta = load_classifier(args.checkpoint, device)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
     data = Path(args.data)

@@ -25,6 +25,7 @@ from common.io import IMAGE_EXTENSIONS, ImageReadError, read_rgb
 from minerals.data import CLASSES, eval_transform, to_tensor
 from minerals.decision import decide
 from minerals.model import build_model
+from minerals.train import pick_device
 
 DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
 DEFAULT_INPUT = "runs/minerals/samples/patches"  # what `make train-minerals` extracted
@@ -99,8 +100,7 @@ def main(argv=None) -> int:
         print(f"no input given: classifying {DEFAULT_INPUT}", file=sys.stderr)
         inputs = [DEFAULT_INPUT]
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     model, meta = load_classifier(args.checkpoint, device)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
     files = collect_files(inputs)

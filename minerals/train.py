@@ -44,6 +44,7 @@ class Config:
     img_size: int = 0  # input side in px (0: 96 for orenet, 128 for efficientnet_lite0)
     epochs: int = 0  # (0: 30 for orenet, 8 for efficientnet_lite0)
     batch_size: int = 48
+    crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 1e-3 for efficientnet_lite0)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (https://arxiv.org/abs/1512.00567)
@@ -90,8 +91,8 @@ def make_loaders(cfg: Config):
     rows = read_index(cfg.data)
     train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, cfg.seed)
     cache = int(cfg.img_size * 1.25)
-    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size), cache)
-    val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), cache)
+    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale), cache)
+    val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)
     g = torch.Generator().manual_seed(cfg.seed)
     train_dl = torch.utils.data.DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
                                            generator=g)

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from minerals import demo_data, train
 from minerals.extract_samples import extract
+
+# one thread: the tests are tiny, and on a busy shared machine two OpenMP threads mostly wait for each other
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -25,5 +29,5 @@ def run(samples, tmp_path_factory):
     """A 2-epoch OreNet run at 48 px: best.pt, last.pt, logs, ONNX graph."""
     out = tmp_path_factory.mktemp("run")
     train.main(["--data", str(samples), "--out", str(out), "--epochs", "2", "--img-size", "48",
-                "--batch-size", "16", "--width", "0.5", "--threads", "2"])
+                "--batch-size", "16", "--width", "0.5", "--threads", "1"])
     return out

@@ -39,29 +39,39 @@ def predict(args, cwd=ROOT):
     return p.returncode, p.stdout, p.stderr
 
 
-def test_predict_json_schema_threshold_and_corrupt_file(run, samples, tmp_path):
+def test_predict_threshold_rule(run, samples, capsys):
+    from minerals import predict as predict_module
+
     patches = sorted((samples / "patches" / "pyrite").glob("*.jpg"))[:3]
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    for threshold in ("0.0", "0.5", "0.99"):
-        rc, out, err = predict([*map(str, patches), str(bad), "--checkpoint", str(run / "best.pt"),
-                                "--threshold", threshold], cwd=tmp_path)  # runs from any folder
-        res = json.loads(out)  # stdout holds the JSON and nothing else
-        assert rc == 1 and "broken.jpg" in err
-        assert list(res) == [p.name for p in patches] + ["broken.jpg"]
-        assert res["broken.jpg"]["result"] == "error" and res["broken.jpg"]["confidence"] is None
-        for p in patches:
-            r = res[p.name]
+    for threshold in (0.0, 0.5, 0.99):
+        rc = predict_module.main([*map(str, patches), "--checkpoint", str(run / "best.pt"), "--threshold", str(threshold)])
+        res = json.loads(capsys.readouterr().out)
+        assert rc == 0 and list(res) == [p.name for p in patches]
+        for r in res.values():
             assert set(r) == {"confidence", "result"} and isinstance(r["confidence"], float)
             assert r["result"] in MINERALS + ["unknown"]
-            assert (r["result"] == "unknown") == (r["confidence"] < float(threshold))
-    # default threshold: the checkpoint's
+            assert (r["result"] == "unknown") == (r["confidence"] < threshold)  # below it: "unknown"
+    assert all(r["result"] != "unknown" for r in res.values()) or threshold > 0
+
+
+def test_predict_cli_default_threshold_and_corrupt_file(run, samples, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for p in sorted((samples / "patches").rglob("*.jpg"))[::6]:
+        (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    rc, out, err = predict([str(folder), "--checkpoint", str(run / "best.pt"), "--threads", "1"], cwd=tmp_path)  # from any folder
+    res = json.loads(out)  # stdout holds the JSON and nothing else
+    assert rc == 1 and "broken.jpg" in err and "empty.png" in err
+    assert len(res) == len(list(folder.iterdir()))
+    for bad in ("broken.jpg", "empty.png"):
+        assert res[bad]["result"] == "error" and res[bad]["confidence"] is None and res[bad]["error"]
     thr = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["threshold"]
-    rc, out, err = predict([str(samples / "patches"), "--checkpoint", str(run / "best.pt")])
-    assert rc == 0 and f"threshold {thr:.2f}" in err
-    res = json.loads(out)
-    assert len(res) == len(list((samples / "patches").rglob("*.jpg")))
-    assert all((r["result"] == "unknown") == (r["confidence"] < thr) for r in res.values())
+    assert f"threshold {thr:.2f}" in err  # the checkpoint's threshold by default
+    good = [r for r in res.values() if r["result"] != "error"]
+    assert len(good) == len(res) - 2
+    assert all((r["result"] == "unknown") == (r["confidence"] < thr) for r in good)
 
 
 def test_evaluate_on_run(run, samples, tmp_path):
