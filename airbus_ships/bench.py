@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--json", default=str(HERE.parent / "benchmarks" / "airbus.json"), help="result file")
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0, help="split seed (fixed: keep 0 for comparable numbers)")
+    p.add_argument("--reuse-model", action="store_true",
+                   help="keep the model already in --out (no training; the ship rule is chosen again)")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--input-mode resize'")
     args = p.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -79,8 +81,15 @@ def main() -> None:
         return
     train_csv, test_csv, n_train, n_test = write_split(data, out, args.test_fraction, args.seed)
     py = sys.executable
-    train_s, train_mib = run_measured([py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv),
-                                       "--out", str(out), "--seed", str(args.seed)] + args.train_args.split())
+    train_cmd = [py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv), "--out", str(out),
+                 "--seed", str(args.seed)] + args.train_args.split()
+    if args.reuse_model:
+        run_measured(train_cmd + ["--calibrate-only"])
+        previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+        train_s = previous.get("train_minutes_wall", float("nan")) * 60
+        train_mib = previous.get("peak_memory_mib", {}).get("train", float("nan"))
+    else:
+        train_s, train_mib = run_measured(train_cmd)
     test_s, test_mib = run_measured([py, str(HERE / "test.py"), "--data", str(data), "--csv", str(test_csv),
                                      "--model", str(out / "model" / "best.keras"), "--out", str(out / "test"),
                                      "--overlays", "0"])

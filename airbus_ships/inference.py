@@ -24,7 +24,7 @@ def network_stride(model) -> int:
 
 
 def predict_probs(model, image: np.ndarray, how: str = "full", input_mode: str = "crop",
-                  input_size: int = 256) -> np.ndarray:
+                  input_size: int = 256, tta: bool = False) -> np.ndarray:
     """``(H, W)`` float32 ship probabilities of one ``(H, W, 3)`` uint8 image of any size.
 
     Args:
@@ -33,7 +33,12 @@ def predict_probs(model, image: np.ndarray, how: str = "full", input_mode: str =
             overlap, raised-cosine blending).
         input_mode: how the model was trained: "crop" (full resolution) or "resize" (the whole image was
             downscaled to ``input_size``: predict on the downscaled image, upsample the probabilities).
+        tta: test-time augmentation: average the predictions of the image and its three flips (4x slower).
     """
+    if tta:
+        flips = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]]  # self-inverse
+        return np.mean([f(predict_probs(model, np.ascontiguousarray(f(image)), how, input_mode, input_size))
+                        for f in flips], axis=0)
     import tensorflow as tf  # local: keeps this module importable for numpy-only helpers
 
     h, w = image.shape[:2]

@@ -14,17 +14,21 @@ raw pixels.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import keras
 from keras import layers
 
 
+BN_MOMENTUM = 0.9  # faster-moving BN statistics than Keras' 0.99: validation is usable after ~50 steps, not ~500
+
+
 def conv_block(x, filters: int, name: str):
     """Two 3x3 convolutions, each followed by batch normalisation and ReLU."""
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
     return x
 
@@ -38,11 +42,11 @@ def multi_level_bottleneck(x, filters: int, rates: Sequence[int], name: str = "b
     branches = []
     for r in rates:
         b = layers.Conv2D(filters, 3, padding="same", dilation_rate=r, use_bias=False, name=f"{name}_d{r}")(x)
-        b = layers.BatchNormalization(name=f"{name}_d{r}_bn")(b)
+        b = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_d{r}_bn")(b)
         branches.append(layers.Activation("relu", name=f"{name}_d{r}_relu")(b))
     y = layers.Concatenate(name=f"{name}_concat")(branches) if len(branches) > 1 else branches[0]
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_fuse")(y)
-    y = layers.BatchNormalization(name=f"{name}_fuse_bn")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_fuse_bn")(y)
     y = layers.Add(name=f"{name}_residual")([x, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
@@ -52,6 +56,7 @@ def build_unet(
     bottleneck_width: int | None = None,
     bottleneck_rates: Sequence[int] = (1, 2, 4),
     input_channels: int = 3,
+    ship_prior: float = 0.01,
     name: str = "unet",
 ) -> keras.Model:
     """Build the U-Net.
@@ -62,6 +67,8 @@ def build_unet(
         bottleneck_width: filters of the bottleneck (default: twice the last encoder width).
         bottleneck_rates: dilation rates of the parallel bottleneck branches.
         input_channels: 3 for RGB.
+        ship_prior: initial output probability everywhere (the output bias starts at its logit): ships cover
+            about 1% of the pixels, so training does not spend its first epochs unlearning p = 0.5.
     Returns:
         a Keras model mapping ``(B, H, W, C)`` raw pixels (0..255) to ``(B, H, W, 1)`` probabilities.
     """
@@ -84,5 +91,7 @@ def build_unet(
         x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
         x = conv_block(x, w, f"dec{i}")
 
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="ship_probability")(x)
+    bias = keras.initializers.Constant(math.log(ship_prior / (1.0 - ship_prior)))
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=bias, dtype="float32",
+                            name="ship_probability")(x)
     return keras.Model(inputs, outputs, name=name)

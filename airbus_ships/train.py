@@ -58,7 +58,9 @@ class Config:
     patience: int = 8               # early stopping patience (epochs without a lower validation loss)
     time_budget_min: float = 24.0   # stop starting new epochs after this many minutes (0: no limit)
     calib_images: int = 200         # validation images used to choose the ship / no-ship rule
+    predict_how: str = "tile"       # how the rule's probabilities are predicted: tile (256x256, as test.py) | full
     resume: bool = False            # continue from out/model/last.keras and train_log.csv
+    calibrate_only: bool = False    # no training: re-choose the ship rule for out/model/best.keras
 
     @property
     def model_dir(self) -> Path:
@@ -162,10 +164,10 @@ def choose_ship_rule(cfg: Config, model: keras.Model, val: pd.DataFrame) -> Ship
     sample = val.sample(min(len(val), cfg.calib_images), random_state=cfg.seed)
     probs, truths = [], []
     for row in sample.itertuples():
-        probs.append(predict_probs(model, read_rgb(row.path), "full", cfg.input_mode, cfg.input_size))
+        probs.append(predict_probs(model, read_rgb(row.path), cfg.predict_how, cfg.input_mode, cfg.input_size))
         truths.append(ship_instances(row.rle))
     rule, score = calibrate_rule(probs, truths)
-    rule.save(cfg.model_dir, {"kaggle_score_on_val": score, "n_images": len(sample)})
+    rule.save(cfg.model_dir, {"kaggle_score_on_val": score, "n_images": len(sample), "how": cfg.predict_how})
     print(f"ship rule on {len(sample)} validation images: {rule} -> Kaggle score {score:.3f}")
     return rule
 
@@ -200,6 +202,12 @@ def main(argv=None) -> None:
     cfg.model_dir.mkdir(parents=True, exist_ok=True)
 
     train, val = load_split(cfg)
+    if cfg.calibrate_only:
+        saved = json.loads((cfg.model_dir / "config.json").read_text())
+        cfg.input_mode, cfg.input_size = saved["input_mode"], saved["input_size"]
+        best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
+        choose_ship_rule(cfg, best_model, val)
+        return
     train_ds = make_dataset(train, cfg.batch_size, cfg.input_size, cfg.input_mode, cfg.empty_share,
                             cfg.ship_crop_prob, training=True, seed=cfg.seed)
     # fixed validation batches (same images and crops every epoch), kept at the data's own empty share
