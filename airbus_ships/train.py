@@ -44,7 +44,7 @@ class Config:
     seed: int = 0                   # split, sampling, augmentation and weight initialisation
     device: str = "auto"            # auto | cpu | cuda
     val_fraction: float = 0.15      # share of images (stratified ship / no ship) held out for validation
-    input_mode: str = "crop"        # crop: full-resolution 256 crops | resize: whole image downscaled (measured worse)
+    input_mode: str = "crop"        # crop: full-resolution 256 crops | resize: whole image downscaled (see README)
     input_size: int = 256           # network input side during training
     empty_share: float = 0.25       # share of sampled training images without ships (Kaggle: 78%)
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a ship (else anywhere)
