@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     if is_demo(data):
         print(f"bench-minerals: {data} holds generated demo data, not the real set; skipped")
         return 0
+    load_start = os.getloadavg()
     samples = out / "samples"
     if not (samples / "index.csv").exists():
         extract(data, samples, seed=args.seed)
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
             "open_set_accuracy_at_threshold": round(report["open_set"]["accuracy"], 4),
             "coverage_at_threshold": round(report["coverage_at_threshold"], 4),
             "best_epoch": r["best_epoch"], "train_minutes": round(r["train_seconds"] / 60, 2),
+            "train_threads": json.loads((out / name / "config.json").read_text())["threads"],
             "train_peak_rss_mb": round(r["peak_rss_mb"], 1),
             "inference_patches_per_s": round(throughput(ck, files, args.threads), 1),
             "n_val_mineral_patches": report["n_mineral_patches"], "n_val_patches": report["n_patches"],
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
                  "or manifest dup_group; metrics on the validation mineral patches (closed set, 7 classes)",
         "data": str(data), "threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_at_end": os.getloadavg(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "note": "CPU timings measured on a machine shared with three other jobs; see load_average_at_end",
+        "load_average_at_start": load_start,
+        "note": "CPU timings measured on a 2-core machine shared with other jobs; compare the load averages",
     }
     write_json(args.json, results)
     print(json.dumps(results, indent=2))

@@ -39,10 +39,11 @@ docs-minerals: venv-torch
 demo-minerals: venv-torch demo-data
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(RUNS)/minerals-demo/samples
 	$(TORCH_PY) minerals/train.py --data $(RUNS)/minerals-demo/samples --out $(RUNS)/minerals-demo/scratch \
-	  --epochs 5 --img-size 48 --width 0.5
-	$(TORCH_PY) minerals/predict.py $(RUNS)/minerals-demo/samples/patches --checkpoint $(RUNS)/minerals-demo/scratch/best.pt \
+	  --epochs 8 --img-size 48 --width 0.5 --threads 1
+	$(TORCH_PY) minerals/predict.py $(RUNS)/minerals-demo/samples/patches --checkpoint $(RUNS)/minerals-demo/scratch/best.pt --threads 1 \
 	  > $(RUNS)/minerals-demo/results.json
-	$(TORCH_PY) minerals/evaluate.py --checkpoint $(RUNS)/minerals-demo/scratch/best.pt --data $(RUNS)/minerals-demo/samples
+	$(TORCH_PY) minerals/evaluate.py --checkpoint $(RUNS)/minerals-demo/scratch/best.pt --data $(RUNS)/minerals-demo/samples \
+	  --threads 1
 	$(TORCH_PY) minerals/report.py --runs $(RUNS)/minerals-demo --out $(RUNS)/minerals-demo/minerals_report.pdf
 	@echo "demo-minerals: results in $(RUNS)/minerals-demo/ (results.json, scratch/eval/, minerals_report.pdf)"
 
