@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=str(REPO_ROOT / "runs" / "fcnn_bench"), help="where training runs go")
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "fcnn.json"))
     p.add_argument("--skip-train", action="store_true", help="reuse <runs>/default/best.pt")
-    p.add_argument("--ablate", action="store_true", help="also run the short ablation variants")
+    p.add_argument("--ablate", nargs="*", default=None, metavar="NAME",
+                   help="also run the short ablation variants (all, or the named ones; merged into --out)")
     p.add_argument("--markdown", action="store_true", help="print the results tables of --out and exit")
     p.add_argument("--measure-predict", nargs="+", help=argparse.SUPPRESS)  # CKPT IMAGE REPEAT [BATCH]
     args = p.parse_args(argv)
@@ -241,9 +242,11 @@ def main(argv=None) -> int:
     report["target_iou_0.60_met_on_every_pair"] = bool(min(ious) >= 0.60)
     report["predict"] = predict_cost(default / "best.pt", train_dir / "rgb.png")
 
-    if args.ablate:
-        abl = {}
+    if args.ablate is not None:
+        abl = report.get("ablations", {}).get("runs", {})
         for name, flags in ABLATIONS.items():
+            if args.ablate and name.split()[0] not in args.ablate:
+                continue
             sec = train_run(train_dir, runs / name.split()[0], ABLATION_BUDGET + flags)
             st = torch.load(runs / name.split()[0] / "best.pt", map_location="cpu", weights_only=True)
             abl[name] = {"flags": " ".join(flags), "train_seconds": sec, "best_epoch": st["best_epoch"],

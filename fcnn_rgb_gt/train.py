@@ -164,7 +164,8 @@ def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, devic
         loss = float(nll.mean())
     if cfg.loss == "ce_dice":
         loss += 1 - (2 * (prob * mask).sum() + 1) / (prob.sum() + mask.sum() + 1)
-    return {"val_loss": loss, **{f"val_{k}": v for k, v in segmentation_report(prob >= 0.5, mask).items()}}, prob
+    rep = segmentation_report(prob >= 0.5, mask)
+    return {"val_loss": float(loss), **{f"val_{k}": float(v) for k, v in rep.items()}}, prob
 
 
 def best_threshold(prob: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -173,7 +174,7 @@ def best_threshold(prob: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
 
     scores = [(iou(prob >= t, mask), round(float(t), 2)) for t in np.arange(0.05, 0.951, 0.05)]
     best_iou, t = max(scores)
-    return t, best_iou
+    return float(t), float(best_iou)
 
 
 # ------------------------------------------------------------------------------------------- outputs
