@@ -25,7 +25,6 @@ TORCH_REQS := common/requirements.txt fcnn_rgb_gt/requirements.txt minerals/requ
               wood_anomaly/requirements.txt requirements-dev.txt
 TF_REQS := common/requirements.txt airbus_ships/requirements.txt requirements-dev.txt
 export PYTHONUNBUFFERED := 1
-export MPLBACKEND := Agg
 
 TASKS := wood minerals ships fcnn
 DEMO_TARGETS :=

@@ -12,6 +12,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "Exploratory_data_analysis.ipyn
 
 def test_notebook_executes(demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_ROOT", str(demo_dir.parent))  # the notebook reads $DATA_ROOT/airbus
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # a forced Agg backend would hide the kernel's inline figures
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
