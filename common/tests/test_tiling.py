@@ -48,6 +48,12 @@ def test_tiles_never_exceed_256_and_batches_are_bounded():
     assert all(y + 256 <= ph and x + 256 <= pw for y, x in grid.origins)
 
 
+def test_padding_before_the_image_is_even():
+    for h, w in [(1, 1), (255, 257), (2149, 1479), (999, 3)]:
+        grid = tile_grid(h, w, 256, 32)
+        assert grid.pad_top % 2 == 0 and grid.pad_left % 2 == 0
+
+
 def test_grid_covers_small_images_with_one_tile():
     grid = tile_grid(1, 1, 256, 32)
     assert len(grid) == 1 and grid.padded_shape == (256, 256)
