@@ -79,7 +79,8 @@ demo-data: venv-torch
 	$(TORCH_PY) -m fcnn_rgb_gt.demo_data --out $(DATA_ROOT)/fcnn
 
 demo: setup demo-data $(DEMO_TARGETS)
-	@echo; echo "demo finished; outputs are under $(RUNS)/<task>/ (see each task's README)"
+	@echo; echo "demo finished; outputs are under $(RUNS)/: wood_demo, minerals_demo, airbus_demo, fcnn_demo" \
+	  "(each task's README says what is in them)"
 
 # ------------------------------------------------------------------------------------------------ tests
 # pytest exits 5 when a selection holds no test: that is not a failure here.

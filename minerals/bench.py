@@ -1,7 +1,7 @@
 """Benchmark on the real minerals photos: a fixed, seeded, stratified group-aware split of the data.
 
     make bench-minerals DATA_ROOT=../shared/data
-    python minerals/bench.py --data ../shared/data/minerals --out runs/minerals-bench --json benchmarks/minerals.json
+    python minerals/bench.py --data ../shared/data/minerals --out runs/minerals_bench --json benchmarks/minerals.json
 
 Extracts samples once, trains the from-scratch OreNet and the EfficientNet-Lite0 transfer model with their
 default settings on the training folds (fold 0 of a 5-fold StratifiedGroupKFold, seed 0, is validation),
@@ -64,7 +64,7 @@ def throughput(checkpoint: Path, files: list[Path], threads: int) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/minerals", help="the real photos: <class>/<image> + manifest.csv")
-    p.add_argument("--out", default="runs/minerals-bench", help="samples and run folders")
+    p.add_argument("--out", default="runs/minerals_bench", help="samples and run folders")
     p.add_argument("--json", default="benchmarks/minerals.json", help="where the figures go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

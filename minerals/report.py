@@ -1,7 +1,7 @@
 """Build the PDF documentation of a real run (matplotlib PdfPages): architecture, sampling strategy, training
 strategy, inference strategy and example results.
 
-    python minerals/report.py --runs runs/minerals-bench --out minerals/docs/minerals_report.pdf
+    python minerals/report.py --runs runs/minerals_bench --out minerals/docs/minerals_report.pdf
 
 ``--runs`` is a folder holding ``samples/`` (extract_samples.py output) and one or more training runs
 (``scratch/``, ``transfer/``: train.py output, each with an ``eval/`` from evaluate.py).
@@ -148,7 +148,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", default="runs/minerals-bench", help="folder with samples/ and run folders")
+    p.add_argument("--runs", default="runs/minerals_bench", help="folder with samples/ and run folders")
     p.add_argument("--out", default="minerals/docs/minerals_report.pdf")
     p.add_argument("--bench-json", default="benchmarks/minerals.json", help="figures for the summary, if present")
     p.add_argument("--demo-iou", default="0.83 (84 photos, seed 0)", help="measured IoU of the box finder on demo data")

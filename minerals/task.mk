@@ -11,7 +11,7 @@
 MINERALS_RUN ?= $(RUNS)/minerals
 MINERALS_TRAIN_ARGS ?=
 MINERALS_PATCHES ?= $(MINERALS_RUN)/samples/patches
-MINERALS_BENCH_RUN ?= $(RUNS)/minerals-bench
+MINERALS_BENCH_RUN ?= $(RUNS)/minerals_bench
 
 .PHONY: train-minerals predict-minerals eval-minerals bench-minerals docs-minerals demo-minerals
 
@@ -37,15 +37,15 @@ docs-minerals: venv-torch
 	$(TORCH_PY) minerals/report.py --runs $(MINERALS_BENCH_RUN) --out minerals/docs/minerals_report.pdf
 
 demo-minerals: venv-torch demo-data
-	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(RUNS)/minerals-demo/samples
-	$(TORCH_PY) minerals/train.py --data $(RUNS)/minerals-demo/samples --out $(RUNS)/minerals-demo/scratch \
+	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(RUNS)/minerals_demo/samples
+	$(TORCH_PY) minerals/train.py --data $(RUNS)/minerals_demo/samples --out $(RUNS)/minerals_demo/scratch \
 	  --epochs 8 --img-size 48 --width 0.5 --threads 1
-	$(TORCH_PY) minerals/predict.py $(RUNS)/minerals-demo/samples/patches --checkpoint $(RUNS)/minerals-demo/scratch/best.pt --threads 1 \
-	  > $(RUNS)/minerals-demo/results.json
-	$(TORCH_PY) minerals/evaluate.py --checkpoint $(RUNS)/minerals-demo/scratch/best.pt --data $(RUNS)/minerals-demo/samples \
+	$(TORCH_PY) minerals/predict.py $(RUNS)/minerals_demo/samples/patches --checkpoint $(RUNS)/minerals_demo/scratch/best.pt --threads 1 \
+	  > $(RUNS)/minerals_demo/results.json
+	$(TORCH_PY) minerals/evaluate.py --checkpoint $(RUNS)/minerals_demo/scratch/best.pt --data $(RUNS)/minerals_demo/samples \
 	  --threads 1
-	$(TORCH_PY) minerals/report.py --runs $(RUNS)/minerals-demo --out $(RUNS)/minerals-demo/minerals_report.pdf
-	@echo "demo-minerals: results in $(RUNS)/minerals-demo/ (results.json, scratch/eval/, minerals_report.pdf)"
+	$(TORCH_PY) minerals/report.py --runs $(RUNS)/minerals_demo --out $(RUNS)/minerals_demo/minerals_report.pdf
+	@echo "demo-minerals: results in $(RUNS)/minerals_demo/ (results.json, scratch/eval/, minerals_report.pdf)"
 
 DEMO_TARGETS += demo-minerals
 TEST_TORCH += minerals
