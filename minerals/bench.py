@@ -32,7 +32,7 @@ from minerals.predict import load_classifier, predict_probs
 
 RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"]}
 IGNORED = {"threads", "device", "resume", "export", "out"}  # do not change what a run learns
-UNUSED = {"orenet": {"freeze"}, "efficientnet_lite0": {"width"}}  # options a backbone ignores
+UNUSED = {"orenet": {"freeze", "backbone_lr_scale"}, "efficientnet_lite0": {"width"}}  # options a backbone ignores
 
 
 def train_run(name: str, samples: Path, out: Path, seed: int, threads: int) -> dict:

