@@ -59,11 +59,24 @@ def segmentation_report(pred: np.ndarray, target: np.ndarray) -> dict[str, float
 
 
 # ------------------------------------------------------------------------------------------ instances
+def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
+    structure = ndimage.generate_binary_structure(2, connectivity)
+    return ndimage.label(np.asarray(mask) > 0, structure=structure)
+
+
 def connected_components(mask: np.ndarray, connectivity: int = 2) -> list[np.ndarray]:
     """Split a ``(H, W)`` binary mask into instance masks (``connectivity`` 1 = 4-, 2 = 8-neighbours)."""
-    structure = ndimage.generate_binary_structure(2, connectivity)
-    labels, n = ndimage.label(np.asarray(mask) > 0, structure=structure)
+    labels, n = _label(mask, connectivity)
     return [labels == i for i in range(1, n + 1)]
+
+
+def component_indices(mask: np.ndarray, connectivity: int = 2) -> list[np.ndarray]:
+    """Flat pixel indices of each connected component of a ``(H, W)`` mask, without a full mask per component."""
+    labels, n = _label(mask, connectivity)
+    flat = labels.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    bounds = np.cumsum(np.bincount(flat, minlength=n + 1))
+    return [order[bounds[i - 1]:bounds[i]] for i in range(1, n + 1)]
 
 
 KAGGLE_IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
@@ -175,7 +188,7 @@ def aupro(scores, target, fpr_limit: float = 0.3, num_thresholds: int = 200) -> 
     masks = [np.asarray(m) > 0 for m in _as_list(target)]
     regions = []  # (image index, flat indices of one component)
     for k, m in enumerate(masks):
-        regions += [(k, np.flatnonzero(c)) for c in connected_components(m)]
+        regions += [(k, idx) for idx in component_indices(m)]
     if not regions:
         return float("nan")
     normal = np.concatenate([s[~m] for s, m in zip(maps, masks)])

@@ -68,6 +68,8 @@ def test_connected_components():
     m[4:6, 4:6] = True
     assert len(M.connected_components(m, connectivity=2)) == 2
     assert len(M.connected_components(m, connectivity=1)) == 3
+    for comp, idx in zip(M.connected_components(m), M.component_indices(m)):
+        np.testing.assert_array_equal(np.flatnonzero(comp), idx)
 
 
 def test_pixel_auroc_and_ap_match_sklearn():
