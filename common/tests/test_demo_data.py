@@ -105,7 +105,7 @@ def test_claim_output_and_smooth_noise(tmp_path, capsys):
 
 
 def test_common_imports_no_framework():
-    code = ("import sys, common, common.io, common.tiling, common.metrics, common.demo; "
+    code = ("import sys, common, common.io, common.tiling, common.metrics, common.demo, common.shard; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'keras', 'jax')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
