@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -44,11 +45,24 @@ def parse_shard(text: str) -> Shard:
     return i, n
 
 
+def launcher_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` set by a launcher such as ``torchrun``; ``(0, 1, 0)`` without one."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def add_shard_argument(parser: argparse.ArgumentParser) -> None:
-    """Add the standard ``--shard I/N`` option (default: no sharding)."""
-    parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+    """Add the standard ``--shard I/N`` option.
+
+    Default: no sharding, or ``RANK/WORLD_SIZE`` when the script was started by ``torchrun`` with more than
+    one process, so ``torchrun --nproc_per_node=N predict.py ...`` splits the inputs by itself.
+    """
+    rank, world, _ = launcher_env()
+    parser.add_argument("--shard", type=parse_shard, default=(rank, world) if world > 1 else None,
+                        metavar="I/N",
                         help="process only shard I of N (0-based) of the sorted inputs; outputs get a "
-                             ".shard-I-of-N suffix; join them with `python -m common.shard merge OUT`")
+                             ".shard-I-of-N suffix; join them with `python -m common.shard merge OUT` "
+                             "(default: RANK/WORLD_SIZE under torchrun, else everything)")
 
 
 def select_shard(items: Iterable[T], shard: Shard | None, key: Callable[[T], str] = str) -> list[T]:

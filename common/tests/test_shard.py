@@ -87,3 +87,17 @@ def test_merge_refuses_missing_overlapping_and_mixed(tmp_path, capsys):
     with pytest.raises(ValueError, match="overlap"):
         merge_json([a, b], tmp_path / "m.json")
     assert not out.exists()
+
+
+def test_shard_argument_defaults_to_launcher_rank(monkeypatch):
+    from common.shard import add_shard_argument, launcher_env
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert launcher_env() == (0, 1, 0)
+    parser = argparse.ArgumentParser()
+    add_shard_argument(parser)
+    assert parser.parse_args([]).shard is None and parser.parse_args(["--shard", "1/3"]).shard == (1, 3)
+    monkeypatch.setenv("RANK", "1"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "1")
+    parser = argparse.ArgumentParser()
+    add_shard_argument(parser)
+    assert launcher_env() == (1, 2, 1) and parser.parse_args([]).shard == (1, 2)
