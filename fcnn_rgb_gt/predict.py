@@ -1,54 +1,116 @@
-"""Predict buildings on an image of any size with the trained FCN, in overlapping 256x256 tiles blended together.
+"""Predict buildings on images of any size with the trained FCN, in overlapping 256x256 tiles blended together.
 
     python fcnn_rgb_gt/predict.py                                   # the training image of runs/fcnn/best.pt
     python fcnn_rgb_gt/predict.py --image new.png --gt new_gt.png   # any image; prints IoU, F1, accuracy
+    python fcnn_rgb_gt/predict.py --image a.png b.png photos/ --out runs/batch        # several images, folders
+    python fcnn_rgb_gt/predict.py --data ../shared/data/fcnn/extra/* --out runs/extra   # pair folders (rgb+gt)
+    python fcnn_rgb_gt/predict.py --data ... --out runs/extra --shard 0/2   # worker 0 of 2 (then merge, below)
 
-Writes into ``--out`` (default: the checkpoint's folder):
+Writes into ``--out`` (default: the checkpoint's folder), for one image:
     predictions.jpg          the predicted mask in gt.png's encoding (black = building, white = background)
     predictions_mask.png     the same mask, lossless (0 = building, 255 = background, like gt.png)
     predictions_overlay.jpg  the image with predicted buildings tinted red (and missed ones blue with --gt)
-    predictions_metrics.json building IoU, F1, precision, recall, pixel accuracy (with --gt)
-Every input is read and checked before anything is written, and every file is written atomically.
+    predictions_metrics.json building IoU, F1, precision, recall, pixel accuracy (with a ground truth)
+With several images (or a folder, or --shard) the same files go into ``--out/<name>/`` per image (``<name>``:
+its path below the inputs' common folder, "/" -> "__"), plus ``predictions.csv``: one row per image, in sorted
+order of the image path. ``--shard I/N`` (default RANK/WORLD_SIZE under torchrun) processes every N-th image
+of the sorted list and writes ``predictions.shard-I-of-N.csv``; ``python -m common.shard merge
+<out>/predictions.csv`` joins the N shard files into exactly the file one worker writes.
+Every image is read and checked before its files are written, and every file is written atomically; a bad
+image is reported (one line, naming the file) and the others still run; the exit status is then 2.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from common.io import ImageReadError, read_rgb, save_image, write_json
+from common.io import ImageReadError, atomic_write, list_images, read_rgb, save_image, write_json
 from common.metrics import segmentation_report
+from common.shard import add_shard_argument, select_shard, shard_path
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt.data import DEFAULT_RUNS, read_gt
 from fcnn_rgb_gt.infer import CheckpointError, load_checkpoint, predict_probs, resolve_device, set_threads
+
+CSV_COLUMNS = ["image", "name", "width", "height", "threshold", "building_fraction", "gt", "iou", "f1",
+               "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_RUNS / "best.pt"), help="trained model (train.py output)")
-    p.add_argument("--image", default="", help="image to segment; default: the checkpoint's training image")
-    p.add_argument("--gt", default="", help="ground truth (0 = building, 255 = background): print IoU/F1/accuracy")
-    p.add_argument("--data", default="", help="folder with rgb.png (and gt.png): shorthand for --image/--gt")
+    p.add_argument("--image", nargs="+", default=[], metavar="PATH",
+                   help="image(s) or folder(s) of images to segment; default: the checkpoint's training image")
+    p.add_argument("--gt", nargs="+", default=[], metavar="PATH",
+                   help="ground truth per --image file, same order (0 = building, 255 = background): IoU/F1/accuracy")
+    p.add_argument("--data", nargs="+", default=[], metavar="DIR",
+                   help="folder(s) holding rgb.png (and gt.png): shorthand for --image/--gt")
     p.add_argument("--out", default="", help="output folder; default: the checkpoint's folder")
+    p.add_argument("--csv", default="", help="per-image CSV with several images; default <out>/predictions.csv")
+    add_shard_argument(p)
     p.add_argument("--tile", type=int, default=MAX_TILE, help="tile side, <= 256 (the memory limit)")
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="tiles per forward pass; 1 = one 256x256x3 input at a time (the strict limit; as fast on CPU)")
     p.add_argument("--threshold", type=float, default=-1.0,
-                   help="building probability threshold; < 0: the one chosen on validation at training")
+                   help="building probability threshold; < 0: the one stored in the checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = min(2, CPU count)")
     p.add_argument("--seed", type=int, default=0, help="unused by inference (deterministic); kept for symmetry")
     args = p.parse_args(argv)
     if not 2 <= args.tile <= MAX_TILE:
         p.error(f"--tile must be in 2..{MAX_TILE}, got {args.tile}")
+    if args.gt and (args.data or len(args.gt) != len(args.image) or any(Path(i).is_dir() for i in args.image)):
+        p.error("--gt needs one file per --image file (not with folders or --data)")
     return args
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input. ``key`` (the image path as given) orders and shards the inputs and is the CSV's first column;
+    ``name`` is its output sub-folder when there are several."""
+    key: str
+    gt: str
+    name: str
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Unique output names: each path below the common folder of all of them, "/" -> "__"."""
+    if len(paths) == 1:
+        return [paths[0].name]
+    root = os.path.commonpath([str(p.resolve()) for p in paths])
+    return [os.path.relpath(p.resolve(), root).replace(os.sep, "__") for p in paths]
+
+
+def collect_inputs(args: argparse.Namespace, train_cfg: dict) -> tuple[list[Item], bool]:
+    """``(every input, several-images mode)``; the list is the same for every shard (sharding comes after)."""
+    if args.data:
+        dirs = list(dict.fromkeys(Path(d) for d in args.data))
+        items = [Item(str(d / "rgb.png"), str(d / "gt.png") if (d / "gt.png").exists() else "", n)
+                 for d, n in zip(dirs, _names(dirs))]
+        return items, len(items) > 1 or args.shard is not None
+    if args.image:
+        files, folders = [], False
+        for path in map(Path, args.image):
+            folders |= path.is_dir()
+            files += list_images(path) if path.is_dir() else [path]
+        gts = dict(zip(map(Path, args.image), args.gt))
+        files = list(dict.fromkeys(files))
+        items = [Item(str(f), str(gts.get(f, "")), n) for f, n in zip(files, _names([f.with_suffix("") for f in files]))]
+        return items, len(items) > 1 or folders or args.shard is not None
+    # the default: the training image and its gt
+    image = train_cfg["rgb"] or str(Path(train_cfg["data"]) / "rgb.png")
+    gt = train_cfg["gt"] or str(Path(train_cfg["data"]) / "gt.png")
+    return [Item(image, gt if Path(gt).exists() else "", "")], args.shard is not None
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -> np.ndarray:
@@ -61,33 +123,21 @@ def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -
     return out.astype(np.uint8)
 
 
-def run(args: argparse.Namespace) -> dict:
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    model, ckpt = load_checkpoint(args.checkpoint, device)
-    train_cfg = ckpt["config"]
-    image_path = args.image or (str(Path(args.data) / "rgb.png") if args.data else "") or \
-        train_cfg["rgb"] or str(Path(train_cfg["data"]) / "rgb.png")
-    gt_path = args.gt or (str(Path(args.data) / "gt.png") if args.data else "")
-    if not args.image and not args.gt and not args.data:  # the default: the training image and its gt
-        gt_path = train_cfg["gt"] or str(Path(train_cfg["data"]) / "gt.png")
-        gt_path = gt_path if Path(gt_path).exists() else ""
-    image = read_rgb(image_path)  # RGBA: alpha dropped
-    gt = read_gt(gt_path, image.shape[:2], image_path).astype(bool) if gt_path else None
-    threshold = args.threshold if args.threshold >= 0 else float(ckpt.get("threshold", 0.5))
-
+def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.Namespace, device) -> dict:
+    """Read and check ``item``, predict it, write its files into ``out``; return its metrics."""
+    image = read_rgb(item.key)  # RGBA: alpha dropped
+    gt = read_gt(item.gt, image.shape[:2], item.key).astype(bool) if item.gt else None
     t0 = time.perf_counter()
     bar = partial(tqdm, desc="tiles", leave=False, disable=not sys.stderr.isatty())
     prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar)
     seconds = time.perf_counter() - t0
     pred = prob >= threshold
-    result = {"image": image_path, "size": [image.shape[1], image.shape[0]], "threshold": threshold,
+    result = {"image": item.key, "size": [image.shape[1], image.shape[0]], "threshold": threshold,
               "seconds": round(seconds, 3), "building_fraction": round(float(pred.mean()), 4)}
     if gt is not None:
         rep = segmentation_report(pred, gt)
-        result.update(gt=gt_path, **{k: round(v, 4) for k, v in rep.items()})
+        result.update(gt=item.gt, **{k: round(v, 4) for k, v in rep.items()})
 
-    out = Path(args.out or Path(args.checkpoint).parent)
     mask = np.where(pred, 0, 255).astype(np.uint8)  # gt.png encoding: 0 = building
     save_image(out / "predictions.jpg", mask, quality=95)
     save_image(out / "predictions_mask.png", mask)
@@ -97,23 +147,64 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        r = run(args)
-    except (ImageReadError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # --device cuda without CUDA
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def report(r: dict) -> None:
     print(f"{r['image']} {r['size'][0]}x{r['size'][1]}: {r['building_fraction']:.1%} building "
           f"(threshold {r['threshold']}), {r['seconds']:.2f}s")
     if "iou" in r:
         print(f"building IoU {r['iou']:.4f}  F1 {r['f1']:.4f}  pixel accuracy {r['accuracy']:.4f}  "
               f"(precision {r['precision']:.4f}, recall {r['recall']:.4f})")
-    print(f"wrote predictions.jpg, predictions_mask.png, predictions_overlay.jpg to {args.out or Path(args.checkpoint).parent}")
-    return 0
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "width": r["size"][0], "height": r["size"][1]})
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Predict every input of this shard; return (results, error lines)."""
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    model, ckpt = load_checkpoint(args.checkpoint, device)
+    threshold = args.threshold if args.threshold >= 0 else float(ckpt.get("threshold", 0.5))
+    items, several = collect_inputs(args, ckpt["config"])
+    out = Path(args.out or Path(args.checkpoint).parent)
+    mine = select_shard(items, args.shard, key=lambda it: it.key)
+    if several:
+        shard = "{}/{}".format(*args.shard) if args.shard else "all"
+        print(f"{len(mine)} of {len(items)} images (shard {shard}) -> {out}")
+    results, errors = [], []
+    for item in mine:
+        try:
+            r = predict_one(model, item, out / item.name if several else out, threshold, args, device)
+        except ImageReadError as err:
+            errors.append(f"error: {err}")
+            print(errors[-1], file=sys.stderr)
+            continue
+        report(r)
+        if not several:
+            print(f"wrote predictions.jpg, predictions_mask.png, predictions_overlay.jpg to {out}")
+        results.append({**r, "name": item.name})
+    if several:
+        csv_path = shard_path(args.csv or out / "predictions.csv", args.shard)
+        write_csv(csv_path, results)
+        print(f"wrote {csv_path} ({len(results)} rows)")
+    return results, errors
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        _, errors = run(args)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # --device cuda without CUDA
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 2 if errors else 0
 
 
 if __name__ == "__main__":

@@ -3,11 +3,18 @@
     python fcnn_rgb_gt/train.py                      # data/fcnn/rgb.png + gt.png -> runs/fcnn/
     python fcnn_rgb_gt/train.py --data ../shared/data/fcnn/train_substitute --epochs 30
     python fcnn_rgb_gt/train.py --resume             # continue runs/fcnn/last.pt up to --epochs
+    torchrun --nproc_per_node=2 fcnn_rgb_gt/train.py # DistributedDataParallel over 2 processes (see README)
 
 A strip at the end of the image's longer axis (``--val-fraction``) is held out: training crops come only from
 the rest, and the held-out strip picks the best epoch (building IoU), the probability threshold and, across
 runs, the options. Outputs in ``--out``: ``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best
 metric, config, threshold, history), ``config.json``, ``log.csv`` and ``loss_vs_epochs.png``.
+
+Under ``torchrun`` (one process or several machines) the model is wrapped in DistributedDataParallel: every
+rank draws its own ``--batch-size`` random crops per step (crop generator seeded with seed + rank), gradients
+are averaged, and an epoch has 1/world_size the steps, so it still covers the training region about once
+(global batch = world_size x --batch-size at the same learning rate). Validation, logging, checkpoints and the
+plot happen on rank 0 only.
 """
 from __future__ import annotations
 
@@ -18,16 +25,19 @@ import math
 import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.io import ImageReadError, atomic_path, atomic_write, write_json
 from common.metrics import segmentation_report
+from common.shard import launcher_env
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt import demo_data
 from fcnn_rgb_gt.data import DEFAULT_DATA, DEFAULT_RUNS, MIN_TRAIN_SIDE, CropSampler, load_pair, spatial_split, \
@@ -47,7 +57,7 @@ class TrainConfig:
     tile: int = 128  # training crop and validation tile side, <= 256 (the brief's memory limit); 128 px
     # crops give 4x the optimiser steps of 256 px ones for the same pixels, and the 14 px receptive field
     # needs no more context
-    batch_size: int = 8  # crops per step
+    batch_size: int = 8  # crops per step (per process under torchrun)
     lr: float = 1e-2  # AdamW peak learning rate, cosine decay to 1 % over the run
     weight_decay: float = 1e-4  # AdamW weight decay
     val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
@@ -90,13 +100,16 @@ def parse_args(argv=None) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------- data
-def load_data(cfg: TrainConfig):
+def load_data(cfg: TrainConfig, main_rank: bool = True, world: int = 1):
     """Images of the training and validation regions, and the split."""
     rgb = Path(cfg.rgb or Path(cfg.data) / "rgb.png")
     gt = Path(cfg.gt or Path(cfg.data) / "gt.png")
     if not cfg.rgb and not cfg.gt and Path(cfg.data) == DEFAULT_DATA and not DEFAULT_DATA.exists():
-        print(f"no data in {DEFAULT_DATA}: writing the synthetic demo pair there", file=sys.stderr)
-        demo_data.write(DEFAULT_DATA)
+        if main_rank:
+            print(f"no data in {DEFAULT_DATA}: writing the synthetic demo pair there", file=sys.stderr)
+            demo_data.write(DEFAULT_DATA)
+        if world > 1:
+            dist.barrier()  # the other ranks read it once rank 0 has written it
     image, mask = load_pair(rgb, gt, min_side=MIN_TRAIN_SIDE)
     split = spatial_split(mask, cfg.val_fraction, gap=16)
     return image, mask, split, rgb, gt
@@ -134,10 +147,10 @@ def warmup_cosine(total: int, warmup: float = 0.05, floor: float = 0.01):
 
 
 # ---------------------------------------------------------------------------------------------- loop
-def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device) -> float:
+def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, show: bool = True) -> float:
     model.train()
     total = 0.0
-    for _ in tqdm(range(steps), desc="train", leave=False, disable=not sys.stderr.isatty()):
+    for _ in tqdm(range(steps), desc="train", leave=False, disable=not (show and sys.stderr.isatty())):
         x, y = sampler.sample(cfg.batch_size)
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         loss = loss_fn(model(x), y.to(device), cfg.loss, weights)
@@ -223,18 +236,64 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------- distributed
+@contextmanager
+def distributed(device: torch.device):
+    """``(rank, world_size)``; under torchrun (WORLD_SIZE > 1) a process group for the run: nccl on CUDA (one
+    GPU per local rank), gloo on CPU, initialised from torchrun's environment (MASTER_ADDR/PORT, RANK, ...)."""
+    rank, world, local_rank = launcher_env()
+    if world == 1:
+        yield 0, 1, device
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield rank, world, device
+    finally:
+        dist.destroy_process_group()
+
+
+def wrap_ddp(model: FCN, device: torch.device, world: int) -> torch.nn.Module:
+    """DistributedDataParallel when world > 1 (it broadcasts rank 0's weights and buffers). On CUDA batch norm
+    becomes SyncBatchNorm (statistics over the global batch); gloo has no SyncBatchNorm, so on CPU each rank
+    normalises with its own batch's statistics and the running statistics are rank 0's (broadcast every step)."""
+    if world == 1:
+        return model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def rank0_decides(value, world: int):
+    """Rank 0's ``value`` on every rank (e.g. the time-limit stop, so that all ranks leave the loop together)."""
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # ------------------------------------------------------------------------------------------------- main
-def train(cfg: TrainConfig) -> dict:
-    torch.manual_seed(cfg.seed)
+def train(cfg: TrainConfig) -> tuple[dict, FCN]:
+    """Train; return the summary and the trained (unwrapped) model. Under torchrun, call on every rank."""
+    with distributed(resolve_device(cfg.device)) as (rank, world, device):
+        return _train(cfg, rank, world, device)
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tuple[dict, FCN]:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     np.random.seed(cfg.seed)
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    main_rank = rank == 0
+    log = print if main_rank else (lambda *a, **k: None)
 
-    image, mask, split, rgb_path, gt_path = load_data(cfg)
+    image, mask, split, rgb_path, gt_path = load_data(cfg, main_rank, world)
     tr_img, tr_mask = split.train(image), split.train(mask)
     va_img, va_mask = split.val(image), split.val(mask)
-    print(f"data: {rgb_path} {image.shape[1]}x{image.shape[0]}, building {mask.mean():.1%}; "
+    log(f"data: {rgb_path} {image.shape[1]}x{image.shape[0]}, building {mask.mean():.1%}; "
           f"train region {tr_mask.shape[1]}x{tr_mask.shape[0]}, validation strip ({split.side}) "
           f"{va_mask.shape[1]}x{va_mask.shape[0]}, building {va_mask.mean():.1%}")
 
@@ -242,36 +301,48 @@ def train(cfg: TrainConfig) -> dict:
     x = to_tensor(tr_img)
     model.set_input_stats(x.mean((1, 2)), x.std((1, 2)))
     model = prepare(model, device)
+    # each rank draws its own random crops: the generator is seeded by rank
     sampler = CropSampler(x, torch.from_numpy(tr_mask).long(), cfg.tile, cfg.augment,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+                          generator=torch.Generator().manual_seed(cfg.seed + 1000 * rank))
     crop = sampler.crop
-    steps = max(4, round(tr_mask.size / (cfg.batch_size * crop * crop)))
+    steps = max(4, round(tr_mask.size / (world * cfg.batch_size * crop * crop)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps))
     weights = class_weights(tr_mask)
-    print(f"model: {count_parameters(model)} parameters {model.cfg.to_dict()}; {steps} steps/epoch of "
-          f"{cfg.batch_size}x{crop}x{crop} crops, loss {cfg.loss}, device {device}, {torch.get_num_threads()} threads")
+    log(f"model: {count_parameters(model)} parameters {model.cfg.to_dict()}; {steps} steps/epoch of "
+        f"{world}x{cfg.batch_size}x{crop}x{crop} crops ({world} process{'es' * (world > 1)}), loss {cfg.loss}, "
+        f"device {device}, {torch.get_num_threads()} threads")
 
     history, best, start = [], {"iou": -1.0, "epoch": 0}, 1
     if cfg.resume:
-        ckpt_path = out / "last.pt"
-        if not ckpt_path.is_file():
+        ckpt_path = out / "last.pt"  # read by rank 0 and sent to the others: no shared file system needed
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if main_rank and ckpt_path.is_file() else None
+        ckpt = rank0_decides(ckpt, world)
+        if ckpt is None:
             raise CheckpointError(f"{ckpt_path}: nothing to resume (no last.pt in --out)")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         history, start = ckpt["history"], ckpt["epoch"] + 1
         best = {"iou": ckpt["best_iou"], "epoch": ckpt["best_epoch"], "threshold": ckpt["threshold"]}
-        print(f"resumed {ckpt_path} at epoch {ckpt['epoch']} (best IoU {best['iou']:.4f} at epoch {best['epoch']})")
-    write_json(out / "config.json", asdict(cfg))
+        log(f"resumed {ckpt_path} at epoch {ckpt['epoch']} (best IoU {best['iou']:.4f} at epoch {best['epoch']})")
+    ddp = wrap_ddp(model, device, world)  # after loading: DDP broadcasts rank 0's weights
+    model = ddp.module if world > 1 else model  # the bare FCN (SyncBatchNorm on CUDA) for evaluation and saving
+    if main_rank:
+        write_json(out / "config.json", {**asdict(cfg), "world_size": world})
 
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs + 1):
-        if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
-            print(f"stopping before epoch {epoch}: --max-minutes {cfg.max_minutes} reached")
+        if rank0_decides(bool(cfg.max_minutes) and time.perf_counter() - t0 > 60 * cfg.max_minutes, world):
+            log(f"stopping before epoch {epoch}: --max-minutes {cfg.max_minutes} reached")
             break
-        train_loss = train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device)
+        train_loss = train_one_epoch(ddp, sampler, opt, sched, steps, cfg, weights, device, show=main_rank)
+        if world > 1:  # the mean training loss over the ranks, for the log
+            t = torch.tensor([train_loss], device=device)
+            dist.all_reduce(t)
+            train_loss = t.item() / world
+        if not main_rank:
+            continue  # validation, checkpoints, log and plot: rank 0 only
         metrics, prob = evaluate(model, va_img, va_mask, cfg, device, weights)
         # the threshold is part of the model: chosen on the validation strip at every epoch (unless fixed)
         if cfg.threshold >= 0:
@@ -297,10 +368,10 @@ def train(cfg: TrainConfig) -> dict:
 
     summary = {"best_epoch": best["epoch"], "val_iou_at_threshold": round(best["iou"], 4),
                "threshold": best.get("threshold"), "train_seconds": round(time.perf_counter() - t0, 1),
-               "out": str(out)}
-    print(f"best epoch {best['epoch']}: validation IoU {best['iou']:.4f} at threshold {best.get('threshold')}; "
+               "out": str(out), "rank": rank, "world_size": world}
+    log(f"best epoch {best['epoch']}: validation IoU {best['iou']:.4f} at threshold {best.get('threshold')}; "
           f"checkpoint {out / 'best.pt'}, plot {out / 'loss_vs_epochs.png'}")
-    return summary
+    return summary, model
 
 
 def main(argv=None) -> int:

@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 
 import numpy as np
@@ -99,3 +101,54 @@ def test_bad_predict_input_is_one_line_error(case, trained_run, pair_dir, tmp_pa
     assert code != 0
     assert len(err) == 1 and str(bad) in err[0], err
     assert not out.exists()  # nothing written
+
+
+@pytest.fixture(scope="module")
+def pair_folders(pair_dir, tmp_path_factory):
+    """Five small rgb.png/gt.png folders cut from the demo pair (different sizes), as in extra/*."""
+    root = tmp_path_factory.mktemp("pairs")
+    rgb, gt = Image.open(pair_dir / "rgb.png"), Image.open(pair_dir / "gt.png")
+    for i in range(5):
+        box = (7 * i, 5 * i, 7 * i + 60 + 9 * i, 5 * i + 50 + 4 * i)
+        (root / f"pair_{i}").mkdir()
+        rgb.crop(box).save(root / f"pair_{i}" / "rgb.png")
+        gt.crop(box).save(root / f"pair_{i}" / "gt.png")
+    return sorted(root.iterdir())
+
+
+def test_two_shards_merge_into_what_one_worker_writes(trained_run, pair_folders, tmp_path, capsys):
+    from common import shard
+
+    base = ["--checkpoint", str(trained_run / "best.pt"), "--data", *map(str, reversed(pair_folders))]
+    assert predict.main(base + ["--out", str(tmp_path / "one")]) == 0
+    for i in range(2):
+        assert predict.main(base + ["--out", str(tmp_path / "two"), "--shard", f"{i}/2"]) == 0
+    shards = [tmp_path / "two" / f"predictions.shard-{i}-of-2.csv" for i in range(2)]
+    assert [len(s.read_text().splitlines()) for s in shards] == [1 + 3, 1 + 2]  # header + round-robin rows
+    assert shard.main(["merge", str(tmp_path / "two" / "predictions.csv")]) == 0
+    one = (tmp_path / "one" / "predictions.csv").read_bytes()
+    assert (tmp_path / "two" / "predictions.csv").read_bytes() == one
+    rows = list(csv.DictReader(io.StringIO(one.decode())))
+    assert [r["name"] for r in rows] == [f"pair_{i}" for i in range(5)]  # sorted by image path
+    assert all(0 <= float(r["iou"]) <= 1 for r in rows)
+    for i in range(5):  # every image's files, in its own folder, the same from either run
+        for name in ("predictions.jpg", "predictions_mask.png", "predictions_overlay.jpg"):
+            assert (tmp_path / "two" / f"pair_{i}" / name).is_file()
+        assert (tmp_path / "two" / f"pair_{i}" / "predictions_mask.png").read_bytes() == \
+            (tmp_path / "one" / f"pair_{i}" / "predictions_mask.png").read_bytes()
+
+
+def test_several_images_and_a_folder_with_a_bad_file(trained_run, pair_folders, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for d in pair_folders[:2]:
+        Image.open(d / "rgb.png").save(folder / f"{d.name}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code = predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(folder),
+                         str(pair_folders[4] / "rgb.png"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "broken.png" in err[0]  # named, and the others still ran
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", newline="")))
+    assert len(rows) == 3 and all(r["iou"] == "" for r in rows)  # no ground truth given
+    for r in rows:
+        assert Image.open(tmp_path / "out" / r["name"] / "predictions.jpg").size == (int(r["width"]), int(r["height"]))
