@@ -135,8 +135,10 @@ def main(argv=None) -> None:
                 "scores": {s: round(scores[s], 4) for s in stems}}
 
     deep_scores = {s: float(r["score"]) for s, r in rows.items() if r["status"] == "ok"}
-    seconds = [float(r["seconds"]) for r in rows.values() if r["seconds"]]
-    cpu = [float(r["cpu_seconds"]) for r in rows.values() if r.get("cpu_seconds")]
+    with open(runs / "pred" / "timings.csv", newline="") as f:
+        timings = list(csv.DictReader(f))
+    seconds = [float(r["seconds"]) for r in timings]
+    cpu = [float(r["cpu_seconds"]) for r in timings]
     result = {
         "data": str(data), "photos": len(rows), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "make bench-wood DATA_ROOT=../shared/data",

@@ -1,4 +1,4 @@
-"""Reading photos and turning them into model inputs and patch features, tile by tile (common.tiling).
+"""Turning photos into model inputs and patch features, tile by tile (common.tiling).
 
 A photo is read, resized by ``scale`` (the wood photos are 2592x1952; knots and cracks stay visible at half
 size, and half size quarters the work), cut into 256x256 tiles (the network never sees more), and each tile
@@ -6,15 +6,11 @@ is reflect-padded by ``pad`` pixels before the network so that tile borders do n
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.io import ImageReadError, list_images, read_rgb
 from common.tiling import iter_tile_batches
 
 
@@ -31,19 +27,6 @@ def resize_map(score: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if score.shape == tuple(shape):
         return score
     return np.asarray(Image.fromarray(score.astype(np.float32)).resize((shape[1], shape[0]), Image.BILINEAR))
-
-
-def read_images(folder: str | Path) -> tuple[list[tuple[Path, np.ndarray]], list[tuple[Path, str]]]:
-    """Every readable image of ``folder`` as ``(path, (H, W, 3) uint8)``, plus ``(path, reason)`` for the others
-    (reported on stderr, never fatal)."""
-    good, bad = [], []
-    for path in list_images(folder):
-        try:
-            good.append((path, read_rgb(path)))
-        except ImageReadError as err:
-            print(f"skipping unreadable image {err}", file=sys.stderr)
-            bad.append((path, str(err)))
-    return good, bad
 
 
 def to_tensor(batch: np.ndarray, device: torch.device, pad: int = 0) -> torch.Tensor:

@@ -6,9 +6,16 @@
 For every readable photo ``<stem>`` it writes into ``<out>/<stem>/``: ``preds.png`` (binary mask, 255 =
 anomalous, full size), ``heatmap.jpg`` (scores in units of the threshold, colour-mapped), ``overlay.jpg`` (photo
 with the heatmap and the mask outline) and ``anomaly_map.npy`` (float16 full-size scores, for evaluate.py).
-``<out>/predictions.csv`` has one row per photo: ``image, score, label, anomalous_area_px,
-anomalous_area_frac, status``. An unreadable photo gets a row with ``status`` = the reason and no outputs;
-the others are processed. Exit status 0 unless no photo at all could be read.
+``<out>/predictions.csv`` has one row per photo, in sorted file-name order: ``image, score, label,
+anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds, cpu_seconds``
+(kept apart so that the predictions are the same bytes on every run). An unreadable photo gets a row with
+``status`` = the reason and no outputs; the others are processed. Exit status 0 unless no photo at all could
+be read.
+
+Many workers or machines: ``--shard I/N`` processes every N-th photo of the sorted folder (the default under
+``torchrun --nproc_per_node=N`` is RANK/WORLD_SIZE) and writes ``predictions.shard-I-of-N.csv`` (and
+timings); the per-photo folders of the shards are disjoint. ``python -m common.shard merge
+<out>/predictions.csv`` then writes exactly the file one worker would have written.
 
 Threshold rule (no labels): the pixel threshold stored by train.py (``q50 + 2 (q99 - q50)`` of the training
 photos' scores; ``--threshold`` overrides it). A photo is ``anomalous`` when its mask covers at least
@@ -31,6 +38,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, save_image
+from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
 from common.tiling import Stitcher, tile_grid
 from wood_anomaly.data import resize, resize_map, tile_feature_batches
 from wood_anomaly.model import PatchCore
@@ -105,14 +113,22 @@ def write_outputs(folder: Path, image: np.ndarray, score: np.ndarray, mask: np.n
         np.save(f, score.astype(np.float16))
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def predict_folder(model: PatchCore, cfg: TrainConfig, threshold: float, folder: Path, out: Path,
-                   device: torch.device, save: bool = True) -> list[dict]:
-    """Process every image of ``folder``; return (and write to ``out/predictions.csv``) one row per image."""
-    rows = []
+                   device: torch.device, save: bool = True, shard: Shard | None = None) -> list[dict]:
+    """Process every image of ``folder`` (of its ``shard`` only, when given), in sorted name order; return one
+    row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``."""
+    rows, timings = [], []
     out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(list_images(folder), desc="predict", unit="photo"):
+    for path in tqdm(select_shard(list_images(folder), shard, key=lambda p: p.name), desc="predict", unit="photo"):
         row = {"image": path.name, "score": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "",
-               "seconds": "", "cpu_seconds": "", "status": "ok"}
+               "status": "ok"}
         try:
             image = read_rgb(path)
         except ImageReadError as err:
@@ -128,12 +144,11 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, threshold: float, folder:
             write_outputs(out / path.stem, image, score, mask, threshold)
         rows.append({**row, "score": f"{score.max() / threshold:.4f}",
                      "label": "anomalous" if frac >= cfg.min_area else "normal",
-                     "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}",
-                     "seconds": f"{time.perf_counter() - t0:.2f}", "cpu_seconds": f"{time.process_time() - c0:.2f}"})
-    with atomic_write(out / "predictions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
-        writer.writeheader()
-        writer.writerows(rows)
+                     "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}"})
+        timings.append({"image": path.name, "seconds": f"{time.perf_counter() - t0:.2f}",
+                        "cpu_seconds": f"{time.process_time() - c0:.2f}"})
+    write_csv(shard_path(out / "predictions.csv", shard), rows)
+    write_csv(shard_path(out / "timings.csv", shard), timings)
     return rows
 
 
@@ -147,20 +162,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the self-reference patch sample")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    add_shard_argument(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = resolve_device(args.device, args.threads)
+    device = resolve_device(args.device, args.threads, local_rank=launcher_env()[2])
     model, cfg, ckpt = load_model(args.model, device)
     cfg.seed = args.seed
     threshold = args.threshold or ckpt["threshold"]
-    rows = predict_folder(model, cfg, threshold, image_folder(args.data), Path(args.out), device)
+    rows = predict_folder(model, cfg, threshold, image_folder(args.data), Path(args.out), device,
+                          shard=args.shard)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in rows:
         print(f"{r['image']}: {r['label']} (score {r['score'] or '-'}, area {r['anomalous_area_frac'] or '-'})")
-    print(f"{len(rows) - len(failed)} photos -> {args.out}/<stem>/, table {args.out}/predictions.csv"
+    table = shard_path(Path(args.out) / "predictions.csv", args.shard)
+    print(f"{len(rows) - len(failed)} photos -> {args.out}/<stem>/, table {table}"
           + (f"; {len(failed)} unreadable (listed in the table)" if failed else ""))
     if rows and len(failed) == len(rows):
         sys.exit(1)

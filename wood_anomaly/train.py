@@ -21,6 +21,13 @@ The pixel threshold is set without labels, from the scores of held-out patches o
 
 Outputs in ``--out``: ``model.pt`` (memory bank, config, threshold, score statistics), ``config.json`` and
 ``log.csv`` (one row per training photo).
+
+More than one process or machine: ``torchrun --nproc_per_node=N wood_anomaly/train.py ...`` (plus torchrun's
+``--nnodes/--node-rank/--rdzv-*`` arguments across machines). Each rank reads and featurises its
+DistributedSampler share of the photos; the per-photo bank samples are all-gathered (torch.distributed, gloo
+on CPU, nccl on CUDA), so every rank ends with the same memory bank and threshold as a single process (the
+random sample of each photo is seeded by the photo's index, not by the order the photos are processed in).
+Rank 0 alone writes the log and the checkpoint.
 """
 from __future__ import annotations
 
@@ -33,10 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from common.io import atomic_path, atomic_write, write_json
-from wood_anomaly.data import read_images, resize, tile_features
+from common.io import ImageReadError, atomic_path, atomic_write, list_images, read_rgb, write_json
+from common.shard import launcher_env
+from wood_anomaly.data import resize, tile_features
 from wood_anomaly.model import PatchCore, knn_distance
 
 DEFAULT_DATA = Path("data/wood")
@@ -81,14 +91,28 @@ def image_folder(data: str | Path) -> Path:
     return data / "images" if (data / "images").is_dir() else data
 
 
-def resolve_device(name: str, threads: int = 2) -> torch.device:
+def resolve_device(name: str, threads: int = 2, local_rank: int = 0) -> torch.device:
+    """``auto | cpu | cuda`` -> a device; under torchrun each process of a machine takes GPU ``local_rank``."""
     if threads > 0:
         torch.set_num_threads(threads)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is available")
+    if name == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def init_distributed(cfg: "TrainConfig") -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``. Under torchrun (WORLD_SIZE > 1) join its process group from the
+    environment it sets (MASTER_ADDR/PORT, RANK, WORLD_SIZE): nccl on CUDA, gloo on CPU."""
+    rank, world, local_rank = launcher_env()
+    device = resolve_device(cfg.device, cfg.threads, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> PatchCore:
@@ -96,32 +120,48 @@ def build_model(cfg: TrainConfig, device: torch.device) -> PatchCore:
     return PatchCore(stages, cfg.pool, cfg.k, cfg.neighbours).to(device).eval().to(memory_format=torch.channels_last)
 
 
-def sample_rows(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """At most ``n`` rows of ``x``, drawn uniformly without replacement."""
-    return x if x.shape[0] <= n else x[torch.randperm(x.shape[0], generator=gen)[:n]]
+def photo_features(model: PatchCore, index: int, path: Path, cfg: TrainConfig, device: torch.device) -> dict:
+    """One training photo -> its bank sample, held-out calibration sample, mean feature and a log row.
+
+    The random split of its patch features is seeded by the photo's index in the sorted folder, so the result
+    does not depend on which process handles the photo or in which order (distributed = single process)."""
+    t0 = time.perf_counter()
+    try:
+        img = read_rgb(path)
+    except ImageReadError as err:
+        return {"index": index, "error": str(err)}
+    feats = tile_features(model.features, resize(img, cfg.scale), cfg.tile, cfg.overlap, cfg.pad,
+                          cfg.batch_size, device)
+    order = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + index))
+    kept = feats[order[:cfg.patches_per_image]]
+    return {"index": index, "bank": kept, "desc": feats.mean(0),
+            "held_out": feats[order[cfg.patches_per_image:][:cfg.calib_patches]],
+            "log": [path.name, *img.shape[:2], feats.shape[0], kept.shape[0], f"{time.perf_counter() - t0:.2f}"]}
 
 
-def fit_bank(model: PatchCore, images, cfg: TrainConfig, device: torch.device, log_path: Path):
-    """Memory bank ``(M, D)``: ``patches_per_image`` random patch features of every photo (one log row each),
-    plus, per photo, a second disjoint random sample of its features (``calib_patches``) kept to calibrate
-    the threshold."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    parts, held_out, desc = [], [], []
-    with atomic_write(log_path, "w", newline="") as f:
-        log = csv.writer(f)
-        log.writerow(["image", "height", "width", "patches", "kept", "seconds"])
-        for path, img in tqdm(images, desc="memory bank", unit="photo"):
-            t0 = time.perf_counter()
-            feats = tile_features(model.features, resize(img, cfg.scale), cfg.tile, cfg.overlap, cfg.pad,
-                                  cfg.batch_size, device)
-            order = torch.randperm(feats.shape[0], generator=gen)
-            parts.append(feats[order[:cfg.patches_per_image]])
-            desc.append(feats.mean(0))
-            held_out.append(feats[order[cfg.patches_per_image:][:cfg.calib_patches]])
-            log.writerow([path.name, *img.shape[:2], feats.shape[0], parts[-1].shape[0],
-                          f"{time.perf_counter() - t0:.2f}"])
-    index = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(parts)])
-    return torch.cat(parts), index, torch.stack(desc), held_out
+def all_gather_photos(parts: list[dict], world: int) -> list[dict]:
+    """Every rank's per-photo results on every rank, in photo order (single process: ``parts`` unchanged).
+    DistributedSampler pads the last round with repeated photos; those duplicates are dropped here."""
+    if world > 1:
+        gathered: list[list[dict]] = [[] for _ in range(world)]
+        dist.all_gather_object(gathered, parts)
+        parts = list({p["index"]: p for rank_parts in gathered for p in rank_parts}.values())
+    return sorted(parts, key=lambda p: p["index"])
+
+
+def fit_bank(model: PatchCore, paths: list[Path], cfg: TrainConfig, device: torch.device, rank: int = 0,
+             world: int = 1) -> list[dict]:
+    """Featurise this rank's share of ``paths`` (DistributedSampler, no shuffling), gather all shares, and fill
+    the model's memory bank ``(M, D)`` with ``patches_per_image`` random patch features of every readable
+    photo. Returns the per-photo results (held-out features, log rows, read errors), the same on every rank."""
+    share = DistributedSampler(paths, num_replicas=world, rank=rank, shuffle=False) if world > 1 else range(len(paths))
+    parts = all_gather_photos([photo_features(model, i, paths[i], cfg, device)
+                               for i in tqdm(share, desc="memory bank", unit="photo", disable=rank > 0)], world)
+    photos = [p for p in parts if "error" not in p]
+    if photos:
+        index = torch.cat([torch.full((len(p["bank"]),), i, dtype=torch.long) for i, p in enumerate(photos)])
+        model.set_bank(torch.cat([p["bank"] for p in photos]), index, torch.stack([p["desc"] for p in photos]))
+    return parts
 
 
 def calibrate(model: PatchCore, held_out: list[torch.Tensor], cfg: TrainConfig) -> dict:
@@ -143,36 +183,61 @@ def calibrate(model: PatchCore, held_out: list[torch.Tensor], cfg: TrainConfig) 
     return {"threshold": float(q50 + 2 * (q99 - q50)), "q50": float(q50), "q99": float(q99)}
 
 
-def save_checkpoint(path: Path, model: PatchCore, cfg: TrainConfig, calib: dict, images) -> None:
+def save_checkpoint(path: Path, model: PatchCore, cfg: TrainConfig, calib: dict, names: list[str]) -> None:
     ckpt = {"bank": model.bank.cpu(), "bank_image": model.bank_image.cpu(), "image_desc": model.image_desc.cpu(),
-            "config": asdict(cfg), **calib,
-            "train_images": [p.name for p, _ in images]}
+            "config": asdict(cfg), **calib, "train_images": names}
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
 
-def main(argv=None) -> None:
-    cfg = parse_args(argv)
+def write_log(path: Path, parts: list[dict]) -> None:
+    with atomic_write(path, "w", newline="") as f:
+        log = csv.writer(f)
+        log.writerow(["image", "height", "width", "patches", "kept", "seconds"])
+        log.writerows(p["log"] for p in parts if "error" not in p)
+
+
+def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
+    """Fit the model on ``cfg.data`` (this process's share when started by torchrun); rank 0 writes the run
+    folder. Returns the model and its calibration (threshold, q50, q99), identical on every rank."""
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device, cfg.threads)
+    rank, world, device = init_distributed(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    images, bad = read_images(image_folder(cfg.data))
-    if not images:
-        sys.exit(f"no readable image in {image_folder(cfg.data)}")
-    print(f"{len(images)} training photos ({len(bad)} unreadable) from {image_folder(cfg.data)}, device {device}")
+    paths = list_images(image_folder(cfg.data))
+    if not paths:
+        sys.exit(f"no image in {image_folder(cfg.data)}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{len(paths)} training photos from {image_folder(cfg.data)}, {world} process(es), device {device}")
 
     t0 = time.perf_counter()
     model = build_model(cfg, device)
-    bank, index, desc, held_out = fit_bank(model, images, cfg, device, out / "log.csv")
-    model.set_bank(bank, index, desc)
-    calib = calibrate(model, held_out, cfg)
+    parts = fit_bank(model, paths, cfg, device, rank, world)
+    bad = [p["error"] for p in parts if "error" in p]
+    if len(bad) == len(paths):
+        sys.exit(f"no readable image in {image_folder(cfg.data)}")
+    calib = calibrate(model, [p["held_out"] for p in parts if "error" not in p], cfg)
     seconds = time.perf_counter() - t0
-    save_checkpoint(out / "model.pt", model, cfg, calib, images)
-    write_json(out / "config.json", {**asdict(cfg), "bank_size": int(model.bank.shape[0]),
-                                     "threshold": calib["threshold"], "train_seconds": round(seconds, 1)})
-    print(f"memory bank {tuple(model.bank.shape)}, threshold {calib['threshold']:.3f}, "
-          f"{seconds:.0f} s -> {out / 'model.pt'}")
+    if rank == 0:
+        for err in bad:
+            print(f"skipping unreadable image {err}", file=sys.stderr)
+        write_log(out / "log.csv", parts)
+        save_checkpoint(out / "model.pt", model, cfg, calib, [paths[p["index"]].name for p in parts if "error" not in p])
+        write_json(out / "config.json", {**asdict(cfg), "bank_size": int(model.bank.shape[0]), "world_size": world,
+                                         "threshold": calib["threshold"], "train_seconds": round(seconds, 1)})
+        print(f"memory bank {tuple(model.bank.shape)}, threshold {calib['threshold']:.3f}, "
+              f"{seconds:.0f} s -> {out / 'model.pt'}")
+    return model, calib
+
+
+def main(argv=None) -> tuple[PatchCore, dict]:
+    cfg = parse_args(argv)
+    try:
+        return train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.barrier()  # nobody leaves before rank 0 has written the checkpoint
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

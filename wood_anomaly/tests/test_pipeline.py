@@ -11,8 +11,8 @@ from common.metrics import pixel_auroc
 from wood_anomaly import predict
 
 
-def rows_of(folder):
-    with open(folder / "predictions.csv", newline="") as f:
+def rows_of(folder, name="predictions.csv"):
+    with open(folder / name, newline="") as f:
         return {r["image"]: r for r in csv.DictReader(f)}
 
 
