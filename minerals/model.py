@@ -150,13 +150,17 @@ class EfficientNetLite0(nn.Module):
         self.net.reset_classifier(num_classes)
         # the stem and the first ``freeze`` block stages keep their ImageNet weights (and BN statistics):
         # generic edges/colours, and a much cheaper backward pass on CPU
-        self.frozen = [self.net.conv_stem, self.net.bn1, *self.net.blocks[:freeze]] if freeze > 0 else []
-        for m in self.frozen:
+        self.freeze = freeze
+        for m in self.frozen():
             m.requires_grad_(False)
+
+    def frozen(self) -> list[nn.Module]:
+        """The frozen modules, looked up each time (SyncBatchNorm conversion replaces BN modules)."""
+        return [self.net.conv_stem, self.net.bn1, *self.net.blocks[:self.freeze]] if self.freeze > 0 else []
 
     def train(self, mode: bool = True) -> "EfficientNetLite0":
         super().train(mode)
-        for m in self.frozen:
+        for m in self.frozen():
             m.eval()
         return self
 

@@ -9,6 +9,15 @@ stored in the checkpoint) the result is ``"unknown"`` (see minerals/decision.py)
 paths relative to the given folder when names repeat. A file that cannot be read is reported on stderr and
 in the JSON as ``{"confidence": null, "result": "error", "error": "<reason>"}``; the batch goes on, and the
 exit status is 1 when any file failed (2 when none could be read).
+
+Keys come out sorted, so N workers can split a large folder and one merge rebuilds the single-worker file
+byte for byte (``--shard I/N`` takes every N-th file of the sorted list; under ``torchrun`` the default is
+RANK/WORLD_SIZE)::
+
+    python minerals/predict.py patches/ --shard 0/2 > results.shard-0-of-2.json     # on machine/worker 0
+    python minerals/predict.py patches/ --shard 1/2 > results.shard-1-of-2.json     # on machine/worker 1
+    python -m common.shard merge results.json                                       # == the unsharded JSON
+    python minerals/predict.py patches/ --shard 0/2 --out results.json              # writes results.shard-0-of-2.json
 """
 from __future__ import annotations
 
@@ -21,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.io import IMAGE_EXTENSIONS, ImageReadError, read_rgb
+from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, read_rgb
+from common.shard import add_shard_argument, launcher_env, select_shard, shard_path
 from minerals.data import CLASSES, eval_transform, to_tensor
 from minerals.decision import decide
 from minerals.model import build_model
@@ -92,7 +102,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
+    add_shard_argument(p)
     args = p.parse_args(argv)
+    if args.out == "-" and launcher_env()[1] > 1:
+        p.error("under torchrun every process needs its own file: give --out results.json "
+                "(written as results.shard-I-of-N.json)")
     inputs = ([args.data] if args.data else []) + args.inputs
     if not inputs:
         if not Path(DEFAULT_INPUT).is_dir():
@@ -101,10 +115,16 @@ def main(argv=None) -> int:
         inputs = [DEFAULT_INPUT]
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if device.type == "cuda" and launcher_env()[1] > 1:  # torchrun: one GPU per process
+        device = torch.device("cuda", launcher_env()[2])
     model, meta = load_classifier(args.checkpoint, device)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
-    files = collect_files(inputs)
-    print(f"{len(files)} files, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}", file=sys.stderr)
+    files = collect_files(inputs)  # keys are decided on the full list, so every shard names files alike
+    n_all = len(files)
+    files = select_shard(files, args.shard, key=lambda kf: kf[0])  # sorted by key; every N-th one of them
+    part = f" (shard {args.shard[0]}/{args.shard[1]} of {n_all})" if args.shard else ""
+    print(f"{len(files)} files{part}, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}",
+          file=sys.stderr)
     results: dict[str, dict] = {}
     errors = 0
     t0 = time.time()
@@ -117,19 +137,19 @@ def main(argv=None) -> int:
         else:
             conf, res = decide(probs[None], threshold)
             results[key] = {"confidence": round(float(conf[0]), 6), "result": res[0]}
-    results = {k: results[k] for k, _ in files}  # input order
-    text = json.dumps(results, indent=2)
+    results = {k: results[k] for k, _ in files}  # sorted keys: the form `python -m common.shard merge` writes
+    text = json.dumps(results, indent=2) + "\n"
     if args.out == "-":
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
     else:
-        from common.io import atomic_write
-
-        with atomic_write(args.out, "w") as f:
-            f.write(text + "\n")
+        out = shard_path(args.out, args.shard)
+        with atomic_write(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {out}", file=sys.stderr)
     n_ok = len(files) - errors
     print(f"{n_ok} classified, {errors} unreadable, {n_ok / max(time.time() - t0, 1e-9):.1f} patches/s", file=sys.stderr)
     if not files:
-        return 2
+        return 0 if args.shard and n_all else 2  # an empty shard (more workers than files) is fine
     return 2 if n_ok == 0 else (1 if errors else 0)
 
 

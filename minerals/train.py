@@ -8,6 +8,17 @@ Reads top to bottom: config -> data (group-aware split) -> model -> loop -> save
 ``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best metric, config, classes, threshold),
 ``config.json``, ``split.csv``, ``log.csv`` (per-epoch metrics), ``curves.png``, ``model.onnx`` and
 ``model_summary.txt`` (the network graph), ``val_predictions.csv`` (validation probabilities of best.pt).
+
+More than one process (DistributedDataParallel, https://pytorch.org/docs/stable/notes/ddp.html)::
+
+    torchrun --nproc_per_node=2 minerals/train.py --data ... --out ...                  # one machine
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --master_addr=HOST0 --master_port=29500 minerals/train.py ...
+
+``--batch-size`` stays the global batch (each of the N processes takes ``batch_size // N``) and every step sees
+the same samples as one process would (DistributedSampler slices one seeded permutation per epoch), so the
+schedule and the results match one process up to the batch arithmetic: per-process BatchNorm statistics on CPU
+(SyncBatchNorm on CUDA), per-process augmentation draws. gloo on CPU, nccl on CUDA (one GPU per process);
+evaluation, logs, checkpoints and the export happen on rank 0 only.
 """
 from __future__ import annotations
 
@@ -24,10 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from common.io import atomic_path, write_json
+from common.shard import launcher_env
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
 from minerals.decision import choose_threshold, open_set_correct
@@ -43,7 +58,7 @@ class Config:
     freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
     img_size: int = 0  # input side in px (0: 96 for orenet, 224 for efficientnet_lite0, its pretraining size)
     epochs: int = 0  # (0: 30 for orenet, 15 for efficientnet_lite0)
-    batch_size: int = 48
+    batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
     backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
@@ -89,17 +104,43 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_loaders(cfg: Config):
+def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group from the launcher's
+    environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE): nccl with one GPU per process (LOCAL_RANK) on
+    CUDA, gloo on CPU. One process without a launcher: no process group."""
+    rank, world, local_rank = launcher_env()
+    device = pick_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
     rows = read_index(cfg.data)
     train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, cfg.seed)
     cache = int(cfg.img_size * 1.25)
     train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale), cache)
     val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)
-    g = torch.Generator().manual_seed(cfg.seed)
-    train_dl = torch.utils.data.DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
-                                           generator=g)
-    val_dl = torch.utils.data.DataLoader(val_ds, 2 * cfg.batch_size)
+    # one seeded permutation per epoch (sampler.set_epoch), process r takes its items r, r+N, ...: with N
+    # processes of batch_size // N, step k covers the same samples as step k of a single process
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    batch = max(1, cfg.batch_size // world)
+    train_dl = DataLoader(train_ds, batch, sampler=sampler, drop_last=len(sampler) > batch)
+    val_dl = DataLoader(val_ds, 2 * cfg.batch_size)
     return train_rows, val_rows, train_dl, val_dl
+
+
+def sync_batchnorm(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """BatchNorm statistics over the global batch on CUDA (SyncBatchNorm runs on GPUs only; on CPU each process
+    normalises with its own batch and DDP broadcasts rank 0's running statistics every step)."""
+    if cfg.backbone == "efficientnet_lite0":
+        from timm.layers import convert_sync_batchnorm  # also converts timm's fused BatchNormAct2d
+
+        return convert_sync_batchnorm(model)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def param_groups(model, cfg: Config) -> list[dict]:
@@ -119,10 +160,10 @@ def class_weights(labels: list[int], power: float) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int) -> tuple[float, int]:
+def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, rank: int = 0) -> tuple[float, int]:
     model.train()
     total, n = 0.0, 0
-    for x, y in tqdm(loader, desc="train", leave=False, file=sys.stderr):
+    for x, y in tqdm(loader, desc="train", leave=False, file=sys.stderr, disable=rank != 0):
         x = x.to(device, memory_format=torch.channels_last)
         y = y.to(device)
         loss = F.cross_entropy(model(x), y, weight=weights, label_smoothing=cfg.label_smoothing)
@@ -135,6 +176,10 @@ def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int) 
         step += 1
         if cfg.max_steps and step >= cfg.max_steps:
             break
+    if dist.is_initialized():  # the mean over all processes' samples
+        t = torch.tensor([total, n], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        total, n = t.tolist()
     return total / max(n, 1), step
 
 
@@ -214,27 +259,31 @@ def export_graph(model, cfg: Config, out: Path) -> None:
     (out / "model_summary.txt").write_text(text)
 
 
-def main(argv=None) -> dict:
-    cfg = parse_args(argv)
+def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
+    """Train as configured; returns (the trained network, unwrapped, on every process; rank 0's result dict,
+    ``{}`` on the other ranks)."""
+    rank, world, device = setup_distributed(cfg)
+    log = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)  # noqa: E731
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(cfg))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(cfg))
 
     # data
     t0 = time.time()
-    train_rows, val_rows, train_dl, val_dl = make_loaders(cfg)
-    with atomic_path(out / "split.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["patch", "label", "group", "split"])
-        w.writerows([(r["patch"], r["label"], r["group"], s) for s, rs in (("train", train_rows), ("val", val_rows))
-                     for r in rs])
+    train_rows, val_rows, train_dl, val_dl = make_loaders(cfg, rank, world)
+    if rank == 0:
+        with atomic_path(out / "split.csv") as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["patch", "label", "group", "split"])
+            w.writerows([(r["patch"], r["label"], r["group"], s) for s, rs in (("train", train_rows), ("val", val_rows))
+                         for r in rs])
     counts = {c: sum(r["label"] == c for r in train_rows) for c in CLASSES}
-    print(f"{len(train_rows)} training / {len(val_rows)} validation patches (loaded in {time.time() - t0:.0f}s); "
-          f"training counts {counts}", file=sys.stderr)
+    log(f"{len(train_rows)} training / {len(val_rows)} validation patches (loaded in {time.time() - t0:.0f}s); "
+        f"training counts {counts}" + (f"; {world} processes x batch {train_dl.batch_size}" if world > 1 else ""))
 
     # model
     model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze).to(device, memory_format=torch.channels_last)
@@ -253,37 +302,56 @@ def main(argv=None) -> dict:
         sched.load_state_dict(ck["scheduler"])
         start, best, history = ck["epoch"], ck["best_metric"], ck["history"]
         step = start * len(train_dl)
-        print(f"resumed from {cfg.resume} at epoch {start}", file=sys.stderr)
+        log(f"resumed from {cfg.resume} at epoch {start}")
+    net = model  # what the loop trains; evaluation and checkpoints use the plain ``model``
+    if world > 1:
+        if device.type == "cuda":
+            net = sync_batchnorm(model, cfg)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(cfg.seed + rank)  # different augmentation / dropout draws per process
 
     # loop
     t_train = time.time()
     for epoch in range(start + 1, cfg.epochs + 1):
         t = time.time()
-        train_loss, step = train_one_epoch(model, train_dl, opt, sched, weights, cfg, device, step)
-        val_loss, probs, labels = evaluate(model, val_dl, device)
-        summary = mineral_metrics(probs, labels)
-        threshold = choose_threshold(probs, labels)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": summary["accuracy"],
-               "val_macro_f1": summary["macro_f1"], "threshold": threshold,
-               "val_open_set_accuracy": float(open_set_correct(probs, labels, threshold).mean()),
-               "lr": opt.param_groups[-1]["lr"], "seconds": time.time() - t}
-        history.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), file=sys.stderr)
-        metric = summary["macro_f1"] + 1e-3 * summary["accuracy"]
-        if metric > best:
-            best = metric
-            save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, threshold, history)
-        save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, threshold, history)
-        with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            w.writeheader()
-            w.writerows(history)
-        plot_curves(history, out / "curves.png")
+        train_dl.sampler.set_epoch(epoch)
+        train_loss, step = train_one_epoch(net, train_dl, opt, sched, weights, cfg, device, step, rank)
+        if world > 1:  # DDP copies rank 0's buffers before each forward; once more after the last one, so that
+            for b in model.buffers():  # every rank holds the BatchNorm statistics of the checkpoint
+                dist.broadcast(b, 0)
+        if rank == 0:
+            val_loss, probs, labels = evaluate(model, val_dl, device)
+            summary = mineral_metrics(probs, labels)
+            threshold = choose_threshold(probs, labels)
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": summary["accuracy"],
+                   "val_macro_f1": summary["macro_f1"], "threshold": threshold,
+                   "val_open_set_accuracy": float(open_set_correct(probs, labels, threshold).mean()),
+                   "lr": opt.param_groups[-1]["lr"], "seconds": time.time() - t}
+            history.append(row)
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            metric = summary["macro_f1"] + 1e-3 * summary["accuracy"]
+            if metric > best:
+                best = metric
+                save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, threshold, history)
+            save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, threshold, history)
+            with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(row))
+                w.writeheader()
+                w.writerows(history)
+            plot_curves(history, out / "curves.png")
         if cfg.max_steps and step >= cfg.max_steps:
             break
     train_seconds = time.time() - t_train
+    if world > 1:
+        if device.type == "cuda":  # SyncBatchNorm layers share their parameters and buffers with ``model``
+            torch.cuda.synchronize()
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank != 0:
+        return model, {}
 
     # save: the best checkpoint's validation predictions, the graph, a summary
+    final = {k: v.clone() for k, v in model.state_dict().items()}
     ck = torch.load(out / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(ck["model"])
     _, probs, labels = evaluate(model, val_dl, device)
@@ -292,6 +360,7 @@ def main(argv=None) -> dict:
         w.writerow(["patch", "label"] + [f"p_{c}" for c in CLASSES])
         w.writerows([[r["patch"], r["label"]] + [f"{p:.5f}" for p in pr] for r, pr in zip(val_rows, probs)])
     result = {"best_epoch": ck["epoch"], "threshold": ck["threshold"], "train_seconds": train_seconds,
+              "world_size": world,
               **{k: v for k, v in mineral_metrics(probs, labels).items() if k in ("accuracy", "macro_f1")},
               "open_set_accuracy": float(open_set_correct(probs, labels, ck["threshold"]).mean())}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -300,8 +369,13 @@ def main(argv=None) -> dict:
     write_json(out / "result.json", result)
     if cfg.export:
         export_graph(model, cfg, out)
-    print(f"done: {json.dumps(result)}", file=sys.stderr)
-    return result
+    log(f"done: {json.dumps(result)}")
+    model.load_state_dict(final)  # hand back the trained (last) weights, like the other ranks
+    return model, result
+
+
+def main(argv=None) -> dict:
+    return fit(parse_args(argv))[1]
 
 
 if __name__ == "__main__":
