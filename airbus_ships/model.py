@@ -24,29 +24,35 @@ from keras import layers
 BN_MOMENTUM = 0.9  # faster-moving BN statistics than Keras' 0.99: validation is usable after ~50 steps, not ~500
 
 
-def conv_block(x, filters: int, name: str):
+def batch_norm(name: str, synchronized: bool = False) -> layers.BatchNormalization:
+    """BatchNormalization; ``synchronized``: statistics over the global batch of all replicas (tf.distribute), so
+    every worker keeps the same moving averages."""
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=synchronized, name=name)
+
+
+def conv_block(x, filters: int, name: str, sync_bn: bool = False):
     """Two 3x3 convolutions, each followed by batch normalisation and ReLU."""
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
+        x = batch_norm(f"{name}_bn{i}", sync_bn)(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
     return x
 
 
-def multi_level_bottleneck(x, filters: int, rates: Sequence[int], name: str = "bottleneck"):
+def multi_level_bottleneck(x, filters: int, rates: Sequence[int], name: str = "bottleneck", sync_bn: bool = False):
     """Parallel dilated 3x3 convolutions (one per rate) see several context sizes at the lowest resolution.
 
     The branches are concatenated, fused by a 1x1 convolution and added to the block input.
     """
-    x = conv_block(x, filters, name)
+    x = conv_block(x, filters, name, sync_bn)
     branches = []
     for r in rates:
         b = layers.Conv2D(filters, 3, padding="same", dilation_rate=r, use_bias=False, name=f"{name}_d{r}")(x)
-        b = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_d{r}_bn")(b)
+        b = batch_norm(f"{name}_d{r}_bn", sync_bn)(b)
         branches.append(layers.Activation("relu", name=f"{name}_d{r}_relu")(b))
     y = layers.Concatenate(name=f"{name}_concat")(branches) if len(branches) > 1 else branches[0]
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_fuse")(y)
-    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_fuse_bn")(y)
+    y = batch_norm(f"{name}_fuse_bn", sync_bn)(y)
     y = layers.Add(name=f"{name}_residual")([x, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
@@ -57,6 +63,7 @@ def build_unet(
     bottleneck_rates: Sequence[int] = (1, 2, 4),
     input_channels: int = 3,
     ship_prior: float = 0.01,
+    sync_bn: bool = False,
     name: str = "unet",
 ) -> keras.Model:
     """Build the U-Net.
@@ -69,6 +76,7 @@ def build_unet(
         input_channels: 3 for RGB.
         ship_prior: initial output probability everywhere (the output bias starts at its logit): ships cover
             about 1% of the pixels, so training does not spend its first epochs unlearning p = 0.5.
+        sync_bn: synchronized batch normalisation across replicas (multi-worker / multi-GPU training).
     Returns:
         a Keras model mapping ``(B, H, W, C)`` raw pixels (0..255) to ``(B, H, W, 1)`` probabilities.
     """
@@ -80,16 +88,16 @@ def build_unet(
 
     skips = []
     for i, w in enumerate(widths):  # encoder
-        x = conv_block(x, w, f"enc{i}")
+        x = conv_block(x, w, f"enc{i}", sync_bn)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
 
-    x = multi_level_bottleneck(x, bottleneck_width, bottleneck_rates)
+    x = multi_level_bottleneck(x, bottleneck_width, bottleneck_rates, sync_bn=sync_bn)
 
     for i, w in reversed(list(enumerate(widths))):  # decoder
         x = layers.Conv2DTranspose(w, 2, strides=2, padding="same", name=f"up{i}")(x)
         x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
-        x = conv_block(x, w, f"dec{i}")
+        x = conv_block(x, w, f"dec{i}", sync_bn)
 
     bias = keras.initializers.Constant(math.log(ship_prior / (1.0 - ship_prior)))
     outputs = layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=bias, dtype="float32",

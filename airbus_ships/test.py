@@ -2,6 +2,7 @@
 
     python airbus_ships/test.py --data data/airbus --out runs/airbus/test                 # images/ + masks.csv
     python airbus_ships/test.py --data /path/to/test_v2 --model runs/airbus/model/best.keras   # no ground truth
+    python airbus_ships/test.py ... --shard 0/4      # worker 0 of 4 (then: python -m common.shard merge OUT/submission.csv --key ImageId)
 
 For every image: ship probabilities from the common 256x256 tiler (``--how tile``, default: the network sees
 inputs like its training crops; measured +0.03 dice over ``--how full``, which runs the fully-convolutional net
@@ -14,6 +15,11 @@ once on the whole image, about 2x faster), a threshold,
 * ``result-image/<ImageId>.jpg``: the image with predicted ships in red and true ship outlines in green;
 * ``metrics.json`` (and a printed summary) when ground truth is available: dice and IoU (over all pixels and
   per ship image), the Kaggle score (F2 over IoU 0.50:0.95), ship / no-ship accuracy, images/s.
+
+Images are processed in sorted ``ImageId`` order. ``--shard I/N`` processes every N-th of them starting at I
+and writes ``submission.shard-I-of-N.csv`` / ``metrics.shard-I-of-N.json``: N processes or machines split a
+folder deterministically, and ``python -m common.shard merge OUT/submission.csv --key ImageId`` joins their
+CSVs into exactly the file one process writes.
 
 Bad input never stops the run: a malformed RLE row, a row whose image is missing, an unreadable image or
 one that is not 768x768 is reported with its row or file and the reason; outputs are written atomically at
@@ -42,6 +48,7 @@ from airbus_ships.inference import ShipRule, predict_probs, ships_from_probs  # 
 from airbus_ships.losses import CUSTOM_OBJECTS  # noqa: E402
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, rle_decode, rle_encode, save_image, write_json  # noqa: E402
 from common.metrics import f2_image_score  # noqa: E402
+from common.shard import add_shard_argument, select_shard, shard_path  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-confidence", type=float, default=None,
                    help="peak probability a ship must reach (default: postprocess.json)")
     p.add_argument("--overlays", type=int, default=40, help="write overlays for this many images (-1: all)")
-    p.add_argument("--limit", type=int, default=0, help="predict at most this many images (0: all)")
+    p.add_argument("--limit", type=int, default=0, help="predict at most this many images (0: all), the first in "
+                                                         "sorted order (before sharding)")
+    add_shard_argument(p)
     p.add_argument("--seed", type=int, default=0, help="unused by inference (deterministic); kept for symmetry")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return p.parse_args(argv)
@@ -174,9 +183,12 @@ def main(argv=None) -> dict:
         truth, image_ids = {}, [p.name for p in list_images(images_dir)]
     for p in problems:
         report(p)
+    image_ids = sorted(image_ids)  # the order a merge of shards reproduces
     if args.limit:
         image_ids = image_ids[:args.limit]
-    print(f"{len(image_ids)} images from {images_dir}; ground truth: {csv_path if truth else 'none'}; "
+    image_ids = select_shard(image_ids, args.shard)
+    shard = f"; shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
+    print(f"{len(image_ids)} images from {images_dir}{shard}; ground truth: {csv_path if truth else 'none'}; "
           f"{model_path} ({input_mode}), {args.how} prediction, {rule}")
 
     out = Path(args.out)
@@ -209,7 +221,8 @@ def main(argv=None) -> dict:
             save_image(out / "result-image" / (Path(image_id).stem + ".jpg"), overlay(image, pred, truth_mask),
                        quality=90)
 
-    with atomic_write(out / "submission.csv", "w", newline="") as f:
+    submission = shard_path(out / "submission.csv", args.shard)
+    with atomic_write(submission, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageId", "EncodedPixels"])
         writer.writerows(rows)
@@ -217,8 +230,8 @@ def main(argv=None) -> dict:
               "prediction": args.how, "tta": args.tta, "rule": vars(rule), "problems": problems}
     if truth:
         result.update(scores.summary())
-    write_json(out / "metrics.json", result)
-    print(f"wrote {out / 'submission.csv'} ({len(rows)} rows, {n_done} images), overlays in {out / 'result-image'}")
+    write_json(shard_path(out / "metrics.json", args.shard), result)
+    print(f"wrote {submission} ({len(rows)} rows, {n_done} images), overlays in {out / 'result-image'}")
     if problems:
         print(f"{len(problems)} problem(s) reported above; the other images were processed")
     if truth and scores.f2:

@@ -3,13 +3,21 @@
     python airbus_ships/train.py --data data/airbus --out runs/airbus          # demo data
     python airbus_ships/train.py --data /path/to/airbus-ship-detection         # Kaggle: train_v2/ + CSV
     python airbus_ships/train.py --out runs/airbus --resume                    # continue a run
+    python airbus_ships/train.py --strategy mirrored                           # all local GPUs (tf.distribute)
+    TF_CONFIG='{...}' python airbus_ships/train.py --strategy multiworker      # one process per machine (README)
 
-Reads top to bottom: config -> data (mask table, split by image, streaming tf.data pipeline) -> model
-(U-Net, BCE + dice, Adam) -> fit (checkpoints, CSV log, early stopping, time budget) -> choose the
-ship / no-ship rule on the validation images -> training-curve plot.
+Reads top to bottom: config -> distribution strategy -> data (mask table, split by image, streaming tf.data
+pipeline, one input pipeline per worker) -> model (U-Net, BCE + dice, Adam, built in the strategy's scope) ->
+fit (checkpoints, CSV log, early stopping, time budget) -> choose the ship / no-ship rule on the validation
+images -> training-curve plot.
+
+``--batch-size`` is per replica: the global batch is ``batch_size x strategy.num_replicas_in_sync``. With
+several workers only the chief (``chief`` task, or ``worker`` 0) writes into ``--out``; the other workers write
+their copies into a temporary folder that is deleted at the end (as in TensorFlow's multi-worker tutorial).
 
 Outputs in ``--out``: ``model/best.keras`` (lowest validation loss), ``model/last.keras`` (for --resume),
 ``model/config.json`` (this run's settings), ``model/postprocess.json`` (the ship rule test.py applies),
+``model/train_state.json`` (epoch, early-stopping and learning-rate-plateau counters, for --resume),
 ``train_log.csv`` and ``training_curves.png``.
 """
 from __future__ import annotations
@@ -17,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -43,6 +53,8 @@ class Config:
     out: str = "runs/airbus"        # run folder: model/, train_log.csv, training_curves.png
     seed: int = 0                   # split, sampling, augmentation and weight initialisation
     device: str = "auto"            # auto | cpu | cuda
+    strategy: str = "default"       # default (one device) | mirrored (all local GPUs) | multiworker (TF_CONFIG)
+    threads: int = 0                # TensorFlow intra- and inter-op threads (0: TensorFlow's choice)
     val_fraction: float = 0.15      # share of images (stratified ship / no ship) held out for validation
     input_mode: str = "crop"        # crop: full-resolution 256 crops | resize: whole image downscaled (see README)
     input_size: int = 256           # network input side during training
@@ -50,7 +62,7 @@ class Config:
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a ship (else anywhere)
     widths: str = "8,16,32,64,128"  # encoder filters per level; the count is the depth (input sides: multiples of 2**depth)
     bottleneck_rates: str = "1,2,4"  # dilation rates of the multi-level bottleneck branches
-    batch_size: int = 8
+    batch_size: int = 8             # per replica (global batch = batch_size x replicas)
     lr: float = 1e-3                # Adam learning rate (halved when the validation loss stalls)
     epochs: int = 40                # upper bound; early stopping and the time budget usually end sooner
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
@@ -59,7 +71,7 @@ class Config:
     time_budget_min: float = 24.0   # stop starting new epochs after this many minutes (0: no limit)
     calib_images: int = 200         # validation images used to choose the ship / no-ship rule
     predict_how: str = "tile"       # how the rule's probabilities are predicted: tile (256x256, as test.py) | full
-    resume: bool = False            # continue from out/model/last.keras and train_log.csv
+    resume: bool = False            # continue from out/model/last.keras, train_state.json and train_log.csv
     calibrate_only: bool = False    # no training: re-choose the ship rule for out/model/best.keras
 
     @property
@@ -79,8 +91,11 @@ def parse_args(argv=None) -> Config:
     return Config(**vars(p.parse_args(argv)))
 
 
-def setup_device(device: str) -> None:
-    """Pin TensorFlow to the CPU, or require a GPU."""
+def setup_device(device: str, threads: int = 0) -> None:
+    """Pin TensorFlow to the CPU, or require a GPU; cap its thread pools (before any TensorFlow op runs)."""
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cpu":
         tf.config.set_visible_devices([], "GPU")
@@ -88,6 +103,95 @@ def setup_device(device: str) -> None:
         sys.exit("--device cuda: TensorFlow sees no GPU")
     elif device not in ("auto", "cpu", "cuda"):
         sys.exit(f"--device must be auto, cpu or cuda, got {device!r}")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy: created before any other TensorFlow op (MultiWorkerMirroredStrategy's rule).
+
+    default: one device, no distribution. mirrored: synchronous data parallelism over the local GPUs (the CPU
+    when there is none). multiworker: the same across machines; each process reads its cluster and role from
+    the ``TF_CONFIG`` environment variable and gradients are all-reduced (ring / NCCL collectives).
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            sys.exit("--strategy multiworker: set TF_CONFIG (cluster and this worker's task; see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    sys.exit(f"--strategy must be default, mirrored or multiworker, got {name!r}")
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
+    """``(is_chief, task_id)``: the chief is the ``chief`` task, else ``worker`` 0, else the only process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type, task_id = (resolver.task_type, resolver.task_id) if resolver is not None else (None, 0)
+    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+    return chief, int(task_id or 0)
+
+
+def vote_to_stop(strategy: tf.distribute.Strategy):
+    """``vote(stop: bool) -> bool``: True when any replica wants to stop. Every worker gets the same answer (an
+    all-reduce), so none is left waiting in a collective for the others."""
+    if strategy.num_replicas_in_sync == 1:
+        return bool
+
+    @tf.function
+    def votes(stop):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(stop,)), axis=None)
+
+    return lambda stop: float(votes(tf.constant(1.0 if stop else 0.0))) > 0
+
+
+def fix_multiworker_fit(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Work around two Keras 3.15 bugs under MultiWorkerMirroredStrategy (single-machine strategies are fine).
+
+    1. Before training, ``fit`` builds the model from a first batch that it averages across workers
+       (``strategy.reduce("MEAN", (x, y))``), which fails on a nested per-replica batch: build it from this
+       worker's own first batch instead (a build needs only shapes and dtypes), once.
+    2. It averages each step's logs (loss, metrics) across workers with ``strategy.reduce("MEAN", v, axis=0)``,
+       which fails on scalars (tensorflow/tensorflow#72388): average them element-wise (``axis=None``).
+       Every worker then logs the same values, so early stopping and the LR schedule decide alike everywhere.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer  # the module whose helper is patched
+    original_reduce = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy_, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy_):
+            return tf.nest.map_structure(lambda v: strategy_.reduce("MEAN", v, axis=None), values)
+        return original_reduce(values, strategy_, reduction)
+
+    if not getattr(original_reduce, "patched_for_multiworker", False):
+        reduce_per_replica.patched_for_multiworker = True
+        tf_trainer.reduce_per_replica = reduce_per_replica
+    original = model._maybe_symbolic_build
+
+    def local(value):
+        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) \
+            else value
+
+    def build(iterator=None, data_batch=None):
+        if model.built and model.compiled:  # evaluate() after fit(): built already, keep the validation batches
+            return None
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        return original(data_batch=data_batch)
+
+    model._maybe_symbolic_build = build
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of all weights (the workers of a synchronous run print the same digest)."""
+    import hashlib
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -109,9 +213,43 @@ def load_split(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train, val
 
 
+def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame,
+                  ctx: tf.distribute.InputContext) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """This input pipeline's training stream and fixed validation batches, per-replica batch size.
+
+    The pipeline samples an endless stream from an in-memory table (no files to split), so TensorFlow's
+    auto-sharding is switched off: with several workers, each one builds its own pipeline over its own
+    round-robin share of the images (``ctx.input_pipeline_id`` of ``ctx.num_input_pipelines``) with its own
+    seed, like a DistributedSampler. Nothing is read twice and no worker decodes images another one drops.
+    """
+    n, i = ctx.num_input_pipelines, ctx.input_pipeline_id
+    train, val = train.iloc[i::n], val.iloc[i::n]
+    if train.empty or val.empty:
+        sys.exit(f"input pipeline {i} of {n}: no training or validation image left in its share")
+    batch = ctx.get_per_replica_batch_size(cfg.batch_size * ctx.num_replicas_in_sync)
+    train_ds = make_dataset(train, batch, cfg.input_size, cfg.input_mode, cfg.empty_share,
+                            cfg.ship_crop_prob, training=True, seed=cfg.seed + 1000 * i)
+    # fixed validation batches (same images and crops every epoch), kept at the data's own empty share
+    val_ds = make_dataset(val, batch, cfg.input_size, cfg.input_mode, None, cfg.ship_crop_prob,
+                          training=False, seed=cfg.seed + 1 + 1000 * i).take(cfg.val_steps).cache()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return train_ds.with_options(options), val_ds.with_options(options)
+
+
+def distributed_datasets(cfg: Config, strategy: tf.distribute.Strategy, train: pd.DataFrame, val: pd.DataFrame):
+    """Training and validation datasets for ``model.fit`` under ``strategy`` (plain datasets for one device)."""
+    if cfg.strategy == "default":
+        return make_datasets(cfg, train, val, tf.distribute.InputContext())
+    return tuple(strategy.distribute_datasets_from_function(lambda ctx, k=k: make_datasets(cfg, train, val, ctx)[k])
+                 for k in (0, 1))
+
+
 # ------------------------------------------------------------------------------------------------ model
-def build_model(cfg: Config) -> keras.Model:
-    model = build_unet(ints(cfg.widths), bottleneck_rates=ints(cfg.bottleneck_rates))
+def build_model(cfg: Config, replicas: int = 1) -> keras.Model:
+    """The compiled U-Net; with several replicas its batch normalisation is synchronized (one set of statistics
+    over the global batch, identical on every worker)."""
+    model = build_unet(ints(cfg.widths), bottleneck_rates=ints(cfg.bottleneck_rates), sync_bn=replicas > 1)
     model.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
     return model
 
@@ -133,33 +271,92 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 class TimeBudget(keras.callbacks.Callback):
     """Stop before an epoch that would end after ``minutes`` of training."""
 
-    def __init__(self, minutes: float):
+    def __init__(self, minutes: float, strategy: tf.distribute.Strategy):
         super().__init__()
-        self.seconds, self.start, self.last = minutes * 60, time.time(), time.time()
+        self.seconds, self.start, self.last, self.vote = minutes * 60, time.time(), time.time(), vote_to_stop(strategy)
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.time()
         epoch_time, self.last = now - self.last, now
-        if self.seconds and now - self.start + epoch_time > self.seconds:
+        over = bool(self.seconds) and now - self.start + epoch_time > self.seconds
+        if self.seconds and self.vote(over):  # workers' clocks differ: stop together
             print(f"\ntime budget: stopping after epoch {epoch + 1} ({(now - self.start) / 60:.1f} min)")
             self.model.stop_training = True
 
 
-def resume_state(cfg: Config) -> tuple[keras.Model, int, float | None]:
-    """(model with optimizer state, epochs done, best validation loss so far) from the run folder."""
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that starts from a saved patience counter and best value (``--resume``)."""
+
+    def __init__(self, state: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_state = state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.wait, self.best = self.initial_state.get("wait", 0), self.initial_state.get("best")
+
+
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau that starts from saved counters and best value (``--resume``; the learning rate itself
+    is in the optimizer state of last.keras)."""
+
+    def __init__(self, state: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_state = state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for key in ("wait", "best", "cooldown_counter"):
+            if key in self.initial_state:
+                setattr(self, key, self.initial_state[key])
+
+
+class SaveTrainState(keras.callbacks.Callback):
+    """After every epoch (and after last.keras), write ``train_state.json``: epochs done and the counters of
+    early stopping and learning-rate reduction, so ``--resume`` continues exactly where the run stopped."""
+
+    def __init__(self, path: Path, early: ResumableEarlyStopping, plateau: ResumableReduceLROnPlateau):
+        super().__init__()
+        self.path, self.early, self.plateau = path, early, plateau
+
+    def on_epoch_end(self, epoch, logs=None):
+        def num(v):
+            return None if v is None else float(v)
+        write_json(self.path, {
+            "epochs_done": epoch + 1,
+            "early_stopping": {"wait": int(self.early.wait), "best": num(self.early.best)},
+            "reduce_lr": {"wait": int(self.plateau.wait), "best": num(self.plateau.best),
+                          "cooldown_counter": int(self.plateau.cooldown_counter)},
+            "stop_training": bool(self.model.stop_training),
+        })
+
+
+STATE_FILE = "train_state.json"  # in model/, next to last.keras
+
+
+def resume_state(cfg: Config) -> tuple[keras.Model, dict]:
+    """(model with optimizer state, saved training state) from the run folder (``--out``, the chief's).
+
+    The state holds ``epochs_done`` and the early-stopping / plateau counters (``train_state.json``); runs
+    from before that file existed fall back to the log: epochs done and the best validation loss.
+    """
     last, log = cfg.model_dir / "last.keras", Path(cfg.out) / "train_log.csv"
     if not last.exists():
         sys.exit(f"--resume: {last} not found")
     model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
-    history = pd.read_csv(log) if log.exists() else pd.DataFrame()
-    done = int(history["epoch"].max()) + 1 if len(history) else 0
-    best = float(history["val_loss"].min()) if "val_loss" in history else None
-    print(f"resuming from {last}: {done} epochs done, best val_loss {best}")
-    return model, done, best
+    if (cfg.model_dir / STATE_FILE).exists():
+        state = json.loads((cfg.model_dir / STATE_FILE).read_text())
+    else:
+        history = pd.read_csv(log) if log.exists() else pd.DataFrame()
+        best = float(history["val_loss"].min()) if "val_loss" in history else None
+        state = {"epochs_done": int(history["epoch"].max()) + 1 if len(history) else 0,
+                 "early_stopping": {"best": best}, "reduce_lr": {"best": best}}
+    print(f"resuming from {last}: {state['epochs_done']} epochs done, early stopping {state['early_stopping']}")
+    return model, state
 
 
 # ------------------------------------------------------------------------------------------------ after fit
-def choose_ship_rule(cfg: Config, model: keras.Model, val: pd.DataFrame) -> ShipRule:
+def choose_ship_rule(cfg: Config, model: keras.Model, val: pd.DataFrame, model_dir: Path) -> ShipRule:
     """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on validation images."""
     sample = val.sample(min(len(val), cfg.calib_images), random_state=cfg.seed)
     probs, truths = [], []
@@ -167,7 +364,7 @@ def choose_ship_rule(cfg: Config, model: keras.Model, val: pd.DataFrame) -> Ship
         probs.append(predict_probs(model, read_rgb(row.path), cfg.predict_how, cfg.input_mode, cfg.input_size))
         truths.append(ship_instances(row.rle))
     rule, score = calibrate_rule(probs, truths)
-    rule.save(cfg.model_dir, {"kaggle_score_on_val": score, "n_images": len(sample), "how": cfg.predict_how})
+    rule.save(model_dir, {"kaggle_score_on_val": score, "n_images": len(sample), "how": cfg.predict_how})
     print(f"ship rule on {len(sample)} validation images: {rule} -> Kaggle score {score:.3f}")
     return rule
 
@@ -197,55 +394,72 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
 
 def main(argv=None) -> None:
     cfg = parse_args(argv)
-    setup_device(cfg.device)
+    setup_device(cfg.device, cfg.threads)
+    strategy = make_strategy(cfg.strategy)
+    chief, task_id = worker_role(strategy)
     keras.utils.set_random_seed(cfg.seed)
-    cfg.model_dir.mkdir(parents=True, exist_ok=True)
+    # the chief writes into --out; other workers write their (identical) copies into a temporary folder
+    run_dir = Path(cfg.out) if chief else Path(tempfile.mkdtemp(prefix=f"airbus_worker{task_id}_"))
+    model_dir = run_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
 
     train, val = load_split(cfg)
     if cfg.calibrate_only:
         saved = json.loads((cfg.model_dir / "config.json").read_text())
         cfg.input_mode, cfg.input_size = saved["input_mode"], saved["input_size"]
         best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
-        choose_ship_rule(cfg, best_model, val)
+        choose_ship_rule(cfg, best_model, val, cfg.model_dir)
         return
-    train_ds = make_dataset(train, cfg.batch_size, cfg.input_size, cfg.input_mode, cfg.empty_share,
-                            cfg.ship_crop_prob, training=True, seed=cfg.seed)
-    # fixed validation batches (same images and crops every epoch), kept at the data's own empty share
-    val_ds = make_dataset(val, cfg.batch_size, cfg.input_size, cfg.input_mode, None, cfg.ship_crop_prob,
-                          training=False, seed=cfg.seed + 1).take(cfg.val_steps).cache()
+    train_ds, val_ds = distributed_datasets(cfg, strategy, train, val)
 
-    if cfg.resume:
-        model, initial_epoch, best = resume_state(cfg)
-    else:
-        model, initial_epoch, best = build_model(cfg), 0, None
-    write_json(cfg.model_dir / "config.json", {**asdict(cfg), "params": model.count_params()})
+    with strategy.scope():  # variables (model, optimizer, metrics) are mirrored on every replica
+        if cfg.resume:
+            model, state = resume_state(cfg)
+        else:
+            model, state = build_model(cfg, strategy.num_replicas_in_sync), {"epochs_done": 0}
+    write_json(model_dir / "config.json", {**asdict(cfg), "params": model.count_params(),
+                                           "replicas": strategy.num_replicas_in_sync})
     print(f"model: U-Net widths {cfg.widths}, {model.count_params():,} parameters; input {cfg.input_mode} "
-          f"{cfg.input_size}x{cfg.input_size}")
+          f"{cfg.input_size}x{cfg.input_size}; strategy {cfg.strategy}: {strategy.num_replicas_in_sync} "
+          f"replica(s), global batch {cfg.batch_size * strategy.num_replicas_in_sync}"
+          + ("" if chief else f"; worker {task_id} writes to {run_dir} (deleted at the end)"))
 
-    log_csv = Path(cfg.out) / "train_log.csv"
+    log_csv = run_dir / "train_log.csv"
+    best = state.get("early_stopping", {}).get("best")
+    early = ResumableEarlyStopping(state.get("early_stopping"), monitor="val_loss", patience=cfg.patience)
+    plateau = ResumableReduceLROnPlateau(state.get("reduce_lr"), monitor="val_loss", factor=0.5, patience=3,
+                                         min_lr=1e-5)
     callbacks = [
-        AtomicModelCheckpoint(str(cfg.model_dir / "best.keras"), monitor="val_loss", save_best_only=True,
+        AtomicModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss", save_best_only=True,
                               initial_value_threshold=best),
-        AtomicModelCheckpoint(str(cfg.model_dir / "last.keras")),
-        keras.callbacks.CSVLogger(str(log_csv), append=cfg.resume),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-5),
-        TimeBudget(cfg.time_budget_min),
+        AtomicModelCheckpoint(str(model_dir / "last.keras")),
+        keras.callbacks.CSVLogger(str(log_csv), append=cfg.resume and chief),
+        early,
+        plateau,
+        TimeBudget(cfg.time_budget_min, strategy),
+        SaveTrainState(model_dir / STATE_FILE, early, plateau),
     ]
+    fix_multiworker_fit(model, strategy)
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"],
               steps_per_epoch=cfg.steps_per_epoch, validation_steps=cfg.val_steps, callbacks=callbacks,
               verbose=2)
     train_minutes = (time.time() - start) / 60
+    print(f"weights sha256 {weights_digest(model)}")
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"worker {task_id} done in {train_minutes:.1f} min")
+        return
 
-    best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
-    choose_ship_rule(cfg, best_model, val)
-    plot_curves(log_csv, Path(cfg.out) / "training_curves.png")
-    write_json(Path(cfg.out) / "train_summary.json",
+    best_model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
+    choose_ship_rule(cfg, best_model, val, model_dir)
+    plot_curves(log_csv, run_dir / "training_curves.png")
+    write_json(run_dir / "train_summary.json",
                {"train_minutes": train_minutes, "epochs_logged": len(pd.read_csv(log_csv)),
-                "best_val_loss": float(pd.read_csv(log_csv)["val_loss"].min())})
-    print(f"done in {train_minutes:.1f} min: {cfg.model_dir / 'best.keras'}, {log_csv}, "
-          f"{Path(cfg.out) / 'training_curves.png'}")
+                "best_val_loss": float(pd.read_csv(log_csv)["val_loss"].min()),
+                "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync})
+    print(f"done in {train_minutes:.1f} min: {model_dir / 'best.keras'}, {log_csv}, "
+          f"{run_dir / 'training_curves.png'}")
 
 
 if __name__ == "__main__":

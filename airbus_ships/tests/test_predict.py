@@ -84,3 +84,22 @@ def test_bad_input_is_reported_and_the_run_continues(demo_dir, trained_run, tmp_
     assert metrics["images_scored"] == len(good) - 3  # the three images with bad RLE rows are not scored
     assert len(metrics["problems"]) == 6
     assert not list(out.rglob("*.tmp*"))
+
+
+def test_two_shards_merge_to_the_single_worker_submission(demo_dir, trained_run, tmp_path, run_test_script):
+    import subprocess
+    import sys
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    run_test_script(demo_dir, trained_run, single, "--overlays", "0")
+    for i in range(2):
+        proc = run_test_script(demo_dir, trained_run, sharded, "--overlays", "0", "--shard", f"{i}/2")
+        assert f"shard {i}/2" in proc.stdout
+    parts = [read_submission(sharded / f"submission.shard-{i}-of-2.csv") for i in range(2)]
+    ids = [{r[0] for r in part} for part in parts]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]  # both shards hold images, none twice
+    merged = subprocess.run([sys.executable, "-m", "common.shard", "merge", str(sharded / "submission.csv"),
+                             "--key", "ImageId"], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert (sharded / "submission.csv").read_bytes() == (single / "submission.csv").read_bytes()
+    rows = read_submission(single / "submission.csv")
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)  # sorted ImageId order

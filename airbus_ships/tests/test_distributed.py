@@ -1,0 +1,82 @@
+"""Scale-out: 2 MultiWorkerMirroredStrategy workers on 127.0.0.1 train in lock-step; --resume restores the
+early-stopping state."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+
+from airbus_ships.tests.conftest import PKG, ROOT
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago (the OS picks them)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_in_lock_step(demo_dir, tmp_path):
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    out = tmp_path / "run"
+    args = [sys.executable, str(PKG / "train.py"), "--data", str(demo_dir), "--out", str(out),
+            "--strategy", "multiworker", "--threads", "1", "--widths", "4,8,16", "--batch-size", "2",
+            "--steps-per-epoch", "3", "--val-steps", "1", "--val-fraction", "0.25", "--epochs", "2",
+            "--calib-images", "2"]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                      "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=240)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, text in zip(procs, outputs):
+        assert proc.returncode == 0, text[-4000:]
+    digests = [re.findall(r"weights sha256 (\w+)", text) for text in outputs]
+    assert len(digests[0]) == 1 and digests[0] == digests[1], digests  # identical weights on both workers
+    assert "2 replica(s), global batch 4" in outputs[0]
+    # only the chief (worker 0) wrote the run folder; worker 1 wrote into a temporary folder, since deleted
+    for name in ("model/best.keras", "model/last.keras", "model/postprocess.json", "model/train_state.json",
+                 "train_log.csv", "training_curves.png"):
+        assert (out / name).is_file(), name
+    temp = re.search(r"worker 1 writes to (\S+)", outputs[1])
+    assert temp and not os.path.exists(temp[1])
+    assert list(pd.read_csv(out / "train_log.csv")["epoch"]) == [0, 1]
+
+
+def test_resume_restores_early_stopping_state(trained_run):
+    """The resumed run (see conftest) continued the patience counter and best value of the first one."""
+    from airbus_ships.train import ResumableEarlyStopping
+    state = json.loads((trained_run / "model" / "train_state.json").read_text())
+    log = pd.read_csv(trained_run / "train_log.csv")
+    assert state["epochs_done"] == 3
+    assert np.isclose(state["early_stopping"]["best"], log["val_loss"].min(), rtol=1e-5)
+    assert state["early_stopping"]["wait"] == len(log) - 1 - int(log["val_loss"].idxmin())
+
+    # a restored counter stops at once when patience runs out; a fresh one would wait `patience` epochs
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    for saved, stops in (({"wait": 2, "best": 0.1}, True), (None, False)):
+        early = ResumableEarlyStopping(saved, monitor="val_loss", patience=3)
+        early.set_model(model)
+        model.stop_training = False
+        early.on_train_begin()
+        early.on_epoch_end(5, {"val_loss": 0.2})
+        assert model.stop_training is stops
