@@ -67,10 +67,14 @@ def _even_tile(tile: int, height: int, width: int) -> int:
     return max(2, min(tile, MAX_TILE, need + need % 2) // 2 * 2)
 
 
+FLIPS = ((), (3,), (2,), (2, 3))  # test-time augmentation: identity, left-right, up-down, both (= 180 degrees)
+
+
 @torch.inference_mode()
 def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = None, tile: int = MAX_TILE,
-                  overlap: int = 32, batch_size: int = 1, progress=None) -> np.ndarray:
-    """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles."""
+                  overlap: int = 32, batch_size: int = 1, progress=None, tta: bool = False) -> np.ndarray:
+    """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles.
+    ``tta``: average the probabilities of each tile and its three flips (4x the compute, same tile size)."""
     device = device or next(model.parameters()).device
     h, w = image.shape[:2]
     tile = _even_tile(tile, h, w)
@@ -80,8 +84,11 @@ def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = N
         assert batch.shape[1] <= MAX_TILE and batch.shape[2] <= MAX_TILE, batch.shape  # the brief's GPU limit
         x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x)
-        # (B, t, t) building probability: softmax over two logits == sigmoid of their difference
-        return torch.sigmoid((logits[:, 1] - logits[:, 0]).float()).cpu().numpy()
+        prob = 0
+        for dims in FLIPS if tta else FLIPS[:1]:
+            logits = model(x.flip(dims)).flip(dims) if dims else model(x)
+            # (B, t, t) building probability: softmax over two logits == sigmoid of their difference
+            prob = prob + torch.sigmoid((logits[:, 1] - logits[:, 0]).float())
+        return (prob / (len(FLIPS) if tta else 1)).cpu().numpy()
 
     return predict_tiled(image, fn, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)[..., 0]

@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="tiles per forward pass; 1 = one 256x256x3 input at a time (the strict limit; as fast on CPU)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time flip averaging: each tile and its 3 flips (4x the time; see README for its gain)")
     p.add_argument("--threshold", type=float, default=-1.0,
                    help="building probability threshold; < 0: the one stored in the checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -129,7 +131,7 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
     gt = read_gt(item.gt, image.shape[:2], item.key).astype(bool) if item.gt else None
     t0 = time.perf_counter()
     bar = partial(tqdm, desc="tiles", leave=False, disable=not sys.stderr.isatty())
-    prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar)
+    prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar, tta=args.tta)
     seconds = time.perf_counter() - t0
     pred = prob >= threshold
     result = {"image": item.key, "size": [image.shape[1], image.shape[0]], "threshold": threshold,

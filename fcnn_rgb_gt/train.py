@@ -61,7 +61,7 @@ class TrainConfig:
     lr: float = 1e-2  # AdamW peak learning rate, cosine decay to 1 % over the run
     weight_decay: float = 1e-4  # AdamW weight decay
     val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
-    loss: str = "wce"  # ce | wce (class-weighted CE) | ce_dice (CE + soft dice of the building class)
+    loss: str = "ce_dice"  # ce | wce (class-weighted CE) | ce_dice (CE + soft dice of the building class)
     augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter
     normalize: bool = True  # model option: fixed per-channel input standardisation (training-image stats)
     batch_norm: bool = True  # model option: BatchNorm after conv1..conv3
@@ -344,15 +344,18 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         if not main_rank:
             continue  # validation, checkpoints, log and plot: rank 0 only
         metrics, prob = evaluate(model, va_img, va_mask, cfg, device, weights)
-        # the threshold is part of the model: chosen on the validation strip at every epoch (unless fixed)
+        # the threshold is part of the model: fixed (--threshold), or the best on the validation strip (< 0);
+        # the strip's best is logged either way
+        strip_threshold, strip_iou = best_threshold(prob, va_mask)
         if cfg.threshold >= 0:
             threshold, thr_iou = cfg.threshold, segmentation_report(prob >= cfg.threshold, va_mask)["iou"]
         else:
-            threshold, thr_iou = best_threshold(prob, va_mask)
+            threshold, thr_iou = strip_threshold, strip_iou
         row = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(metrics["val_loss"], 5),
                "val_iou": round(metrics["val_iou"], 4), "val_f1": round(metrics["val_f1"], 4),
                "val_accuracy": round(metrics["val_accuracy"], 4), "threshold": threshold,
-               "val_iou_at_threshold": round(thr_iou, 4), "lr": f"{sched.get_last_lr()[0]:.2e}",
+               "val_iou_at_threshold": round(thr_iou, 4), "strip_threshold": strip_threshold,
+               "val_iou_at_strip_threshold": round(strip_iou, 4), "lr": f"{sched.get_last_lr()[0]:.2e}",
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
         improved = thr_iou > best["iou"]

@@ -25,6 +25,18 @@ def test_tiled_prediction_returns_the_input_size_and_never_feeds_more_than_256(s
     assert seen and all(s[2] <= MAX_TILE and s[3] <= MAX_TILE and s[1] == 3 for s in seen)
 
 
+def test_flip_averaging_keeps_tiles_within_256_and_is_the_mean_of_the_flips():
+    torch.manual_seed(0)
+    net = FCN().eval()
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    image = np.random.default_rng(1).integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    plain, tta = predict_probs(net, image), predict_probs(net, image, tta=True)
+    assert tta.shape == plain.shape and all(s[2] <= MAX_TILE and s[3] <= MAX_TILE for s in seen)
+    flipped = predict_probs(net, np.ascontiguousarray(image[:, ::-1]))[:, ::-1]  # one of the four views
+    assert np.abs(tta - plain).max() > 1e-4 and np.abs(tta - (plain + flipped) / 2).max() < np.abs(tta - plain).max()
+
+
 @pytest.mark.parametrize("overlap", [16, 32])
 def test_blending_leaves_no_seam(pair_dir, overlap):
     """Overlapping, blended tiles match one untiled forward pass over the same padded image: the zero padding
