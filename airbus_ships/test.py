@@ -176,6 +176,7 @@ def main(argv=None) -> dict:
     images_dir, csv_path = find_layout(args.data)
     csv_path = Path(args.csv) if args.csv else csv_path
     problems: list[str] = []
+    start = time.perf_counter()
     if csv_path is not None and not args.no_gt:
         truth, problems = read_ground_truth(csv_path, images_dir)
         image_ids = list(truth)
@@ -188,8 +189,9 @@ def main(argv=None) -> dict:
         image_ids = image_ids[:args.limit]
     image_ids = select_shard(image_ids, args.shard)
     shard = f"; shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
-    print(f"{len(image_ids)} images from {images_dir}{shard}; ground truth: {csv_path if truth else 'none'}; "
-          f"{model_path} ({input_mode}), {args.how} prediction, {rule}")
+    print(f"{len(image_ids)} images from {images_dir}{shard}; ground truth: {csv_path if truth else 'none'} "
+          f"(listed in {time.perf_counter() - start:.1f} s); {model_path} ({input_mode}), {args.how} prediction, "
+          f"{rule}")
 
     out = Path(args.out)
     rows, scores, n_done, elapsed = [], Scores(), 0, 0.0

@@ -144,16 +144,35 @@ def vote_to_stop(strategy: tf.distribute.Strategy):
     return lambda stop: float(votes(tf.constant(1.0 if stop else 0.0))) > 0
 
 
-def fix_multiworker_fit(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
-    """Work around two Keras 3.15 bugs under MultiWorkerMirroredStrategy (single-machine strategies are fine).
+def fix_distributed_fit(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Work around Keras 3.15 bugs with ``tf.distribute`` strategies (not needed for the default strategy).
 
-    1. Before training, ``fit`` builds the model from a first batch that it averages across workers
-       (``strategy.reduce("MEAN", (x, y))``), which fails on a nested per-replica batch: build it from this
-       worker's own first batch instead (a build needs only shapes and dtypes), once.
-    2. It averages each step's logs (loss, metrics) across workers with ``strategy.reduce("MEAN", v, axis=0)``,
-       which fails on scalars (tensorflow/tensorflow#72388): average them element-wise (``axis=None``).
-       Every worker then logs the same values, so early stopping and the LR schedule decide alike everywhere.
+    1. Before training and before every validation, ``fit`` builds the model from a batch it takes off the
+       iterator; for validation that batch is lost (our fixed validation batches run out) and under
+       MultiWorkerMirroredStrategy the build averages the batch across workers (``strategy.reduce("MEAN",
+       (x, y))``), which fails on a nested per-replica batch. Build once, from this worker's own first training
+       batch (a build needs only shapes and dtypes).
+    2. MultiWorkerMirroredStrategy only: it averages each step's logs (loss, metrics) across workers with
+       ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388): average
+       them element-wise (``axis=None``). Every worker then logs the same values, so early stopping and the
+       LR schedule decide alike everywhere.
     """
+    original_build = model._maybe_symbolic_build
+
+    def local(value):
+        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) \
+            else value
+
+    def build(iterator=None, data_batch=None):
+        if model.built and model.compiled:  # built already: keep the validation batches
+            return None
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        return original_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = build
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
     from keras.src.backend.tensorflow import trainer as tf_trainer  # the module whose helper is patched
@@ -167,22 +186,6 @@ def fix_multiworker_fit(model: keras.Model, strategy: tf.distribute.Strategy) ->
     if not getattr(original_reduce, "patched_for_multiworker", False):
         reduce_per_replica.patched_for_multiworker = True
         tf_trainer.reduce_per_replica = reduce_per_replica
-    original = model._maybe_symbolic_build
-
-    def local(value):
-        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) \
-            else value
-
-    def build(iterator=None, data_batch=None):
-        if model.built and model.compiled:  # evaluate() after fit(): built already, keep the validation batches
-            return None
-        if iterator is not None:
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(local, next(it))
-                break
-        return original(data_batch=data_batch)
-
-    model._maybe_symbolic_build = build
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -204,12 +207,14 @@ def load_split(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     csv_path = Path(cfg.csv) if cfg.csv else csv_path
     if csv_path is None:
         sys.exit(f"{cfg.data}: no mask table found (masks.csv or train_ship_segmentations_v2.csv); give --csv")
+    start = time.time()
     table = read_mask_table(csv_path, images_dir)
     train, val = split_by_image(table.frame, cfg.val_fraction, cfg.seed)
     if train.empty or val.empty:
         sys.exit(f"{csv_path}: {len(train)} training / {len(val)} validation images: not enough usable images")
     print(f"data: {len(table.frame)} images ({int((table.frame.n_ships > 0).sum())} with ships) from {csv_path}; "
-          f"train {len(train)}, val {len(val)}; {len(table.problems)} problem rows skipped")
+          f"train {len(train)}, val {len(val)}; {len(table.problems)} problem rows skipped; "
+          f"read and split in {time.time() - start:.1f} s")
     return train, val
 
 
@@ -439,7 +444,8 @@ def main(argv=None) -> None:
         TimeBudget(cfg.time_budget_min, strategy),
         SaveTrainState(model_dir / STATE_FILE, early, plateau),
     ]
-    fix_multiworker_fit(model, strategy)
+    if cfg.strategy != "default":
+        fix_distributed_fit(model, strategy)
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"],
               steps_per_epoch=cfg.steps_per_epoch, validation_steps=cfg.val_steps, callbacks=callbacks,

@@ -80,3 +80,15 @@ def test_resume_restores_early_stopping_state(trained_run):
         early.on_train_begin()
         early.on_epoch_end(5, {"val_loss": 0.2})
         assert model.stop_training is stops
+
+
+def test_mirrored_strategy_trains_and_resumes(demo_dir, tmp_path):
+    """MirroredStrategy over the local devices (one CPU replica here), then --resume inside its scope."""
+    from airbus_ships.tests.conftest import _run_script
+    common = ["--data", demo_dir, "--out", tmp_path, "--strategy", "mirrored", "--threads", "1", "--widths", "4,8",
+              "--batch-size", "2", "--steps-per-epoch", "2", "--val-steps", "1", "--val-fraction", "0.25",
+              "--calib-images", "2"]
+    _run_script("train.py", *common, "--epochs", "1")
+    proc = _run_script("train.py", *common, "--epochs", "2", "--resume")
+    assert "strategy mirrored: 1 replica(s)" in proc.stdout
+    assert list(pd.read_csv(tmp_path / "train_log.csv")["epoch"]) == [0, 1]
