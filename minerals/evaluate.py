@@ -99,13 +99,15 @@ def main(argv=None) -> dict:
                    help="with an index.csv: which patches of the run's split.csv (next to the checkpoint)")
     p.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror-image averaging (default: as the checkpoint was validated)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    model, meta = load_classifier(args.checkpoint, device)
+    model, meta = load_classifier(args.checkpoint, device, args.tta)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
     data = Path(args.data)
     split = args.split if (data / "index.csv").exists() else "all"

@@ -25,6 +25,8 @@ Concepts borrowed from other architectures (as the brief asks, each with its ref
 * zero-initialised last BN of each residual branch ("Bag of Tricks"): https://arxiv.org/abs/1812.01187
 * concatenated average + max global pooling (fast.ai's AdaptiveConcatPool2d):
   https://docs.fast.ai/layers.html#adaptiveconcatpool2d
+* test-time augmentation by averaging the predictions of an image and its mirror image (``FlipTTA``), as in
+  AlexNet's test-time averaging of reflections: https://papers.nips.cc/paper/4824
 
 The way they are combined, the widths/depths and the rest are this project's own.
 
@@ -166,6 +168,19 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x * 255.0 - 127.0) / 128.0)
+
+
+class FlipTTA(nn.Module):
+    """Inference wrapper: the log of the mean softmax of ``x`` and its left-right mirror image (so a softmax of
+    the output gives the averaged probabilities). Specimens have no canonical orientation."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.net(x).float().softmax(1) + self.net(x.flip(3)).float().softmax(1)
+        return (p / 2).clamp_min(1e-12).log()
 
 
 def load_lite0_imagenet(net: nn.Module) -> None:

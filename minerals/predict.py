@@ -34,15 +34,18 @@ from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, read_rgb
 from common.shard import add_shard_argument, launcher_env, select_shard, shard_path
 from minerals.data import CLASSES, eval_transform, to_tensor
 from minerals.decision import decide
-from minerals.model import build_model
+from minerals.model import FlipTTA, build_model
 from minerals.train import pick_device
 
 DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
 DEFAULT_INPUT = "runs/minerals/samples/patches"  # what `make train-minerals` extracted
 
 
-def load_classifier(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, checkpoint metadata: threshold, img_size, classes, backbone, config)."""
+def load_classifier(path: str | Path, device: torch.device, tta: bool | None = None) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, checkpoint metadata: threshold, img_size, classes, backbone, config, tta).
+
+    ``tta``: average the predictions of each patch and its mirror image (default: as the checkpoint was
+    validated, its config's ``tta``)."""
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"{path}: checkpoint not found (train first: make train-minerals)")
@@ -52,7 +55,9 @@ def load_classifier(path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     model = build_model(ck["backbone"], len(CLASSES), ck.get("width", 1.0), pretrained=False)
     model.load_state_dict(ck["model"])
     model = model.to(device, memory_format=torch.channels_last).eval()
-    return model, {k: v for k, v in ck.items() if k not in ("model", "optimizer", "scheduler")}
+    meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "scheduler", "train_model", "ema")}
+    meta["tta"] = ck["config"].get("tta", False) if tta is None else tta
+    return (FlipTTA(model) if meta["tta"] else model), meta
 
 
 def collect_files(inputs: list[str]) -> list[tuple[str, Path]]:
@@ -98,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="best.pt written by train.py")
     p.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the checkpoint's)")
     p.add_argument("--out", default="-", help="JSON file to write (default: stdout)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each patch with its mirror image (default: as validated, from the checkpoint)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
@@ -117,13 +124,14 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     if device.type == "cuda" and launcher_env()[1] > 1:  # torchrun: one GPU per process
         device = torch.device("cuda", launcher_env()[2])
-    model, meta = load_classifier(args.checkpoint, device)
+    model, meta = load_classifier(args.checkpoint, device, args.tta)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
     files = collect_files(inputs)  # keys are decided on the full list, so every shard names files alike
     n_all = len(files)
     files = select_shard(files, args.shard, key=lambda kf: kf[0])  # sorted by key; every N-th one of them
     part = f" (shard {args.shard[0]}/{args.shard[1]} of {n_all})" if args.shard else ""
-    print(f"{len(files)} files{part}, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}",
+    print(f"{len(files)} files{part}, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}"
+          f"{', flip TTA' if meta['tta'] else ''}",
           file=sys.stderr)
     results: dict[str, dict] = {}
     errors = 0

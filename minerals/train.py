@@ -38,7 +38,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common.io import atomic_path, write_json
@@ -46,7 +48,7 @@ from common.shard import launcher_env
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
 from minerals.decision import choose_threshold, open_set_correct
-from minerals.model import BACKBONES, build_model
+from minerals.model import BACKBONES, FlipTTA, build_model
 
 
 @dataclass
@@ -64,6 +66,12 @@ class Config:
     backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (https://arxiv.org/abs/1512.00567)
+    mix: float = 0.0  # share of batches mixed by MixUp (https://arxiv.org/abs/1710.09412) or CutMix
+    #                   (https://arxiv.org/abs/1905.04899), half each; 0 = off
+    ema_decay: float = 0.0  # per-step exponential moving average of the weights (Polyak averaging,
+    #                   https://pytorch.org/docs/stable/optim.html#weight-averaging-swa-and-ema); the average is
+    #                   validated, checkpointed as "model" and used by predict.py; 0 = off
+    tta: bool = False  # validate (and predict by default) on the mean of each patch and its mirror image
     class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
     n_folds: int = 5  # the validation set is one fold of a stratified group k-fold
     val_fold: int = 0
@@ -160,10 +168,14 @@ def class_weights(labels: list[int], power: float) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, rank: int = 0) -> tuple[float, int]:
+def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, rank: int = 0,
+                    ema: AveragedModel | None = None) -> tuple[float, int]:
     model.train()
     total, n = 0.0, 0
+    mixer = v2.RandomChoice([v2.MixUp(num_classes=len(CLASSES)), v2.CutMix(num_classes=len(CLASSES))])
     for x, y in tqdm(loader, desc="train", leave=False, file=sys.stderr, disable=rank != 0):
+        if cfg.mix and torch.rand(()) < cfg.mix:
+            x, y = mixer(x, y)  # y becomes mixed one-hot targets
         x = x.to(device, memory_format=torch.channels_last)
         y = y.to(device)
         loss = F.cross_entropy(model(x), y, weight=weights, label_smoothing=cfg.label_smoothing)
@@ -171,6 +183,8 @@ def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, 
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
         total += loss.item() * len(y)
         n += len(y)
         step += 1
@@ -184,9 +198,9 @@ def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device) -> tuple[float, np.ndarray, np.ndarray]:
-    """(mean plain cross-entropy, probabilities (N, 8), labels (N,)) on ``loader``."""
-    model.eval()
+def evaluate(model, loader, device, tta: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean plain cross-entropy, probabilities (N, 8), labels (N,)) on ``loader`` (``tta``: mirror averaging)."""
+    model = (FlipTTA(model) if tta else model).eval()
     probs, labels, total = [], [], 0.0
     for x, y in loader:
         logits = model(x.to(device, memory_format=torch.channels_last)).float().cpu()
@@ -205,9 +219,13 @@ def mineral_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: float, cfg: Config, threshold: float,
-                    history: list[dict]) -> None:
+                    history: list[dict], ema: AveragedModel | None = None) -> None:
+    """``model`` holds the weights to use (the moving average when there is one; then ``train_model`` holds the
+    trained weights and ``ema`` the averager's state, for ``--resume``)."""
+    extra = {"train_model": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        torch.save({"model": (ema.module if ema is not None else model).state_dict(), **extra,
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch, "best_metric": best, "config": dataclasses.asdict(cfg), "classes": CLASSES,
                     "minerals": MINERALS, "threshold": threshold, "img_size": cfg.img_size,
                     "backbone": cfg.backbone, "width": cfg.width, "history": history}, tmp)
@@ -294,10 +312,17 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
                                                 total_steps=cfg.epochs * len(train_dl),
                                                 pct_start=0.25)  # https://arxiv.org/abs/1708.07120
     weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay else None)
     start, best, history, step = 0, -1.0, [], 0
     if cfg.resume:
         ck = torch.load(cfg.resume, map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"])
+        if ck["config"]["epochs"] != cfg.epochs:  # the OneCycle schedule spans the planned epochs
+            raise SystemExit(f"--resume {cfg.resume}: planned for {ck['config']['epochs']} epochs; give --epochs "
+                             f"{ck['config']['epochs']} to continue it")
+        model.load_state_dict(ck.get("train_model", ck["model"]))
+        if ema is not None and "ema" in ck:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start, best, history = ck["epoch"], ck["best_metric"], ck["history"]
@@ -315,12 +340,12 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     for epoch in range(start + 1, cfg.epochs + 1):
         t = time.time()
         train_dl.sampler.set_epoch(epoch)
-        train_loss, step = train_one_epoch(net, train_dl, opt, sched, weights, cfg, device, step, rank)
+        train_loss, step = train_one_epoch(net, train_dl, opt, sched, weights, cfg, device, step, rank, ema)
         if world > 1:  # DDP copies rank 0's buffers before each forward; once more after the last one, so that
             for b in model.buffers():  # every rank holds the BatchNorm statistics of the checkpoint
                 dist.broadcast(b, 0)
         if rank == 0:
-            val_loss, probs, labels = evaluate(model, val_dl, device)
+            val_loss, probs, labels = evaluate(ema.module if ema is not None else model, val_dl, device, cfg.tta)
             summary = mineral_metrics(probs, labels)
             threshold = choose_threshold(probs, labels)
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": summary["accuracy"],
@@ -332,8 +357,8 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
             metric = summary["macro_f1"] + 1e-3 * summary["accuracy"]
             if metric > best:
                 best = metric
-                save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, threshold, history)
-            save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, threshold, history)
+                save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, threshold, history, ema)
+            save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, threshold, history, ema)
             with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(row))
                 w.writeheader()
@@ -352,15 +377,22 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
 
     # save: the best checkpoint's validation predictions, the graph, a summary
     final = {k: v.clone() for k, v in model.state_dict().items()}
+    if ema is not None:  # what the average adds: the last epoch's trained weights, and their average
+        last_raw = mineral_metrics(*evaluate(model, val_dl, device, cfg.tta)[1:])
+        last_ema = mineral_metrics(*evaluate(ema.module, val_dl, device, cfg.tta)[1:])
+        log(f"last epoch: accuracy {last_raw['accuracy']:.4f} (trained weights), {last_ema['accuracy']:.4f} (EMA)")
     ck = torch.load(out / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(ck["model"])
-    _, probs, labels = evaluate(model, val_dl, device)
+    _, probs, labels = evaluate(model, val_dl, device, cfg.tta)
     with atomic_path(out / "val_predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["patch", "label"] + [f"p_{c}" for c in CLASSES])
         w.writerows([[r["patch"], r["label"]] + [f"{p:.5f}" for p in pr] for r, pr in zip(val_rows, probs)])
     result = {"best_epoch": ck["epoch"], "threshold": ck["threshold"], "train_seconds": train_seconds,
               "world_size": world,
+              **({"last_accuracy_trained": last_raw["accuracy"], "last_accuracy_ema": last_ema["accuracy"],
+                  "last_macro_f1_trained": last_raw["macro_f1"], "last_macro_f1_ema": last_ema["macro_f1"]}
+                 if ema is not None else {}),
               **{k: v for k, v in mineral_metrics(probs, labels).items() if k in ("accuracy", "macro_f1")},
               "open_set_accuracy": float(open_set_correct(probs, labels, ck["threshold"]).mean())}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -50,3 +50,15 @@ def test_transfer_defaults_use_discriminative_learning_rates():
     assert sum(p.numel() for p in groups[1]["params"]) == 1280 * 8 + 8  # the new classifier only
     scratch = train.parse_args([])
     assert len(train.param_groups(build_model("orenet", 8, 0.5), scratch)) == 1
+
+
+def test_flip_tta_averages_the_mirror_image_probabilities():
+    from minerals.model import FlipTTA
+
+    m = build_model("orenet", 8, 0.5).eval()
+    x = torch.rand(3, 3, 48, 48)
+    with torch.no_grad():
+        want = (m(x).softmax(1) + m(x.flip(3)).softmax(1)) / 2
+        got = FlipTTA(m)(x).softmax(1)
+        assert torch.allclose(got, want, atol=1e-6)
+        assert torch.allclose(FlipTTA(m)(x.flip(3)), FlipTTA(m)(x), atol=1e-5)  # mirror-invariant

@@ -81,3 +81,21 @@ def test_evaluate_on_run(run, samples, tmp_path):
     assert 0 <= report["closed_set"]["accuracy"] <= 1
     for name in ("metrics.json", "confusion_matrix.png", "confusion_matrix_open_set.png", "threshold_curve.png"):
         assert (tmp_path / name).exists()
+
+
+def test_ema_mix_tta_checkpoint_and_resume(samples, tmp_path):
+    """With a weight average the checkpoint's "model" is the average (what predict uses) and --resume goes on from
+    the trained weights and the averager's state."""
+    from minerals import predict as predict_module, train
+
+    args = ["--data", str(samples), "--out", str(tmp_path), "--epochs", "2", "--img-size", "32", "--width", "0.5",
+            "--batch-size", "16", "--threads", "1", "--no-export", "--ema-decay", "0.9", "--mix", "1.0", "--tta"]
+    train.main(args + ["--max-steps", "2"])
+    ck = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
+    assert {"model", "train_model", "ema"} <= set(ck) and ck["config"]["tta"]
+    assert not torch.equal(ck["model"]["fc.weight"], ck["train_model"]["fc.weight"])
+    assert torch.equal(ck["model"]["fc.weight"], ck["ema"]["module.fc.weight"])
+    train.main(args + ["--resume", str(tmp_path / "last.pt")])
+    assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1, 2]
+    model, meta = predict_module.load_classifier(tmp_path / "best.pt", torch.device("cpu"))
+    assert meta["tta"] and type(model).__name__ == "FlipTTA"
