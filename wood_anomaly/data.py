@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from scipy import ndimage
+
 from common.tiling import iter_tile_batches
+from wood_anomaly.model import colour_cells, self_reference_distance
 
 
 def resize(image: np.ndarray, scale: float, resample=Image.BILINEAR) -> np.ndarray:
@@ -53,3 +56,15 @@ def tile_features(features: torch.nn.Module, image: np.ndarray, tile: int, overl
     """All patch features of an (already resized) image as ``(N, D)`` rows on the CPU."""
     return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).float().cpu()
                       for f, _ in tile_feature_batches(features, image, tile, overlap, pad, batch_size, device)])
+
+
+@torch.no_grad()
+def colour_map(image: np.ndarray, stride: int, n_ref: int, k: int, sigma: float, seed: int) -> np.ndarray:
+    """``(h, w)`` float32 colour-rarity map of an (already resized) ``(h, w, 3)`` uint8 image: each
+    ``stride`` x ``stride`` cell's mean distance to its ``k`` nearest among ``n_ref`` random cells of the same
+    photo (``seed``), bilinearly upsampled to the image and smoothed by ``sigma``."""
+    cells = colour_cells(torch.from_numpy(np.array(image)).permute(2, 0, 1), stride)
+    d = self_reference_distance(cells.reshape(3, -1).T, n_ref, k, torch.Generator().manual_seed(seed))
+    d = F.interpolate(d.reshape(1, 1, *cells.shape[1:]), scale_factor=stride, mode="bilinear", align_corners=False)
+    d = d[0, 0, :image.shape[0], :image.shape[1]].numpy()
+    return ndimage.gaussian_filter(d, sigma) if sigma > 0 else d

@@ -10,6 +10,7 @@ Shapes: images enter as ``(B, 3, H, W)`` float in [0, 1] (H, W multiples of 8, a
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,6 +76,36 @@ def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int
         top = d2.topk(min(k, bank.shape[0]), dim=1, largest=False).values.clamp_min(0).sqrt()
         out.append(top[:, -1] if reduce == "kth" else top.mean(1))
     return torch.cat(out) if out else query.new_zeros(0)
+
+
+def colour_cells(image: torch.Tensor, stride: int) -> torch.Tensor:
+    """``(3, H, W)`` RGB (0-255) -> ``(3, ceil(H/stride), ceil(W/stride))`` mean colour of each stride x stride
+    cell: the low-level channel that the deep features blur away (a dark knot's filled interior, a sharp rim)."""
+    h, w = image.shape[-2:]
+    return F.adaptive_avg_pool2d(image[None].float(), (-(-h // stride), -(-w // stride)))[0]
+
+
+def self_reference_distance(cells: torch.Tensor, n_ref: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``(N, C)`` cells of one photo -> ``(N,)`` mean distance of each to its ``k`` nearest among ``n_ref`` random
+    cells of the same photo: how rare a cell is in its own photo (a defect covers a small part of it)."""
+    ref = cells[torch.randperm(cells.shape[0], generator=gen)[:n_ref].to(cells.device)]
+    return knn_distance(cells, ref, k)
+
+
+def standardise(score: np.ndarray, stats: tuple[float, float]) -> np.ndarray:
+    """Scores in units of their training spread: ``(s - q50) / (q95 - q50)`` of the training photos' scores."""
+    q50, q95 = stats
+    return (score - q50) / max(q95 - q50, 1e-6)
+
+
+def fuse(deep: np.ndarray, colour: np.ndarray | None, deep_weight: float, floor: float = 1e-3) -> np.ndarray:
+    """Weighted geometric mean ``deep^w * colour^(1-w)`` of two standardised maps: high only where *both* the
+    deep texture score and the colour score are high, so the colour channel's sharp edges and filled interiors
+    shape the map while the deep score vetoes colours that are rare but normal (dark grain lines).
+    ``colour=None`` or ``w >= 1``: the deep map alone."""
+    if colour is None or deep_weight >= 1:
+        return deep
+    return np.maximum(deep, floor) ** deep_weight * np.maximum(colour, floor) ** (1 - deep_weight)
 
 
 class PatchCore(nn.Module):

@@ -17,8 +17,9 @@ Many workers or machines: ``--shard I/N`` processes every N-th photo of the sort
 timings); the per-photo folders of the shards are disjoint. ``python -m common.shard merge
 <out>/predictions.csv`` then writes exactly the file one worker would have written.
 
-Threshold rule (no labels): the pixel threshold stored by train.py (``q50 + 2 (q99 - q50)`` of the training
-photos' scores; ``--threshold`` overrides it). A photo is ``anomalous`` when its mask covers at least
+Threshold rule (no labels): maps are in units of the training photos' score spread (train.calibrate), and a
+pixel is anomalous when it lies ``threshold_spreads`` (default 10) spreads above the training median
+(``--threshold`` overrides it). A photo is ``anomalous`` when its mask covers at least
 ``min_area`` of it (default 2e-5, about 100 pixels of a 5-megapixel photo); its ``score`` is the maximum of
 its smoothed map divided by the threshold (> 1 means some pixel passed the threshold).
 """
@@ -40,8 +41,8 @@ from tqdm import tqdm
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, save_image
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
 from common.tiling import Stitcher, tile_grid
-from wood_anomaly.data import resize, resize_map, tile_feature_batches
-from wood_anomaly.model import PatchCore
+from wood_anomaly.data import colour_map, resize, resize_map, tile_feature_batches
+from wood_anomaly.model import PatchCore, fuse, standardise
 from wood_anomaly.train import DEFAULT_RUNS, TrainConfig, build_model, image_folder, resolve_device
 
 
@@ -58,13 +59,15 @@ def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, Train
 
 
 @torch.no_grad()
-def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device,
+def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device, stats: dict,
                 full_size: bool = True) -> np.ndarray:
-    """``(H, W)`` float32 anomaly scores of an ``(H, W, 3)`` uint8 photo (``full_size=False``: at ``cfg.scale``).
+    """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo
+    (``full_size=False``: at ``cfg.scale``). ``stats``: the checkpoint's training quantiles (train.calibrate).
 
-    Patch features are computed tile by tile and kept (a few tens of MB); ``cfg.self_patches`` random ones
-    join the memory bank (self-reference), then every patch gets its k-NN distance, the per-tile maps are
-    upsampled, blended across tile overlaps (common.tiling.Stitcher) and smoothed by ``cfg.sigma``.
+    Deep map: patch features are computed tile by tile and kept (a few tens of MB); ``cfg.self_patches`` random
+    ones join the memory bank (self-reference), then every patch gets its k-NN distance, the per-tile maps are
+    upsampled, blended across tile overlaps (common.tiling.Stitcher) and smoothed by ``cfg.sigma``. Colour map:
+    data.colour_map. Both are standardised and fused (model.fuse).
     """
     small = resize(image, cfg.scale)
     grid = tile_grid(small.shape[0], small.shape[1], cfg.tile, cfg.overlap)
@@ -84,6 +87,10 @@ def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: t
     score = stitcher.result()[..., 0]
     if cfg.sigma > 0:
         score = ndimage.gaussian_filter(score, cfg.sigma)
+    score = standardise(score, (stats["deep_q50"], stats["deep_q95"]))
+    if cfg.colour_stride > 0:
+        colour = colour_map(small, cfg.colour_stride, cfg.colour_patches, cfg.k, cfg.colour_sigma, cfg.seed)
+        score = fuse(score, standardise(colour, (stats["colour_q50"], stats["colour_q95"])), cfg.deep_weight)
     return resize_map(score, image.shape[:2]) if full_size else score
 
 
@@ -120,7 +127,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def predict_folder(model: PatchCore, cfg: TrainConfig, threshold: float, folder: Path, out: Path,
+def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, folder: Path, out: Path,
                    device: torch.device, save: bool = True, shard: Shard | None = None) -> list[dict]:
     """Process every image of ``folder`` (of its ``shard`` only, when given), in sorted name order; return one
     row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``."""
@@ -136,7 +143,7 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, threshold: float, folder:
             rows.append({**row, "label": "error", "status": str(err)})
             continue
         t0, c0 = time.perf_counter(), time.process_time()
-        score = anomaly_map(model, image, cfg, device)
+        score = anomaly_map(model, image, cfg, device, stats)
         mask = score > threshold
         area = int(mask.sum())
         frac = area / mask.size
@@ -172,7 +179,7 @@ def main(argv=None) -> None:
     model, cfg, ckpt = load_model(args.model, device)
     cfg.seed = args.seed
     threshold = args.threshold or ckpt["threshold"]
-    rows = predict_folder(model, cfg, threshold, image_folder(args.data), Path(args.out), device,
+    rows = predict_folder(model, cfg, ckpt, threshold, image_folder(args.data), Path(args.out), device,
                           shard=args.shard)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in rows:

@@ -16,8 +16,13 @@ to its own (SPADE-style retrieval: pine with pine, walnut with walnut; a trainin
 plus ``--self-patches`` random patches of the photo itself (self-reference: a new species is compared with
 itself too).
 
-The pixel threshold is set without labels, from the scores of held-out patches of the training photos:
-``q50 + 2 (q99 - q50)``, the 99th percentile pushed out by its own distance from the median.
+A colour channel sharpens the map: the mean colour of every 2x2 cell (at ``--scale``) scored by its mean
+distance to the ``--k`` nearest of ``--colour-patches`` random cells of the same photo (how rare the colour is
+in its own photo). Both maps are standardised by their spread over the training photos, ``(s - q50) / (q95 -
+q50)``, and fused by a weighted geometric mean, ``deep^w * colour^(1-w)`` (``--deep-weight``): a pixel is
+anomalous only where its texture *and* its colour are unusual.
+
+The pixel threshold is set without labels: ``--threshold-spreads`` training spreads above the median.
 
 Outputs in ``--out``: ``model.pt`` (memory bank, config, threshold, score statistics), ``config.json`` and
 ``log.csv`` (one row per training photo).
@@ -46,7 +51,7 @@ from tqdm import tqdm
 
 from common.io import ImageReadError, atomic_path, atomic_write, list_images, read_rgb, write_json
 from common.shard import launcher_env
-from wood_anomaly.data import resize, tile_features
+from wood_anomaly.data import colour_map, resize, tile_features
 from wood_anomaly.model import PatchCore, knn_distance
 
 DEFAULT_DATA = Path("data/wood")
@@ -65,7 +70,12 @@ class TrainConfig:
     calib_patches: int = 4000  # held-out patches per photo whose scores set the threshold
     k: int = 30  # score = mean distance to the k nearest bank features (k > copies of any one defect)
     neighbours: int = 3  # score against the bank rows of the most similar other training photos (0: all)
-    sigma: float = 2.0  # Gaussian smoothing of the score map, in pixels of the resized photo
+    sigma: float = 2.0  # Gaussian smoothing of the deep score map, in pixels of the resized photo
+    colour_stride: int = 2  # colour channel: mean RGB of stride x stride cells of the resized photo (0: off)
+    colour_patches: int = 2000  # colour reference: random cells of the scored photo itself (k nearest: --k)
+    colour_sigma: float = 1.5  # Gaussian smoothing of the colour map, in pixels of the resized photo
+    deep_weight: float = 0.2  # map = deep^w * colour^(1-w), both standardised by their training spread (1: deep only)
+    threshold_spreads: float = 10.0  # label-free pixel threshold: this many training spreads (q95 - q50) above the median
     tile: int = 256  # network input tile (<= 256)
     overlap: int = 32  # overlap of neighbouring tiles, blended by common.tiling
     pad: int = 32  # reflect padding around each tile before the network (hides tile-border effects)
@@ -130,13 +140,19 @@ def photo_features(model: PatchCore, index: int, path: Path, cfg: TrainConfig, d
         img = read_rgb(path)
     except ImageReadError as err:
         return {"index": index, "error": str(err)}
-    feats = tile_features(model.features, resize(img, cfg.scale), cfg.tile, cfg.overlap, cfg.pad,
-                          cfg.batch_size, device)
-    order = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + index))
+    small = resize(img, cfg.scale)
+    feats = tile_features(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size, device)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+    order = torch.randperm(feats.shape[0], generator=gen)
     kept = feats[order[:cfg.patches_per_image]]
-    return {"index": index, "bank": kept, "desc": feats.mean(0),
-            "held_out": feats[order[cfg.patches_per_image:][:cfg.calib_patches]],
-            "log": [path.name, *img.shape[:2], feats.shape[0], kept.shape[0], f"{time.perf_counter() - t0:.2f}"]}
+    part = {"index": index, "bank": kept, "desc": feats.mean(0),
+            "held_out": feats[order[cfg.patches_per_image:][:cfg.calib_patches]]}
+    if cfg.colour_stride > 0:  # the photo's colour map, computed as predict computes it; a random sample of it
+        colour = torch.from_numpy(colour_map(small, cfg.colour_stride, cfg.colour_patches, cfg.k, cfg.colour_sigma,
+                                             cfg.seed).ravel())
+        part["colour"] = colour[torch.randperm(colour.shape[0], generator=gen)[:4 * cfg.calib_patches]]
+    part["log"] = [path.name, *img.shape[:2], feats.shape[0], kept.shape[0], f"{time.perf_counter() - t0:.2f}"]
+    return part
 
 
 def all_gather_photos(parts: list[dict], world: int) -> list[dict]:
@@ -164,23 +180,30 @@ def fit_bank(model: PatchCore, paths: list[Path], cfg: TrainConfig, device: torc
     return parts
 
 
-def calibrate(model: PatchCore, held_out: list[torch.Tensor], cfg: TrainConfig) -> dict:
-    """Label-free pixel threshold ``q50 + 2 (q99 - q50)`` of the k-NN scores of held-out training patches.
+def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig) -> dict:
+    """Training spread of each score: its median and 95th percentile over the training photos, from which the
+    maps are standardised, ``(s - q50) / (q95 - q50)``; and the label-free pixel threshold on the fused,
+    standardised map, ``threshold_spreads`` (a pixel must lie that many spreads above the median).
 
-    Each photo's held-out patches are scored as predict would score them (memory bank + that photo's own
-    sample), so the threshold matches the scale of predicted maps without predicting every photo again.
+    q95 rather than q99: the training photos contain defects, and with a few percent of defective pixels the
+    99th percentile already lies inside them (it did on the fabric run), the 95th does not. The deep scores of
+    each photo's held-out patches are computed as predict computes them (memory bank + that photo's own sample).
     """
     scores = []
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    for feats in held_out:
-        bank = model.select_bank(model.image_desc[len(scores)])
+    for i, p in enumerate(photos):
+        feats = p["held_out"]
+        bank = model.select_bank(model.image_desc[i])
         if cfg.self_patches > 0:
             bank = torch.cat([bank, feats[torch.randperm(feats.shape[0], generator=gen)[:cfg.self_patches]]
                               .to(bank.device)])
         scores.append(knn_distance(feats.to(bank.device), bank, cfg.k).cpu())
-    s = torch.cat(scores).numpy()
-    q50, q99 = np.quantile(s, [0.5, 0.99])
-    return {"threshold": float(q50 + 2 * (q99 - q50)), "q50": float(q50), "q99": float(q99)}
+    deep = np.quantile(torch.cat(scores).numpy(), [0.5, 0.95])
+    out = {"threshold": float(cfg.threshold_spreads), "deep_q50": float(deep[0]), "deep_q95": float(deep[1])}
+    if cfg.colour_stride > 0:
+        colour = np.quantile(torch.cat([p["colour"] for p in photos]).numpy(), [0.5, 0.95])
+        out.update(colour_q50=float(colour[0]), colour_q95=float(colour[1]))
+    return out
 
 
 def save_checkpoint(path: Path, model: PatchCore, cfg: TrainConfig, calib: dict, names: list[str]) -> None:
@@ -216,7 +239,7 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
     bad = [p["error"] for p in parts if "error" in p]
     if len(bad) == len(paths):
         sys.exit(f"no readable image in {image_folder(cfg.data)}")
-    calib = calibrate(model, [p["held_out"] for p in parts if "error" not in p], cfg)
+    calib = calibrate(model, [p for p in parts if "error" not in p], cfg)
     seconds = time.perf_counter() - t0
     if rank == 0:
         for err in bad:
@@ -225,7 +248,7 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
         save_checkpoint(out / "model.pt", model, cfg, calib, [paths[p["index"]].name for p in parts if "error" not in p])
         write_json(out / "config.json", {**asdict(cfg), "bank_size": int(model.bank.shape[0]), "world_size": world,
                                          "threshold": calib["threshold"], "train_seconds": round(seconds, 1)})
-        print(f"memory bank {tuple(model.bank.shape)}, threshold {calib['threshold']:.3f}, "
+        print(f"memory bank {tuple(model.bank.shape)}, score spreads {calib}, "
               f"{seconds:.0f} s -> {out / 'model.pt'}")
     return model, calib
 

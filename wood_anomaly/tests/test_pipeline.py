@@ -19,7 +19,8 @@ def rows_of(folder, name="predictions.csv"):
 def test_training_writes_model_and_log(trained_run):
     ckpt = torch.load(trained_run / "model.pt", weights_only=True)
     assert ckpt["bank"].ndim == 2 and ckpt["bank"].shape[0] == 4 * 600
-    assert ckpt["threshold"] > ckpt["q50"] > 0
+    assert ckpt["deep_q95"] > ckpt["deep_q50"] > 0 and ckpt["colour_q95"] > ckpt["colour_q50"] >= 0
+    assert ckpt["threshold"] > 1
     assert (trained_run / "config.json").exists() and len((trained_run / "log.csv").read_text().splitlines()) == 5
 
 
@@ -62,8 +63,8 @@ def test_constant_image_gives_a_flat_map(trained_run, predicted):
 
 
 def test_constant_image_flat_without_self_reference(trained_run):
-    model, cfg, _ = predict.load_model(trained_run / "model.pt", torch.device("cpu"))
+    model, cfg, ckpt = predict.load_model(trained_run / "model.pt", torch.device("cpu"))
     cfg.self_patches = 0
-    m = predict.anomaly_map(model, np.full((200, 300, 3), 128, np.uint8), cfg, torch.device("cpu"))
+    m = predict.anomaly_map(model, np.full((200, 300, 3), 128, np.uint8), cfg, torch.device("cpu"), ckpt)
     threshold = torch.load(trained_run / "model.pt", weights_only=True)["threshold"]
     assert m.shape == (200, 300) and m.max() - m.min() < 0.05 * threshold
