@@ -119,7 +119,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average_at_end": os.getloadavg(),
                     "note": "2-core CPU shared with 3 other jobs during the run: timings are pessimistic"},
-        "command": "make bench-ships DATA_ROOT=../shared/data",
+        "command": " ".join(["python airbus_ships/bench.py"] + sys.argv[1:]),
+        "model_reused": args.reuse_model,  # True: training figures are those of the run that trained the model
     }
     write_json(args.json, result)
     print(json.dumps({k: result[k] for k in ("kaggle_score", "dice_ship_images_mean", "ship_no_ship_accuracy",

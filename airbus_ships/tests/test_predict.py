@@ -103,3 +103,20 @@ def test_two_shards_merge_to_the_single_worker_submission(demo_dir, trained_run,
     assert (sharded / "submission.csv").read_bytes() == (single / "submission.csv").read_bytes()
     rows = read_submission(single / "submission.csv")
     assert [r[0] for r in rows] == sorted(r[0] for r in rows)  # sorted ImageId order
+
+
+def test_fast_rule_scores_match_the_kaggle_metric():
+    """calibrate_rule's per-threshold component statistics give the same F2 as common.metrics on the masks."""
+    from scipy import ndimage
+    from airbus_ships.inference import ShipRule, component_stats, rule_scores, ships_from_probs
+    from common.metrics import f2_image_score
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        prob = ndimage.gaussian_filter(rng.random((96, 96)), 3)
+        prob = (prob - prob.min()) / (prob.max() - prob.min())
+        truth = [lab == i for lab, n in [ndimage.label(ndimage.gaussian_filter(rng.random((96, 96)), 3) > 0.55)]
+                 for i in range(1, n + 1)]
+        for rule in (ShipRule(0.5, 0, 0.5), ShipRule(0.6, 20, 0.9), ShipRule(0.3, 5, 0.7)):
+            expected = f2_image_score(ships_from_probs(prob, rule), truth)
+            f2, _, _ = rule_scores(component_stats(prob, truth, rule.threshold), rule.min_size, rule.min_confidence)
+            assert f2 == pytest.approx(expected, abs=1e-12)

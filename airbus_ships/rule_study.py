@@ -1,0 +1,132 @@
+"""Which ship / no-ship rule generalises? Choose the post-processing on the training part, score it on the test split.
+
+    python -m airbus_ships.rule_study --run runs/airbus_bench --data ../shared/data/airbus
+
+Uses a benchmark run of ``bench.py`` (its split ``RUN/split/{train,test}.csv`` and model ``RUN/model/best.keras``).
+Probability maps are predicted once, tiled as in test.py, and cached (``RUN/rule_study/probs.npz``). Then each
+way of choosing the rule picks its parameters by maximising the Kaggle score on images of the *training part*
+only: train.py's own validation images (unseen by the network), or the whole training part (mostly images the
+network was trained on). The test split is only scored, never used to choose. Rules: probability threshold,
+minimum component area, minimum component peak probability (``ShipRule``) and an image-level gate (an image holds
+ships only if its highest probability reaches the gate). Prints a table and writes ``RUN/rule_study/results.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from airbus_ships.inference import CONFIDENCES, MIN_SIZES, THRESHOLDS, ComponentStats, component_stats, rule_scores  # noqa: E402
+
+GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def predict_all(run: Path, data: Path, threads: int) -> dict[str, dict]:
+    """``{ImageId: {"prob": (768, 768) float16, "truth": [bool masks], "part": "train"|"test"}}`` (cached)."""
+    from airbus_ships.data import read_mask_table, ship_instances
+    cache = run / "rule_study" / "probs.npz"
+    tables = {part: read_mask_table(run / "split" / f"{part}.csv", data / "images").frame
+              for part in ("train", "test")}
+    if cache.exists():
+        probs = dict(np.load(cache))
+    else:
+        import keras
+        import tensorflow as tf
+        from airbus_ships.inference import predict_probs
+        from airbus_ships.losses import CUSTOM_OBJECTS
+        from common.io import read_rgb
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        model = keras.saving.load_model(run / "model" / "best.keras", custom_objects=CUSTOM_OBJECTS, compile=False)
+        probs, t0 = {}, time.time()
+        for frame in tables.values():
+            for row in frame.itertuples():
+                probs[row.ImageId] = predict_probs(model, read_rgb(row.path), "tile").astype(np.float16)
+        print(f"predicted {len(probs)} images in {time.time() - t0:.0f} s")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **probs)
+    return {row.ImageId: {"prob": probs[row.ImageId], "truth": ship_instances(row.rle), "part": part}
+            for part, frame in tables.items() for row in frame.itertuples()}
+
+
+def evaluate(comps: dict[float, list[ComponentStats]], rule: tuple) -> dict:
+    """Scores of ``rule`` = (threshold, min area, min peak, image gate); the gate empties images whose highest
+    probability is below it."""
+    t, m, c, gate = rule
+    results = [rule_scores(x, m, c if x.image_max >= gate else np.inf) for x in comps[t]]
+    dice = [d for _, _, d in results if d is not None]
+    return {"kaggle": float(np.mean([f for f, _, _ in results])),
+            "ship_no_ship_accuracy": float(np.mean([ok for _, ok, _ in results])),
+            "dice_ship_images": float(np.mean(dice)) if dice else None}
+
+
+def choose(comps: dict[float, list[ComponentStats]], grid) -> tuple[tuple, float]:
+    """The rule of ``grid`` with the highest Kaggle score (ties: the earliest, i.e. least restrictive)."""
+    best, best_score = None, -1.0
+    for rule in grid:
+        score = evaluate(comps, rule)["kaggle"]
+        if score > best_score + 1e-9:
+            best, best_score = rule, score
+    return best, best_score
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", default="runs/airbus_bench", help="bench.py run folder (split/, model/)")
+    p.add_argument("--data", default="../shared/data/airbus", help="the data the run was made on")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="train.py's validation share (its default)")
+    p.add_argument("--seed", type=int, default=0, help="train.py's seed in the run (bench: 0)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    import pandas as pd
+    from airbus_ships.data import split_by_image
+    from common.io import write_json
+
+    run, data = Path(args.run), Path(args.data)
+    images = predict_all(run, data, args.threads)
+    frame = pd.DataFrame({"ImageId": list(images), "n_ships": [len(v["truth"]) for v in images.values()],
+                          "part": [v["part"] for v in images.values()]})
+    _, val = split_by_image(frame[frame.part == "train"].reset_index(drop=True), args.val_fraction, args.seed)
+    sets = {"train.py validation": set(val.ImageId), "whole training part": set(frame.ImageId[frame.part == "train"]),
+            "test split": set(frame.ImageId[frame.part == "test"])}
+    comps = {name: {t: [component_stats(images[i]["prob"], images[i]["truth"], t) for i in sorted(ids)]
+                    for t in THRESHOLDS} for name, ids in sets.items()}
+
+    grids = {
+        "fixed: threshold 0.5, nothing else": [(0.5, 0, 0.5, 0.0)],
+        "former train.py grid (threshold 0.4-0.6, area <= 80, peak <= 0.95)": [
+            (t, m, c, 0.0) for t, m, c in itertools.product((0.4, 0.5, 0.6), (0, 10, 20, 40, 80),
+                                                            (0.5, 0.7, 0.8, 0.9, 0.95)) if c >= t],
+        "threshold only": [(t, 0, t, 0.0) for t in THRESHOLDS],
+        "threshold + min area": [(t, m, t, 0.0) for t, m in itertools.product(THRESHOLDS, MIN_SIZES)],
+        "threshold + image gate": [(t, 0, t, g) for t, g in itertools.product(THRESHOLDS, GATES)],
+        "threshold + area + peak (train.py's grid now)": [(t, m, c, 0.0) for t, m, c in itertools.product(THRESHOLDS, MIN_SIZES, CONFIDENCES)
+                                    if c >= t],
+        "threshold + area + image gate": [(t, m, t, g) for t, m, g in itertools.product(THRESHOLDS, MIN_SIZES, GATES)],
+    }
+    rows = []
+    for (grid_name, grid), chooser in itertools.product(grids.items(), ("train.py validation", "whole training part")):
+        if len(grid) == 1 and chooser != "train.py validation":
+            continue
+        rule, chosen_score = choose(comps[chooser], grid)
+        rows.append({"rule family": grid_name, "chosen on": chooser if len(grid) > 1 else "-",
+                     "rule (threshold, min area, min peak, image gate)": rule,
+                     "kaggle on chooser": chosen_score, **{f"test {k}": v
+                                                           for k, v in evaluate(comps["test split"], rule).items()}})
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 60, "display.float_format", "{:.3f}".format):
+        print(f"{len(sets['train.py validation'])} validation / {len(sets['whole training part'])} training-part / "
+              f"{len(sets['test split'])} test images")
+        print(table.to_string(index=False))
+    write_json(run / "rule_study" / "results.json", {"sets": {k: len(v) for k, v in sets.items()}, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
