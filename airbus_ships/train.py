@@ -163,9 +163,12 @@ def fix_distributed_fit(model: keras.Model, strategy: tf.distribute.Strategy) ->
         return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) \
             else value
 
+    done = []
+
     def build(iterator=None, data_batch=None):
-        if model.built and model.compiled:  # built already: keep the validation batches
+        if done:  # built at the start of fit: keep the validation batches
             return None
+        done.append(True)
         if iterator is not None:
             for _, _, it in iterator:
                 data_batch = tf.nest.map_structure(local, next(it))
