@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, save_image
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
-from common.tiling import Stitcher, tile_grid
+from common.tiling import Stitcher, TileGrid, tile_grid
 from wood_anomaly.data import colour_map, resize, resize_map, tile_feature_batches
-from wood_anomaly.model import PatchCore, fuse, standardise
+from wood_anomaly.model import PatchCore, fuse, knn_distance, standardise
 from wood_anomaly.train import DEFAULT_RUNS, TrainConfig, build_model, image_folder, resolve_device
 
 
@@ -59,32 +59,51 @@ def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, Train
 
 
 @torch.no_grad()
+def stitched_features(model: PatchCore, small: np.ndarray, cfg: TrainConfig, device: torch.device):
+    """Patch features of an (already resized) image computed tile by tile, blended across the tile overlaps
+    into one ``(h, w, D)`` float32 map (common.tiling.Stitcher at feature resolution), so that every cell is
+    scored once; plus the pixel offset ``(y0, x0)`` of the image inside the map's ``(h*s, w*s)`` pixels."""
+    s = model.features.stride
+    grid = tile_grid(small.shape[0], small.shape[1], cfg.tile, cfg.overlap)
+    if any(v % s for v in (grid.tile, grid.overlap, *grid.padded_shape)):
+        raise ValueError(f"tile {grid.tile} and overlap {grid.overlap} must be multiples of the feature stride {s}")
+    ph, pw = grid.padded_shape[0] // s, grid.padded_shape[1] // s
+    cell_grid = TileGrid(ph, pw, grid.tile // s, grid.overlap // s, 0, 0, (ph, pw),
+                         tuple((y // s, x // s) for y, x in grid.origins))
+    stitcher = Stitcher(cell_grid, model.features.dim)
+    for f, origins in tile_feature_batches(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size,
+                                           device):
+        stitcher.add(f.permute(0, 2, 3, 1).float().cpu().numpy(), [(y // s, x // s) for y, x in origins])
+    top, left = grid.pad_top // s, grid.pad_left // s  # first cell row/column that holds image pixels
+    bottom, right = -(-(grid.pad_top + grid.height) // s), -(-(grid.pad_left + grid.width) // s)
+    return (stitcher.result()[top:bottom, left:right],
+            (grid.pad_top - top * s, grid.pad_left - left * s))
+
+
+@torch.no_grad()
 def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device, stats: dict,
                 full_size: bool = True) -> np.ndarray:
     """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo
     (``full_size=False``: at ``cfg.scale``). ``stats``: the checkpoint's training quantiles (train.calibrate).
 
-    Deep map: patch features are computed tile by tile and kept (a few tens of MB); ``cfg.self_patches`` random
-    ones join the memory bank (self-reference), then every patch gets its k-NN distance, the per-tile maps are
-    upsampled, blended across tile overlaps (common.tiling.Stitcher) and smoothed by ``cfg.sigma``. Colour map:
+    Deep map: patch features are computed tile by tile and stitched into one feature map (a few tens of MB);
+    ``cfg.self_patches`` random cells join the memory bank (self-reference), then every cell gets its k-NN
+    distance; the map is upsampled to the image and smoothed by ``cfg.sigma``. Colour map:
     data.colour_map. Both are standardised and fused (model.fuse).
     """
     small = resize(image, cfg.scale)
-    grid = tile_grid(small.shape[0], small.shape[1], cfg.tile, cfg.overlap)
-    batches = list(tile_feature_batches(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size,
-                                        device))
-    own = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f, _ in batches])
+    cells, (y0, x0) = stitched_features(model, small, cfg, device)
+    h, w, d = cells.shape
+    own = torch.from_numpy(cells.reshape(-1, d)).to(device)
     bank = model.select_bank(own.mean(0))
     if cfg.self_patches > 0:
         gen = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(own.shape[0], generator=gen)[:cfg.self_patches].to(own.device)
         bank = torch.cat([bank, own[pick].to(bank.dtype)])
-    stitcher = Stitcher(grid, 1)
-    for f, origins in batches:
-        d = model.score_features(f, bank)[:, None]
-        d = F.interpolate(d, size=(grid.tile, grid.tile), mode="bilinear", align_corners=False)
-        stitcher.add(d[:, 0].float().cpu().numpy(), origins)
-    score = stitcher.result()[..., 0]
+    dist = knn_distance(own, bank, model.k).reshape(1, 1, h, w)
+    s = model.features.stride
+    dist = F.interpolate(dist, size=(h * s, w * s), mode="bilinear", align_corners=False)[0, 0].float().cpu().numpy()
+    score = dist[y0:y0 + small.shape[0], x0:x0 + small.shape[1]]
     if cfg.sigma > 0:
         score = ndimage.gaussian_filter(score, cfg.sigma)
     score = standardise(score, (stats["deep_q50"], stats["deep_q95"]))
