@@ -113,6 +113,9 @@ def main(argv=None) -> int:
         "load_average_at_start": load_start,
         "note": "CPU timings measured on a 2-core machine shared with other jobs; compare the load averages",
     }
+    old = Path(args.json)
+    if old.exists():  # hand-written records of variants tried (command, load, figures) survive a re-run
+        results["experiments"] = json.loads(old.read_text()).get("experiments", [])
     write_json(args.json, results)
     print(json.dumps(results, indent=2))
     return 0

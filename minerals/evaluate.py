@@ -101,6 +101,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror-image averaging (default: as the checkpoint was validated)")
+    p.add_argument("--img-size", type=int, default=None, help="test-time input side (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
     split = args.split if (data / "index.csv").exists() else "all"
     pairs = labelled_patches(data, Path(args.checkpoint).parent / "split.csv", split)
     probs, labels = [], []
-    for i, pr, err in predict_probs(model, [f for f, _ in pairs], meta["img_size"], device):
+    for i, pr, err in predict_probs(model, [f for f, _ in pairs], args.img_size or meta["img_size"], device):
         if err:
             print(f"skipped {err}", file=sys.stderr)
             continue
