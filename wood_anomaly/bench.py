@@ -147,7 +147,8 @@ def main(argv=None) -> None:
                     "load_avg_1_5_15_after": [round(x, 2) for x in load_after],
                     "note": "shared 2-core CPU used by 3 other helpers' jobs at the same time: wall times are "
                             "pessimistic; cpu_seconds / 2 estimates the wall time on an idle 2-core machine"},
-        "model": {"method": "PatchCore-style k-NN memory bank on EfficientNet-Lite0 (ImageNet) features",
+        "model": {"method": "PatchCore-style k-NN memory bank on EfficientNet-Lite0 (ImageNet) features, "
+                            "fused (weighted geometric mean) with a colour-rarity map vs the photo's own cells",
                   "config": json.loads((runs / "config.json").read_text()),
                   "pixel": {k: deep[k] for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou",
                                                  "mask_f1", "mask_iou")},
