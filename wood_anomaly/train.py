@@ -16,7 +16,7 @@ to its own (SPADE-style retrieval: pine with pine, walnut with walnut; a trainin
 plus ``--self-patches`` random patches of the photo itself (self-reference: a new species is compared with
 itself too).
 
-A colour channel sharpens the map: the mean colour of every ``--colour-stride`` square cell (at ``--scale``), by its mean
+A colour channel sharpens the map: the mean colour of every ``--colour-stride`` square cell (at ``--scale``) scored by its mean
 distance to the ``--k`` nearest of ``--colour-patches`` random cells of the same photo (how rare the colour is
 in its own photo). Both maps are standardised by their spread over the training photos, ``(s - q50) / (q95 -
 q50)``, and fused by a weighted geometric mean, ``deep^w * colour^(1-w)`` (``--deep-weight``): a pixel is
