@@ -5,9 +5,9 @@
     python fcnn_rgb_gt/train.py --resume             # continue runs/fcnn/last.pt up to --epochs
     torchrun --nproc_per_node=2 fcnn_rgb_gt/train.py # DistributedDataParallel over 2 processes (see README)
 
-A strip at the end of the image's longer axis (``--val-fraction``) is held out: training crops come only from
-the rest, and the held-out strip picks the best epoch (building IoU), the probability threshold and, across
-runs, the options. Outputs in ``--out``: ``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best
+A border strip of the image (``--val-fraction`` of one axis) is held out: training crops come only from the
+rest, and the held-out strip picks the best epoch (building IoU at the threshold: 0.5, or with
+``--threshold -1`` the strip's best, which is logged either way). Outputs in ``--out``: ``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best
 metric, config, threshold, history), ``config.json``, ``log.csv`` and ``loss_vs_epochs.png``.
 
 Under ``torchrun`` (one process or several machines) the model is wrapped in DistributedDataParallel: every
@@ -61,13 +61,13 @@ class TrainConfig:
     lr: float = 1e-2  # AdamW peak learning rate, cosine decay to 1 % over the run
     weight_decay: float = 1e-4  # AdamW weight decay
     val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
-    loss: str = "ce_dice"  # ce | wce (class-weighted CE) | ce_dice (CE + soft dice of the building class)
+    loss: str = "wce"  # ce | wce (class-weighted CE) | ce_dice (CE + soft dice of the building class)
     augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter
     normalize: bool = True  # model option: fixed per-channel input standardisation (training-image stats)
     batch_norm: bool = True  # model option: BatchNorm after conv1..conv3
     dropout: float = 0.0  # model option: Dropout2d before conv4
     upsample: str = "nearest"  # model option: nearest | bilinear (both parameter-free)
-    threshold: float = -1.0  # building probability threshold; < 0: the best IoU on the validation strip
+    threshold: float = 0.5  # building probability threshold; < 0: the best IoU on the validation strip
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads; 0 = min(2, CPU count)
