@@ -67,7 +67,7 @@ class Config:
     epochs: int = 40                # upper bound; early stopping and the time budget usually end sooner
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
-    patience: int = 8               # early stopping patience (epochs without a lower validation loss)
+    patience: int = 12              # early stopping patience (epochs without a lower validation loss; see README)
     time_budget_min: float = 24.0   # stop starting new epochs after this many minutes (0: no limit)
     calib_images: int = 200         # validation images used to choose the ship / no-ship rule
     predict_how: str = "tile"       # how the rule's probabilities are predicted: tile (256x256, as test.py) | full
