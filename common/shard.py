@@ -131,7 +131,8 @@ def merge_csv(shard_files: Sequence[str | Path], out: str | Path, key: str | Non
                 raise ValueError(f"{shard_file}: empty file (no CSV header)")
             if header is None:
                 header = this_header
-                newline = "\r\n" if Path(shard_file).read_bytes().find(b"\r\n") >= 0 else "\n"
+                with open(shard_file, "rb") as raw:  # the header line tells the line ending
+                    newline = "\r\n" if raw.readline().endswith(b"\r\n") else "\n"
                 column = header.index(key) if key is not None else 0
             elif this_header != header:
                 raise ValueError(f"{shard_file}: header {this_header} differs from {header}")
