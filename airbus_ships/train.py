@@ -38,11 +38,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 
 from airbus_ships.data import find_layout, make_dataset, read_mask_table, ship_instances, split_by_image  # noqa: E402
 from airbus_ships.inference import ShipRule, calibrate_rule, predict_probs  # noqa: E402
 from airbus_ships.losses import CUSTOM_OBJECTS, bce_dice_loss, dice_coef, iou_coef  # noqa: E402
-from airbus_ships.model import build_unet  # noqa: E402
+from airbus_ships.model import LITE0_PREFIX, build_unet  # noqa: E402
 from common.io import read_rgb, write_json  # noqa: E402
 
 
@@ -60,7 +61,9 @@ class Config:
     input_size: int = 256           # network input side during training
     empty_share: float = 0.25       # share of sampled training images without ships (Kaggle: 78%)
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a ship (else anywhere)
-    widths: str = "8,16,32,64,128"  # encoder filters per level; the count is the depth (input sides: multiples of 2**depth)
+    encoder: str = "scratch"        # scratch (U-Net encoder, random init) | efficientnet_lite0 (ImageNet-pretrained)
+    encoder_lr_scale: float = 0.1   # efficientnet_lite0: the encoder's learning rate as a fraction of --lr
+    widths: str = "8,16,32,64,128"  # filters per level, the count is the depth (efficientnet_lite0: decoder only, 5)
     bottleneck_rates: str = "1,2,4"  # dilation rates of the multi-level bottleneck branches
     batch_size: int = 8             # per replica (global batch = batch_size x replicas)
     lr: float = 1e-3                # Adam learning rate (halved when the validation loss stalls)
@@ -254,11 +257,39 @@ def distributed_datasets(cfg: Config, strategy: tf.distribute.Strategy, train: p
 
 
 # ------------------------------------------------------------------------------------------------ model
+@keras.saving.register_keras_serializable(package="airbus_ships")
+class EncoderScaledAdam(keras.optimizers.Adam):
+    """Adam whose steps for the pretrained encoder's variables (layer names starting with ``prefix``) use
+    ``encoder_lr_scale`` times the learning rate: the decoder learns at full speed while the ImageNet features
+    are only adjusted. (Adam normalises gradients, so scaling the gradients would not do this.)"""
+
+    def __init__(self, encoder_lr_scale: float = 1.0, prefix: str = LITE0_PREFIX, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder_lr_scale, self.prefix = encoder_lr_scale, prefix
+
+    def build(self, var_list):
+        super().build(var_list)
+        # update_step receives backend variables without names: remember the encoder's by their index
+        self._encoder_indices = {self._get_variable_index(v) for v in var_list
+                                 if any(part.startswith(self.prefix) for part in v.path.split("/"))}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._get_variable_index(variable) in self._encoder_indices:
+            learning_rate = ops.cast(learning_rate, variable.dtype) * self.encoder_lr_scale
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "encoder_lr_scale": self.encoder_lr_scale, "prefix": self.prefix}
+
+
 def build_model(cfg: Config, replicas: int = 1) -> keras.Model:
     """The compiled U-Net; with several replicas its batch normalisation is synchronized (one set of statistics
     over the global batch, identical on every worker)."""
-    model = build_unet(ints(cfg.widths), bottleneck_rates=ints(cfg.bottleneck_rates), sync_bn=replicas > 1)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
+    model = build_unet(ints(cfg.widths), bottleneck_rates=ints(cfg.bottleneck_rates), sync_bn=replicas > 1,
+                       encoder=cfg.encoder)
+    optimizer = (EncoderScaledAdam(cfg.encoder_lr_scale, learning_rate=cfg.lr) if cfg.encoder != "scratch"
+                 else keras.optimizers.Adam(cfg.lr))
+    model.compile(optimizer=optimizer, loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
     return model
 
 
@@ -427,7 +458,8 @@ def main(argv=None) -> None:
             model, state = build_model(cfg, strategy.num_replicas_in_sync), {"epochs_done": 0}
     write_json(model_dir / "config.json", {**asdict(cfg), "params": model.count_params(),
                                            "replicas": strategy.num_replicas_in_sync})
-    print(f"model: U-Net widths {cfg.widths}, {model.count_params():,} parameters; input {cfg.input_mode} "
+    print(f"model: U-Net, {cfg.encoder} encoder, widths {cfg.widths}, {model.count_params():,} parameters; "
+          f"input {cfg.input_mode} "
           f"{cfg.input_size}x{cfg.input_size}; strategy {cfg.strategy}: {strategy.num_replicas_in_sync} "
           f"replica(s), global batch {cfg.batch_size * strategy.num_replicas_in_sync}"
           + ("" if chief else f"; worker {task_id} writes to {run_dir} (deleted at the end)"))
