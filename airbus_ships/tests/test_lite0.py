@@ -145,8 +145,9 @@ def test_lite0_unet_output_shape(size):
     assert frozen and all(isinstance(layer, keras.layers.BatchNormalization) for layer in frozen)
 
 
-def test_encoder_learning_rate_scale():
-    """EncoderScaledAdam: encoder_lr_scale 0 leaves the encoder's weights alone, the rest learns; it reloads."""
+def test_encoder_learning_rate_scale(tmp_path):
+    """EncoderScaledAdam: encoder_lr_scale 0 leaves the encoder's weights alone, the rest learns; a saved model
+    reloads with it (train.py --resume) and goes on training the same way."""
     from airbus_ships.train import EncoderScaledAdam
 
     inp = keras.Input((4,))
@@ -157,5 +158,10 @@ def test_encoder_learning_rate_scale():
     after = model.get_weights()
     assert all(np.array_equal(b, a) for b, a in zip(before[:2], after[:2]))  # encoder kernel, bias
     assert not np.array_equal(before[2], after[2])                            # head kernel
-    config = EncoderScaledAdam.from_config(model.optimizer.get_config()).get_config()
-    assert config["encoder_lr_scale"] == 0.0 and config["prefix"] == LITE0_PREFIX
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(reloaded.optimizer, EncoderScaledAdam) and reloaded.optimizer.encoder_lr_scale == 0.0
+    reloaded.train_on_batch(np.ones((2, 4), "float32"), np.full((2, 1), 5.0, "float32"))
+    again = reloaded.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(after[:2], again[:2])) and not np.array_equal(after[2], again[2])
+
