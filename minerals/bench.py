@@ -43,7 +43,8 @@ def train_run(name: str, samples: Path, out: Path, seed: int, threads: int) -> d
     want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     if (run / "result.json").exists() and (run / "config.json").exists():
         # options added since the run was made count as their "off" default (what the run did)
-        have = {**{k: v for k, v in dataclasses.asdict(train.Config()).items() if k not in skip},
+        off = dataclasses.asdict(dataclasses.replace(train.Config(), mix=0.0))  # -1 would mean "backbone's default"
+        have = {**{k: v for k, v in off.items() if k not in skip},
                 **{k: v for k, v in json.loads((run / "config.json").read_text()).items() if k not in skip}}
         if have == want:
             print(f"{name}: reusing the finished run in {run}", file=sys.stderr)

@@ -4,11 +4,11 @@
 ``OreNet`` (default, trained from scratch) is this project's own compact architecture, designed for a
 2-core CPU and a few hundred training photos:
 
-    input 96x96 (default) -> stem 3x3/2 conv (24)                           -> 48x48
-      stage 1: 2 x FusedResBlock(32, expand 2, stride 2 first)  full 3x3    -> 24x24
-      stage 2: 2 x FusedResBlock(48, expand 4, stride 2 first)              -> 12x12
-      stage 3: 3 x InvertedResBlock(96, expand 4, SE, stride 2 first)       ->  6x6
-      stage 4: 2 x InvertedResBlock(144, expand 4, SE, stride 2 first)      ->  3x3
+    input 128x128 (default) -> stem 3x3/2 conv (24)                         -> 64x64
+      stage 1: 2 x FusedResBlock(32, expand 2, stride 2 first)  full 3x3    -> 32x32
+      stage 2: 2 x FusedResBlock(48, expand 4, stride 2 first)              -> 16x16
+      stage 3: 3 x InvertedResBlock(96, expand 4, SE, stride 2 first)       ->  8x8
+      stage 4: 2 x InvertedResBlock(144, expand 4, SE, stride 2 first)      ->  4x4
       head: 1x1 conv (384) -> [global average pool ; global max pool] -> dropout 0.3 -> linear (8)
     (channel counts at width 1.0; stochastic depth rises linearly to 0.1 over the blocks)
 

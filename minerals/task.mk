@@ -39,7 +39,7 @@ docs-minerals: venv-torch
 demo-minerals: venv-torch demo-data
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(RUNS)/minerals_demo/samples
 	$(TORCH_PY) minerals/train.py --data $(RUNS)/minerals_demo/samples --out $(RUNS)/minerals_demo/scratch \
-	  --epochs 8 --img-size 48 --width 0.5 --threads 1
+	  --epochs 8 --img-size 48 --width 0.5 --mix 0 --threads 1
 	$(TORCH_PY) minerals/predict.py $(RUNS)/minerals_demo/samples/patches --checkpoint $(RUNS)/minerals_demo/scratch/best.pt --threads 1 \
 	  > $(RUNS)/minerals_demo/results.json
 	$(TORCH_PY) minerals/evaluate.py --checkpoint $(RUNS)/minerals_demo/scratch/best.pt --data $(RUNS)/minerals_demo/samples \
