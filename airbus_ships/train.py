@@ -61,7 +61,7 @@ class Config:
     input_size: int = 256           # network input side during training
     empty_share: float = 0.25       # share of sampled training images without ships (Kaggle: 78%)
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a ship (else anywhere)
-    encoder: str = "scratch"        # scratch (U-Net encoder, random init) | efficientnet_lite0 (ImageNet-pretrained)
+    encoder: str = "efficientnet_lite0"  # efficientnet_lite0 (ImageNet-pretrained, README: Results) | scratch
     encoder_lr_scale: float = 0.1   # efficientnet_lite0: the encoder's learning rate as a fraction of --lr
     widths: str = "8,16,32,64,128"  # filters per level, the count is the depth (efficientnet_lite0: decoder only, 5)
     bottleneck_rates: str = "1,2,4"  # dilation rates of the multi-level bottleneck branches

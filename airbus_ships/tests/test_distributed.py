@@ -31,7 +31,8 @@ def test_two_workers_train_in_lock_step(demo_dir, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     out = tmp_path / "run"
     args = [sys.executable, str(PKG / "train.py"), "--data", str(demo_dir), "--out", str(out),
-            "--strategy", "multiworker", "--threads", "1", "--widths", "4,8,16", "--batch-size", "2",
+            "--strategy", "multiworker", "--threads", "1", "--encoder", "scratch", "--widths", "4,8,16",
+            "--batch-size", "2",
             "--steps-per-epoch", "3", "--val-steps", "1", "--val-fraction", "0.25", "--epochs", "2",
             "--calib-images", "2"]
     procs = []
@@ -85,7 +86,8 @@ def test_resume_restores_early_stopping_state(trained_run):
 def test_mirrored_strategy_trains_and_resumes(demo_dir, tmp_path):
     """MirroredStrategy over the local devices (one CPU replica here), then --resume inside its scope."""
     from airbus_ships.tests.conftest import _run_script
-    common = ["--data", demo_dir, "--out", tmp_path, "--strategy", "mirrored", "--threads", "1", "--widths", "4,8",
+    common = ["--data", demo_dir, "--out", tmp_path, "--strategy", "mirrored", "--threads", "1",
+              "--encoder", "scratch", "--widths", "4,8",
               "--batch-size", "2", "--steps-per-epoch", "2", "--val-steps", "1", "--val-fraction", "0.25",
               "--calib-images", "2"]
     _run_script("train.py", *common, "--epochs", "1")
