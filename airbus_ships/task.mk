@@ -2,7 +2,7 @@
 #   make train-ships                 train on $(DATA_ROOT)/airbus into $(RUNS)/airbus (demo data on a fresh clone)
 #   make test-ships                  predict + score $(DATA_ROOT)/airbus with $(RUNS)/airbus/model/best.keras
 #   make bench-ships DATA_ROOT=../shared/data    fixed split of the real subset -> benchmarks/airbus.json
-#   make demo-ships                  short train + test on the demo data (< 2 min)
+#   make demo-ships                  short train + test on the demo data (pretrained encoder; ~2-3 min on 2 shared cores)
 SHIPS_TRAIN_ARGS ?=
 SHIPS_TEST_ARGS ?=
 
