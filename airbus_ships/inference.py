@@ -1,6 +1,7 @@
 """From a trained U-Net to ship instances: whole-image prediction, the ship / no-ship rule, its calibration.
 
-Shared by train.py (which chooses the rule on its validation images) and test.py (which applies it).
+Shared by train.py (which chooses the rule on its validation images, topped up with training images when they
+are too few) and test.py (which applies it).
 """
 from __future__ import annotations
 
@@ -162,3 +163,16 @@ def calibrate_rule(probs: list[np.ndarray], truths: list[list[np.ndarray]], thre
             if score > best_score + 1e-9:
                 best, best_score = ShipRule(t, m, c), score
     return best, best_score
+
+
+def calibration_rows(val, train, n: int, seed: int, val_only: bool = False):
+    """The images the ship rule is chosen on: ``(val_rows, train_rows)``, at most ``n`` in all.
+
+    Validation images first (a seeded sample of ``n`` when there are more); only when they are fewer than ``n``
+    (and not ``val_only``) a seeded sample of training images tops them up. On full Kaggle data validation alone
+    fills the default 200; on the small benchmark split (22 validation images) the rule chosen on validation
+    alone overfits, and the network hardly overfits its training images (README: Post-processing).
+    """
+    val_rows = val.sample(min(len(val), n), random_state=seed)
+    top_up = 0 if val_only else min(len(train), n - len(val_rows))
+    return val_rows, train.sample(top_up, random_state=seed)

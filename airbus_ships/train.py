@@ -9,7 +9,7 @@
 Reads top to bottom: config -> distribution strategy -> data (mask table, split by image, streaming tf.data
 pipeline, one input pipeline per worker) -> model (U-Net, BCE + dice, Adam, built in the strategy's scope) ->
 fit (checkpoints, CSV log, early stopping, time budget) -> choose the ship / no-ship rule on the validation
-images -> training-curve plot.
+images (topped up with training images when fewer than --calib-images) -> training-curve plot.
 
 ``--batch-size`` is per replica: the global batch is ``batch_size x strategy.num_replicas_in_sync``. With
 several workers only the chief (``chief`` task, or ``worker`` 0) writes into ``--out``; the other workers write
@@ -41,7 +41,7 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 from airbus_ships.data import find_layout, make_dataset, read_mask_table, ship_instances, split_by_image  # noqa: E402
-from airbus_ships.inference import ShipRule, calibrate_rule, predict_probs  # noqa: E402
+from airbus_ships.inference import ShipRule, calibrate_rule, calibration_rows, predict_probs  # noqa: E402
 from airbus_ships.losses import CUSTOM_OBJECTS, bce_dice_loss, dice_coef, iou_coef  # noqa: E402
 from airbus_ships.model import LITE0_PREFIX, build_unet  # noqa: E402
 from common.io import read_rgb, write_json  # noqa: E402
@@ -72,7 +72,8 @@ class Config:
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
     patience: int = 12              # early stopping patience (epochs without a lower validation loss; see README)
     time_budget_min: float = 24.0   # stop starting new epochs after this many minutes (0: no limit)
-    calib_images: int = 200         # validation images used to choose the ship / no-ship rule
+    calib_images: int = 200         # images the ship / no-ship rule is chosen on: validation first, then training
+    calib_val_only: bool = False    # choose the rule on validation images only (no top-up with training images)
     predict_how: str = "tile"       # how the rule's probabilities are predicted: tile (256x256, as test.py) | full
     resume: bool = False            # continue from out/model/last.keras, train_state.json and train_log.csv
     calibrate_only: bool = False    # no training: re-choose the ship rule for out/model/best.keras
@@ -395,16 +396,20 @@ def resume_state(cfg: Config) -> tuple[keras.Model, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ after fit
-def choose_ship_rule(cfg: Config, model: keras.Model, val: pd.DataFrame, model_dir: Path) -> ShipRule:
-    """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on validation images."""
-    sample = val.sample(min(len(val), cfg.calib_images), random_state=cfg.seed)
+def choose_ship_rule(cfg: Config, model: keras.Model, val: pd.DataFrame, train: pd.DataFrame,
+                     model_dir: Path) -> ShipRule:
+    """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on ``--calib-images``
+    images: validation images, topped up with training images when there are fewer (``calibration_rows``)."""
+    val_rows, train_rows = calibration_rows(val, train, cfg.calib_images, cfg.seed, cfg.calib_val_only)
     probs, truths = [], []
-    for row in sample.itertuples():
+    for row in pd.concat([val_rows, train_rows]).itertuples():
         probs.append(predict_probs(model, read_rgb(row.path), cfg.predict_how, cfg.input_mode, cfg.input_size))
         truths.append(ship_instances(row.rle))
     rule, score = calibrate_rule(probs, truths)
-    rule.save(model_dir, {"kaggle_score_on_val": score, "n_images": len(sample), "how": cfg.predict_how})
-    print(f"ship rule on {len(sample)} validation images: {rule} -> Kaggle score {score:.3f}")
+    rule.save(model_dir, {"kaggle_score_on_calib": score, "n_images": len(probs), "n_val_images": len(val_rows),
+                          "n_train_images": len(train_rows), "how": cfg.predict_how})
+    print(f"ship rule on {len(val_rows)} validation + {len(train_rows)} training images: {rule} -> "
+          f"Kaggle score {score:.3f}")
     return rule
 
 
@@ -447,7 +452,7 @@ def main(argv=None) -> None:
         saved = json.loads((cfg.model_dir / "config.json").read_text())
         cfg.input_mode, cfg.input_size = saved["input_mode"], saved["input_size"]
         best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
-        choose_ship_rule(cfg, best_model, val, cfg.model_dir)
+        choose_ship_rule(cfg, best_model, val, train, cfg.model_dir)
         return
     train_ds, val_ds = distributed_datasets(cfg, strategy, train, val)
 
@@ -493,7 +498,7 @@ def main(argv=None) -> None:
         return
 
     best_model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
-    choose_ship_rule(cfg, best_model, val, model_dir)
+    choose_ship_rule(cfg, best_model, val, train, model_dir)
     plot_curves(log_csv, run_dir / "training_curves.png")
     write_json(run_dir / "train_summary.json",
                {"train_minutes": train_minutes, "epochs_logged": len(pd.read_csv(log_csv)),
