@@ -113,7 +113,8 @@ def main() -> None:
         "epochs": summary["epochs_logged"],
         "test_images_per_second": metrics["images_per_second"],
         "test_wall_seconds": test_s,
-        "peak_memory_mib": {"train": round(train_mib), "test": round(test_mib)},
+        "peak_memory_mib": {"train": None if train_mib != train_mib else round(train_mib),  # NaN: not known
+                            "test": round(test_mib)},
         "ship_rule": rule,
         "train_config": config,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
