@@ -54,6 +54,8 @@ ABLATIONS = {
     "normalize_wce": [*_OFF, "--normalize", "--loss", "wce"],
     "batchnorm_wce": [*_OFF, "--batch-norm", "--loss", "wce"],
     "normalize_batchnorm_wce": ["--loss", "wce"],
+    "normalize_batchnorm_wce_lr3e-3": ["--loss", "wce", "--lr", "3e-3"],
+    "normalize_batchnorm_wce_lr1e-3": ["--loss", "wce", "--lr", "1e-3"],
     "normalize_batchnorm_ce_dice": ["--loss", "ce_dice"],
     "normalize_batchnorm_wce_dropout0.1": ["--loss", "wce", "--dropout", "0.1"],
 }
@@ -63,9 +65,10 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def train_run(train_dir: Path, out: Path, extra_args: list[str]) -> float:
+def train_run(train_dir: Path, out: Path, extra_args: list[str], threads: int = 0) -> float:
     """Run train.py in a fresh process; return its wall time in seconds."""
-    cmd = [sys.executable, str(TRAIN_PY), "--data", str(train_dir), "--out", str(out), *extra_args]
+    cmd = [sys.executable, str(TRAIN_PY), "--data", str(train_dir), "--out", str(out), *extra_args,
+           *(["--threads", str(threads)] if threads else [])]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -122,6 +125,21 @@ def score_run(run: Path, pairs: list[Path], strip: tuple[np.ndarray, np.ndarray]
         res["pairs"][d.name] = scores(model, image, read_gt(d / "gt.png", image.shape[:2]).astype(bool), thresholds)
     print(f"  {run.name}: {json.dumps(res)}", flush=True)
     return res
+
+
+def fit_check(run: Path, pair_dir: Path) -> dict:
+    """What a run trained on ``pair_dir`` itself fits: building IoU at 0.5 of its best.pt and last.pt on the
+    pixels it trained on (the training region) and on its own held-out strip: the network's capacity, apart
+    from any transfer to a new image."""
+    image, mask = load_pair(pair_dir / "rgb.png", pair_dir / "gt.png")
+    split, mask = spatial_split(mask, 0.2, gap=16), mask.astype(bool)
+    out = {}
+    for name in ("best", "last"):
+        model, st = load_checkpoint(run / f"{name}.pt", torch.device("cpu"))
+        pred = predict_probs(model, image) >= 0.5
+        out[name] = {"epoch": st["epoch"], "iou_training_region": round(iou(split.train(pred), split.train(mask)), 4),
+                     "iou_own_strip": round(iou(split.val(pred), split.val(mask)), 4)}
+    return out
 
 
 def matmul_gflops(n: int = 1024, reps: int = 10) -> tuple[float, float]:
@@ -224,7 +242,7 @@ def markdown(report: dict) -> str:
                          f"{r.get('predict_over_flop_bound')} (CPU time: {r.get('predict_over_flop_bound_cpu_time')}) | "
                          f"{r['rss_before_mib']} | {r['peak_increase_mib']} | "
                          f"{r['image_sized_buffers_mib']} |")
-    abl, oracle = report.get("ablations"), report.get("oracle")
+    abl = report.get("ablations")
     cell = lambda r: f"{r['iou_0.5']} / {r['iou_strip']} / {r['iou_0.5_tta']}"  # noqa: E731
     if abl:
         names = list(next(iter(abl["runs"].values()))["pairs"])
@@ -235,15 +253,40 @@ def markdown(report: dict) -> str:
         for name, r in abl["runs"].items():
             lines.append(f"| {name} | `{r['flags']}` | {r['strip_threshold']} | {cell(r['val_strip'])} | "
                          + " | ".join(cell(r["pairs"][n]) for n in names) + f" | {r['train_seconds']} |")
-    if oracle:
-        lines += ["", f"Oracle (`{oracle['command']}`): {oracle['what']}. Same cells:", "",
-                  "| pair | trained on itself: whole image | its own held-out strip | transfer (default model) |",
-                  "|---|---|---|---|"]
+    if abl and any("_seed" in name for name in abl["runs"]):
+        lines += ["", "Variants trained with several seeds: mean building IoU at 0.5 [min-max] over the seeds:", "",
+                  "| variant | seeds | validation strip | " + " | ".join(names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for variant, rows in seed_groups(abl["runs"]).items():
+            if len(rows) > 1:
+                lines.append(f"| {variant} | {len(rows)} | {spread([r['val_strip']['iou_0.5'] for r in rows])} | "
+                             + " | ".join(spread([r["pairs"][n]["iou_0.5"] for r in rows]) for n in names) + " |")
+    for key in sorted(k for k in report if k.startswith("oracle")):
+        oracle = report[key]
+        lines += ["", f"Oracle (`{oracle['command']}`): {oracle['what']}. Same cells, and the fit: IoU at 0.5 on "
+                  "the pixels it trained on (training region / own strip) at the best and the last epoch:", "",
+                  "| pair | trained on itself: whole image | its own held-out strip | fit, best epoch | "
+                  "fit, last epoch | transfer (default model) |", "|---|---|---|---|---|---|"]
+        fit = lambda f: f"{f['iou_training_region']} / {f['iou_own_strip']} (epoch {f['epoch']})"  # noqa: E731
         for name, r in oracle["runs"].items():
             t = report.get("extra", {}).get(name, {})
+            f = r.get("fit")
             lines.append(f"| {name} | {cell(r['pairs'][name])} | {cell(r['val_strip'])} | "
+                         f"{fit(f['best']) if f else '-'} | {fit(f['last']) if f else '-'} | "
                          f"{t.get('iou_at_0.5')} / - / {t.get('iou_tta')} |")
     return "\n".join(lines)
+
+
+def seed_groups(runs: dict) -> dict[str, list[dict]]:
+    """Ablation rows grouped by variant: ``name`` and its ``name_seed<S>`` rows together."""
+    groups: dict[str, list[dict]] = {}
+    for name, r in runs.items():
+        groups.setdefault(name.split("_seed")[0], []).append(r)
+    return groups
+
+
+def spread(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
 def main(argv=None) -> int:
@@ -260,6 +303,14 @@ def main(argv=None) -> int:
     p.add_argument("--oracle", nargs="*", default=None, metavar="PAIR",
                    help="also train the default network on each extra/* pair itself (all, or the named ones): the "
                         "ceiling of transfer")
+    p.add_argument("--oracle-args", default="", metavar="ARGS",
+                   help="extra train.py arguments of the oracle runs, e.g. '--epochs 64' (a longer fit: does more "
+                        "training lift the ceiling?); such rows go to 'oracle_<args>' in --out, not 'oracle'")
+    p.add_argument("--threads", type=int, default=0,
+                   help="train.py --threads of every training run (0: train.py's default; 1 on a shared machine)")
+    p.add_argument("--fit-check", action="store_true",
+                   help="add the fit (training region / own strip IoU of best.pt and last.pt) to the stored oracle "
+                        "rows whose run folders are still in --runs, and exit")
     p.add_argument("--skip-predict-cost", action="store_true", help="keep the stored predict time/memory figures")
     p.add_argument("--markdown", action="store_true", help="print the results tables of --out and exit")
     p.add_argument("--measure-predict", nargs="+", help=argparse.SUPPRESS)  # CKPT IMAGE REPEAT [BATCH]
@@ -283,9 +334,19 @@ def main(argv=None) -> int:
     report.update({"task": "fcnn_rgb_gt", "data": str(data), "load_avg_at_start": load_avg(),
                    "machine": f"{os.cpu_count()} CPU cores, shared with other jobs: compare the load averages"})
 
+    if args.fit_check:
+        for key in (k for k in report if k.startswith("oracle")):
+            for name, row in report[key]["runs"].items():
+                run = runs / f"{key}_{name}"
+                if (run / "last.pt").is_file():
+                    row["fit"] = fit_check(run, data / "extra" / name)
+                    print(f"  {key} {name}: {row['fit']}", flush=True)
+        write_json(out, report)
+        return 0
+
     default = runs / "default"
     if not args.skip_train:
-        report["train_seconds"] = train_run(train_dir, default, [])
+        report["train_seconds"] = train_run(train_dir, default, [], args.threads)
     ckpt = torch.load(default / "best.pt", map_location="cpu", weights_only=True)
     report["train"] = {"command": "python fcnn_rgb_gt/train.py --data <data>/train_substitute",
                        "config": ckpt["config"], "model_config": ckpt["model_config"],
@@ -303,14 +364,18 @@ def main(argv=None) -> int:
 
     strip = validation_strip(train_dir)
     if args.oracle is not None:
-        oracle = report.get("oracle", {}).get("runs", {})
+        extra = args.oracle_args.split()
+        key = "oracle" if not extra else "oracle_" + "_".join(a.lstrip("-") for a in extra)
+        oracle = report.get(key, {}).get("runs", {})
         for d in pairs:
             if args.oracle and d.name not in args.oracle:
                 continue
-            sec = train_run(d, runs / f"oracle_{d.name}", ["--max-minutes", "0"])
+            run = runs / (key + "_" + d.name)
+            sec = train_run(d, run, ["--max-minutes", "0", *extra], args.threads)
             oracle[d.name] = {"train_seconds": sec, "load_avg": load_avg(),
-                              **score_run(runs / f"oracle_{d.name}", [d], validation_strip(d))}
-            report["oracle"] = {"command": "python fcnn_rgb_gt/train.py --data <data>/extra/<pair> --max-minutes 0",
+                              **score_run(run, [d], validation_strip(d)), "fit": fit_check(run, d)}
+            report[key] = {"command": "python fcnn_rgb_gt/train.py --data <data>/extra/<pair> --max-minutes 0"
+                                      + "".join(" " + a for a in extra),
                                 "what": "the default network trained on the test pair itself (its own strip held "
                                         "out and picking the epoch): pairs = the whole test image (mostly seen in "
                                         "training: the fit this 14-px receptive field allows there), val_strip = "
@@ -323,7 +388,7 @@ def main(argv=None) -> int:
             if args.ablate and name not in args.ablate:
                 continue
             flags, row = (flags, name) if seed == 0 else ([*flags, "--seed", str(seed)], f"{name}_seed{seed}")
-            sec = train_run(train_dir, runs / row, ABLATION_BUDGET + flags)
+            sec = train_run(train_dir, runs / row, ABLATION_BUDGET + flags, args.threads)
             abl[row] = {"flags": " ".join(flags), "train_seconds": sec, "load_avg": load_avg(),
                         **score_run(runs / row, pairs, strip)}
             report["ablations"] = {
