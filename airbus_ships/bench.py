@@ -86,7 +86,7 @@ def main() -> None:
     if args.reuse_model:
         run_measured(train_cmd + ["--calibrate-only"])
         previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
-        train_s = previous.get("train_minutes_wall", float("nan")) * 60
+        train_s = (previous.get("train_minutes_wall") or float("nan")) * 60
         train_mib = previous.get("peak_memory_mib", {}).get("train", float("nan"))
     else:
         train_s, train_mib = run_measured(train_cmd)
@@ -123,6 +123,15 @@ def main() -> None:
         "command": " ".join(["python airbus_ships/bench.py"] + sys.argv[1:]),
         "model_reused": args.reuse_model,  # True: training figures are those of the run that trained the model
     }
+    # the record keeps every earlier run: the previous top-level result moves to the front of "history", and
+    # study entries (e.g. "rule_study_run_a", whose "history" run they belong to) stay as they are
+    previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    history = previous.pop("history", [])
+    studies = {k: previous.pop(k) for k in list(previous) if k.startswith("rule_study")}
+    if "kaggle_score" in previous:
+        history.insert(0, previous)
+    result = {**result, "history": history, **studies}
+    result["train_minutes_wall"] = None if train_s != train_s else result["train_minutes_wall"]  # NaN: not known
     write_json(args.json, result)
     print(json.dumps({k: result[k] for k in ("kaggle_score", "dice_ship_images_mean", "ship_no_ship_accuracy",
                                              "train_minutes_wall", "test_images_per_second")}, indent=1))
