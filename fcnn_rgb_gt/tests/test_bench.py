@@ -1,0 +1,42 @@
+"""bench.py's bookkeeping on hand-made reports (no training): seed grouping, the seed table, the skip rule."""
+from __future__ import annotations
+
+from fcnn_rgb_gt import bench, demo_data
+
+
+def _row(strip: float, a: float, b: float) -> dict:
+    cell = lambda v: {"iou_0.5": v, "iou_strip": v, "iou_0.5_tta": v}  # noqa: E731
+    return {"flags": "--x", "strip_threshold": 0.5, "train_seconds": 1.0, "val_strip": cell(strip),
+            "pairs": {"p1": cell(a), "p2": cell(b)}}
+
+
+def _report() -> dict:
+    runs = {"v": _row(0.3, 0.2, 0.4), "v_seed1": _row(0.5, 0.4, 0.6), "w": _row(0.1, 0.1, 0.1)}
+    oracle = {"p1": {**_row(0.6, 0.5, 0.5), "fit": {
+        "best": {"epoch": 3, "iou_training_region": 0.45, "iou_own_strip": 0.61},
+        "last": {"epoch": 9, "iou_training_region": 0.56, "iou_own_strip": 0.55}}}}
+    for r in oracle.values():
+        r["pairs"] = {"p1": r["pairs"]["p1"]}
+    return {"machine": "m", "load_avg_at_start": [1], "train": {"command": "c", "epochs_run": 1, "best_epoch": 1,
+            "val_iou_at_0.5": 0.1, "val_iou_at_threshold": 0.1, "threshold": 0.5}, "extra": {},
+            "ablations": {"command": "c", "note": "n", "runs": runs},
+            "oracle_epochs_64": {"command": "c", "what": "w", "runs": oracle}}
+
+
+def test_seed_groups_and_spread():
+    groups = bench.seed_groups(_report()["ablations"]["runs"])
+    assert {k: len(v) for k, v in groups.items()} == {"v": 2, "w": 1}
+    assert bench.spread([0.2, 0.4]) == "0.300 [0.200-0.400]"
+
+
+def test_markdown_has_seed_table_and_fit_columns():
+    md = bench.markdown(_report())
+    assert "| v | 2 | 0.400 [0.300-0.500] | 0.300 [0.200-0.400] | 0.500 [0.400-0.600] |" in md
+    assert "| w | 1 |" not in md  # single-seed variants stay out of the seed table
+    assert "0.56 / 0.55 (epoch 9)" in md and "0.45 / 0.61 (epoch 3)" in md
+
+
+def test_bench_skips_demo_data(tmp_path, capsys):
+    demo_data.write(tmp_path / "fcnn" / "train_substitute", seed=0, size=(160, 200))
+    assert bench.main(["--data", str(tmp_path / "fcnn"), "--out", str(tmp_path / "b.json")]) == 0
+    assert "skipped" in capsys.readouterr().out and not (tmp_path / "b.json").exists()
