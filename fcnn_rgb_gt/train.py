@@ -222,8 +222,10 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
+    fixed = len({h["threshold"] for h in history}) == 1  # --threshold >= 0; else the strip's best per epoch
     ax2.plot(ep, [h["val_iou_at_threshold"] for h in history], "g--", alpha=0.6,
-             label="validation building IoU (tuned threshold)")
+             label=f"validation building IoU (threshold {history[0]['threshold']:g})" if fixed
+             else "validation building IoU (strip-chosen threshold)")
     ax2.set_ylabel("IoU")
     ax2.set_ylim(0, 1)
     lines = ax.get_legend_handles_labels()
