@@ -83,9 +83,9 @@ def main() -> None:
     py = sys.executable
     train_cmd = [py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv), "--out", str(out),
                  "--seed", str(args.seed)] + args.train_args.split()
+    previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}  # the record so far
     if args.reuse_model:
         run_measured(train_cmd + ["--calibrate-only"])
-        previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
         train_s = (previous.get("train_minutes_wall") or float("nan")) * 60
         train_mib = previous.get("peak_memory_mib", {}).get("train", float("nan"))
     else:
@@ -109,7 +109,7 @@ def main() -> None:
         "iou_ship_images_mean": metrics["iou_ship_images_mean"],
         "ship_no_ship_accuracy": metrics["ship_no_ship_accuracy"],
         "train_minutes_fit": summary["train_minutes"],
-        "train_minutes_wall": train_s / 60,
+        "train_minutes_wall": None if train_s != train_s else train_s / 60,  # NaN: not known
         "epochs": summary["epochs_logged"],
         "test_images_per_second": metrics["images_per_second"],
         "test_wall_seconds": test_s,
@@ -125,13 +125,11 @@ def main() -> None:
     }
     # the record keeps every earlier run: the previous top-level result moves to the front of "history", and
     # study entries (e.g. "rule_study_run_a", whose "history" run they belong to) stay as they are
-    previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     history = previous.pop("history", [])
     studies = {k: previous.pop(k) for k in list(previous) if k.startswith("rule_study")}
     if "kaggle_score" in previous:
         history.insert(0, previous)
     result = {**result, "history": history, **studies}
-    result["train_minutes_wall"] = None if train_s != train_s else result["train_minutes_wall"]  # NaN: not known
     write_json(args.json, result)
     print(json.dumps({k: result[k] for k in ("kaggle_score", "dice_ship_images_mean", "ship_no_ship_accuracy",
                                              "train_minutes_wall", "test_images_per_second")}, indent=1))

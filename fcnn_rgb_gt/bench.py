@@ -105,11 +105,17 @@ def scores(model, image: np.ndarray, gt: np.ndarray, thresholds: dict[str, float
     return out
 
 
-def validation_strip(pair_dir: Path, val_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out strip train.py keeps out of training (same split function, same arguments)."""
+def pair_split(pair_dir: Path, val_fraction: float = 0.2):
+    """``(image, building mask (bool), split)``: a pair and the spatial split train.py makes of it (same split
+    function, same arguments)."""
     image, mask = load_pair(pair_dir / "rgb.png", pair_dir / "gt.png")
-    split = spatial_split(mask, val_fraction, gap=16)
-    return split.val(image), split.val(mask).astype(bool)
+    return image, mask.astype(bool), spatial_split(mask, val_fraction, gap=16)
+
+
+def validation_strip(pair_dir: Path, val_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out strip train.py keeps out of training."""
+    image, mask, split = pair_split(pair_dir, val_fraction)
+    return split.val(image), split.val(mask)
 
 
 def score_run(run: Path, pairs: list[Path], strip: tuple[np.ndarray, np.ndarray]) -> dict:
@@ -131,8 +137,7 @@ def fit_check(run: Path, pair_dir: Path) -> dict:
     """What a run trained on ``pair_dir`` itself fits: building IoU at 0.5 of its best.pt and last.pt on the
     pixels it trained on (the training region) and on its own held-out strip: the network's capacity, apart
     from any transfer to a new image."""
-    image, mask = load_pair(pair_dir / "rgb.png", pair_dir / "gt.png")
-    split, mask = spatial_split(mask, 0.2, gap=16), mask.astype(bool)
+    image, mask, split = pair_split(pair_dir)
     out = {}
     for name in ("best", "last"):
         model, st = load_checkpoint(run / f"{name}.pt", torch.device("cpu"))
@@ -277,11 +282,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def variant_of(row_name: str) -> str:
+    """The ablation variant of a row: ``name`` for both ``name`` (seed 0) and ``name_seed<S>``."""
+    return row_name.split("_seed")[0]
+
+
 def seed_groups(runs: dict) -> dict[str, list[dict]]:
     """Ablation rows grouped by variant: ``name`` and its ``name_seed<S>`` rows together."""
     groups: dict[str, list[dict]] = {}
     for name, r in runs.items():
-        groups.setdefault(name.split("_seed")[0], []).append(r)
+        groups.setdefault(variant_of(name), []).append(r)
     return groups
 
 
@@ -331,10 +341,7 @@ def main(argv=None) -> int:
     pairs = sorted(d for d in (data / "extra").iterdir() if (d / "rgb.png").is_file() and not is_demo(d))
     runs, out = Path(args.runs), Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
-    report.update({"task": "fcnn_rgb_gt", "data": str(data), "load_avg_at_start": load_avg(),
-                   "machine": f"{os.cpu_count()} CPU cores, shared with other jobs: compare the load averages"})
-
-    if args.fit_check:
+    if args.fit_check:  # adds to stored rows only: the headline run's machine and load fields stay
         for key in (k for k in report if k.startswith("oracle")):
             for name, row in report[key]["runs"].items():
                 run = runs / f"{key}_{name}"
@@ -343,6 +350,8 @@ def main(argv=None) -> int:
                     print(f"  {key} {name}: {row['fit']}", flush=True)
         write_json(out, report)
         return 0
+    report.update({"task": "fcnn_rgb_gt", "data": str(data), "load_avg_at_start": load_avg(),
+                   "machine": f"{os.cpu_count()} CPU cores, shared with other jobs: compare the load averages"})
 
     default = runs / "default"
     if not args.skip_train:
@@ -383,7 +392,7 @@ def main(argv=None) -> int:
             write_json(out, report)
     if args.ablate is not None:
         abl = {k: v for k, v in report.get("ablations", {}).get("runs", {}).items()
-               if k.split("_seed")[0] in ABLATIONS and "pairs" in v}
+               if variant_of(k) in ABLATIONS and "pairs" in v}
         for (name, flags), seed in ((a, s) for a in ABLATIONS.items() for s in args.ablate_seeds):
             if args.ablate and name not in args.ablate:
                 continue
