@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--reuse-model", action="store_true",
                    help="keep the model already in --out (no training; the ship rule is chosen again)")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--input-mode resize'")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
     args = p.parse_args()
     data, out = Path(args.data), Path(args.out)
     if not (data / "masks.csv").is_file() or not (data / "images").is_dir():
@@ -79,6 +80,7 @@ def main() -> None:
     if is_demo(data):
         print(f"bench-ships: {data} is generated demo data; benchmarks need the real set; skipping")
         return
+    load_start = os.getloadavg()
     train_csv, test_csv, n_train, n_test = write_split(data, out, args.test_fraction, args.seed)
     py = sys.executable
     train_cmd = [py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv), "--out", str(out),
@@ -118,8 +120,8 @@ def main() -> None:
         "ship_rule": rule,
         "train_config": config,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_end": os.getloadavg(),
-                    "note": "2-core CPU shared with 3 other jobs during the run: timings are pessimistic"},
+                    "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "note": args.note},
         "command": " ".join(["python airbus_ships/bench.py"] + sys.argv[1:]),
         "model_reused": args.reuse_model,  # True: training figures are those of the run that trained the model
     }

@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="the benchmark is defined on CPU")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir() or not any(data.iterdir()):
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         "data": str(data), "threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_at_end": os.getloadavg(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "load_average_at_start": load_start,
-        "note": "CPU timings measured on a 2-core machine shared with other jobs; compare the load averages",
+        "note": args.note,
     }
     old = Path(args.json)
     if old.exists():  # hand-written records of variants tried (command, load, figures) survive a re-run

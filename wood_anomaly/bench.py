@@ -79,6 +79,7 @@ def main(argv=None) -> None:
     p.add_argument("--runs", default="runs/wood_bench", help="where the run's model and predictions go")
     p.add_argument("--out", default="benchmarks/wood.json", help="benchmark JSON")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--k 50'")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
     p.add_argument("--reuse", action="store_true",
                    help="score the model and predictions already in --runs again (no train/predict timings)")
     args = p.parse_args(argv)
@@ -145,8 +146,7 @@ def main(argv=None) -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
                     "load_avg_1_5_15_after": [round(x, 2) for x in load_after],
-                    "note": "shared 2-core CPU used by 3 other helpers' jobs at the same time: wall times are "
-                            "pessimistic; cpu_seconds / 2 estimates the wall time on an idle 2-core machine"},
+                    "note": args.note or "cpu_seconds / cores estimates the wall time on an idle machine"},
         "model": {"method": "PatchCore-style k-NN memory bank on EfficientNet-Lite0 (ImageNet) features, "
                             "fused (weighted geometric mean) with a colour-rarity map vs the photo's own cells",
                   "config": json.loads((runs / "config.json").read_text()),
