@@ -71,7 +71,8 @@ class Config:
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
     patience: int = 12              # early stopping patience (epochs without a lower validation loss; see README)
-    time_budget_min: float = 24.0   # stop starting new epochs after this many minutes (0: no limit)
+    time_budget_min: float = 27.0   # the whole run (start-up, fit, ship-rule choice) within this many minutes: no
+    #                                 epoch starts that would leave too little time for the rule (0: no limit)
     calib_images: int = 200         # images the ship / no-ship rule is chosen on: validation first, then training
     calib_val_only: bool = False    # choose the rule on validation images only (no top-up with training images)
     predict_how: str = "tile"       # how the rule's probabilities are predicted: tile (256x256, as test.py) | full
@@ -309,16 +310,19 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop before an epoch that would end after ``minutes`` of training."""
+    """Stop before an epoch that would end less than ``reserve_s`` seconds before ``minutes`` after ``start``
+    (the run's start; the reserve is the time the ship-rule choice after the fit will take)."""
 
-    def __init__(self, minutes: float, strategy: tf.distribute.Strategy):
+    def __init__(self, minutes: float, strategy: tf.distribute.Strategy, start: float | None = None,
+                 reserve_s: float = 0.0):
         super().__init__()
-        self.seconds, self.start, self.last, self.vote = minutes * 60, time.time(), time.time(), vote_to_stop(strategy)
+        self.seconds, self.reserve, self.vote = minutes * 60, reserve_s, vote_to_stop(strategy)
+        self.start, self.last = start or time.time(), time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.time()
         epoch_time, self.last = now - self.last, now
-        over = bool(self.seconds) and now - self.start + epoch_time > self.seconds
+        over = bool(self.seconds) and now - self.start + epoch_time + self.reserve > self.seconds
         if self.seconds and self.vote(over):  # workers' clocks differ: stop together
             print(f"\ntime budget: stopping after epoch {epoch + 1} ({(now - self.start) / 60:.1f} min)")
             self.model.stop_training = True
@@ -396,11 +400,21 @@ def resume_state(cfg: Config) -> tuple[keras.Model, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ after fit
-def choose_ship_rule(cfg: Config, model: keras.Model, val: pd.DataFrame, train: pd.DataFrame,
+def rule_seconds(cfg: Config, model: keras.Model, calib: tuple[pd.DataFrame, pd.DataFrame]) -> float:
+    """Estimated seconds of :func:`choose_ship_rule`: one image's prediction (timed on the second call: the
+    first traces the graph) x the number of calibration images, +10% and 15 s for loading and the plot."""
+    image = read_rgb(pd.concat(calib).iloc[0]["path"])
+    predict_probs(model, image, cfg.predict_how, cfg.input_mode, cfg.input_size)
+    start = time.time()
+    predict_probs(model, image, cfg.predict_how, cfg.input_mode, cfg.input_size)
+    return (time.time() - start) * sum(map(len, calib)) * 1.1 + 15
+
+
+def choose_ship_rule(cfg: Config, model: keras.Model, calib: tuple[pd.DataFrame, pd.DataFrame],
                      model_dir: Path) -> ShipRule:
-    """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on ``--calib-images``
-    images: validation images, topped up with training images when there are fewer (``calibration_rows``)."""
-    val_rows, train_rows = calibration_rows(val, train, cfg.calib_images, cfg.seed, cfg.calib_val_only)
+    """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on ``calib``:
+    ``(validation rows, training rows)`` from :func:`airbus_ships.inference.calibration_rows`."""
+    val_rows, train_rows = calib
     probs, truths = [], []
     for row in pd.concat([val_rows, train_rows]).itertuples():
         probs.append(predict_probs(model, read_rgb(row.path), cfg.predict_how, cfg.input_mode, cfg.input_size))
@@ -437,6 +451,7 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
 
 
 def main(argv=None) -> None:
+    run_start = time.time()
     cfg = parse_args(argv)
     setup_device(cfg.device, cfg.threads)
     strategy = make_strategy(cfg.strategy)
@@ -448,11 +463,13 @@ def main(argv=None) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
 
     train, val = load_split(cfg)
+    # the images the ship rule is chosen on after the fit: validation first, topped up with training images
+    calib = calibration_rows(val, train, cfg.calib_images, cfg.seed, cfg.calib_val_only)
     if cfg.calibrate_only:
         saved = json.loads((cfg.model_dir / "config.json").read_text())
         cfg.input_mode, cfg.input_size = saved["input_mode"], saved["input_size"]
         best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
-        choose_ship_rule(cfg, best_model, val, train, cfg.model_dir)
+        choose_ship_rule(cfg, best_model, calib, cfg.model_dir)
         return
     train_ds, val_ds = distributed_datasets(cfg, strategy, train, val)
 
@@ -469,6 +486,10 @@ def main(argv=None) -> None:
           f"replica(s), global batch {cfg.batch_size * strategy.num_replicas_in_sync}"
           + ("" if chief else f"; worker {task_id} writes to {run_dir} (deleted at the end)"))
 
+    reserve = rule_seconds(cfg, model, calib) if cfg.time_budget_min and chief else 0.0
+    if reserve:
+        print(f"time budget {cfg.time_budget_min:g} min for the whole run, of which ~{reserve / 60:.1f} min kept "
+              f"for choosing the ship rule on {sum(map(len, calib))} images")
     log_csv = run_dir / "train_log.csv"
     best = state.get("early_stopping", {}).get("best")
     early = ResumableEarlyStopping(state.get("early_stopping"), monitor="val_loss", patience=cfg.patience)
@@ -481,7 +502,7 @@ def main(argv=None) -> None:
         keras.callbacks.CSVLogger(str(log_csv), append=cfg.resume and chief),
         early,
         plateau,
-        TimeBudget(cfg.time_budget_min, strategy),
+        TimeBudget(cfg.time_budget_min, strategy, run_start, reserve),
         SaveTrainState(model_dir / STATE_FILE, early, plateau),
     ]
     if cfg.strategy != "default":
@@ -498,14 +519,17 @@ def main(argv=None) -> None:
         return
 
     best_model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
-    choose_ship_rule(cfg, best_model, val, train, model_dir)
+    rule_start = time.time()
+    choose_ship_rule(cfg, best_model, calib, model_dir)
     plot_curves(log_csv, run_dir / "training_curves.png")
     write_json(run_dir / "train_summary.json",
                {"train_minutes": train_minutes, "epochs_logged": len(pd.read_csv(log_csv)),
+                "rule_minutes": (time.time() - rule_start) / 60, "rule_minutes_reserved": reserve / 60,
+                "run_minutes": (time.time() - run_start) / 60,
                 "best_val_loss": float(pd.read_csv(log_csv)["val_loss"].min()),
                 "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync})
-    print(f"done in {train_minutes:.1f} min: {model_dir / 'best.keras'}, {log_csv}, "
-          f"{run_dir / 'training_curves.png'}")
+    print(f"done in {(time.time() - run_start) / 60:.1f} min (fit {train_minutes:.1f}): {model_dir / 'best.keras'}, "
+          f"{log_csv}, {run_dir / 'training_curves.png'}")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,22 @@ def test_train_script_outputs_and_resume(trained_run):
     model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS, safe_mode=True)
     assert model.output_shape[-1] == 1
     assert not list(trained_run.rglob("*.tmp*"))  # atomic writes leave no temporary file
+    summary = json.loads((trained_run / "train_summary.json").read_text())
+    assert summary["rule_minutes_reserved"] > 0 and summary["run_minutes"] >= summary["train_minutes"]
+
+
+@pytest.mark.parametrize("reserve_s, stops", [(5.0, False), (15.0, True)])
+def test_time_budget_keeps_time_for_the_ship_rule(reserve_s, stops):
+    """50 s into a 60 s budget, an epoch that leaves the rule's reserve no room must not start."""
+    import time
+
+    import tensorflow as tf
+
+    from airbus_ships.train import TimeBudget
+
+    budget = TimeBudget(1.0, tf.distribute.get_strategy(), start=time.time() - 50, reserve_s=reserve_s)
+    model = build_unet((4, 8))
+    model.stop_training = False
+    budget.set_model(model)
+    budget.on_epoch_end(0)  # this "epoch" took ~0 s: 50 + 0 + reserve against 60
+    assert bool(model.stop_training) is stops
