@@ -522,13 +522,15 @@ def main(argv=None) -> None:
     rule_start = time.time()
     choose_ship_rule(cfg, best_model, calib, model_dir)
     plot_curves(log_csv, run_dir / "training_curves.png")
+    log = pd.read_csv(log_csv)
+    end = time.time()
+    run_minutes = (end - run_start) / 60
     write_json(run_dir / "train_summary.json",
-               {"train_minutes": train_minutes, "epochs_logged": len(pd.read_csv(log_csv)),
-                "rule_minutes": (time.time() - rule_start) / 60, "rule_minutes_reserved": reserve / 60,
-                "run_minutes": (time.time() - run_start) / 60,
-                "best_val_loss": float(pd.read_csv(log_csv)["val_loss"].min()),
+               {"train_minutes": train_minutes, "epochs_logged": len(log),
+                "rule_minutes": (end - rule_start) / 60, "rule_minutes_reserved": reserve / 60,
+                "run_minutes": run_minutes, "best_val_loss": float(log["val_loss"].min()),
                 "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync})
-    print(f"done in {(time.time() - run_start) / 60:.1f} min (fit {train_minutes:.1f}): {model_dir / 'best.keras'}, "
+    print(f"done in {run_minutes:.1f} min (fit {train_minutes:.1f}): {model_dir / 'best.keras'}, "
           f"{log_csv}, {run_dir / 'training_curves.png'}")
 
 
