@@ -59,7 +59,7 @@ class Config:
     width: float = 1.0  # OreNet channel-width multiplier (0.82 M parameters at 1.0)
     freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
     img_size: int = 0  # input side in px (0: 128 for orenet, 224 for efficientnet_lite0, its pretraining size)
-    epochs: int = 0  # (0: 100 for orenet, 24-27 min alone on 2 cores, see README; 15 for efficientnet_lite0)
+    epochs: int = 0  # (0: 100 for orenet, 24-29 min alone on 2 cores, see README; 15 for efficientnet_lite0)
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
