@@ -181,7 +181,7 @@ def main(argv=None) -> None:
             m = json.loads((d / "eval" / "metrics.json").read_text()) if (d / "eval" / "metrics.json").exists() else None
             res = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else {}
             lines.append(f"{d.name}: {cfg['backbone']} at {cfg['img_size']} px, {cfg['epochs']} epochs, "
-                         f"validation fold {cfg.get('val_fold', 0)} of {cfg.get('n_folds', 5)}, "
+                         f"validation fold {cfg['val_fold']} of {cfg['n_folds']}, "
                          f"trained in {res.get('train_seconds', float('nan')) / 60:.1f} min")
             if m:
                 c = m["closed_set"]
@@ -191,7 +191,7 @@ def main(argv=None) -> None:
         bench = Path(args.bench_json)
         if bench.exists() and not any("demo" in str(d) for d in run_dirs):
             b = json.loads(bench.read_text())
-            lines += ["", "benchmarks/minerals.json (its fixed split: fold 0; CPU, shared machine):"]
+            lines += ["", "benchmarks/minerals.json (CPU, shared machine):", f"  split: {b['setup']['split']}"]
             for k in ("scratch", "transfer"):
                 if k in b:
                     lines.append(f"  {k}: accuracy {b[k]['accuracy']}, macro-F1 {b[k]['macro_f1']}, "
