@@ -110,6 +110,7 @@ def main() -> None:
         "iou_pixels": metrics["iou_pixels"],
         "iou_ship_images_mean": metrics["iou_ship_images_mean"],
         "ship_no_ship_accuracy": metrics["ship_no_ship_accuracy"],
+        "per_image": metrics["per_image"],  # test.py's breakdown: F2 of ship images, empty / false predictions
         "train_minutes_fit": summary["train_minutes"],
         "train_minutes_wall": None if train_s != train_s else train_s / 60,  # NaN: not known
         "epochs": summary["epochs_logged"],

@@ -129,6 +129,8 @@ class Scores:
     def __init__(self):
         self.tp = self.fp = self.fn = 0
         self.f2, self.dice_ship, self.iou_ship, self.correct = [], [], [], []
+        self.f2_ship = []                       # F2 of each image with ships
+        self.true_ships = self.pred_ships_on_ship_images = self.empty_ship_images = self.false_ship_images = 0
 
     def add(self, pred_ships: list[np.ndarray], true_ships: list[np.ndarray], shape) -> None:
         pred = np.any(pred_ships, axis=0) if pred_ships else np.zeros(shape, bool)
@@ -140,6 +142,12 @@ class Scores:
         if true_ships:
             self.dice_ship.append(2 * tp / (2 * tp + fp + fn))
             self.iou_ship.append(tp / (tp + fp + fn))
+            self.f2_ship.append(self.f2[-1])
+            self.true_ships += len(true_ships)
+            self.pred_ships_on_ship_images += len(pred_ships)
+            self.empty_ship_images += not pred_ships
+        elif pred_ships:
+            self.false_ship_images += 1
 
     def summary(self) -> dict:
         n = len(self.f2)
@@ -153,6 +161,16 @@ class Scores:
             "dice_ship_images_mean": float(np.mean(self.dice_ship)) if self.dice_ship else None,
             "iou_ship_images_mean": float(np.mean(self.iou_ship)) if self.iou_ship else None,
             "ship_no_ship_accuracy": float(np.mean(self.correct)) if n else None,
+            # where the Kaggle score is lost: images with ships (their F2, how many score 0 or get no ship at
+            # all, ships found against true ones) and ship-free images given a false ship
+            "per_image": {
+                "ship_images_mean_f2": float(np.mean(self.f2_ship)) if self.f2_ship else None,
+                "ship_images_f2_zero": int(sum(f == 0 for f in self.f2_ship)),
+                "ship_images_predicted_empty": self.empty_ship_images,
+                "ship_free_images_with_a_false_ship": self.false_ship_images,
+                "true_ships": self.true_ships,
+                "predicted_ships_on_ship_images": self.pred_ships_on_ship_images,
+            },
         }
 
 
@@ -242,6 +260,12 @@ def main(argv=None) -> dict:
               f"{s['dice_ship_images_mean'] or 0:.3f} (mean over {s['ship_images']} ship images) | "
               f"IoU {s['iou_pixels']:.3f} | ship/no-ship accuracy {s['ship_no_ship_accuracy']:.3f} | "
               f"{result['images_per_second']:.2f} images/s")
+        d = s["per_image"]
+        if d["ship_images_mean_f2"] is not None:
+            print(f"ship images: mean F2 {d['ship_images_mean_f2']:.3f}, {d['ship_images_f2_zero']} of "
+                  f"{s['ship_images']} score 0 ({d['ship_images_predicted_empty']} predicted empty); "
+                  f"{d['predicted_ships_on_ship_images']} ships predicted for {d['true_ships']}; "
+                  f"{d['ship_free_images_with_a_false_ship']} ship-free images with a false ship")
     return result
 
 

@@ -120,3 +120,29 @@ def test_fast_rule_scores_match_the_kaggle_metric():
             expected = f2_image_score(ships_from_probs(prob, rule), truth)
             f2, _, _ = rule_scores(component_stats(prob, truth, rule.threshold), rule.min_size, rule.min_confidence)
             assert f2 == pytest.approx(expected, abs=1e-12)
+
+
+def test_per_image_breakdown_on_a_hand_made_case():
+    """test.py's Scores: where the Kaggle score is lost, counted on four hand-made images."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("airbus_test_script", Path(__file__).parents[1] / "test.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def box(y, x, h=4, w=6):
+        m = np.zeros((32, 32), bool)
+        m[y:y + h, x:x + w] = True
+        return m
+
+    scores = script.Scores()
+    scores.add([box(2, 2)], [box(2, 2), box(20, 20)], (32, 32))  # 1 of 2 ships found exactly: F2 5/(5+4) = 0.556
+    scores.add([], [box(10, 10)], (32, 32))                      # a ship image predicted empty: F2 0
+    scores.add([box(10, 10)], [], (32, 32))                      # a false ship on a ship-free image: F2 0
+    scores.add([], [], (32, 32))                                 # ship-free, right: F2 1
+    s = scores.summary()
+    assert s["kaggle_score"] == pytest.approx((5 / 9 + 0 + 0 + 1) / 4)
+    assert s["per_image"] == {"ship_images_mean_f2": pytest.approx(5 / 18), "ship_images_f2_zero": 1,
+                              "ship_images_predicted_empty": 1, "ship_free_images_with_a_false_ship": 1,
+                              "true_ships": 3, "predicted_ships_on_ship_images": 1}
+    assert s["ship_no_ship_accuracy"] == 0.5
