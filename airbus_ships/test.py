@@ -129,8 +129,8 @@ class Scores:
     def __init__(self):
         self.tp = self.fp = self.fn = 0
         self.f2, self.dice_ship, self.iou_ship, self.correct = [], [], [], []
-        self.f2_ship = []                       # F2 of each image with ships
-        self.true_ships = self.pred_ships_on_ship_images = self.empty_ship_images = self.false_ship_images = 0
+        self.has_ships = []                     # per image, beside f2 and correct
+        self.true_ships = self.pred_ships_on_ship_images = 0
 
     def add(self, pred_ships: list[np.ndarray], true_ships: list[np.ndarray], shape) -> None:
         pred = np.any(pred_ships, axis=0) if pred_ships else np.zeros(shape, bool)
@@ -139,18 +139,18 @@ class Scores:
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
         self.f2.append(f2_image_score(pred_ships, true_ships))
         self.correct.append(bool(pred_ships) == bool(true_ships))
+        self.has_ships.append(bool(true_ships))
         if true_ships:
             self.dice_ship.append(2 * tp / (2 * tp + fp + fn))
             self.iou_ship.append(tp / (tp + fp + fn))
-            self.f2_ship.append(self.f2[-1])
             self.true_ships += len(true_ships)
             self.pred_ships_on_ship_images += len(pred_ships)
-            self.empty_ship_images += not pred_ships
-        elif pred_ships:
-            self.false_ship_images += 1
 
     def summary(self) -> dict:
         n = len(self.f2)
+        f2_ship = [f for f, ships in zip(self.f2, self.has_ships) if ships]
+        # a wrong ship / no-ship decision is an empty prediction on a ship image, a false ship on a ship-free one
+        wrong = [ships for ok, ships in zip(self.correct, self.has_ships) if not ok]
         denom = 2 * self.tp + self.fp + self.fn
         return {
             "images_scored": n,
@@ -164,10 +164,10 @@ class Scores:
             # where the Kaggle score is lost: images with ships (their F2, how many score 0 or get no ship at
             # all, ships found against true ones) and ship-free images given a false ship
             "per_image": {
-                "ship_images_mean_f2": float(np.mean(self.f2_ship)) if self.f2_ship else None,
-                "ship_images_f2_zero": int(sum(f == 0 for f in self.f2_ship)),
-                "ship_images_predicted_empty": self.empty_ship_images,
-                "ship_free_images_with_a_false_ship": self.false_ship_images,
+                "ship_images_mean_f2": float(np.mean(f2_ship)) if f2_ship else None,
+                "ship_images_f2_zero": int(sum(f == 0 for f in f2_ship)),
+                "ship_images_predicted_empty": sum(wrong),
+                "ship_free_images_with_a_false_ship": len(wrong) - sum(wrong),
                 "true_ships": self.true_ships,
                 "predicted_ships_on_ship_images": self.pred_ships_on_ship_images,
             },

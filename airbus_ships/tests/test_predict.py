@@ -124,18 +124,14 @@ def test_fast_rule_scores_match_the_kaggle_metric():
 
 def test_per_image_breakdown_on_a_hand_made_case():
     """test.py's Scores: where the Kaggle score is lost, counted on four hand-made images."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("airbus_test_script", Path(__file__).parents[1] / "test.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from airbus_ships.test import Scores
 
     def box(y, x, h=4, w=6):
         m = np.zeros((32, 32), bool)
         m[y:y + h, x:x + w] = True
         return m
 
-    scores = script.Scores()
+    scores = Scores()
     scores.add([box(2, 2)], [box(2, 2), box(20, 20)], (32, 32))  # 1 of 2 ships found exactly: F2 5/(5+4) = 0.556
     scores.add([], [box(10, 10)], (32, 32))                      # a ship image predicted empty: F2 0
     scores.add([box(10, 10)], [], (32, 32))                      # a false ship on a ship-free image: F2 0
