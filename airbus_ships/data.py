@@ -172,11 +172,33 @@ def load_example(path: tf.Tensor, rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]
     return image, tf_rle_decode(rle)[..., None]
 
 
-def crop_around_ships(image, mask, crop: int, ship_prob: float):
+def random_ship_pixel(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
+    """``(row, col)`` int64 of a random pixel of one ship, the ship drawn uniformly among the image's ships (a
+    100-pixel ship as often as a 5,000-pixel one); ``(-1, -1)`` for an image without ships. Reads the RLE
+    string only (no mask)."""
+    ships = tf.strings.split(rle, SHIP_SEP)
+    ships = tf.boolean_mask(ships, tf.strings.length(ships) > 0)
+    n = tf.size(ships)
+
+    def pick():
+        values = tf.strings.to_number(tf.strings.split(ships[tf.random.uniform([], 0, n, dtype=tf.int32)]), tf.int64)
+        starts, lengths = values[0::2] - 1, values[1::2]
+        ends = tf.cumsum(lengths)                       # a pixel uniformly within the ship: runs by their length
+        k = tf.random.uniform([], 0, ends[-1], dtype=tf.int64)
+        run = tf.searchsorted(ends, k[None], side="right")[0]
+        pixel = starts[run] + k - (ends[run] - lengths[run])
+        return tf.stack([pixel % size, pixel // size])  # column-major numbering
+
+    return tf.cond(n > 0, pick, lambda: tf.constant([-1, -1], tf.int64))
+
+
+def crop_around_ships(image, mask, crop: int, ship_prob: float, centre=None):
     """A ``crop x crop`` window: with probability ``ship_prob`` (and when there is a ship) centred, with a random
-    offset, on a random ship pixel; otherwise anywhere. Keeps ship pixels at full resolution."""
-    ship_pixels = tf.where(mask[..., 0] > 0)
-    n = tf.shape(ship_pixels, out_type=tf.int64)[0]
+    offset, on ``centre`` (a ``(row, col)`` ship pixel, e.g. from :func:`random_ship_pixel`) or, without one, on
+    a random ship pixel of ``mask`` (large ships then dominate); otherwise anywhere. Keeps ship pixels at full
+    resolution."""
+    ship_pixels = tf.where(mask[..., 0] > 0) if centre is None else centre[None]
+    n = tf.shape(ship_pixels, out_type=tf.int64)[0] if centre is None else tf.cast(centre[0] >= 0, tf.int64)
     on_ship = tf.logical_and(n > 0, tf.random.uniform([]) < ship_prob)
 
     def centred():
@@ -227,13 +249,15 @@ def _stream(frame: pd.DataFrame, seed: int) -> tf.data.Dataset:
 
 def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mode: str = "crop",
                  empty_share: float | None = 0.25, ship_crop_prob: float = 0.8, training: bool = True,
-                 seed: int = 0) -> tf.data.Dataset:
+                 seed: int = 0, ship_sampling: str = "pixel") -> tf.data.Dataset:
     """Endless batches ``((B, s, s, 3) uint8 images, (B, s, s, 1) float32 masks)`` of ``frame``'s images.
 
     Args:
         mode: "crop" (full-resolution ``input_size`` crops, biased to ships by ``ship_crop_prob``) or
             "resize" (whole image downscaled to ``input_size``).
         empty_share: share of sampled images without ships (None keeps the data's own share).
+        ship_sampling: what a ship-centred crop is centred on: "pixel" (a random ship pixel: large ships more
+            often) or "instance" (a ship drawn uniformly, then a pixel of it: small ships as often as large ones).
         training: augment; otherwise the order and crops still vary but nothing is flipped or recoloured.
     """
     has_ship = frame["n_ships"] > 0
@@ -246,13 +270,18 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mo
                                                   weights=[w for _, w in parts], seed=seed)
     # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
     # training consumes, see README); the 256x256 crops after them are cheap
-    ds = ds.map(load_example, num_parallel_calls=LOAD_WORKERS, deterministic=False)
+    if ship_sampling not in ("instance", "pixel"):
+        raise ValueError(f"ship_sampling must be 'instance' or 'pixel', got {ship_sampling!r}")
+    # elements: (image, mask), plus the crop centre (row, col) of a uniformly drawn ship for "instance"
+    load = ((lambda path, rle: (*load_example(path, rle), random_ship_pixel(rle))) if ship_sampling == "instance"
+            else load_example)
+    ds = ds.map(load, num_parallel_calls=LOAD_WORKERS, deterministic=False)
     ds = ds.ignore_errors(log_warning=True)
     if mode == "crop":
-        ds = ds.map(lambda i, m: crop_around_ships(i, m, input_size, ship_crop_prob),
+        ds = ds.map(lambda i, m, *centre: crop_around_ships(i, m, input_size, ship_crop_prob, *centre),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     elif mode == "resize":
-        ds = ds.map(lambda i, m: downscale(i, m, input_size), num_parallel_calls=tf.data.AUTOTUNE,
+        ds = ds.map(lambda i, m, *centre: downscale(i, m, input_size), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=False)
     else:
         raise ValueError(f"mode must be 'crop' or 'resize', got {mode!r}")

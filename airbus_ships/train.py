@@ -61,6 +61,8 @@ class Config:
     input_size: int = 256           # network input side during training
     empty_share: float = 0.25       # share of sampled training images without ships (Kaggle: 78%)
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a ship (else anywhere)
+    ship_sampling: str = "pixel"    # what ship crops centre on: pixel (a random ship pixel: large ships more often) |
+    #                                 instance (a ship drawn uniformly; measured worse, README: run J)
     encoder: str = "efficientnet_lite0"  # efficientnet_lite0 (ImageNet-pretrained, README: Results) | scratch
     encoder_lr_scale: float = 0.1   # efficientnet_lite0: the encoder's learning rate as a fraction of --lr
     widths: str = "8,16,32,64,128"  # filters per level, the count is the depth (efficientnet_lite0: decoder only, 5)
@@ -241,10 +243,11 @@ def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame,
         sys.exit(f"input pipeline {i} of {n}: no training or validation image left in its share")
     batch = ctx.get_per_replica_batch_size(cfg.batch_size * ctx.num_replicas_in_sync)
     train_ds = make_dataset(train, batch, cfg.input_size, cfg.input_mode, cfg.empty_share,
-                            cfg.ship_crop_prob, training=True, seed=cfg.seed + 1000 * i)
+                            cfg.ship_crop_prob, training=True, seed=cfg.seed + 1000 * i,
+                            ship_sampling=cfg.ship_sampling)
     # fixed validation batches (same images and crops every epoch), kept at the data's own empty share
-    val_ds = make_dataset(val, batch, cfg.input_size, cfg.input_mode, None, cfg.ship_crop_prob,
-                          training=False, seed=cfg.seed + 1 + 1000 * i).take(cfg.val_steps).cache()
+    val_ds = make_dataset(val, batch, cfg.input_size, cfg.input_mode, None, cfg.ship_crop_prob, training=False,
+                          seed=cfg.seed + 1 + 1000 * i, ship_sampling=cfg.ship_sampling).take(cfg.val_steps).cache()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return train_ds.with_options(options), val_ds.with_options(options)

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from airbus_ships.data import SHIP_SEP, check_rle, make_dataset, read_mask_table, ship_instances, tf_rle_decode
+from airbus_ships.data import (SHIP_SEP, check_rle, make_dataset, random_ship_pixel, read_mask_table, ship_instances,
+                               tf_rle_decode)
 from common.io import rle_decode
 
 # "1 3": pixels 1..3 = rows 0..2 of column 0 (column-major, 1-indexed); "770 2": pixel 770 = row 1 of column 1
@@ -69,12 +70,30 @@ def test_pipeline_skips_corrupt_and_wrong_size_images(demo_dir, tmp_path):
         assert y.shape == (4, 64, 64, 1) and float(tf.reduce_max(y)) <= 1
 
 
-def test_crops_are_centred_on_ships(demo_dir):
+@pytest.mark.parametrize("sampling", ["instance", "pixel"])
+def test_crops_are_centred_on_ships(demo_dir, sampling):
     frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
     ships = frame[frame.n_ships > 0]
-    ds = make_dataset(ships, batch_size=8, input_size=128, empty_share=None, ship_crop_prob=1.0, training=False)
+    ds = make_dataset(ships, batch_size=8, input_size=128, empty_share=None, ship_crop_prob=1.0, training=False,
+                      ship_sampling=sampling)
     x, y = next(iter(ds))
     assert (tf.reduce_max(y, axis=[1, 2, 3]).numpy() > 0).all()  # every crop holds ship pixels
+
+
+def test_random_ship_pixel_draws_ships_uniformly():
+    """A 900-pixel and a 3-pixel ship: every drawn pixel lies on a ship, each ship is drawn about half the time
+    (a random ship *pixel* would hit the small one 0.3% of the time)."""
+    big, small = "1000 300 1768 300 2536 300", "400000 3"
+    ships = ship_instances(big + SHIP_SEP + small)
+    tf.random.set_seed(0)
+    picks = [0, 0]
+    for _ in range(200):
+        r, c = random_ship_pixel(tf.constant(big + SHIP_SEP + small)).numpy()
+        on = [i for i, ship in enumerate(ships) if ship[r, c]]
+        assert len(on) == 1, (r, c)
+        picks[on[0]] += 1
+    assert 60 <= picks[1] <= 140, picks
+    assert random_ship_pixel(tf.constant("")).numpy().tolist() == [-1, -1]
 
 
 def test_streaming_synthetic_kaggle_table(demo_dir, tmp_path):
