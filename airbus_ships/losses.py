@@ -17,12 +17,40 @@ def _dice(y_true, y_pred):
     return (2.0 * inter + SMOOTH) / (ops.sum(y_true) + ops.sum(y_pred) + SMOOTH)
 
 
+def _bce_dice(y_true, y_pred, pixel_weight=None):
+    """(Weighted mean) pixel-wise binary cross-entropy + (1 - soft dice of the batch)."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    bce = keras.losses.binary_crossentropy(y_true, y_pred)  # (B, H, W)
+    if pixel_weight is not None:
+        bce = ops.sum(bce * pixel_weight[..., 0]) / ops.sum(pixel_weight)
+    return ops.mean(bce) + 1.0 - _dice(y_true, y_pred)
+
+
 @keras.saving.register_keras_serializable(package="airbus_ships")
 def bce_dice_loss(y_true, y_pred):
     """Binary cross-entropy (pixel-wise) + (1 - soft dice): BCE keeps gradients everywhere, dice counters the
     ~1:100 ship/sea pixel imbalance."""
-    bce = ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred))
-    return bce + 1.0 - _dice(y_true, y_pred)
+    return _bce_dice(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="airbus_ships")
+class SmallShipBceDiceLoss(keras.losses.Loss):
+    """:func:`bce_dice_loss` whose cross-entropy weighs ship pixels by how little ship surrounds them: weight
+    ``1 + small_ship_weight * (1 - ship share of the window x window neighbourhood)`` on ship pixels, 1 elsewhere.
+    A 50-pixel ship's pixels get about ``1 + 0.8 * small_ship_weight``, the inside of a large ship about 1 (its rim
+    about half the boost): small ships, which batch dice and mean BCE barely notice, count more."""
+
+    def __init__(self, small_ship_weight: float = 5.0, window: int = 15, name: str = "small_ship_bce_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.small_ship_weight, self.window = float(small_ship_weight), int(window)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        share = ops.average_pool(y_true, self.window, strides=1, padding="same")
+        return _bce_dice(y_true, y_pred, 1.0 + self.small_ship_weight * y_true * (1.0 - share))
+
+    def get_config(self):
+        return {**super().get_config(), "small_ship_weight": self.small_ship_weight, "window": self.window}
 
 
 @keras.saving.register_keras_serializable(package="airbus_ships")
@@ -39,4 +67,5 @@ def iou_coef(y_true, y_pred):
     return (inter + SMOOTH) / (ops.sum(t) + ops.sum(p) - inter + SMOOTH)
 
 
-CUSTOM_OBJECTS = {"bce_dice_loss": bce_dice_loss, "dice_coef": dice_coef, "iou_coef": iou_coef}
+CUSTOM_OBJECTS = {"bce_dice_loss": bce_dice_loss, "SmallShipBceDiceLoss": SmallShipBceDiceLoss,
+                  "dice_coef": dice_coef, "iou_coef": iou_coef}

@@ -42,7 +42,8 @@ from keras import ops  # noqa: E402
 
 from airbus_ships.data import find_layout, make_dataset, read_mask_table, ship_instances, split_by_image  # noqa: E402
 from airbus_ships.inference import ShipRule, calibrate_rule, calibration_rows, predict_probs  # noqa: E402
-from airbus_ships.losses import CUSTOM_OBJECTS, bce_dice_loss, dice_coef, iou_coef  # noqa: E402
+from airbus_ships.losses import (CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef,  # noqa: E402
+                                  iou_coef)
 from airbus_ships.model import LITE0_PREFIX, build_unet  # noqa: E402
 from common.io import read_rgb, write_json  # noqa: E402
 
@@ -69,6 +70,7 @@ class Config:
     bottleneck_rates: str = "1,2,4"  # dilation rates of the multi-level bottleneck branches
     batch_size: int = 8             # per replica (global batch = batch_size x replicas)
     lr: float = 1e-3                # Adam learning rate (halved when the validation loss stalls)
+    small_ship_weight: float = 0.0  # extra BCE weight of ship pixels with little ship around them (0: plain BCE + dice)
     epochs: int = 40                # upper bound; early stopping and the time budget usually end sooner
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
@@ -294,7 +296,8 @@ def build_model(cfg: Config, replicas: int = 1) -> keras.Model:
                        encoder=cfg.encoder)
     optimizer = (EncoderScaledAdam(cfg.encoder_lr_scale, learning_rate=cfg.lr) if cfg.encoder != "scratch"
                  else keras.optimizers.Adam(cfg.lr))
-    model.compile(optimizer=optimizer, loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
+    loss = SmallShipBceDiceLoss(cfg.small_ship_weight) if cfg.small_ship_weight else bce_dice_loss
+    model.compile(optimizer=optimizer, loss=loss, metrics=[dice_coef, iou_coef])
     return model
 
 

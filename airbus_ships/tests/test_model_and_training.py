@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from airbus_ships.data import make_dataset, read_mask_table
-from airbus_ships.losses import CUSTOM_OBJECTS, bce_dice_loss, dice_coef, iou_coef
+from airbus_ships.losses import CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef, iou_coef
 from airbus_ships.model import build_unet
 
 
@@ -26,6 +26,25 @@ def test_default_model_is_a_five_level_unet():
     names = [layer.name for layer in model.layers]
     assert sum(n.startswith("pool") for n in names) == 5 and "bottleneck_d4" in names
     assert model.output_shape == (None, None, None, 1)
+
+
+def test_small_ship_loss_weighs_small_ships_more():
+    """Missing 12 pixels of a 12-pixel ship costs more than missing 12 inside a 1,200-pixel ship under the
+    weighted loss; with weight 0 it is the plain loss; it survives a config round trip (checkpoints)."""
+    y = np.zeros((1, 64, 64, 1), np.float32)
+    y[0, 5:8, 5:9] = 1        # small ship: 12 px
+    y[0, 20:50, 20:60] = 1    # large ship: 1,200 px
+    good = np.where(y > 0, 0.9, 0.1).astype(np.float32)
+    miss_small, miss_large = good.copy(), good.copy()
+    miss_small[0, 5:8, 5:9] = 0.1
+    miss_large[0, 34:37, 38:42] = 0.1  # 12 px in the middle of the large ship
+    plain, weighted = bce_dice_loss, SmallShipBceDiceLoss(5.0)
+    assert abs(float(plain(y, miss_small)) - float(plain(y, miss_large))) < 1e-6  # the plain loss cannot tell
+    assert float(weighted(y, miss_small)) > float(weighted(y, miss_large)) + 1e-3
+    assert abs(float(SmallShipBceDiceLoss(0.0)(y, miss_small)) - float(plain(y, miss_small))) < 1e-6
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(weighted),
+                                                  custom_objects=CUSTOM_OBJECTS)
+    assert (again.small_ship_weight, again.window) == (5.0, 15)
 
 
 def test_few_training_steps_lower_the_loss(demo_dir):
