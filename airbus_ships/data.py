@@ -149,11 +149,16 @@ def split_by_image(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple
 
 
 # ------------------------------------------------------------------------------------------------ tf.data
+def _rle_runs(rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(0-based starts, lengths)`` int64 of the runs of one checked RLE string (``"start length ..."``)."""
+    values = tf.strings.to_number(tf.strings.split(rle), tf.int64)
+    return values[0::2] - 1, values[1::2]
+
+
 def tf_rle_decode(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
     """Decode checked Kaggle RLE strings (several ships joined by ``SHIP_SEP``) to one ``(size, size)`` uint8
     mask in the TF graph."""
-    values = tf.strings.to_number(tf.strings.split(tf.strings.regex_replace(rle, SHIP_SEP, " ")), tf.int64)
-    starts, lengths = values[0::2] - 1, values[1::2]
+    starts, lengths = _rle_runs(tf.strings.regex_replace(rle, SHIP_SEP, " "))
     index = tf.ragged.range(starts, starts + lengths).flat_values
     flat = tf.scatter_nd(index[:, None], tf.ones_like(index, tf.uint8), [size * size])
     return tf.transpose(tf.reshape(tf.minimum(flat, 1), [size, size]))  # column-major numbering
@@ -181,8 +186,7 @@ def random_ship_pixel(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
     n = tf.size(ships)
 
     def pick():
-        values = tf.strings.to_number(tf.strings.split(ships[tf.random.uniform([], 0, n, dtype=tf.int32)]), tf.int64)
-        starts, lengths = values[0::2] - 1, values[1::2]
+        starts, lengths = _rle_runs(ships[tf.random.uniform([], 0, n, dtype=tf.int32)])
         ends = tf.cumsum(lengths)                       # a pixel uniformly within the ship: runs by their length
         k = tf.random.uniform([], 0, ends[-1], dtype=tf.int64)
         run = tf.searchsorted(ends, k[None], side="right")[0]
@@ -197,8 +201,11 @@ def crop_around_ships(image, mask, crop: int, ship_prob: float, centre=None):
     offset, on ``centre`` (a ``(row, col)`` ship pixel, e.g. from :func:`random_ship_pixel`) or, without one, on
     a random ship pixel of ``mask`` (large ships then dominate); otherwise anywhere. Keeps ship pixels at full
     resolution."""
-    ship_pixels = tf.where(mask[..., 0] > 0) if centre is None else centre[None]
-    n = tf.shape(ship_pixels, out_type=tf.int64)[0] if centre is None else tf.cast(centre[0] >= 0, tf.int64)
+    if centre is None:
+        ship_pixels = tf.where(mask[..., 0] > 0)
+        n = tf.shape(ship_pixels, out_type=tf.int64)[0]
+    else:  # one candidate, valid unless (-1, -1)
+        ship_pixels, n = centre[None], tf.cast(centre[0] >= 0, tf.int64)
     on_ship = tf.logical_and(n > 0, tf.random.uniform([]) < ship_prob)
 
     def centred():

@@ -21,9 +21,8 @@ def _bce_dice(y_true, y_pred, pixel_weight=None):
     """(Weighted mean) pixel-wise binary cross-entropy + (1 - soft dice of the batch)."""
     y_true = ops.cast(y_true, y_pred.dtype)
     bce = keras.losses.binary_crossentropy(y_true, y_pred)  # (B, H, W)
-    if pixel_weight is not None:
-        bce = ops.sum(bce * pixel_weight[..., 0]) / ops.sum(pixel_weight)
-    return ops.mean(bce) + 1.0 - _dice(y_true, y_pred)
+    bce = ops.mean(bce) if pixel_weight is None else ops.sum(bce * pixel_weight[..., 0]) / ops.sum(pixel_weight)
+    return bce + 1.0 - _dice(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package="airbus_ships")
@@ -45,7 +44,7 @@ class SmallShipBceDiceLoss(keras.losses.Loss):
         self.small_ship_weight, self.window = float(small_ship_weight), int(window)
 
     def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, y_pred.dtype)
+        y_true = ops.cast(y_true, y_pred.dtype)  # the weights need it float; _bce_dice's cast is then a no-op
         share = ops.average_pool(y_true, self.window, strides=1, padding="same")
         return _bce_dice(y_true, y_pred, 1.0 + self.small_ship_weight * y_true * (1.0 - share))
 
