@@ -111,6 +111,7 @@ def main() -> None:
         "iou_ship_images_mean": metrics["iou_ship_images_mean"],
         "ship_no_ship_accuracy": metrics["ship_no_ship_accuracy"],
         "per_image": metrics["per_image"],  # test.py's breakdown: F2 of ship images, empty / false predictions
+        "ships_by_size": metrics["ships_by_size"],  # true ships found at IoU > 0.5, per size bin
         "train_minutes_fit": summary["train_minutes"],
         "train_minutes_wall": None if train_s != train_s else train_s / 60,  # NaN: not known
         "epochs": summary["epochs_logged"],

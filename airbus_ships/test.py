@@ -47,7 +47,7 @@ from airbus_ships.data import SIZE, check_rle, find_layout  # noqa: E402
 from airbus_ships.inference import ShipRule, predict_probs, ships_from_probs  # noqa: E402
 from airbus_ships.losses import CUSTOM_OBJECTS  # noqa: E402
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, rle_decode, rle_encode, save_image, write_json  # noqa: E402
-from common.metrics import f2_image_score  # noqa: E402
+from common.metrics import best_iou_per_truth, f2_image_score  # noqa: E402
 from common.shard import add_shard_argument, select_shard, shard_path  # noqa: E402
 
 
@@ -123,14 +123,19 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np
     return out.clip(0, 255).astype(np.uint8)
 
 
+SHIP_SIZE_BINS = (0, 100, 300, 1000, 3000)  # pixels; a true ship falls in the last bin whose lower edge it reaches
+
+
 class Scores:
-    """Accumulates dice / IoU (all pixels and per ship image), Kaggle F2 and ship / no-ship accuracy."""
+    """Accumulates dice / IoU (all pixels and per ship image), Kaggle F2, ship / no-ship accuracy, and per true
+    ship its area and best IoU with a predicted one (for the breakdown by ship size)."""
 
     def __init__(self):
         self.tp = self.fp = self.fn = 0
         self.f2, self.dice_ship, self.iou_ship, self.correct = [], [], [], []
         self.has_ships = []                     # per image, beside f2 and correct
         self.true_ships = self.pred_ships_on_ship_images = 0
+        self.ship_area, self.ship_best_iou = [], []  # per true ship
 
     def add(self, pred_ships: list[np.ndarray], true_ships: list[np.ndarray], shape) -> None:
         pred = np.any(pred_ships, axis=0) if pred_ships else np.zeros(shape, bool)
@@ -145,6 +150,21 @@ class Scores:
             self.iou_ship.append(tp / (tp + fp + fn))
             self.true_ships += len(true_ships)
             self.pred_ships_on_ship_images += len(pred_ships)
+            self.ship_area += [int(t.sum()) for t in true_ships]
+            self.ship_best_iou += best_iou_per_truth(pred_ships, true_ships).tolist()
+
+    def by_ship_size(self) -> list[dict]:
+        """Per size bin of the true ships: how many, how many found at IoU > 0.5 (the lowest Kaggle threshold)
+        and the median best IoU (0 for a ship no prediction touches)."""
+        area, best = np.array(self.ship_area), np.array(self.ship_best_iou)
+        edges = list(SHIP_SIZE_BINS) + [None]
+        rows = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            inside = (area >= lo) & (area < hi if hi is not None else True)
+            rows.append({"pixels": f"{lo}-{hi - 1}" if hi is not None else f">={lo}", "ships": int(inside.sum()),
+                         "found_iou_0.5": int((best[inside] > 0.5).sum()),
+                         "median_best_iou": float(np.median(best[inside])) if inside.any() else None})
+        return rows
 
     def summary(self) -> dict:
         n = len(self.f2)
@@ -171,6 +191,7 @@ class Scores:
                 "true_ships": self.true_ships,
                 "predicted_ships_on_ship_images": self.pred_ships_on_ship_images,
             },
+            "ships_by_size": self.by_ship_size(),
         }
 
 
@@ -266,6 +287,8 @@ def main(argv=None) -> dict:
                   f"{s['ship_images']} score 0 ({d['ship_images_predicted_empty']} predicted empty); "
                   f"{d['predicted_ships_on_ship_images']} ships predicted for {d['true_ships']}; "
                   f"{d['ship_free_images_with_a_false_ship']} ship-free images with a false ship")
+            print("true ships found (IoU > 0.5) by size: " + ", ".join(
+                f"{r['pixels']} px {r['found_iou_0.5']}/{r['ships']}" for r in s["ships_by_size"] if r["ships"]))
     return result
 
 

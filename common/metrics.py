@@ -122,6 +122,21 @@ def f2_image_score(
     return float(np.mean(scores))
 
 
+def best_iou_per_truth(pred_instances: Sequence[np.ndarray], gt_instances: Sequence[np.ndarray]) -> np.ndarray:
+    """For each true ship, its highest IoU with any predicted ship (0 when nothing is predicted).
+
+    Args:
+        pred_instances, gt_instances: lists of ``(H, W)`` binary masks, one per ship.
+    Returns:
+        ``(len(gt_instances),)`` float64; a ship counts as found at the Kaggle thresholds ``t`` it exceeds.
+    """
+    if not gt_instances:
+        return np.zeros(0)
+    if not pred_instances:
+        return np.zeros(len(gt_instances))
+    return _iou_matrix(pred_instances, gt_instances).max(axis=0)
+
+
 def airbus_score(images: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> float:
     """Mean of :func:`f2_image_score` over ``[(pred_instances, gt_instances), ...]``, one pair per image."""
     return float(np.mean([f2_image_score(p, g) for p, g in images])) if images else float("nan")

@@ -142,3 +142,28 @@ def test_per_image_breakdown_on_a_hand_made_case():
                               "ship_images_predicted_empty": 1, "ship_free_images_with_a_false_ship": 1,
                               "true_ships": 3, "predicted_ships_on_ship_images": 1}
     assert s["ship_no_ship_accuracy"] == 0.5
+    # the three true ships (24 px each) all fall in the smallest bin: one found exactly, two untouched
+    assert s["ships_by_size"][0] == {"pixels": "0-99", "ships": 3, "found_iou_0.5": 1, "median_best_iou": 0.0}
+    assert [r["ships"] for r in s["ships_by_size"][1:]] == [0, 0, 0, 0]
+
+
+def test_ship_size_breakdown_counts_a_match_by_iou():
+    """A large ship half covered (IoU 0.5: not found, the threshold is strict) and one covered at IoU 0.75 land in
+    their size bins with those IoUs; a small ship next to them is missed."""
+    from airbus_ships.test import Scores
+
+    big, half, small = (np.zeros((64, 64), bool) for _ in range(3))
+    big[0:20, 0:20] = True            # 400 px
+    half[0:10, 0:20] = True           # covers half of it: IoU 0.5
+    small[40:45, 40:45] = True        # 25 px
+    bigger = np.zeros((64, 64), bool)
+    bigger[20:60, 0:30] = True        # 1200 px
+    part = np.zeros((64, 64), bool)
+    part[20:50, 0:30] = True          # IoU 900 / 1200 = 0.75
+    scores = Scores()
+    scores.add([half, part], [big, small, bigger], (64, 64))
+    rows = {r["pixels"]: r for r in scores.summary()["ships_by_size"]}
+    assert rows["300-999"] == {"pixels": "300-999", "ships": 1, "found_iou_0.5": 0, "median_best_iou": 0.5}
+    assert rows["1000-2999"]["found_iou_0.5"] == 1 and rows["1000-2999"]["median_best_iou"] == pytest.approx(0.75)
+    assert rows["0-99"] == {"pixels": "0-99", "ships": 1, "found_iou_0.5": 0, "median_best_iou": 0.0}
+    assert rows[">=3000"]["ships"] == 0 and rows[">=3000"]["median_best_iou"] is None

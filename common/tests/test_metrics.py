@@ -137,3 +137,12 @@ def test_classification_summary():
     assert s["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
     # indices work as well as names
     assert M.classification_summary([0, 1], [0, 0], labels)["accuracy"] == 0.5
+
+
+def test_best_iou_per_truth():
+    a = np.zeros((8, 8), bool); a[:4, :4] = True          # 16 px
+    b = np.zeros((8, 8), bool); b[:4, :2] = True          # covers half of a
+    c = np.zeros((8, 8), bool); c[6:, 6:] = True
+    np.testing.assert_allclose(M.best_iou_per_truth([b], [a, c]), [0.5, 0.0])
+    np.testing.assert_allclose(M.best_iou_per_truth([], [a]), [0.0])
+    assert M.best_iou_per_truth([a], []).shape == (0,)
