@@ -157,11 +157,11 @@ class Scores:
         """Per size bin of the true ships: how many, how many found at IoU > 0.5 (the lowest Kaggle threshold)
         and the median best IoU (0 for a ship no prediction touches)."""
         area, best = np.array(self.ship_area), np.array(self.ship_best_iou)
-        edges = list(SHIP_SIZE_BINS) + [None]
+        edges = SHIP_SIZE_BINS + (np.inf,)
         rows = []
         for lo, hi in zip(edges[:-1], edges[1:]):
-            inside = (area >= lo) & (area < hi if hi is not None else True)
-            rows.append({"pixels": f"{lo}-{hi - 1}" if hi is not None else f">={lo}", "ships": int(inside.sum()),
+            inside = (area >= lo) & (area < hi)
+            rows.append({"pixels": f"{lo}-{hi - 1}" if np.isfinite(hi) else f">={lo}", "ships": int(inside.sum()),
                          "found_iou_0.5": int((best[inside] > 0.5).sum()),
                          "median_best_iou": float(np.median(best[inside])) if inside.any() else None})
         return rows
