@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from common.metrics import KAGGLE_IOU_THRESHOLDS
+from common.metrics import f2_from_ious
 from common.tiling import predict_tiled
 
 POSTPROCESS_FILE = "postprocess.json"  # next to the checkpoints in model/
@@ -156,12 +156,7 @@ def rule_scores(stats: ComponentStats, min_size: int, min_confidence: float) -> 
     Same F2 as :func:`common.metrics.f2_image_score` on the masks of :func:`ships_from_probs`."""
     keep = (stats.sizes >= min_size) & (stats.peaks >= min_confidence)
     n_pred, g = int(keep.sum()), stats.iou.shape[1]
-    if n_pred == 0 or g == 0:
-        f2 = float(n_pred == g)
-    else:
-        hits = stats.iou[keep][None] > KAGGLE_IOU_THRESHOLDS[:, None, None]  # (thresholds, kept, true)
-        tp = np.minimum(hits.any(axis=2).sum(axis=1), hits.any(axis=1).sum(axis=1))
-        f2 = float(np.mean(5 * tp / (5 * tp + 4 * (g - tp) + (n_pred - tp))))
+    f2 = f2_from_ious(stats.iou[keep])
     dice = 2 * int(stats.overlap[keep].sum()) / (int(stats.sizes[keep].sum()) + stats.truth_area) if g else None
     return f2, (n_pred > 0) == (g > 0), dice
 

@@ -47,7 +47,7 @@ from airbus_ships.data import SIZE, check_rle, find_layout  # noqa: E402
 from airbus_ships.inference import ShipRule, predict_probs, ships_from_probs  # noqa: E402
 from airbus_ships.losses import CUSTOM_OBJECTS  # noqa: E402
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, rle_decode, rle_encode, save_image, write_json  # noqa: E402
-from common.metrics import best_iou_per_truth, f2_image_score  # noqa: E402
+from common.metrics import f2_from_ious, instance_ious  # noqa: E402
 from common.shard import add_shard_argument, select_shard, shard_path  # noqa: E402
 
 
@@ -142,7 +142,8 @@ class Scores:
         true = np.any(true_ships, axis=0) if true_ships else np.zeros(shape, bool)
         tp, fp, fn = int((pred & true).sum()), int((pred & ~true).sum()), int((~pred & true).sum())
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
-        self.f2.append(f2_image_score(pred_ships, true_ships))
+        ious = instance_ious(pred_ships, true_ships)  # (predicted, true): for F2 and the size breakdown
+        self.f2.append(f2_from_ious(ious))
         self.correct.append(bool(pred_ships) == bool(true_ships))
         self.has_ships.append(bool(true_ships))
         if true_ships:
@@ -151,7 +152,7 @@ class Scores:
             self.true_ships += len(true_ships)
             self.pred_ships_on_ship_images += len(pred_ships)
             self.ship_area += [int(t.sum()) for t in true_ships]
-            self.ship_best_iou += best_iou_per_truth(pred_ships, true_ships).tolist()
+            self.ship_best_iou += ious.max(axis=0, initial=0.0).tolist()
 
     def by_ship_size(self) -> list[dict]:
         """Per size bin of the true ships: how many, how many found at IoU > 0.5 (the lowest Kaggle threshold)

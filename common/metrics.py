@@ -82,13 +82,33 @@ def component_indices(mask: np.ndarray, connectivity: int = 2) -> list[np.ndarra
 KAGGLE_IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
 
 
-def _iou_matrix(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> np.ndarray:
+def instance_ious(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> np.ndarray:
+    """IoU of every predicted ship with every true ship.
+
+    Args:
+        preds, gts: lists of ``(H, W)`` binary masks, one per ship (either may be empty).
+    Returns:
+        ``(len(preds), len(gts))`` float64; the best IoU of each true ship is ``.max(axis=0, initial=0)``.
+    """
+    if not len(preds) or not len(gts):
+        return np.zeros((len(preds), len(gts)))
     # float64 so that an IoU of exactly 0.6 compares with the 0.6 threshold as Kaggle's Python scorer does
     p = np.stack([np.asarray(m).reshape(-1) > 0 for m in preds]).astype(np.float64)
     g = np.stack([np.asarray(m).reshape(-1) > 0 for m in gts]).astype(np.float64)
     inter = p @ g.T
     union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
     return inter / np.maximum(union, 1)
+
+
+def f2_from_ious(ious: np.ndarray, thresholds: np.ndarray = KAGGLE_IOU_THRESHOLDS) -> float:
+    """Kaggle Airbus F2 of one image from its ``(n_pred, n_true)`` IoU matrix (see :func:`f2_image_score`)."""
+    n_pred, n_true = ious.shape
+    if n_pred == 0 or n_true == 0:
+        return float(n_pred == n_true)  # both empty -> 1.0; exactly one side empty -> 0.0
+    hits = ious[None] > np.asarray(thresholds)[:, None, None]  # (thresholds, pred, true)
+    # each prediction matches at most one truth and vice versa (true for disjoint masks at t >= 0.5)
+    tp = np.minimum(hits.any(axis=2).sum(axis=1), hits.any(axis=1).sum(axis=1))
+    return float(np.mean(5 * tp / (5 * tp + 4 * (n_true - tp) + (n_pred - tp))))
 
 
 def f2_image_score(
@@ -107,34 +127,7 @@ def f2_image_score(
     Returns:
         score in [0, 1].
     """
-    if not gt_instances and not pred_instances:
-        return 1.0
-    if not gt_instances or not pred_instances:
-        return 0.0
-    ious = _iou_matrix(pred_instances, gt_instances)
-    scores = []
-    for t in thresholds:
-        hits = ious > t
-        # each prediction matches at most one truth and vice versa (true for disjoint masks at t >= 0.5)
-        tp = int(min(hits.any(axis=1).sum(), hits.any(axis=0).sum()))
-        fp, fn = len(pred_instances) - tp, len(gt_instances) - tp
-        scores.append(5 * tp / (5 * tp + 4 * fn + fp))
-    return float(np.mean(scores))
-
-
-def best_iou_per_truth(pred_instances: Sequence[np.ndarray], gt_instances: Sequence[np.ndarray]) -> np.ndarray:
-    """For each true ship, its highest IoU with any predicted ship (0 when nothing is predicted).
-
-    Args:
-        pred_instances, gt_instances: lists of ``(H, W)`` binary masks, one per ship.
-    Returns:
-        ``(len(gt_instances),)`` float64; a ship counts as found at the Kaggle thresholds ``t`` it exceeds.
-    """
-    if not gt_instances:
-        return np.zeros(0)
-    if not pred_instances:
-        return np.zeros(len(gt_instances))
-    return _iou_matrix(pred_instances, gt_instances).max(axis=0)
+    return f2_from_ious(instance_ious(pred_instances, gt_instances), thresholds)
 
 
 def airbus_score(images: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> float:

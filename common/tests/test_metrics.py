@@ -139,10 +139,12 @@ def test_classification_summary():
     assert M.classification_summary([0, 1], [0, 0], labels)["accuracy"] == 0.5
 
 
-def test_best_iou_per_truth():
+def test_instance_ious():
     a = np.zeros((8, 8), bool); a[:4, :4] = True          # 16 px
     b = np.zeros((8, 8), bool); b[:4, :2] = True          # covers half of a
     c = np.zeros((8, 8), bool); c[6:, 6:] = True
-    np.testing.assert_allclose(M.best_iou_per_truth([b], [a, c]), [0.5, 0.0])
-    np.testing.assert_allclose(M.best_iou_per_truth([], [a]), [0.0])
-    assert M.best_iou_per_truth([a], []).shape == (0,)
+    np.testing.assert_allclose(M.instance_ious([b], [a, c]), [[0.5, 0.0]])
+    np.testing.assert_allclose(M.instance_ious([b], [a, c]).max(axis=0, initial=0), [0.5, 0.0])
+    assert M.instance_ious([], [a]).shape == (0, 1) and M.instance_ious([a], []).shape == (1, 0)
+    np.testing.assert_allclose(M.instance_ious([], [a]).max(axis=0, initial=0), [0.0])
+    assert M.f2_from_ious(M.instance_ious([b], [a, c])) == M.f2_image_score([b], [a, c])
