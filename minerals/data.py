@@ -50,15 +50,22 @@ def split_rows(rows: list[dict], n_folds: int = 5, fold: int = 0, seed: int = 0)
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
-def train_transform(size: int, min_scale: float = 0.25) -> v2.Compose:
+def rot90(img: torch.Tensor) -> torch.Tensor:
+    """A quarter turn of a ``(..., H, W)`` image: exact and as cheap as a copy, unlike ``v2.RandomRotation``."""
+    return torch.rot90(img, 1, dims=(-2, -1))
+
+
+def train_transform(size: int, min_scale: float = 0.25, quarter_turns: bool = False) -> v2.Compose:
     """Strong but CPU-cheap augmentation for training from few photos: scale/crop, flips, photometric changes.
 
     No hue change: colour is one of the strongest cues between these minerals (and hue jitter is the most
-    expensive v2 op on CPU); rotations are left out for the same cost reason (flips cover 4 orientations).
+    expensive v2 op on CPU). Free-angle rotations are left out for the same cost reason; the flips cover 4
+    orientations and ``quarter_turns`` (a 90-degree turn half of the time, exact on the square crops) all 8.
     """
+    turn = [v2.RandomApply([v2.Lambda(rot90)], p=0.5)] if quarter_turns else []
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.75, 1.333), antialias=True),
-        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
+        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *turn,
         v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.25),
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomErasing(p=0.2, scale=(0.02, 0.12)),

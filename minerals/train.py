@@ -62,6 +62,7 @@ class Config:
     epochs: int = 0  # (0: 100 for orenet, 24-29 min alone on 2 cores, see README; 15 for efficientnet_lite0)
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
+    quarter_turns: bool = False  # also turn training crops by 90 degrees half of the time (all 8 dihedral views)
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
     backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
@@ -132,7 +133,7 @@ def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
     rows = read_index(cfg.data)
     train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, cfg.seed)
     cache = int(cfg.img_size * 1.25)
-    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale), cache)
+    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale, cfg.quarter_turns), cache)
     val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)
     # one seeded permutation per epoch (sampler.set_epoch), process r takes its items r, r+N, ...: with N
     # processes of batch_size // N, step k covers the same samples as step k of a single process

@@ -3,9 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from minerals.data import CLASSES, MINERALS
+from minerals.data import CLASSES, MINERALS, to_tensor, train_transform
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,16 +84,37 @@ def test_evaluate_on_run(run, samples, tmp_path):
         assert (tmp_path / name).exists()
 
 
+def test_quarter_turns_add_the_four_transposed_views():
+    """A bright 3x3 block off the diagonal of a square image lands in its 4 flip positions, and with quarter turns
+    also in their 4 transposes: all 8 dihedral views (scale 1: the crop keeps the whole image)."""
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[2:5, 8:11] = 255  # centre (row 3, column 9)
+    flips = {(3, 9), (3, 22), (28, 9), (28, 22)}
+    transposes = {(c, r) for r, c in flips}
+    for turns, expected in ((False, flips), (True, flips | transposes)):
+        torch.manual_seed(0)
+        transform = train_transform(32, min_scale=1.0, quarter_turns=turns)
+        centres = set()
+        for _ in range(100):
+            out = transform(to_tensor(img))
+            assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+            rows, cols = np.nonzero(out.mean(0).numpy() > 0.5 * float(out.max()))
+            if len(rows) == 9:  # the block was not (partly) erased
+                centres.add((int(rows.mean()), int(cols.mean())))
+        assert centres == expected, (turns, centres)
+
+
 def test_ema_mix_tta_checkpoint_and_resume(samples, tmp_path):
     """With a weight average the checkpoint's "model" is the average (what predict uses) and --resume goes on from
     the trained weights and the averager's state."""
     from minerals import predict as predict_module, train
 
     args = ["--data", str(samples), "--out", str(tmp_path), "--epochs", "2", "--img-size", "32", "--width", "0.5",
-            "--batch-size", "16", "--threads", "1", "--no-export", "--ema-decay", "0.9", "--mix", "1.0", "--tta"]
+            "--batch-size", "16", "--threads", "1", "--no-export", "--ema-decay", "0.9", "--mix", "1.0", "--tta",
+            "--quarter-turns"]
     train.main(args + ["--max-steps", "2"])
     ck = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
-    assert {"model", "train_model", "ema"} <= set(ck) and ck["config"]["tta"]
+    assert {"model", "train_model", "ema"} <= set(ck) and ck["config"]["tta"] and ck["config"]["quarter_turns"]
     assert not torch.equal(ck["model"]["fc.weight"], ck["train_model"]["fc.weight"])
     assert torch.equal(ck["model"]["fc.weight"], ck["ema"]["module.fc.weight"])
     train.main(args + ["--resume", str(tmp_path / "last.pt")])
