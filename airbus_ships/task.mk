@@ -2,7 +2,7 @@
 #   make train-ships                 train on $(DATA_ROOT)/airbus into $(RUNS)/airbus (demo data on a fresh clone)
 #   make test-ships                  predict + score $(DATA_ROOT)/airbus with $(RUNS)/airbus/model/best.keras
 #   make bench-ships DATA_ROOT=../shared/data    fixed split of the real subset -> benchmarks/airbus.json
-#   make demo-ships                  short train + test on the demo data (pretrained encoder; training ~1.8 min, 2 cores)
+#   make demo-ships                  short train + test on the demo data (pretrained encoder; training 0.6-1.8 min on 2 cores)
 SHIPS_TRAIN_ARGS ?=
 SHIPS_TEST_ARGS ?=
 
