@@ -71,7 +71,7 @@ class Config:
     batch_size: int = 8             # per replica (global batch = batch_size x replicas)
     lr: float = 1e-3                # Adam learning rate (halved when the validation loss stalls)
     small_ship_weight: float = 5.0  # extra BCE weight of ship pixels with little ship around them (0: plain BCE + dice;
-    #                                 5 was ahead in both seed pairs, README: runs K and M)
+    #                                 5: ahead on average over 3 runs each, within the seed spread; README: runs I-O)
     epochs: int = 40                # upper bound; early stopping and the time budget usually end sooner
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
