@@ -44,7 +44,7 @@ def compiled_forward(model):
 
 
 def predict_probs(model, image: np.ndarray, how: str = "full", input_mode: str = "crop",
-                  input_size: int = 256, tta: bool = False) -> np.ndarray:
+                  input_size: int = 256, tta: bool = False, zoom: int = 1) -> np.ndarray:
     """``(H, W)`` float32 ship probabilities of one ``(H, W, 3)`` uint8 image of any size.
 
     Args:
@@ -54,9 +54,18 @@ def predict_probs(model, image: np.ndarray, how: str = "full", input_mode: str =
         input_mode: how the model was trained: "crop" (full resolution) or "resize" (the whole image was
             downscaled to ``input_size``: predict on the downscaled image, upsample the probabilities).
         tta: test-time augmentation: average the predictions of the image and its three flips (4x slower).
+        zoom: test-time zoom: predict on the image upsampled ``zoom`` times (bilinear), so that small ships look
+            larger, and average the probabilities back over ``zoom x zoom`` blocks (``zoom ** 2`` x slower).
 
     The net runs through :func:`compiled_forward`.
     """
+    if zoom > 1:
+        import tensorflow as tf
+        h, w = image.shape[:2]
+        big = tf.image.resize(image[None], [h * zoom, w * zoom], method="bilinear").numpy()[0]
+        big = np.clip(np.rint(big), 0, 255).astype(image.dtype)
+        prob = predict_probs(model, big, how, input_mode, input_size, tta)
+        return prob.reshape(h, zoom, w, zoom).mean(axis=(1, 3))
     if tta:
         flips = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]]  # self-inverse
         return np.mean([f(predict_probs(model, np.ascontiguousarray(f(image)), how, input_mode, input_size))

@@ -9,6 +9,12 @@ only: train.py's own validation images (unseen by the network), or the whole tra
 network was trained on). The test split is only scored, never used to choose. Rules: probability threshold,
 minimum component area, minimum component peak probability (``ShipRule``) and an image-level gate (an image holds
 ships only if its highest probability reaches the gate). Prints a table and writes ``RUN/rule_study/results.json``.
+
+    python -m airbus_ships.rule_study --run runs/airbus_bench --data ../shared/data/airbus --zooms 1,2
+
+compares test-time zooms instead (``predict_probs(..., zoom=z)``: the image upsampled z times, so small ships look
+larger; maps cached as ``probs_zoom2.npz``): each zoom alone and the pixelwise max / mean of their maps, each with
+train.py's rule grid chosen on the training part, scored on the test split (``RUN/rule_study/zoom_results.json``).
 """
 from __future__ import annotations
 
@@ -27,10 +33,11 @@ from airbus_ships.inference import CONFIDENCES, MIN_SIZES, THRESHOLDS, Component
 GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
-def predict_all(run: Path, data: Path, threads: int) -> dict[str, dict]:
-    """``{ImageId: {"prob": (768, 768) float16, "truth": [bool masks], "part": "train"|"test"}}`` (cached)."""
+def predict_all(run: Path, data: Path, threads: int, zoom: int = 1) -> dict[str, dict]:
+    """``{ImageId: {"prob": (768, 768) float16, "truth": [bool masks], "part": "train"|"test"}}`` (cached), predicted
+    tiled as test.py does, on the image upsampled ``zoom`` times (``inference.predict_probs``)."""
     from airbus_ships.data import read_mask_table, ship_instances
-    cache = run / "rule_study" / "probs.npz"
+    cache = run / "rule_study" / ("probs.npz" if zoom == 1 else f"probs_zoom{zoom}.npz")
     tables = {part: read_mask_table(run / "split" / f"{part}.csv", data / "images").frame
               for part in ("train", "test")}
     if cache.exists():
@@ -48,7 +55,7 @@ def predict_all(run: Path, data: Path, threads: int) -> dict[str, dict]:
         probs, t0 = {}, time.time()
         for frame in tables.values():
             for row in frame.itertuples():
-                probs[row.ImageId] = predict_probs(model, read_rgb(row.path), "tile").astype(np.float16)
+                probs[row.ImageId] = predict_probs(model, read_rgb(row.path), "tile", zoom=zoom).astype(np.float16)
         print(f"predicted {len(probs)} images in {time.time() - t0:.0f} s")
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **probs)
@@ -77,6 +84,45 @@ def choose(comps: dict[float, list[ComponentStats]], grid) -> tuple[tuple, float
     return best, best_score
 
 
+def zoom_study(by_zoom: dict[int, dict], sets: dict[str, set], run: Path) -> None:
+    """Each zoom's maps and their pixelwise max / mean: train.py's rule grid chosen on each part of the training
+    set, scored on the test split (with test.py's ``Scores``: Kaggle, dice, ships found by size)."""
+    import pandas as pd
+    from airbus_ships.inference import ShipRule, ships_from_probs
+    from airbus_ships.test import Scores
+    from common.io import write_json
+
+    zooms = list(by_zoom)
+    ids = list(by_zoom[zooms[0]])
+    truth = {i: by_zoom[zooms[0]][i]["truth"] for i in ids}
+    stack = {i: np.stack([by_zoom[z][i]["prob"].astype(np.float32) for z in zooms]) for i in ids}
+    variants = {**{f"zoom {z}": {i: stack[i][k] for i in ids} for k, z in enumerate(zooms)},
+                f"max over zooms {zooms}": {i: stack[i].max(axis=0) for i in ids},
+                f"mean over zooms {zooms}": {i: stack[i].mean(axis=0) for i in ids}}
+    grid = [(t, m, c, 0.0) for t, m, c in itertools.product(THRESHOLDS, MIN_SIZES, CONFIDENCES) if c >= t]
+    rows = []
+    for name, probs in variants.items():
+        comps = {part: {t: [component_stats(probs[i], truth[i], t) for i in sorted(members)] for t in THRESHOLDS}
+                 for part, members in sets.items() if part != "test split"}
+        for chooser in ("train.py validation", "whole training part"):
+            rule, chosen_score = choose(comps[chooser], grid)
+            scores = Scores()
+            for i in sorted(sets["test split"]):
+                scores.add(ships_from_probs(probs[i], ShipRule(*rule[:3])), truth[i], probs[i].shape)
+            summary = scores.summary()
+            rows.append({"maps": name, "rule chosen on": chooser, "rule (threshold, min area, min peak)": rule[:3],
+                         "kaggle on chooser": chosen_score, "test kaggle": summary["kaggle_score"],
+                         "test dice ship images": summary["dice_ship_images_mean"],
+                         "test ship/no-ship": summary["ship_no_ship_accuracy"],
+                         "test found by size": " ".join(f"{r['found_iou_0.5']}/{r['ships']}"
+                                                        for r in summary["ships_by_size"]),
+                         "test summary": summary})
+    table = pd.DataFrame(rows).drop(columns="test summary")
+    with pd.option_context("display.width", 250, "display.max_colwidth", 40, "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+    write_json(run / "rule_study" / "zoom_results.json", {"sets": {k: len(v) for k, v in sets.items()}, "rows": rows})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="runs/airbus_bench", help="bench.py run folder (split/, model/)")
@@ -84,18 +130,24 @@ def main() -> None:
     p.add_argument("--val-fraction", type=float, default=0.15, help="train.py's validation share (its default)")
     p.add_argument("--seed", type=int, default=0, help="train.py's seed in the run (bench: 0)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--zooms", default="1", help="comma-separated test-time zooms, e.g. 1,2: compare each zoom and "
+                   "the pixelwise max / mean of their maps under train.py's rule grid instead of the rule families")
     args = p.parse_args()
     import pandas as pd
     from airbus_ships.data import split_by_image
     from common.io import write_json
 
     run, data = Path(args.run), Path(args.data)
-    images = predict_all(run, data, args.threads)
+    zooms = [int(z) for z in args.zooms.split(",")]
+    by_zoom = {z: predict_all(run, data, args.threads, z) for z in zooms}
+    images = by_zoom[zooms[0]]
     frame = pd.DataFrame({"ImageId": list(images), "n_ships": [len(v["truth"]) for v in images.values()],
                           "part": [v["part"] for v in images.values()]})
     _, val = split_by_image(frame[frame.part == "train"].reset_index(drop=True), args.val_fraction, args.seed)
     sets = {"train.py validation": set(val.ImageId), "whole training part": set(frame.ImageId[frame.part == "train"]),
             "test split": set(frame.ImageId[frame.part == "test"])}
+    if len(zooms) > 1:
+        return zoom_study(by_zoom, sets, run)
     comps = {name: {t: [component_stats(images[i]["prob"], images[i]["truth"], t) for i in sorted(ids)]
                     for t in THRESHOLDS} for name, ids in sets.items()}
 

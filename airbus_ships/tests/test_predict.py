@@ -52,6 +52,25 @@ def test_tiled_prediction_matches_whole_image(demo_dir, trained_run):
     assert np.mean(np.abs(full - tiled)) < 0.05  # same network, only the borders of tiles differ
 
 
+def test_zoomed_prediction_comes_back_at_the_image_size():
+    """zoom=2 predicts on the 2x upsampled image and averages back: for a per-pixel network on a smooth image the
+    result is the unzoomed prediction, at the image's own size (also an odd one)."""
+    import keras
+    from scipy import ndimage
+    from airbus_ships.inference import predict_probs
+    inputs = keras.Input(shape=(None, None, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(2.0),
+                                  bias_initializer=keras.initializers.Constant(-3.0))(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.uniform(0, 255, (75, 98, 3)), (4, 4, 0)).clip(0, 255).astype(np.uint8)
+    plain, zoomed = predict_probs(model, image, "full"), predict_probs(model, image, "full", zoom=2)
+    assert plain.shape == zoomed.shape == (75, 98)
+    assert np.abs(plain - zoomed).max() < 0.01
+    assert np.abs(plain - predict_probs(model, image, "tile", zoom=2)).max() < 0.01
+
+
 def test_bad_input_is_reported_and_the_run_continues(demo_dir, trained_run, tmp_path, run_test_script):
     data = tmp_path / "bad"
     shutil.copytree(demo_dir / "images", data / "images")
@@ -167,3 +186,23 @@ def test_ship_size_breakdown_counts_a_match_by_iou():
     assert rows["1000-2999"]["found_iou_0.5"] == 1 and rows["1000-2999"]["median_best_iou"] == pytest.approx(0.75)
     assert rows["0-99"] == {"pixels": "0-99", "ships": 1, "found_iou_0.5": 0, "median_best_iou": 0.0}
     assert rows[">=3000"]["ships"] == 0 and rows[">=3000"]["median_best_iou"] is None
+
+
+def test_zoom_study_scores_each_map_variant(tmp_path):
+    """rule_study's zoom comparison on hand-made maps: zoom 1 exact, zoom 2 blank: zoom 1 and the pixelwise max
+    score 1, zoom 2 only the ship-free images."""
+    from airbus_ships.rule_study import zoom_study
+    ship = np.zeros((64, 64), bool)
+    ship[10:20, 30:36] = True
+    images = {f"{i}.jpg": [ship] if i % 2 else [] for i in range(8)}
+    by_zoom = {z: {i: {"prob": (np.any(t, axis=0) if t and z == 1 else np.zeros((64, 64))).astype(np.float16),
+                       "truth": t} for i, t in images.items()} for z in (1, 2)}
+    sets = {"train.py validation": {"0.jpg", "1.jpg"}, "whole training part": {"0.jpg", "1.jpg", "2.jpg", "3.jpg"},
+            "test split": {"4.jpg", "5.jpg", "6.jpg", "7.jpg"}}
+    zoom_study(by_zoom, sets, tmp_path)
+    rows = json.loads((tmp_path / "rule_study" / "zoom_results.json").read_text())["rows"]
+    assert len(rows) == 4 * 2  # zoom 1, zoom 2, max, mean; each rule chosen on two parts
+    kaggle = {(r["maps"], r["rule chosen on"]): r["test kaggle"] for r in rows}
+    assert kaggle[("zoom 1", "whole training part")] == 1.0
+    assert kaggle[("max over zooms [1, 2]", "whole training part")] == 1.0
+    assert kaggle[("zoom 2", "whole training part")] == 0.5  # the two ship-free test images only
