@@ -6,7 +6,9 @@ and accuracy / coverage against the confidence threshold.
 
 Labelled patches are either an extracted-samples folder (``index.csv``; ``--split val`` keeps the validation
 patches of the run's ``split.csv``) or a folder of ``<class>/<patch>`` sub-folders (``negative/`` for
-non-minerals). Writes ``metrics.json``, ``confusion_matrix.png`` and ``threshold_curve.png``.
+non-minerals). Writes ``metrics.json``, ``confusion_matrix.png``, ``threshold_curve.png`` and, for looking at
+what goes wrong, ``errors.csv`` (every mineral patch whose most likely mineral is not its label, the most
+confident mistakes first) with ``errors.png`` (a thumbnail sheet of the first of them).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.io import IMAGE_EXTENSIONS, write_json
+from common.io import IMAGE_EXTENSIONS, atomic_path, atomic_write, write_json
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
 from minerals.decision import UNKNOWN, decide, threshold_curve
@@ -60,6 +62,40 @@ def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
             "coverage_at_threshold": float(np.mean([r != UNKNOWN for r, p in zip(results, pos) if p]))
             if pos.any() else float("nan"),
             "threshold_curve": curve}
+
+
+def misclassified(files: list, probs: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Closed-set mistakes, the most confident first: one dict per mineral patch whose most likely mineral is
+    not its label. ``probs`` (N, 8) softmax, ``labels`` (N,) indices into CLASSES, ``files`` N paths."""
+    rows = []
+    for f, pr, y in zip(files, probs, labels):
+        pred = int(pr[: len(MINERALS)].argmax())
+        if y < len(MINERALS) and pred != y:
+            rows.append({"file": str(f), "label": CLASSES[y], "predicted": MINERALS[pred],
+                         "confidence": round(float(pr[pred]), 4), "p_label": round(float(pr[y]), 4)})
+    return sorted(rows, key=lambda r: -r["confidence"])
+
+
+def plot_errors(errors: list[dict], path: Path, max_n: int = 40, cols: int = 8) -> None:
+    """Thumbnail sheet of the first ``max_n`` mistakes, captioned "true -> predicted (confidence)"."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    shown = errors[:max_n]
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, e in zip(axes.ravel(), shown):
+        with Image.open(e["file"]) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(f"{e['label']} ->\n{e['predicted']} ({e['confidence']:.2f})", fontsize=8)
+    fig.suptitle(f"{len(errors)} misclassified mineral patches" + (f", the {len(shown)} most confident" if
+                                                                   len(errors) > len(shown) else ""), fontsize=11)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 
 
 def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
@@ -113,14 +149,16 @@ def main(argv=None) -> dict:
     data = Path(args.data)
     split = args.split if (data / "index.csv").exists() else "all"
     pairs = labelled_patches(data, Path(args.checkpoint).parent / "split.csv", split)
-    probs, labels = [], []
+    probs, labels, files = [], [], []
     for i, pr, err in predict_probs(model, [f for f, _ in pairs], args.img_size or meta["img_size"], device):
         if err:
             print(f"skipped {err}", file=sys.stderr)
             continue
         probs.append(pr)
         labels.append(CLASSES.index(pairs[i][1]))
+        files.append(pairs[i][0])
     report = summarise(np.stack(probs), np.asarray(labels), threshold)
+    errors = misclassified(files, np.stack(probs), np.asarray(labels))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
@@ -129,6 +167,11 @@ def main(argv=None) -> dict:
     plot_confusion(report["open_set"]["confusion_matrix"], MINERALS + [UNKNOWN], out / "confusion_matrix_open_set.png",
                    f"with threshold {threshold:.2f} ('{NEGATIVE}' patches should be '{UNKNOWN}')")
     plot_threshold(report["threshold_curve"], threshold, out / "threshold_curve.png")
+    with atomic_write(out / "errors.csv", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "label", "predicted", "confidence", "p_label"])
+        w.writeheader()
+        w.writerows(errors)
+    plot_errors(errors, out / "errors.png")
     c = report["closed_set"]
     print(f"{report['n_patches']} patches ({split}): accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}; "
           f"threshold {threshold:.2f}: open-set accuracy {report['open_set']['accuracy']:.4f}, coverage "

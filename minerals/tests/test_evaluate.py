@@ -3,7 +3,7 @@ import pytest
 
 from minerals.data import CLASSES, MINERALS
 from minerals.decision import choose_threshold, decide, threshold_curve
-from minerals.evaluate import summarise
+from minerals.evaluate import misclassified, summarise
 
 
 def onehot(i, p=0.9):
@@ -46,3 +46,16 @@ def test_threshold_rule_and_curve():
     curve = threshold_curve(probs, labels)
     cov = curve["coverage"]
     assert cov[0] == 1.0 and all(a >= b for a, b in zip(cov, cov[1:]))
+
+
+def test_misclassified_lists_closed_set_mistakes_most_confident_first():
+    b, py, q, neg = (CLASSES.index(c) for c in ("biotite", "pyrite", "quartz", "negative"))
+    probs = np.stack([onehot(b), onehot(py, 0.6), onehot(b, 0.8), onehot(q, 0.4), onehot(py), onehot(neg)])
+    labels = np.array([b, b, q, q, neg, neg])  # a negative taken for pyrite is no closed-set mistake
+    rows = misclassified(["a", "b", "c", "d", "e", "f"], probs, labels)
+    assert [(r["file"], r["label"], r["predicted"]) for r in rows] == [("c", "quartz", "biotite"),
+                                                                       ("b", "biotite", "pyrite")]
+    assert rows[0]["confidence"] == pytest.approx(0.8) and rows[0]["p_label"] == pytest.approx(0.2 / 7, abs=1e-4)
+    # the most likely *mineral* counts, even when "negative" is more likely still
+    rows = misclassified(["g"], np.stack([0.5 * onehot(neg) + 0.5 * onehot(q, 0.3)]), np.array([b]))
+    assert rows[0]["predicted"] == "quartz"

@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -80,8 +81,15 @@ def test_evaluate_on_run(run, samples, tmp_path):
 
     report = evaluate.main(["--checkpoint", str(run / "best.pt"), "--data", str(samples), "--out", str(tmp_path)])
     assert 0 <= report["closed_set"]["accuracy"] <= 1
-    for name in ("metrics.json", "confusion_matrix.png", "confusion_matrix_open_set.png", "threshold_curve.png"):
+    for name in ("metrics.json", "confusion_matrix.png", "confusion_matrix_open_set.png", "threshold_curve.png",
+                 "errors.png"):
         assert (tmp_path / name).exists()
+    # errors.csv: one row per closed-set mistake of the confusion matrix, each a real patch
+    with open(tmp_path / "errors.csv", newline="") as f:
+        errors = list(csv.DictReader(f))
+    cm = np.array(report["closed_set"]["confusion_matrix"])
+    assert len(errors) == cm.sum() - np.trace(cm)
+    assert all(Path(e["file"]).exists() and e["label"] != e["predicted"] for e in errors)
 
 
 def test_quarter_turns_add_the_four_transposed_views():
