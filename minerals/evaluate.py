@@ -76,7 +76,7 @@ def misclassified(files: list, probs: np.ndarray, labels: np.ndarray) -> list[di
     return sorted(rows, key=lambda r: -r["confidence"])
 
 
-def plot_errors(errors: list[dict], path: Path, max_n: int = 40, cols: int = 8) -> None:
+def plot_errors(errors: list[dict], path: Path, max_n: int = 36, cols: int = 6) -> None:
     """Thumbnail sheet of the first ``max_n`` mistakes, captioned "true -> predicted (confidence)"."""
     import matplotlib.pyplot as plt
     from PIL import Image

@@ -238,6 +238,9 @@ def main(argv=None) -> None:
                 items.append((samples / "patches" / r["patch"], f"{res[0]} {conf[0]:.2f}\n(true: {r['label']})",
                               "green" if res[0] == truth else "red"))
             patch_grid(pdf, f"5b. Example predictions ({main_run.name}, validation, threshold {thr:.2f})", items)
+        image_page(pdf, "5c. Mistakes to look at (evaluate.py's errors.png)",
+                   [(d / "eval" / "errors.png", f"{d.name}: validation mineral patches whose most likely mineral is wrong")
+                    for d in run_dirs])
     tmp.replace(out)
     print(f"wrote {out}", file=sys.stderr)
 
