@@ -51,7 +51,8 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
 def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     """All metrics of one evaluation; ``probs`` (N, 8) softmax, ``labels`` (N,) indices into CLASSES."""
     pos = labels < len(MINERALS)
-    closed = classification_summary(labels[pos].tolist(), probs[pos, : len(MINERALS)].argmax(1).tolist(), MINERALS)
+    closed = classification_summary(labels[pos].tolist(), probs[pos, : len(MINERALS)].argmax(1).tolist(),
+                                    MINERALS) if pos.any() else None  # None: negatives only (a rejection test)
     _, results = decide(probs, threshold)
     truth = [CLASSES[i] if i < len(MINERALS) else UNKNOWN for i in labels]
     open_set = classification_summary(truth, results, MINERALS + [UNKNOWN])
@@ -162,8 +163,10 @@ def main(argv=None) -> dict:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
-    plot_confusion(report["closed_set"]["confusion_matrix"], MINERALS, out / "confusion_matrix.png",
-                   f"{meta['backbone']}: {split} mineral patches (acc {report['closed_set']['accuracy']:.3f})")
+    c = report["closed_set"]
+    if c is not None:
+        plot_confusion(c["confusion_matrix"], MINERALS, out / "confusion_matrix.png",
+                       f"{meta['backbone']}: {split} mineral patches (acc {c['accuracy']:.3f})")
     plot_confusion(report["open_set"]["confusion_matrix"], MINERALS + [UNKNOWN], out / "confusion_matrix_open_set.png",
                    f"with threshold {threshold:.2f} ('{NEGATIVE}' patches should be '{UNKNOWN}')")
     plot_threshold(report["threshold_curve"], threshold, out / "threshold_curve.png")
@@ -172,11 +175,12 @@ def main(argv=None) -> dict:
         w.writeheader()
         w.writerows(errors)
     plot_errors(errors, out / "errors.png")
-    c = report["closed_set"]
-    print(f"{report['n_patches']} patches ({split}): accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}; "
-          f"threshold {threshold:.2f}: open-set accuracy {report['open_set']['accuracy']:.4f}, coverage "
-          f"{report['coverage_at_threshold']:.3f}; wrote {out}", file=sys.stderr)
-    for name, m in c["per_class"].items():
+    closed = (f"accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}" if c is not None
+              else "no mineral patch")
+    print(f"{report['n_patches']} patches ({split}): {closed}; threshold {threshold:.2f}: open-set accuracy "
+          f"{report['open_set']['accuracy']:.4f}, coverage {report['coverage_at_threshold']:.3f}; wrote {out}",
+          file=sys.stderr)
+    for name, m in (c["per_class"].items() if c is not None else []):
         print(f"  {name:<12} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1-score']:.3f}  n {int(m['support'])}",
               file=sys.stderr)
     return report

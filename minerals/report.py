@@ -90,8 +90,9 @@ centre crop), runs batches of 32 (channels-last on CPU, 2 threads) and writes
 Rejection: the network has an explicit 8th class 'negative'. The confidence is the softmax probability of
 the most likely mineral; a negative patch takes the mass away from every mineral, so one rule handles both
 non-minerals and unsure minerals: result = that mineral if confidence >= threshold, else "unknown". The
-threshold is predetermined on validation - the value with the best open-set accuracy (right mineral
-above it, negatives below it) - and stored in the checkpoint; --threshold overrides it. Unreadable files are
+threshold is predetermined on validation - the middle of the range of values with the best open-set
+accuracy (right mineral above it, negatives below it), which keeps a margin against patches unlike the
+validation negatives - and stored in the checkpoint; --threshold overrides it. Unreadable files are
 reported (stderr and "result": "error" in the JSON) without stopping the batch. The network is also exported
 as ONNX (model.onnx) for deployment runtimes. The curve below shows accuracy of the answered mineral patches
 and coverage against the threshold on validation.

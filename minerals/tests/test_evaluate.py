@@ -40,9 +40,10 @@ def test_threshold_rule_and_curve():
     labels = np.array([0, 1, 7, 7])  # the third is a negative patch that looks a little like chrysocolla
     conf, res = decide(probs, 0.5)
     assert res == ["biotite", "bornite", "unknown", "unknown"]
-    # rejecting the third needs t > 0.3, keeping the second t <= 0.6: the lowest best grid value is 0.31
+    # rejecting the third needs t > 0.3, keeping the second t <= 0.6: the best grid values are 0.31-0.60, and
+    # the choice is their middle
     t = choose_threshold(probs, labels)
-    assert t == pytest.approx(0.31)
+    assert t == pytest.approx(0.45)
     curve = threshold_curve(probs, labels)
     cov = curve["coverage"]
     assert cov[0] == 1.0 and all(a >= b for a, b in zip(cov, cov[1:]))
@@ -59,3 +60,30 @@ def test_misclassified_lists_closed_set_mistakes_most_confident_first():
     # the most likely *mineral* counts, even when "negative" is more likely still
     rows = misclassified(["g"], np.stack([0.5 * onehot(neg) + 0.5 * onehot(q, 0.3)]), np.array([b]))
     assert rows[0]["predicted"] == "quartz"
+
+
+def test_threshold_choice_takes_the_middle_of_the_widest_best_range():
+    grid = np.round(np.arange(0.0, 1.0, 0.1), 1)
+    # one mineral at 0.25, one negative whose best mineral is at 0.15: any t in (0.15, 0.25] gets both right
+    probs = np.stack([onehot(0, 0.25), onehot(7, 0.85 - 0.15)])
+    probs[1, 0] = 0.15
+    labels = np.array([0, 7])
+    assert choose_threshold(probs, labels, grid) == pytest.approx(0.2)  # the only best value
+    # a sure-ish mineral (0.15) and a negative that looks like bornite (0.6): no threshold gets both right; the
+    # best score, 1/2, holds on 0.0-0.1 (the mineral kept) and on 0.7-0.9 (the negative rejected): the longer
+    # range wins, and its middle is 0.8
+    probs = np.zeros((2, len(CLASSES)))
+    probs[0, [0, 7]] = 0.15, 0.85
+    probs[1, [1, 7]] = 0.6, 0.4
+    assert choose_threshold(probs, np.array([0, 7]), grid) == pytest.approx(0.8)
+    # equally long ranges: the lower one
+    probs[1, [1, 7]] = 0.75, 0.25  # the negative is rejected on 0.8-0.9 only, like the mineral kept on 0.0-0.1
+    assert choose_threshold(probs, np.array([0, 7]), grid) == pytest.approx(0.0)
+
+
+def test_summarise_negatives_only_is_a_rejection_test():
+    """A folder of foreign patches alone (``negative/``): no closed-set metrics, open-set accuracy = share rejected."""
+    probs = np.stack([onehot(7, 0.9), onehot(0, 0.6), onehot(7, 0.5)])
+    r = summarise(probs, np.array([7, 7, 7]), threshold=0.3)
+    assert r["closed_set"] is None and r["n_mineral_patches"] == 0
+    assert r["open_set"]["accuracy"] == pytest.approx(2 / 3)  # the one at 0.6 is taken for biotite
