@@ -23,7 +23,7 @@ import torch
 from common.io import IMAGE_EXTENSIONS, atomic_path, atomic_write, write_json
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
-from minerals.decision import UNKNOWN, decide, threshold_curve
+from minerals.decision import UNKNOWN, decide, mineral_confidence, threshold_curve
 from minerals.predict import load_classifier, predict_probs
 from minerals.train import pick_device
 
@@ -68,12 +68,10 @@ def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
 def misclassified(files: list, probs: np.ndarray, labels: np.ndarray) -> list[dict]:
     """Closed-set mistakes, the most confident first: one dict per mineral patch whose most likely mineral is
     not its label. ``probs`` (N, 8) softmax, ``labels`` (N,) indices into CLASSES, ``files`` N paths."""
-    rows = []
-    for f, pr, y in zip(files, probs, labels):
-        pred = int(pr[: len(MINERALS)].argmax())
-        if y < len(MINERALS) and pred != y:
-            rows.append({"file": str(f), "label": CLASSES[y], "predicted": MINERALS[pred],
-                         "confidence": round(float(pr[pred]), 4), "p_label": round(float(pr[y]), 4)})
+    conf, pred = mineral_confidence(probs)
+    rows = [{"file": str(f), "label": CLASSES[y], "predicted": MINERALS[k], "confidence": round(float(c), 4),
+             "p_label": round(float(pr[y]), 4)}
+            for f, pr, y, c, k in zip(files, probs, labels, conf, pred) if y < len(MINERALS) and k != y]
     return sorted(rows, key=lambda r: -r["confidence"])
 
 
@@ -158,8 +156,9 @@ def main(argv=None) -> dict:
         probs.append(pr)
         labels.append(CLASSES.index(pairs[i][1]))
         files.append(pairs[i][0])
-    report = summarise(np.stack(probs), np.asarray(labels), threshold)
-    errors = misclassified(files, np.stack(probs), np.asarray(labels))
+    probs, labels = np.stack(probs), np.asarray(labels)
+    report = summarise(probs, labels, threshold)
+    errors = misclassified(files, probs, labels)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
