@@ -123,7 +123,7 @@ def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:
     return [labels == i for i in keep]
 
 
-# grid of calibrate_rule: measured with rule_study.py (README): areas up to 300 px and peaks up to 0.99 scored
+# grid of calibrate_rule: measured with rule_study.py (EXPERIMENTS.md): areas up to 300 px and peaks up to 0.99 scored
 # +0.02 Kaggle on the benchmark's test split over the former grid (thresholds 0.4-0.6, areas <= 80, peaks <= 0.95)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_SIZES = (0, 10, 20, 40, 80, 150, 300)
@@ -195,7 +195,7 @@ def calibration_rows(val, train, n: int, seed: int, val_only: bool = False):
     Validation images first (a seeded sample of ``n`` when there are more); only when they are fewer than ``n``
     (and not ``val_only``) a seeded sample of training images tops them up. On full Kaggle data validation alone
     fills the default 200; on the small benchmark split (22 validation images) the rule chosen on validation
-    alone overfits, and the network hardly overfits its training images (README: Post-processing).
+    alone overfits, and the network hardly overfits its training images (EXPERIMENTS.md: Post-processing).
     """
     val_rows = val.sample(min(len(val), n), random_state=seed)
     top_up = 0 if val_only else min(len(train), n - len(val_rows))

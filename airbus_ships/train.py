@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
@@ -45,6 +45,7 @@ from airbus_ships.inference import ShipRule, calibrate_rule, calibration_rows, p
 from airbus_ships.losses import (CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef,  # noqa: E402
                                   iou_coef)
 from airbus_ships.model import LITE0_PREFIX, build_unet  # noqa: E402
+from common.config import add_config_args  # noqa: E402
 from common.io import read_rgb, write_json  # noqa: E402
 
 
@@ -63,7 +64,7 @@ class Config:
     empty_share: float = 0.25       # share of sampled training images without ships (Kaggle: 78%)
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a ship (else anywhere)
     ship_sampling: str = "pixel"    # what ship crops centre on: pixel (a random ship pixel: large ships more often) |
-    #                                 instance (a ship drawn uniformly; measured worse, README: run J)
+    #                                 instance (a ship drawn uniformly; measured worse, EXPERIMENTS.md: run J)
     encoder: str = "efficientnet_lite0"  # efficientnet_lite0 (ImageNet-pretrained, README: Results) | scratch
     encoder_lr_scale: float = 0.1   # efficientnet_lite0: the encoder's learning rate as a fraction of --lr
     widths: str = "8,16,32,64,128"  # filters per level, the count is the depth (efficientnet_lite0: decoder only, 5)
@@ -71,11 +72,13 @@ class Config:
     batch_size: int = 8             # per replica (global batch = batch_size x replicas)
     lr: float = 1e-3                # Adam learning rate (halved when the validation loss stalls)
     small_ship_weight: float = 5.0  # extra BCE weight of ship pixels with little ship around them (0: plain BCE + dice;
-    #                                 5: ahead on average over 3 runs each, within the seed spread; README: runs I-O)
+    #                                 5: ahead on average over 3 runs each, within the seed spread;
+    #                                 EXPERIMENTS.md: runs I-O)
     epochs: int = 40                # upper bound; early stopping and the time budget usually end sooner
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
-    patience: int = 12              # early stopping patience (epochs without a lower validation loss; see README)
+    patience: int = 12              # early stopping patience (epochs without a lower validation loss;
+    #                                 EXPERIMENTS.md: Patience)
     time_budget_min: float = 27.0   # the whole run (start-up, fit, ship-rule choice) within this many minutes: no
     #                                 epoch starts that would leave too little time for the rule (0: no limit)
     calib_images: int = 200         # images the ship / no-ship rule is chosen on: validation first, then training
@@ -92,12 +95,7 @@ class Config:
 def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(Config):
-        if f.type in ("bool", bool):
-            p.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help=f.name)
-        else:
-            typ = {"int": int, "float": float, "str": str}[str(f.type)]
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=typ, default=f.default, help=f.name)
+    add_config_args(p, Config)
     return Config(**vars(p.parse_args(argv)))
 
 

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import math
-import re
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.config import add_config_args
 from common.io import ImageReadError, atomic_path, atomic_write, write_json
 from common.metrics import segmentation_report
 from common.shard import launcher_env
@@ -77,15 +76,7 @@ class TrainConfig:
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # the help of each option is the comment beside its default in TrainConfig
-    comments = dict(re.findall(r"^    (\w+): .*?#\s*(.*)$", inspect.getsource(TrainConfig), re.M))
-    for f in fields(TrainConfig):
-        flag, help_ = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        else:
-            p.add_argument(flag, type={"int": int, "float": float}.get(str(f.type), str), default=f.default,
-                           help=help_)
+    add_config_args(p, TrainConfig)  # the help of each option is the comment beside its default
     p.add_argument("--plain", action="store_true",
                    help="the bare brief architecture: no normalisation, batch norm or dropout")
     args = vars(p.parse_args(argv))

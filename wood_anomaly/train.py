@@ -40,7 +40,7 @@ import argparse
 import csv
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from common.config import add_config_args
 from common.io import ImageReadError, atomic_path, atomic_write, list_images, read_rgb, write_json
 from common.shard import launcher_env
 from wood_anomaly.data import colour_map, resize, tile_features
@@ -89,9 +90,7 @@ class TrainConfig:
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(TrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), default=f.default,
-                       type={"int": int, "float": float}.get(str(f.type), str))
+    add_config_args(p, TrainConfig)
     return TrainConfig(**vars(p.parse_args(argv)))
 
 

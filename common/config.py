@@ -1,0 +1,58 @@
+"""Command-line options from a config dataclass of commented defaults (nanoGPT style).
+
+    @dataclass
+    class Config:
+        epochs: int = 40  # passes over the data
+        lr: float = 1e-3  # peak learning rate; a comment may go on
+        #                   on lines of their own, indented past the '#'
+
+    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_args(p, Config)
+    cfg = Config(**vars(p.parse_args()))
+
+Every field becomes ``--field-name`` with the field's type and default, and the comment beside it (with its
+continuation lines) as its ``--help`` text. Booleans get ``--flag`` / ``--no-flag``. Standard library only.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+
+_FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s?(.*))?$")  # "    name: type = default  # comment"
+_MORE = re.compile(r"^\s+#\s{2,}(\S.*)$")  # "    #        more of the comment above"
+
+
+def field_comments(config_cls) -> dict[str, str]:
+    """``{field name: its comment}`` read from the class source: the comment beside the field and the comment-only
+    lines right below it (indented past their '#')."""
+    comments, name = {}, None
+    for line in inspect.getsource(config_cls).splitlines()[1:]:
+        if line.lstrip().startswith(("def ", "@")):  # the fields come before the methods
+            break
+        more = _MORE.match(line)
+        if more and name:
+            comments[name] = f"{comments[name]} {more.group(1).strip()}".strip()
+            continue
+        m = _FIELD.match(line)
+        name = m.group(1) if m else None
+        if name:
+            comments[name] = (m.group(2) or "").strip()
+    return comments
+
+
+def add_config_args(parser: argparse.ArgumentParser, config_cls, choices: dict[str, list] | None = None) -> None:
+    """One option per field of the dataclass ``config_cls`` (bool, int, float or str); ``choices``: allowed values
+    of some fields."""
+    comments, choices = field_comments(config_cls), choices or {}
+    for f in dataclasses.fields(config_cls):
+        flag, help_ = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
+        kind = str(f.type)
+        if kind in ("bool", "<class 'bool'>"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        elif kind in ("int", "float", "str", "<class 'int'>", "<class 'float'>", "<class 'str'>"):
+            typ = {"int": int, "float": float, "str": str}[kind.removeprefix("<class '").removesuffix("'>")]
+            parser.add_argument(flag, type=typ, default=f.default, choices=choices.get(f.name), help=help_)
+        else:
+            raise TypeError(f"{config_cls.__name__}.{f.name}: type {kind} has no command-line form (bool, int, float, str)")

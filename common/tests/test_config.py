@@ -1,0 +1,62 @@
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from common.config import add_config_args, field_comments
+
+
+@dataclass
+class Config:
+    data: str = "data/x"  # folder of images
+    epochs: int = 40  # passes over the data (100 % of it)
+    lr: float = 1e-3  # peak learning rate; a comment may go on
+    #                   on lines of its own
+    seed: int = 0
+    augment: bool = True  # random flips
+    mode: str = "crop"  # crop | resize
+
+    def resolve(self) -> "Config":
+        fake: int = 1  # not a field
+        return self
+
+
+def parse(argv, **kw):
+    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_args(p, Config, **kw)
+    return p, Config(**vars(p.parse_args(argv)))
+
+
+def test_field_comments_read_the_comment_and_its_continuation():
+    assert field_comments(Config) == {"data": "folder of images", "epochs": "passes over the data (100 % of it)",
+                                      "lr": "peak learning rate; a comment may go on on lines of its own",
+                                      "seed": "", "augment": "random flips", "mode": "crop | resize"}
+
+
+def test_options_take_type_default_and_help():
+    p, cfg = parse([])
+    assert cfg == Config()
+    _, cfg = parse(["--epochs", "3", "--lr", "0.5", "--no-augment", "--data", "y"])
+    assert (cfg.epochs, cfg.lr, cfg.augment, cfg.data) == (3, 0.5, False, "y")
+    assert isinstance(cfg.epochs, int) and isinstance(cfg.lr, float)
+    text = p.format_help()
+    assert "peak learning rate; a comment may go on on lines of its own (default: 0.001)" in " ".join(text.split())
+    assert "100 % of it" in " ".join(text.split())  # a '%' in a comment does not break argparse
+
+
+def test_choices_and_bad_values_are_refused():
+    _, cfg = parse(["--mode", "resize"], choices={"mode": ["crop", "resize"]})
+    assert cfg.mode == "resize"
+    with pytest.raises(SystemExit):
+        parse(["--mode", "other"], choices={"mode": ["crop", "resize"]})
+    with pytest.raises(SystemExit):
+        parse(["--epochs", "many"])
+
+
+def test_unsupported_field_type_is_named():
+    @dataclass
+    class Bad:
+        sizes: list = None  # no command-line form
+
+    with pytest.raises(TypeError, match="Bad.sizes"):
+        add_config_args(argparse.ArgumentParser(), Bad)
