@@ -31,7 +31,8 @@ from minerals.extract_samples import extract
 from minerals.predict import load_classifier, predict_probs
 
 RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"]}
-IGNORED = {"threads", "device", "resume", "export", "out"}  # do not change what a run learns
+IGNORED = {"threads", "device", "resume", "export", "out", "time_budget_min"}  # do not change what a run learns
+#   (a budget that cuts the epochs shows in the epochs config.json records)
 UNUSED = {"orenet": {"freeze", "backbone_lr_scale"}, "efficientnet_lite0": {"width"}}  # options a backbone ignores
 
 

@@ -106,7 +106,8 @@ def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: st
                                                                       xticks_rotation=45)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -122,7 +123,8 @@ def plot_threshold(curve: dict, threshold: float, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 

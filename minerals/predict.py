@@ -41,11 +41,26 @@ DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
 DEFAULT_INPUT = "runs/minerals/samples/patches"  # what `make train-minerals` extracted
 
 
-def load_classifier(path: str | Path, device: torch.device, tta: bool | None = None) -> tuple[torch.nn.Module, dict]:
+def frozen_for_cpu(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
+    """The eval-mode network traced and frozen by TorchScript for CPU inference
+    (https://pytorch.org/docs/stable/generated/torch.jit.freeze.html: weights inlined as constants, BatchNorm
+    folded into the convolutions). Same outputs to about 1e-6, any batch size; the forward pass of a batch of 32
+    measured 1.6x faster on 2 cores for both networks (``optimize_for_inference`` on top: as fast for
+    EfficientNet-Lite0, slower than eager for OreNet; README: Results)."""
+    import warnings
+
+    x = torch.rand(2, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's maintenance-mode notices
+        return torch.jit.freeze(torch.jit.trace(model.eval(), x))
+
+
+def load_classifier(path: str | Path, device: torch.device, tta: bool | None = None,
+                    jit: bool = True) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, checkpoint metadata: threshold, img_size, classes, backbone, config, tta).
 
     ``tta``: average the predictions of each patch and its mirror image (default: as the checkpoint was
-    validated, its config's ``tta``)."""
+    validated, its config's ``tta``). ``jit``: on CPU, the network frozen by ``frozen_for_cpu``."""
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"{path}: checkpoint not found (train first: make train-minerals)")
@@ -57,7 +72,8 @@ def load_classifier(path: str | Path, device: torch.device, tta: bool | None = N
     model = model.to(device, memory_format=torch.channels_last).eval()
     meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "scheduler", "train_model", "ema")}
     meta["tta"] = ck["config"].get("tta", False) if tta is None else tta
-    return (FlipTTA(model) if meta["tta"] else model), meta
+    model = FlipTTA(model) if meta["tta"] else model
+    return (frozen_for_cpu(model, ck["img_size"]) if jit and device.type == "cpu" else model), meta
 
 
 def collect_files(inputs: list[str]) -> list[tuple[str, Path]]:
@@ -106,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each patch with its mirror image (default: as validated, from the checkpoint)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CPU, run the network traced and frozen by TorchScript (same outputs, ~1.6x faster)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
@@ -124,7 +142,7 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     if device.type == "cuda" and launcher_env()[1] > 1:  # torchrun: one GPU per process
         device = torch.device("cuda", launcher_env()[2])
-    model, meta = load_classifier(args.checkpoint, device, args.tta)
+    model, meta = load_classifier(args.checkpoint, device, args.tta, args.jit)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
     files = collect_files(inputs)  # keys are decided on the full list, so every shard names files alike
     n_all = len(files)

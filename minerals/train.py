@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from common.config import add_config_args
 from common.io import atomic_path, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
@@ -59,7 +60,10 @@ class Config:
     width: float = 1.0  # OreNet channel-width multiplier (0.82 M parameters at 1.0)
     freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
     img_size: int = 0  # input side in px (0: 128 for orenet, 224 for efficientnet_lite0, its pretraining size)
-    epochs: int = 0  # (0: 100 for orenet, 24-29 min alone on 2 cores, see README; 15 for efficientnet_lite0)
+    epochs: int = 0  # (0: 100 for orenet, 7-29 min alone on 2-core machines, see README; 15 for efficientnet_lite0)
+    time_budget_min: float = 27.0  # the whole run (data, training, validation, export) stays inside this: a few
+    #                   timed steps before training say how long an epoch takes, and when `epochs` would not fit
+    #                   the run plans fewer (the schedule then spans those); 0 = no limit
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
     quarter_turns: bool = False  # also turn training crops by 90 degrees half of the time (all 8 dihedral views;
@@ -98,13 +102,7 @@ class Config:
 def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
-        if f.type in ("bool", bool):
-            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
-                           choices=BACKBONES if f.name == "backbone" else None)
+    add_config_args(p, Config, choices={"backbone": BACKBONES})
     return Config(**vars(p.parse_args(argv))).resolve()
 
 
@@ -170,6 +168,50 @@ def class_weights(labels: list[int], power: float) -> torch.Tensor:
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     w = (counts.sum() / (len(CLASSES) * np.maximum(counts, 1))) ** power
     return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def time_one_epoch(model, train_dl, val_dl, weights, cfg: Config, device, steps: int = 3) -> float:
+    """Seconds one epoch (its training steps + a validation pass) should take here, from ``steps`` timed training
+    steps (after one untimed warm-up step) and one timed validation pass.
+
+    Forward and backward only, no optimizer step; the weights, BatchNorm statistics and random state are put back
+    afterwards, so the run that follows is the one that would have run without this probe.
+    """
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.train()
+        batches, t = iter(train_dl), 0.0
+        for i in range(min(steps + 1, len(train_dl))):
+            if i == 1:
+                t = time.perf_counter()
+            x, y = next(batches)
+            x = x.to(device, memory_format=torch.channels_last)
+            F.cross_entropy(model(x), y.to(device), weight=weights).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        per_step = (time.perf_counter() - t) / max(1, min(steps, len(train_dl) - 1))
+        t = time.perf_counter()
+        evaluate(model, val_dl, device, cfg.tta)
+        val_seconds = time.perf_counter() - t
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    return per_step * len(train_dl) + val_seconds
+
+
+def epochs_within_budget(epochs: int, epoch_seconds: float, budget_seconds: float, spent_seconds: float,
+                         reserve_seconds: float = 30.0, margin: float = 1.1) -> int:
+    """How many of ``epochs`` fit in what is left of the budget (at least 1): each epoch counted ``margin`` times
+    its estimate, and ``reserve_seconds`` kept for the final evaluation and the export."""
+    left = budget_seconds - spent_seconds - reserve_seconds
+    return max(1, min(epochs, int(left // (epoch_seconds * margin))))
+
+
+def past_budget(projected_seconds: float, budget_seconds: float, world: int, device) -> bool:
+    """Whether ``projected_seconds`` exceeds the budget on any process (all processes then stop together)."""
+    over = torch.tensor([float(projected_seconds > budget_seconds)], device=device)
+    if world > 1:
+        dist.all_reduce(over, op=dist.ReduceOp.MAX)
+    return bool(over.item())
 
 
 def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, rank: int = 0,
@@ -284,6 +326,7 @@ def export_graph(model, cfg: Config, out: Path) -> None:
 def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     """Train as configured; returns (the trained network, unwrapped, on every process; rank 0's result dict,
     ``{}`` on the other ranks)."""
+    t_start = time.time()
     rank, world, device = setup_distributed(cfg)
     log = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)  # noqa: E731
     torch.manual_seed(cfg.seed)
@@ -309,21 +352,37 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
 
     # model
     model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze).to(device, memory_format=torch.channels_last)
+    weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
+    ck = torch.load(cfg.resume, map_location=device, weights_only=True) if cfg.resume else None
+    epoch_seconds = None
+    if ck is not None:  # the OneCycle schedule spans the epochs the run planned (fewer when its budget said so)
+        if ck["config"]["epochs"] != cfg.epochs:
+            log(f"--resume: the run planned {ck['config']['epochs']} epochs (asked now: {cfg.epochs}); continuing "
+                f"its plan")
+            cfg.epochs = ck["config"]["epochs"]
+    elif cfg.time_budget_min and not cfg.max_steps:
+        epoch_seconds = time_one_epoch(model, train_dl, val_dl, weights, cfg, device)
+        if world > 1:  # every process plans the same number of epochs: the slowest one's
+            t = torch.tensor([epoch_seconds], dtype=torch.float64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            epoch_seconds = t.item()
+        fits = epochs_within_budget(cfg.epochs, epoch_seconds, 60 * cfg.time_budget_min, time.time() - t_start)
+        log(f"an epoch takes about {epoch_seconds:.1f} s here: {cfg.epochs} epochs ~ {cfg.epochs * epoch_seconds / 60:.1f}"
+            f" min; budget {cfg.time_budget_min:g} min for the whole run"
+            + ("" if fits == cfg.epochs else f": planning {fits} epochs instead (--time-budget-min 0 for all)"))
+        cfg.epochs = fits
+    if rank == 0:
+        write_json(out / "config.json", dataclasses.asdict(cfg))  # with the epochs planned
     groups = param_groups(model, cfg)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # OneCycle: cosine warm-up from lr/25 over the first 25 % of the steps, then cosine decay (per group)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
                                                 total_steps=cfg.epochs * len(train_dl),
                                                 pct_start=0.25)  # https://arxiv.org/abs/1708.07120
-    weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay else None)
     start, best, history, step = 0, -1.0, [], 0
-    if cfg.resume:
-        ck = torch.load(cfg.resume, map_location=device, weights_only=True)
-        if ck["config"]["epochs"] != cfg.epochs:  # the OneCycle schedule spans the planned epochs
-            raise SystemExit(f"--resume {cfg.resume}: planned for {ck['config']['epochs']} epochs; give --epochs "
-                             f"{ck['config']['epochs']} to continue it")
+    if ck is not None:
         model.load_state_dict(ck.get("train_model", ck["model"]))
         if ema is not None and "ema" in ck:
             ema.load_state_dict(ck["ema"])
@@ -340,9 +399,14 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         torch.manual_seed(cfg.seed + rank)  # different augmentation / dropout draws per process
 
     # loop
-    t_train = time.time()
+    t_train, last_seconds = time.time(), 0.0  # the previous epoch's seconds, checkpoints and plot included
     for epoch in range(start + 1, cfg.epochs + 1):
         t = time.time()
+        if epoch_seconds and last_seconds and past_budget(t - t_start + last_seconds, 60 * cfg.time_budget_min - 30,
+                                                          world, device):
+            log(f"stopping before epoch {epoch}: it would end past the {cfg.time_budget_min:g}-min budget "
+                f"(estimated {epoch_seconds:.1f} s an epoch, the last one took {last_seconds:.1f} s)")
+            break
         train_dl.sampler.set_epoch(epoch)
         train_loss, step = train_one_epoch(net, train_dl, opt, sched, weights, cfg, device, step, rank, ema)
         if world > 1:  # DDP copies rank 0's buffers before each forward; once more after the last one, so that
@@ -368,6 +432,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
                 w.writeheader()
                 w.writerows(history)
             plot_curves(history, out / "curves.png")
+        last_seconds = time.time() - t
         if cfg.max_steps and step >= cfg.max_steps:
             break
     train_seconds = time.time() - t_train
@@ -393,7 +458,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         w.writerow(["patch", "label"] + [f"p_{c}" for c in CLASSES])
         w.writerows([[r["patch"], r["label"]] + [f"{p:.5f}" for p in pr] for r, pr in zip(val_rows, probs)])
     result = {"best_epoch": ck["epoch"], "threshold": ck["threshold"], "train_seconds": train_seconds,
-              "world_size": world,
+              "world_size": world, "epochs_planned": cfg.epochs, "epoch_seconds_estimate": epoch_seconds,
               **({"last_accuracy_trained": last_raw["accuracy"], "last_accuracy_ema": last_ema["accuracy"],
                   "last_macro_f1_trained": last_raw["macro_f1"], "last_macro_f1_ema": last_ema["macro_f1"]}
                  if ema is not None else {}),

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minerals import train
 from minerals.data import CLASSES, MINERALS, to_tensor, train_transform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,5 +128,60 @@ def test_ema_mix_tta_checkpoint_and_resume(samples, tmp_path):
     assert torch.equal(ck["model"]["fc.weight"], ck["ema"]["module.fc.weight"])
     train.main(args + ["--resume", str(tmp_path / "last.pt")])
     assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1, 2]
-    model, meta = predict_module.load_classifier(tmp_path / "best.pt", torch.device("cpu"))
+    model, meta = predict_module.load_classifier(tmp_path / "best.pt", torch.device("cpu"), jit=False)
     assert meta["tta"] and type(model).__name__ == "FlipTTA"
+    frozen, _ = predict_module.load_classifier(tmp_path / "best.pt", torch.device("cpu"))  # TTA inside the trace
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_epochs_within_budget():
+    # 10 min left after 30 s spent and 30 s kept back, epochs of 10 s counted 11 s: 54 fit
+    assert train.epochs_within_budget(100, 10.0, 660.0, 30.0) == 54
+    assert train.epochs_within_budget(20, 10.0, 660.0, 30.0) == 20  # never more than asked
+    assert train.epochs_within_budget(100, 10.0, 60.0, 50.0) == 1  # at least one epoch
+
+
+def test_time_budget_probe_changes_nothing_and_plans_fewer_epochs(samples, tmp_path):
+    """The timing probe leaves weights and random state as they were: the same run with and without it; a budget
+    too small for the asked epochs plans fewer and records them."""
+    args = ["--data", str(samples), "--epochs", "2", "--img-size", "32", "--width", "0.5", "--batch-size", "16",
+            "--threads", "1", "--no-export"]
+    without = train.main(args + ["--out", str(tmp_path / "a"), "--time-budget-min", "0"])
+    with_probe = train.main(args + ["--out", str(tmp_path / "b")])
+    assert without["epoch_seconds_estimate"] is None and with_probe["epoch_seconds_estimate"] > 0
+    assert (tmp_path / "a" / "log.csv").read_text().split("\n")[1].split(",")[:7] == \
+        (tmp_path / "b" / "log.csv").read_text().split("\n")[1].split(",")[:7]
+    assert [without[k] for k in ("accuracy", "macro_f1", "threshold")] == \
+        [with_probe[k] for k in ("accuracy", "macro_f1", "threshold")]
+    tight = train.main(args + ["--out", str(tmp_path / "c"), "--time-budget-min", "0.001"])
+    assert tight["epochs_planned"] == 1
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["epochs"] == 1
+
+
+def test_time_budget_stops_a_run_that_falls_behind(samples, tmp_path, monkeypatch):
+    """An epoch slower than estimated: the run stops before the epoch that would end past the budget, keeping
+    its checkpoints."""
+    monkeypatch.setattr(train, "time_one_epoch", lambda *a, **k: 1e-6)  # the probe promises instant epochs
+    monkeypatch.setattr(train, "epochs_within_budget", lambda epochs, *a, **k: epochs)  # all 3 planned
+    result = train.main(["--data", str(samples), "--out", str(tmp_path), "--epochs", "3", "--img-size", "32",
+                         "--width", "0.5", "--batch-size", "16", "--threads", "1", "--no-export",
+                         "--time-budget-min", "0.5"])  # 30 s: all of it the final reserve
+    assert result["epochs_planned"] == 3 and result["best_epoch"] == 1
+    assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1]
+
+
+def test_frozen_network_gives_the_eager_probabilities(run, samples):
+    """predict.py's TorchScript-frozen network (the CPU default) against the plain one, on batches of 32 and a
+    last batch of another size."""
+    from minerals import predict as predict_module
+
+    files = sorted((Path(samples) / "patches").rglob("*.jpg"))[:45]
+    out = {}
+    for jit in (False, True):
+        model, meta = predict_module.load_classifier(run / "best.pt", torch.device("cpu"), jit=jit)
+        out[jit] = np.stack([p for _, p, _ in predict_module.predict_probs(model, files, meta["img_size"],
+                                                                           torch.device("cpu"))])
+    assert isinstance(model, torch.jit.ScriptModule) and out[True].shape == (45, len(CLASSES))
+    np.testing.assert_allclose(out[True], out[False], atol=1e-5)
