@@ -170,29 +170,34 @@ def class_weights(labels: list[int], power: float) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def time_one_epoch(model, train_dl, val_dl, weights, cfg: Config, device, steps: int = 3) -> float:
-    """Seconds one epoch (its training steps + a validation pass) should take here, from ``steps`` timed training
-    steps (after one untimed warm-up step) and one timed validation pass.
+def time_one_epoch(model, train_dl, val_dl, weights, cfg: Config, device, steps: int = 5) -> float:
+    """Seconds one epoch (its training steps + a validation pass) should take here: the median of ``steps`` timed
+    training steps (after one untimed warm-up step) times the steps of an epoch, plus the faster of two timed
+    validation passes (medians and minima: one hiccup of the machine must not halve the planned epochs).
 
     Forward and backward only, no optimizer step; the weights, BatchNorm statistics and random state are put back
     afterwards, so the run that follows is the one that would have run without this probe.
     """
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    def step(x, y):
+        x = x.to(device, memory_format=torch.channels_last)
+        F.cross_entropy(model(x), y.to(device), weight=weights).backward()
+
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model.train()
-        batches, t = iter(train_dl), 0.0
-        for i in range(min(steps + 1, len(train_dl))):
-            if i == 1:
-                t = time.perf_counter()
-            x, y = next(batches)
-            x = x.to(device, memory_format=torch.channels_last)
-            F.cross_entropy(model(x), y.to(device), weight=weights).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        per_step = (time.perf_counter() - t) / max(1, min(steps, len(train_dl) - 1))
-        t = time.perf_counter()
-        evaluate(model, val_dl, device, cfg.tta)
-        val_seconds = time.perf_counter() - t
+        batches = iter(train_dl)
+        times = [timed(lambda: step(*next(batches))) for _ in range(min(steps + 1, len(train_dl)))]
+        per_step = float(np.median(times[1:] or times))
+        val_seconds = min(timed(lambda: evaluate(model, val_dl, device, cfg.tta)) for _ in range(2))
     model.load_state_dict(state)
     model.zero_grad(set_to_none=True)
     return per_step * len(train_dl) + val_seconds
