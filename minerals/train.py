@@ -82,7 +82,8 @@ class Config:
     class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
     n_folds: int = 5  # the validation set is one fold of a stratified group k-fold
     val_fold: int = 0
-    seed: int = 0
+    split_seed: int = -1  # seed of the fold assignment (-1: --seed); give it to compare training seeds on one split
+    seed: int = 0  # training seed (initial weights, batch order, augmentation) and, by default, the split's
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 2  # CPU threads (the machine is shared: keep it small)
     max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
@@ -130,7 +131,8 @@ def setup_distributed(cfg: Config) -> tuple[int, int, torch.device]:
 
 def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
     rows = read_index(cfg.data)
-    train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, cfg.seed)
+    split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
+    train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, split_seed)
     cache = int(cfg.img_size * 1.25)
     train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale, cfg.quarter_turns), cache)
     val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)

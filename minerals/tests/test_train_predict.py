@@ -185,3 +185,14 @@ def test_frozen_network_gives_the_eager_probabilities(run, samples):
                                                                            torch.device("cpu"))])
     assert isinstance(model, torch.jit.ScriptModule) and out[True].shape == (45, len(CLASSES))
     np.testing.assert_allclose(out[True], out[False], atol=1e-5)
+
+
+def test_split_seed_keeps_the_split_while_the_training_seed_changes(samples):
+    def val_patches(*flags):
+        cfg = train.parse_args(["--data", str(samples), "--img-size", "32", *flags])
+        return sorted(r["patch"] for r in train.make_loaders(cfg)[1])
+
+    default = val_patches()
+    assert val_patches("--seed", "1", "--split-seed", "0") == default
+    assert val_patches("--seed", "0", "--split-seed", "1") == val_patches("--seed", "1")  # -1: the split follows --seed
+    assert val_patches("--seed", "1") != default
