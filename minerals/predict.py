@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,6 @@ def frozen_for_cpu(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
     folded into the convolutions). Same outputs to about 1e-6, any batch size; the forward pass of a batch of 32
     measured 1.6x faster on 2 cores for both networks (``optimize_for_inference`` on top: as fast for
     EfficientNet-Lite0, slower than eager for OreNet; README: Results)."""
-    import warnings
-
     x = torch.rand(2, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's maintenance-mode notices
