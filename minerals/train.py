@@ -213,15 +213,16 @@ def epochs_within_budget(epochs: int, epoch_seconds: float, budget_seconds: floa
     return max(1, min(epochs, int(left // (epoch_seconds * margin))))
 
 
-def plan_epochs(model, train_dl, val_dl, weights, cfg: Config, device, world: int, spent_seconds: float,
+def plan_epochs(model, train_dl, val_dl, weights, cfg: Config, device, world: int, started: float,
                 log=print) -> tuple[int, float]:
-    """(epochs that fit the time budget, estimated seconds an epoch); every process plans the slowest one's."""
+    """(epochs that fit the time budget of a run started at ``started``, estimated seconds an epoch); every process
+    plans the slowest one's."""
     epoch_seconds = time_one_epoch(model, train_dl, val_dl, weights, cfg, device)
     if world > 1:
         t = torch.tensor([epoch_seconds], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         epoch_seconds = t.item()
-    fits = epochs_within_budget(cfg.epochs, epoch_seconds, 60 * cfg.time_budget_min, spent_seconds)
+    fits = epochs_within_budget(cfg.epochs, epoch_seconds, 60 * cfg.time_budget_min, time.time() - started)
     log(f"an epoch takes about {epoch_seconds:.1f} s here: {cfg.epochs} epochs ~ {cfg.epochs * epoch_seconds / 60:.1f}"
         f" min; budget {cfg.time_budget_min:g} min for the whole run"
         + ("" if fits == cfg.epochs else f": planning {fits} epochs instead (--time-budget-min 0 for all)"))
@@ -383,8 +384,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
                 f"its plan")
             cfg.epochs = ck["config"]["epochs"]
     elif cfg.time_budget_min and not cfg.max_steps:
-        cfg.epochs, epoch_seconds = plan_epochs(model, train_dl, val_dl, weights, cfg, device, world,
-                                                time.time() - t_start, log)
+        cfg.epochs, epoch_seconds = plan_epochs(model, train_dl, val_dl, weights, cfg, device, world, t_start, log)
     if rank == 0:
         write_json(out / "config.json", dataclasses.asdict(cfg))  # with the epochs planned
     groups = param_groups(model, cfg)

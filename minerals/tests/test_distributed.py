@@ -53,6 +53,17 @@ def test_two_processes_hold_identical_weights_and_resume(samples, tmp_path):
     assert [h["epoch"] for h in torch.load(out / "last.pt", weights_only=True)["history"]] == [1, 2]
 
 
+def test_two_processes_plan_the_same_epochs_within_the_time_budget(samples, tmp_path):
+    """The budget probe under DDP: both processes time an epoch, agree on the slowest estimate, plan the same
+    epochs and end with identical weights; a budget too small for the asked epochs plans fewer."""
+    out = tmp_path / "ddp_budget"
+    p = torchrun(["--data", str(samples), "--out", str(out), "--epochs", "3", "--time-budget-min", "0.5", *TINY])
+    result = json.loads((out / "result.json").read_text())
+    assert result["epoch_seconds_estimate"] > 0 and result["epochs_planned"] == 1, result  # 30 s: all kept back
+    assert "an epoch takes about" in p.stderr
+    assert_same_weights(*[torch.load(out / f"weights.rank{r}.pt", weights_only=True) for r in (0, 1)])
+
+
 def test_distributed_batches_cover_the_single_process_batches(samples):
     """Batch arithmetic: with N processes of batch B/N, step k sees the samples of step k of one process."""
     cfg = train.parse_args(["--data", str(samples), *TINY])
