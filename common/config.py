@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import inspect
 import re
+import typing
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s?(.*))?$")  # "    name: type = default  # comment"
 _MORE = re.compile(r"^\s+#\s{2,}(\S.*)$")  # "    #        more of the comment above"
@@ -46,13 +47,12 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls, choices: dict[s
     """One option per field of the dataclass ``config_cls`` (bool, int, float or str); ``choices``: allowed values
     of some fields."""
     comments, choices = field_comments(config_cls), choices or {}
+    types = typing.get_type_hints(config_cls)  # real classes, also under `from __future__ import annotations`
     for f in dataclasses.fields(config_cls):
-        flag, help_ = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%")
-        kind = str(f.type)
-        if kind in ("bool", "<class 'bool'>"):
+        flag, help_, typ = "--" + f.name.replace("_", "-"), comments.get(f.name, "").replace("%", "%%"), types[f.name]
+        if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        elif kind in ("int", "float", "str", "<class 'int'>", "<class 'float'>", "<class 'str'>"):
-            typ = {"int": int, "float": float, "str": str}[kind.removeprefix("<class '").removesuffix("'>")]
+        elif typ in (int, float, str):
             parser.add_argument(flag, type=typ, default=f.default, choices=choices.get(f.name), help=help_)
         else:
-            raise TypeError(f"{config_cls.__name__}.{f.name}: type {kind} has no command-line form (bool, int, float, str)")
+            raise TypeError(f"{config_cls.__name__}.{f.name}: type {typ} has no command-line form (bool, int, float, str)")

@@ -25,7 +25,7 @@ from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
 from minerals.decision import UNKNOWN, decide, mineral_confidence, threshold_curve
 from minerals.predict import load_classifier, predict_probs
-from minerals.train import pick_device
+from minerals.train import mineral_metrics, pick_device
 
 
 def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all") -> list[tuple[Path, str]]:
@@ -51,8 +51,7 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
 def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     """All metrics of one evaluation; ``probs`` (N, 8) softmax, ``labels`` (N,) indices into CLASSES."""
     pos = labels < len(MINERALS)
-    closed = classification_summary(labels[pos].tolist(), probs[pos, : len(MINERALS)].argmax(1).tolist(),
-                                    MINERALS) if pos.any() else None  # None: negatives only (a rejection test)
+    closed = mineral_metrics(probs, labels) if pos.any() else None  # None: negatives only (a rejection test)
     _, results = decide(probs, threshold)
     truth = [CLASSES[i] if i < len(MINERALS) else UNKNOWN for i in labels]
     open_set = classification_summary(truth, results, MINERALS + [UNKNOWN])

@@ -48,7 +48,7 @@ from common.io import atomic_path, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
-from minerals.decision import choose_threshold, open_set_correct
+from minerals.decision import choose_threshold, mineral_confidence, open_set_correct
 from minerals.model import BACKBONES, FlipTTA, build_model
 
 
@@ -205,8 +205,11 @@ def time_one_epoch(model, train_dl, val_dl, weights, cfg: Config, device, steps:
     return per_step * len(train_dl) + val_seconds
 
 
+BUDGET_RESERVE_S = 30.0  # of the time budget, kept for the final evaluation, val_predictions.csv and the export
+
+
 def epochs_within_budget(epochs: int, epoch_seconds: float, budget_seconds: float, spent_seconds: float,
-                         reserve_seconds: float = 30.0, margin: float = 1.1) -> int:
+                         reserve_seconds: float = BUDGET_RESERVE_S, margin: float = 1.1) -> int:
     """How many of ``epochs`` fit in what is left of the budget (at least 1): each epoch counted ``margin`` times
     its estimate, and ``reserve_seconds`` kept for the final evaluation and the export."""
     left = budget_seconds - spent_seconds - reserve_seconds
@@ -283,8 +286,7 @@ def evaluate(model, loader, device, tta: bool = False) -> tuple[float, np.ndarra
 def mineral_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Closed-set metrics on the mineral patches: the most likely mineral against the true one."""
     pos = labels < len(MINERALS)
-    pred = probs[pos, : len(MINERALS)].argmax(1)
-    return classification_summary(labels[pos].tolist(), pred.tolist(), MINERALS)
+    return classification_summary(labels[pos].tolist(), mineral_confidence(probs[pos])[1].tolist(), MINERALS)
 
 
 def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: float, cfg: Config, threshold: float,
@@ -416,7 +418,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     t_train, last_seconds = time.time(), 0.0  # the previous epoch's seconds, checkpoints and plot included
     for epoch in range(start + 1, cfg.epochs + 1):
         t = time.time()
-        if epoch_seconds and last_seconds and past_budget(t - t_start + last_seconds, 60 * cfg.time_budget_min - 30,
+        if epoch_seconds and last_seconds and past_budget(t - t_start + last_seconds, 60 * cfg.time_budget_min - BUDGET_RESERVE_S,
                                                           world, device):
             log(f"stopping before epoch {epoch}: it would end past the {cfg.time_budget_min:g}-min budget "
                 f"(estimated {epoch_seconds:.1f} s an epoch, the last one took {last_seconds:.1f} s)")
