@@ -55,17 +55,25 @@ def rot90(img: torch.Tensor) -> torch.Tensor:
     return torch.rot90(img, 1, dims=(-2, -1))
 
 
-def train_transform(size: int, min_scale: float = 0.25, quarter_turns: bool = False) -> v2.Compose:
+AUGMENTS = ("basic", "trivial")
+
+
+def train_transform(size: int, min_scale: float = 0.25, quarter_turns: bool = False,
+                    augment: str = "basic") -> v2.Compose:
     """Strong but CPU-cheap augmentation for training from few photos: scale/crop, flips, photometric changes.
 
     No hue change: colour is one of the strongest cues between these minerals (and hue jitter is the most
     expensive v2 op on CPU). Free-angle rotations are left out for the same cost reason; the flips cover 4
     orientations and ``quarter_turns`` (a 90-degree turn half of the time, exact on the square crops) all 8.
+    ``augment="trivial"`` adds TrivialAugmentWide (one op of random kind and strength per crop, on uint8).
     """
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment {augment!r}: choose from {AUGMENTS}")
     turn = [v2.RandomApply([v2.Lambda(rot90)], p=0.5)] if quarter_turns else []
+    trivial = [v2.TrivialAugmentWide()] if augment == "trivial" else []
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.75, 1.333), antialias=True),
-        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *turn,
+        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *turn, *trivial,
         v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.25),
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomErasing(p=0.2, scale=(0.02, 0.12)),

@@ -142,11 +142,13 @@ class OreNet(nn.Module):
 class EfficientNetLite0(nn.Module):
     """timm's EfficientNet-Lite0 with its own input scaling ``(x * 255 - 127) / 128`` built in."""
 
-    def __init__(self, num_classes: int, pretrained: bool = True, dropout: float = 0.2, freeze: int = 0):
+    def __init__(self, num_classes: int, pretrained: bool = True, dropout: float = 0.2, freeze: int = 0,
+                 drop_path: float = 0.0):
         super().__init__()
         import timm  # only this backbone needs timm
 
-        self.net = timm.create_model("efficientnet_lite0", pretrained=False, drop_rate=dropout)
+        self.net = timm.create_model("efficientnet_lite0", pretrained=False, drop_rate=dropout,
+                                     drop_path_rate=drop_path)
         if pretrained:
             load_lite0_imagenet(self.net)
         self.net.reset_classifier(num_classes)
@@ -200,13 +202,14 @@ def load_lite0_imagenet(net: nn.Module) -> None:
 
 
 def build_model(backbone: str, num_classes: int, width: float = 1.0, pretrained: bool = True,
-                freeze: int = 0) -> nn.Module:
+                freeze: int = 0, drop_path: float | None = None) -> nn.Module:
     """The network named ``backbone`` (one of :data:`BACKBONES`) with ``num_classes`` outputs.
 
-    ``width`` applies to OreNet; ``pretrained`` and ``freeze`` (frozen first stages) to efficientnet_lite0.
+    ``width`` applies to OreNet; ``pretrained`` and ``freeze`` (frozen first stages) to efficientnet_lite0;
+    ``drop_path`` (stochastic depth of the deepest block; None: each network's default) to both.
     """
     if backbone == "orenet":
-        return OreNet(num_classes, width)
+        return OreNet(num_classes, width) if drop_path is None else OreNet(num_classes, width, drop_path=drop_path)
     if backbone == "efficientnet_lite0":
-        return EfficientNetLite0(num_classes, pretrained, freeze=freeze)
+        return EfficientNetLite0(num_classes, pretrained, freeze=freeze, drop_path=drop_path or 0.0)
     raise ValueError(f"unknown backbone {backbone!r}; choose from {BACKBONES}")

@@ -47,7 +47,7 @@ from common.config import add_config_args
 from common.io import atomic_path, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
-from minerals.data import CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
+from minerals.data import AUGMENTS, CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
 from minerals.decision import choose_threshold, mineral_confidence, open_set_correct
 from minerals.model import BACKBONES, FlipTTA, build_model
 
@@ -66,8 +66,11 @@ class Config:
     #                   the run plans fewer (the schedule then spans those); 0 = no limit
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
+    augment: str = "basic"  # basic: crop, flips, colour jitter, erasing | trivial: + TrivialAugmentWide
+    #                   (https://arxiv.org/abs/2103.10158), one random photometric/geometric op per crop
     quarter_turns: bool = False  # also turn training crops by 90 degrees half of the time (all 8 dihedral views;
     #                   5-fold mean 0.826 / 0.796 against 0.826 / 0.799 without: README)
+    drop_path: float = -1.0  # stochastic depth rate of the deepest block (-1: 0.1 for orenet, 0 for efficientnet_lite0)
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
     backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
@@ -97,13 +100,14 @@ class Config:
         self.mix = (0.0 if transfer else 0.5) if self.mix < 0 else self.mix
         self.lr = self.lr or (2e-3 if transfer else 4e-3)
         self.backbone_lr_scale = self.backbone_lr_scale or (0.25 if transfer else 1.0)
+        self.drop_path = (0.0 if transfer else 0.1) if self.drop_path < 0 else self.drop_path
         return self
 
 
 def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(p, Config, choices={"backbone": BACKBONES})
+    add_config_args(p, Config, choices={"backbone": BACKBONES, "augment": AUGMENTS})
     return Config(**vars(p.parse_args(argv))).resolve()
 
 
@@ -134,7 +138,7 @@ def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
     split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
     train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, split_seed)
     cache = int(cfg.img_size * 1.25)
-    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale, cfg.quarter_turns), cache)
+    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale, cfg.quarter_turns, cfg.augment), cache)
     val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)
     # one seeded permutation per epoch (sampler.set_epoch), process r takes its items r, r+N, ...: with N
     # processes of batch_size // N, step k covers the same samples as step k of a single process
@@ -376,7 +380,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         f"training counts {counts}" + (f"; {world} processes x batch {train_dl.batch_size}" if world > 1 else ""))
 
     # model
-    model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze, drop_path=cfg.drop_path).to(device, memory_format=torch.channels_last)
     weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
     ck = torch.load(cfg.resume, map_location=device, weights_only=True) if cfg.resume else None
     epoch_seconds = None

@@ -65,3 +65,24 @@ def test_flip_tta_averages_the_mirror_image_probabilities():
         got = FlipTTA(m)(x).softmax(1)
         assert torch.allclose(got, want, atol=1e-6)
         assert torch.allclose(FlipTTA(m)(x.flip(3)), FlipTTA(m)(x), atol=1e-5)  # mirror-invariant
+
+
+def test_drop_path_reaches_both_networks_and_only_acts_in_training():
+    """--drop-path sets the deepest block's stochastic depth rate (timm's drop_path_rate for EfficientNet-Lite0,
+    OreNet's own linear ramp); eval mode is deterministic."""
+    from minerals import train
+
+    lite = build_model("efficientnet_lite0", 8, pretrained=False, freeze=3, drop_path=0.2)
+    rates = [m.drop_prob for m in lite.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.2 * 15 / 16)  # timm ramps 0 -> 0.2 over its 16 blocks
+    ore = build_model("orenet", 8, 0.5, drop_path=0.3)
+    assert max(b.drop_path for b in ore.blocks) == pytest.approx(0.3) and ore.blocks[0].drop_path == 0.0
+    assert max(b.drop_path for b in build_model("orenet", 8, 0.5).blocks) == pytest.approx(0.1)  # its default
+    assert (train.parse_args([]).drop_path, train.parse_args(["--backbone", "efficientnet_lite0"]).drop_path) == (0.1, 0.0)
+    x = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(0)
+    ore.train()
+    assert not torch.equal(ore(x), ore(x))  # residual branches dropped at random (and dropout)
+    ore.eval()
+    with torch.no_grad():
+        assert torch.equal(ore(x), ore(x))

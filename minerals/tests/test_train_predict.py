@@ -113,6 +113,28 @@ def test_quarter_turns_add_the_four_transposed_views():
         assert centres == expected, (turns, centres)
 
 
+def test_trivial_augment_adds_photometric_ops_to_the_basic_transform():
+    """augment="trivial" draws one TrivialAugmentWide op per crop on top of the basic transform: with crop, flips,
+    jitter and erasing neutralised, basic leaves a grey ramp unchanged and trivial changes some of the crops."""
+    import pytest
+    from torchvision.transforms import v2
+
+    img = np.tile(np.linspace(40, 215, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))
+    x = to_tensor(img)
+    changed = {}
+    for augment in ("basic", "trivial"):
+        torch.manual_seed(0)
+        t = train_transform(32, min_scale=1.0, augment=augment)
+        keep = [op for op in t.transforms if isinstance(op, (v2.RandomResizedCrop, v2.ToDtype, v2.TrivialAugmentWide))]
+        t = v2.Compose(keep)
+        outs = [t(x) for _ in range(40)]
+        assert all(o.shape == (3, 32, 32) and o.dtype == torch.float32 for o in outs)
+        changed[augment] = sum(not torch.allclose(o, x.float() / 255, atol=1 / 255) for o in outs)
+    assert changed["basic"] == 0 and changed["trivial"] >= 10, changed
+    with pytest.raises(ValueError, match="augment"):
+        train_transform(32, augment="randaugment")
+
+
 def test_ema_mix_tta_checkpoint_and_resume(samples, tmp_path):
     """With a weight average the checkpoint's "model" is the average (what predict uses) and --resume goes on from
     the trained weights and the averager's state."""
@@ -120,10 +142,11 @@ def test_ema_mix_tta_checkpoint_and_resume(samples, tmp_path):
 
     args = ["--data", str(samples), "--out", str(tmp_path), "--epochs", "2", "--img-size", "32", "--width", "0.5",
             "--batch-size", "16", "--threads", "1", "--no-export", "--ema-decay", "0.9", "--mix", "1.0", "--tta",
-            "--quarter-turns"]
+            "--quarter-turns", "--augment", "trivial", "--drop-path", "0.2"]
     train.main(args + ["--max-steps", "2"])
     ck = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
     assert {"model", "train_model", "ema"} <= set(ck) and ck["config"]["tta"] and ck["config"]["quarter_turns"]
+    assert (ck["config"]["augment"], ck["config"]["drop_path"]) == ("trivial", 0.2)
     assert not torch.equal(ck["model"]["fc.weight"], ck["train_model"]["fc.weight"])
     assert torch.equal(ck["model"]["fc.weight"], ck["ema"]["module.fc.weight"])
     train.main(args + ["--resume", str(tmp_path / "last.pt")])
