@@ -4,8 +4,9 @@
 #   make test    unit and end-to-end tests of common/ and every task (what CI runs)
 #   make bench   benchmarks on real data: make bench DATA_ROOT=../shared/data
 #
-# Each task folder adds its own targets (train-<task>, predict-<task>, bench-<task>, demo-<task>) in
-# <task>/task.mk, included below. Task short names: wood, minerals, ships, fcnn.
+# Each task folder adds its own targets (train-<task>, predict-<task>, bench-<task>, demo-<task>,
+# check-<task> = its pytest, demo-data-<task>) in <task>/task.mk, included below.
+# Task short names: wood, minerals, ships, fcnn.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -28,6 +29,7 @@ export PYTHONUNBUFFERED := 1
 
 TASKS := wood minerals ships fcnn
 DEMO_TARGETS :=
+DEMO_DATA_TARGETS :=
 TEST_TORCH := common
 # the TensorFlow venv also checks that common/ imports no framework there
 TEST_TF := common/tests/test_demo_data.py::test_common_imports_no_framework
@@ -65,18 +67,10 @@ setup: venv-torch venv-tf
 # ------------------------------------------------------------------------------------------- task targets
 include $(sort $(wildcard */task.mk))
 
-# Targets of a task whose package is not built yet say so and succeed.
-train-% predict-% bench-% demo-% test-%:
-	@case "$*" in wood|minerals|ships|fcnn) echo "'$@': the $* task package is not built yet (see README)";; \
-	  *) echo "unknown target '$@'; tasks are: $(TASKS)"; exit 2;; esac
-
 # ------------------------------------------------------------------------------------------- demo data
-# Written only where data/<task>/ is missing or empty: user data is never overwritten.
-demo-data: venv-torch
-	$(TORCH_PY) -m wood_anomaly.demo_data --out $(DATA_ROOT)/wood
-	$(TORCH_PY) -m minerals.demo_data --out $(DATA_ROOT)/minerals
-	$(TORCH_PY) -m airbus_ships.demo_data --out $(DATA_ROOT)/airbus
-	$(TORCH_PY) -m fcnn_rgb_gt.demo_data --out $(DATA_ROOT)/fcnn
+# Written only where data/<task>/ is missing or empty: user data is never overwritten. A task's own
+# targets need only its own folder (demo-data-<task>, in its task.mk).
+demo-data: $(DEMO_DATA_TARGETS)
 
 demo: setup demo-data $(DEMO_TARGETS)
 	@echo; echo "demo finished; outputs are under $(RUNS)/: wood_demo, minerals_demo, airbus_demo, fcnn_demo" \

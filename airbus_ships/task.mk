@@ -3,12 +3,13 @@
 #   make test-ships                  predict + score $(DATA_ROOT)/airbus with $(RUNS)/airbus/model/best.keras
 #   make bench-ships DATA_ROOT=../shared/data    fixed split of the real subset -> benchmarks/airbus.json
 #   make demo-ships                  short train + test on the demo data (pretrained encoder; training 0.6-1.8 min on 2 cores)
+#   make check-ships                 this package's tests only (make test runs them all); PYTEST_ARGS="-k name -x" narrows
 SHIPS_TRAIN_ARGS ?=
 SHIPS_TEST_ARGS ?=
 
-.PHONY: train-ships test-ships predict-ships bench-ships demo-ships
+.PHONY: check-ships demo-data-ships train-ships test-ships predict-ships bench-ships demo-ships
 
-train-ships: venv-tf demo-data
+train-ships: venv-tf demo-data-ships
 	$(TF_PY) airbus_ships/train.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus $(SHIPS_TRAIN_ARGS)
 
 test-ships: venv-tf
@@ -20,7 +21,7 @@ predict-ships: test-ships
 bench-ships: venv-tf
 	$(TF_PY) airbus_ships/bench.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus_bench
 
-demo-ships: venv-tf demo-data
+demo-ships: venv-tf demo-data-ships
 	$(TF_PY) airbus_ships/train.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus_demo \
 	  --epochs 2 --steps-per-epoch 12 --batch-size 4 --val-steps 1 --calib-images 6
 	$(TF_PY) airbus_ships/test.py --data $(DATA_ROOT)/airbus --model $(RUNS)/airbus_demo/model/best.keras \
@@ -28,3 +29,13 @@ demo-ships: venv-tf demo-data
 
 DEMO_TARGETS += demo-ships
 TEST_TF += airbus_ships
+
+# the package's own tests (make test runs every package's)
+check-ships: venv-tf
+	$(TF_PY) -m pytest airbus_ships $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# synthetic demo data in $(DATA_ROOT)/airbus, only where that folder is missing or empty
+demo-data-ships: venv-torch
+	$(TORCH_PY) -m airbus_ships.demo_data --out $(DATA_ROOT)/airbus
+
+DEMO_DATA_TARGETS += demo-data-ships

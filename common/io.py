@@ -206,6 +206,17 @@ def rle_encode(mask: np.ndarray) -> str:
 
 
 # ------------------------------------------------------------------------------------------- atomic writes
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask (mkstemp's own 0600 would hide outputs from
+    the other users of a shared folder)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _new_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
@@ -217,6 +228,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
     tmp = Path(tmp)
     try:
         yield tmp

@@ -8,21 +8,22 @@
 #   make bench-minerals DATA_ROOT=../shared/data    both models on a fixed split -> benchmarks/minerals.json
 #   make docs-minerals               the PDF report from the bench runs -> minerals/docs/minerals_report.pdf
 #   make demo-minerals               extract + short train + predict + evaluate + report on demo photos (< 2 min)
+#   make check-minerals              this package's tests only (make test runs them all); PYTEST_ARGS="-k name -x" narrows
 MINERALS_RUN ?= $(RUNS)/minerals
 MINERALS_TRAIN_ARGS ?=
 MINERALS_PATCHES ?= $(MINERALS_RUN)/samples/patches
 MINERALS_BENCH_RUN ?= $(RUNS)/minerals_bench
 
-.PHONY: train-minerals predict-minerals eval-minerals bench-minerals docs-minerals demo-minerals
+.PHONY: check-minerals demo-data-minerals train-minerals predict-minerals eval-minerals bench-minerals docs-minerals demo-minerals
 
-train-minerals: venv-torch demo-data
+train-minerals: venv-torch demo-data-minerals
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(MINERALS_RUN)/samples
 	$(TORCH_PY) minerals/train.py --data $(MINERALS_RUN)/samples --out $(MINERALS_RUN)/train $(MINERALS_TRAIN_ARGS)
 
 $(MINERALS_RUN)/train/best.pt:
 	$(MAKE) train-minerals
 
-predict-minerals: venv-torch demo-data $(MINERALS_RUN)/train/best.pt
+predict-minerals: venv-torch demo-data-minerals $(MINERALS_RUN)/train/best.pt
 	$(TORCH_PY) minerals/predict.py $(MINERALS_PATCHES) --checkpoint $(MINERALS_RUN)/train/best.pt \
 	  > $(MINERALS_RUN)/results.json.tmp && mv $(MINERALS_RUN)/results.json.tmp $(MINERALS_RUN)/results.json
 	@echo "wrote $(MINERALS_RUN)/results.json"
@@ -36,7 +37,7 @@ bench-minerals: venv-torch
 docs-minerals: venv-torch
 	$(TORCH_PY) minerals/report.py --runs $(MINERALS_BENCH_RUN) --out minerals/docs/minerals_report.pdf
 
-demo-minerals: venv-torch demo-data
+demo-minerals: venv-torch demo-data-minerals
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(RUNS)/minerals_demo/samples
 	$(TORCH_PY) minerals/train.py --data $(RUNS)/minerals_demo/samples --out $(RUNS)/minerals_demo/scratch \
 	  --epochs 8 --img-size 48 --width 0.5 --mix 0 --threads 1
@@ -49,3 +50,13 @@ demo-minerals: venv-torch demo-data
 
 DEMO_TARGETS += demo-minerals
 TEST_TORCH += minerals
+
+# the package's own tests (make test runs every package's)
+check-minerals: venv-torch
+	$(TORCH_PY) -m pytest minerals $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# synthetic demo data in $(DATA_ROOT)/minerals, only where that folder is missing or empty
+demo-data-minerals: venv-torch
+	$(TORCH_PY) -m minerals.demo_data --out $(DATA_ROOT)/minerals
+
+DEMO_DATA_TARGETS += demo-data-minerals

@@ -4,25 +4,26 @@
 #   make bench-wood DATA_ROOT=../shared/data    train on the 7 real photos, score vs consensus masks,
 #                                    side by side with the median-colour baseline -> benchmarks/wood.json
 #   make demo-wood                   short train + predict + evaluate on the demo photos (< 2 min)
+#   make check-wood                  this package's tests only (make test runs them all); PYTEST_ARGS="-k name -x" narrows
 WOOD_TRAIN_ARGS ?=
 WOOD_PREDICT_ARGS ?=
 
-.PHONY: train-wood predict-wood bench-wood demo-wood
+.PHONY: check-wood demo-data-wood train-wood predict-wood bench-wood demo-wood
 
-train-wood: venv-torch demo-data
+train-wood: venv-torch demo-data-wood
 	$(TORCH_PY) wood_anomaly/train.py --data $(DATA_ROOT)/wood --out $(RUNS)/wood $(WOOD_TRAIN_ARGS)
 
 $(RUNS)/wood/model.pt:
 	$(MAKE) train-wood
 
-predict-wood: venv-torch demo-data $(RUNS)/wood/model.pt
+predict-wood: venv-torch demo-data-wood $(RUNS)/wood/model.pt
 	$(TORCH_PY) wood_anomaly/predict.py --data $(DATA_ROOT)/wood --model $(RUNS)/wood/model.pt \
 	  --out $(RUNS)/wood/pred $(WOOD_PREDICT_ARGS)
 
 bench-wood: venv-torch
 	$(TORCH_PY) wood_anomaly/bench.py --data $(DATA_ROOT)/wood --runs $(RUNS)/wood_bench --out benchmarks/wood.json
 
-demo-wood: venv-torch demo-data
+demo-wood: venv-torch demo-data-wood
 	$(TORCH_PY) wood_anomaly/train.py --data $(DATA_ROOT)/wood --out $(RUNS)/wood_demo
 	$(TORCH_PY) wood_anomaly/predict.py --data $(DATA_ROOT)/wood --model $(RUNS)/wood_demo/model.pt \
 	  --out $(RUNS)/wood_demo/pred
@@ -31,3 +32,13 @@ demo-wood: venv-torch demo-data
 
 DEMO_TARGETS += demo-wood
 TEST_TORCH += wood_anomaly
+
+# the package's own tests (make test runs every package's)
+check-wood: venv-torch
+	$(TORCH_PY) -m pytest wood_anomaly $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# synthetic demo data in $(DATA_ROOT)/wood, only where that folder is missing or empty
+demo-data-wood: venv-torch
+	$(TORCH_PY) -m wood_anomaly.demo_data --out $(DATA_ROOT)/wood
+
+DEMO_DATA_TARGETS += demo-data-wood

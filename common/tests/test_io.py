@@ -134,6 +134,17 @@ def test_atomic_writes_leave_nothing_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
 
 
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    """Outputs written atomically are as readable as ones written by open() (not mkstemp's owner-only 0600)."""
+    (tmp_path / "plain.txt").write_text("x")
+    with io.atomic_write(tmp_path / "atomic.txt") as f:
+        f.write("x")
+    with io.atomic_path(tmp_path / "by_name.png") as tmp:
+        tmp.write_bytes(b"x")  # what a library that writes by file name does
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["atomic.txt"] == modes["by_name.png"] == modes["plain.txt"], modes
+
+
 def test_list_images(tmp_path, rgb):
     for name in ["b.PNG", "a.jpg", "notes.txt"]:
         (tmp_path / name).write_bytes(b"x")
