@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror-image averaging (default: as the checkpoint was validated)")
     p.add_argument("--img-size", type=int, default=None, help="test-time input side (default: the checkpoint's)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
     args = p.parse_args(argv)

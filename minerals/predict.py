@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                    help="on CPU, run the network traced and frozen by TorchScript (same outputs, ~1.6x faster)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
     add_shard_argument(p)

@@ -26,6 +26,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import pickle
 import resource
 import sys
 import warnings
@@ -87,7 +88,7 @@ class Config:
     val_fold: int = 0
     split_seed: int = -1  # seed of the fold assignment (-1: --seed); give it to compare training seeds on one split
     seed: int = 0  # training seed (initial weights, batch order, augmentation) and, by default, the split's
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # where to train (auto: cuda when available)
     threads: int = 2  # CPU threads (the machine is shared: keep it small)
     max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
     resume: str = ""  # a last.pt to continue from
@@ -107,7 +108,8 @@ class Config:
 def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(p, Config, choices={"backbone": BACKBONES, "augment": AUGMENTS})
+    add_config_args(p, Config, choices={"backbone": BACKBONES, "augment": AUGMENTS,
+                                        "device": ("auto", "cpu", "cuda")})
     return Config(**vars(p.parse_args(argv))).resolve()
 
 
@@ -220,6 +222,28 @@ def epochs_within_budget(epochs: int, epoch_seconds: float, budget_seconds: floa
     return max(1, min(epochs, int(left // (epoch_seconds * margin))))
 
 
+# what --resume may change: where and how the run executes, not what it trains
+RESUME_MAY_CHANGE = ("data", "out", "resume", "device", "threads", "max_steps", "export", "time_budget_min")
+
+
+def load_resume(cfg: Config, device, log) -> tuple[Config, dict | None]:
+    """(the run's config, its checkpoint) for ``--resume``: the checkpoint's settings define the run (model,
+    split, schedule, epochs planned); a different value on the command line is reported and not used."""
+    if not cfg.resume:
+        return cfg, None
+    try:
+        ck = torch.load(cfg.resume, map_location=device, weights_only=True)
+        saved = ck["config"]
+    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
+        raise SystemExit(f"error: --resume {cfg.resume}: not a last.pt of minerals/train.py ({err})") from None
+    run = Config(**{**saved, **{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE}})
+    changed = [f"{f.name}={getattr(run, f.name)!r} (command line: {getattr(cfg, f.name)!r})"
+               for f in dataclasses.fields(Config) if getattr(run, f.name) != getattr(cfg, f.name)]
+    if changed:
+        log("--resume continues the run with its own settings: " + ", ".join(changed))
+    return run, ck
+
+
 def plan_epochs(model, train_dl, val_dl, weights, cfg: Config, device, world: int, started: float,
                 log=print) -> tuple[int, float]:
     """(epochs that fit the time budget of a run started at ``started``, estimated seconds an epoch); every process
@@ -303,7 +327,8 @@ def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: float, cfg:
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch, "best_metric": best, "config": dataclasses.asdict(cfg), "classes": CLASSES,
                     "minerals": MINERALS, "threshold": threshold, "img_size": cfg.img_size,
-                    "backbone": cfg.backbone, "width": cfg.width, "history": history}, tmp)
+                    "backbone": cfg.backbone, "width": cfg.width, "history": history,
+                    "rng_state": torch.get_rng_state()}, tmp)  # augmentation / dropout draws, for --resume
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -358,6 +383,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     t_start = time.time()
     rank, world, device = setup_distributed(cfg)
     log = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)  # noqa: E731
+    cfg, ck = load_resume(cfg, device, log)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -380,16 +406,11 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         f"training counts {counts}" + (f"; {world} processes x batch {train_dl.batch_size}" if world > 1 else ""))
 
     # model
-    model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze, drop_path=cfg.drop_path).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.backbone, len(CLASSES), cfg.width, freeze=cfg.freeze, drop_path=cfg.drop_path)
+    model = model.to(device, memory_format=torch.channels_last)
     weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
-    ck = torch.load(cfg.resume, map_location=device, weights_only=True) if cfg.resume else None
     epoch_seconds = None
-    if ck is not None:  # the OneCycle schedule spans the epochs the run planned (fewer when its budget said so)
-        if ck["config"]["epochs"] != cfg.epochs:
-            log(f"--resume: the run planned {ck['config']['epochs']} epochs (asked now: {cfg.epochs}); continuing "
-                f"its plan")
-            cfg.epochs = ck["config"]["epochs"]
-    elif cfg.time_budget_min and not cfg.max_steps:
+    if ck is None and cfg.time_budget_min and not cfg.max_steps:  # (a resumed run keeps the epochs it planned)
         cfg.epochs, epoch_seconds = plan_epochs(model, train_dl, val_dl, weights, cfg, device, world, t_start, log)
     if rank == 0:
         write_json(out / "config.json", dataclasses.asdict(cfg))  # with the epochs planned
@@ -410,6 +431,8 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         sched.load_state_dict(ck["scheduler"])
         start, best, history = ck["epoch"], ck["best_metric"], ck["history"]
         step = start * len(train_dl)
+        if world == 1 and "rng_state" in ck:  # the next draws are the ones an uninterrupted run makes (on CPU)
+            torch.set_rng_state(ck["rng_state"].cpu())
         log(f"resumed from {cfg.resume} at epoch {start}")
     net = model  # what the loop trains; evaluation and checkpoints use the plain ``model``
     if world > 1:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from minerals import train
@@ -157,6 +158,30 @@ def test_ema_mix_tta_checkpoint_and_resume(samples, tmp_path):
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_resume_continues_exactly_with_the_runs_own_settings(samples, tmp_path, capsys):
+    """A run stopped after epoch 1 and resumed ends bit for bit where an uninterrupted run ends (weights, log,
+    augmentation and MixUp draws); a setting changed on the resume command line is reported and not used."""
+    args = ["--data", str(samples), "--epochs", "2", "--img-size", "32", "--width", "0.5", "--batch-size", "16",
+            "--threads", "1", "--no-export", "--time-budget-min", "0", "--mix", "0.5"]
+    train.main(args + ["--out", str(tmp_path / "whole")])
+    with open(tmp_path / "whole" / "split.csv", newline="") as f:
+        steps_per_epoch = sum(r["split"] == "train" for r in csv.DictReader(f)) // 16
+    train.main(args + ["--out", str(tmp_path / "cut"), "--max-steps", str(steps_per_epoch)])  # stops after epoch 1
+    assert len(torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["history"]) == 1
+    capsys.readouterr()
+    train.main(["--resume", str(tmp_path / "cut" / "last.pt"), "--out", str(tmp_path / "cut"), "--data", str(samples),
+                "--lr", "0.5", "--threads", "1", "--no-export"])
+    assert "lr=0.004 (command line: 0.5)" in capsys.readouterr().err
+    whole, cut = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("whole", "cut"))
+    assert whole["model"].keys() == cut["model"].keys()
+    assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
+    assert [h["train_loss"] for h in whole["history"]] == [h["train_loss"] for h in cut["history"]]
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["lr"] == 0.004
+    with pytest.raises(SystemExit, match="not a last.pt"):
+        (tmp_path / "junk.pt").write_text("not a checkpoint")
+        train.main(["--resume", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "junk")])
 
 
 def test_epochs_within_budget():
