@@ -277,6 +277,10 @@ def contact_sheets(entries: list[tuple[np.ndarray, list[tuple[Box, str]], str]],
 def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 160, neg_per_image: int = 1,
             synthetic: float = 0.2, seed: int = 0, sheets: bool = True, sheet_max: int = 10_000) -> list[dict]:
     """Extract all patches of ``data`` into ``out``; returns the index rows (also written to index.csv)."""
+    if not data.is_dir():
+        raise SystemExit(f"error: {data}: no such folder (expected <data>/<class>/<image> photos)")
+    if boxes is not None and not boxes.exists():
+        raise SystemExit(f"error: --boxes {boxes}: no such file or folder")
     table = load_boxes(boxes) if boxes else None
     classes = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
     groups = read_manifest_groups(data)

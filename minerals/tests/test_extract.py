@@ -100,3 +100,11 @@ def test_textured_background_falls_back_to_whole_image():
     img = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
     box, method = find_specimen_box(np.asarray(Image.fromarray(img)))
     assert method == "full" and (box.x0, box.y0, box.x1, box.y1) == (0, 0, 120, 90)
+
+
+def test_missing_data_or_box_file_is_one_error_line(photos, tmp_path):
+    with pytest.raises(SystemExit, match="no such folder"):
+        extract(tmp_path / "nope", tmp_path / "out")
+    with pytest.raises(SystemExit, match="--boxes .*no such file"):
+        extract(photos, tmp_path / "out", boxes=tmp_path / "nope.csv")
+    assert not (tmp_path / "out").exists()  # nothing written
