@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,29 @@ class CheckpointError(ValueError):
     """A checkpoint is missing or unreadable; ``str(err)`` is ``"<path>: <reason>"``."""
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def over_memory_limit(batch_size: int, tile: int) -> str:
+    """Why ``batch_size`` inputs of ``tile x tile`` per forward pass break the brief's limit (the network holds
+    at most one 256x256x3 input's worth of pixels at a time), or "" when they fit."""
+    if batch_size * tile * tile <= MAX_TILE * MAX_TILE:
+        return ""
+    return (f"--batch-size {batch_size} x --tile {tile} feeds {batch_size * tile * tile:,} pixels per forward pass, "
+            f"more than one {MAX_TILE}x{MAX_TILE} input ({MAX_TILE * MAX_TILE:,}), the brief's memory limit; use "
+            f"--batch-size {max(1, MAX_TILE * MAX_TILE // (tile * tile))} at most at this tile, "
+            f"or --exceed-memory-limit on purpose")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device (auto, cpu or cuda)") from None
 
 
 def set_threads(threads: int = 0) -> None:
@@ -44,17 +63,47 @@ def fuse_batch_norm(model: FCN) -> FCN:
     return model
 
 
-def load_checkpoint(path: str | Path, device: torch.device, fuse: bool = True) -> tuple[FCN, dict]:
-    """Return ``(model in eval mode, checkpoint dict)``; ``fuse`` folds batch norm into the convolutions."""
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def read_checkpoint(path: str | Path, keys: tuple[str, ...] = ("model", "model_config")) -> dict:
+    """The checkpoint dict at ``path`` (tensors and plain containers only: ``weights_only``), holding ``keys``;
+    raises :class:`CheckpointError` ``"<path>: <reason>"`` for a missing, truncated, foreign or unsafe file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found (train first: python fcnn_rgb_gt/train.py)")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no central directory
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (truncated, or another kind of file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds Python objects other than tensors and plain containers; "
+                              "refused (only weights-only checkpoints are loaded)") from None
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_first_line(err)})") from None
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not an fcnn_rgb_gt checkpoint (no {', '.join(missing)})")
+    return ckpt
+
+
+def build_model(path: str | Path, ckpt: dict) -> FCN:
+    """The FCN described by ``ckpt`` with its weights; :class:`CheckpointError` when they do not fit."""
+    try:
         model = FCN(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, TypeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a valid fcnn_rgb_gt checkpoint ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(f"{path}: not a valid fcnn_rgb_gt checkpoint ({_first_line(err)})") from None
+    return model
+
+
+def load_checkpoint(path: str | Path, device: torch.device, fuse: bool = True) -> tuple[FCN, dict]:
+    """Return ``(model in eval mode, checkpoint dict)``; ``fuse`` folds batch norm into the convolutions."""
+    ckpt = read_checkpoint(path)
+    model = build_model(path, ckpt)
     model.eval()
     if fuse:
         model = fuse_batch_norm(model)

@@ -26,6 +26,7 @@ import csv
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,7 +39,7 @@ from common.metrics import segmentation_report
 from common.shard import add_shard_argument, select_shard, shard_path
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt.data import DEFAULT_RUNS, read_gt
-from fcnn_rgb_gt.infer import CheckpointError, load_checkpoint, predict_probs, resolve_device, set_threads
+from fcnn_rgb_gt.infer import DEVICES, load_checkpoint, over_memory_limit, predict_probs, resolve_device, set_threads
 
 CSV_COLUMNS = ["image", "name", "width", "height", "threshold", "building_fraction", "gt", "iou", "f1",
                "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
@@ -58,19 +59,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--csv", default="", help="per-image CSV with several images; default <out>/predictions.csv")
     add_shard_argument(p)
     p.add_argument("--tile", type=int, default=MAX_TILE, help="tile side, <= 256 (the memory limit)")
-    p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
+    p.add_argument("--overlap", type=int, default=32,
+                   help="pixels shared by neighbouring tiles (blended), at most half the tile")
     p.add_argument("--batch-size", type=int, default=1,
-                   help="tiles per forward pass; 1 = one 256x256x3 input at a time (the strict limit; as fast on CPU)")
+                   help="tiles per forward pass; batch-size x tile^2 must stay within 256^2 pixels (the brief's "
+                        "memory limit: one 256x256x3 input; as fast on CPU as batches)")
+    p.add_argument("--exceed-memory-limit", action="store_true",
+                   help="accept batch-size x tile^2 above 256^2 pixels per pass (breaks the brief's memory limit)")
     p.add_argument("--tta", action="store_true",
                    help="test-time flip averaging: each tile and its 3 flips (4x the time; see README for its gain)")
     p.add_argument("--threshold", type=float, default=-1.0,
                    help="building probability threshold; < 0: the one stored in the checkpoint")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = min(2, CPU count)")
     p.add_argument("--seed", type=int, default=0, help="unused by inference (deterministic); kept for symmetry")
     args = p.parse_args(argv)
     if not 2 <= args.tile <= MAX_TILE:
         p.error(f"--tile must be in 2..{MAX_TILE}, got {args.tile}")
+    if not 0 <= args.overlap <= args.tile // 2:
+        p.error(f"--overlap must be in 0..{args.tile // 2} (half the tile), got {args.overlap}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threads < 0:
+        p.error(f"--threads must be >= 0 (0 = automatic), got {args.threads}")
+    if args.threshold > 1:
+        p.error(f"--threshold must be <= 1 (< 0: the checkpoint's), got {args.threshold}")
+    if not args.exceed_memory_limit and over_memory_limit(args.batch_size, args.tile):
+        p.error(over_memory_limit(args.batch_size, args.tile))
     if args.gt and (args.data or len(args.gt) != len(args.image) or any(Path(i).is_dir() for i in args.image)):
         p.error("--gt needs one file per --image file (not with folders or --data)")
     return args
@@ -85,18 +100,36 @@ class Item:
     name: str
 
 
-def _names(paths: list[Path]) -> list[str]:
-    """Unique output names: each path below the common folder of all of them, "/" -> "__"."""
-    if len(paths) == 1:
-        return [paths[0].name]
-    root = os.path.commonpath([str(p.resolve()) for p in paths])
-    return [os.path.relpath(p.resolve(), root).replace(os.sep, "__") for p in paths]
+def _names(paths: list[Path], drop_suffix: bool = False) -> list[str]:
+    """Output names: each path below the common folder of the paths' folders, "/" -> "__"; with ``drop_suffix``
+    without its suffix where that stays unique (a.png and a.jpg keep theirs). Raises ImageReadError if two
+    inputs would still share a name (their files would overwrite each other)."""
+    root = os.path.commonpath([str(p.resolve().parent) for p in paths])
+    names = [os.path.relpath(p.resolve(), root).replace(os.sep, "__") for p in paths]
+    if drop_suffix:
+        stems = [n[:-len(Path(n).suffix)] if Path(n).suffix else n for n in names]
+        count = Counter(stems)
+        names = [stem if count[stem] == 1 else name for stem, name in zip(stems, names)]
+    seen: dict[str, Path] = {}
+    for path, name in zip(paths, names):
+        if name in seen:
+            raise ImageReadError(path, f"its output folder name {name!r} is also that of {seen[name]}; rename one")
+        seen[name] = path
+    return names
+
+
+def _unique(paths) -> list[Path]:
+    """Each file or folder once (however it is spelled), in first-seen order."""
+    first: dict[Path, Path] = {}
+    for path in paths:
+        first.setdefault(path.resolve(), path)
+    return list(first.values())
 
 
 def collect_inputs(args: argparse.Namespace, train_cfg: dict) -> tuple[list[Item], bool]:
     """``(every input, several-images mode)``; the list is the same for every shard (sharding comes after)."""
     if args.data:
-        dirs = list(dict.fromkeys(Path(d) for d in args.data))
+        dirs = _unique(map(Path, args.data))
         items = [Item(str(d / "rgb.png"), str(d / "gt.png") if (d / "gt.png").exists() else "", n)
                  for d, n in zip(dirs, _names(dirs))]
         return items, len(items) > 1 or args.shard is not None
@@ -106,8 +139,8 @@ def collect_inputs(args: argparse.Namespace, train_cfg: dict) -> tuple[list[Item
             folders |= path.is_dir()
             files += list_images(path) if path.is_dir() else [path]
         gts = dict(zip(map(Path, args.image), args.gt))
-        files = list(dict.fromkeys(files))
-        items = [Item(str(f), str(gts.get(f, "")), n) for f, n in zip(files, _names([f.with_suffix("") for f in files]))]
+        files = _unique(files)
+        items = [Item(str(f), str(gts.get(f, "")), n) for f, n in zip(files, _names(files, drop_suffix=True))]
         return items, len(items) > 1 or folders or args.shard is not None
     # the default: the training image and its gt
     image = train_cfg["rgb"] or str(Path(train_cfg["data"]) / "rgb.png")
@@ -200,10 +233,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         _, errors = run(args)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # --device cuda without CUDA
+    except ValueError as err:  # CheckpointError and ImageReadError ("<file>: <reason>"), --device cuda without CUDA
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 2 if errors else 0

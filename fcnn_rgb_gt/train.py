@@ -8,10 +8,17 @@
 A border strip of the image (``--val-fraction`` of one axis) is held out: training crops come only from the
 rest, and the held-out strip picks the best epoch (building IoU at the threshold: 0.5, or with
 ``--threshold -1`` the strip's best, which is logged either way). Outputs in ``--out``: ``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best
-metric, config, threshold, history), ``config.json``, ``log.csv`` and ``loss_vs_epochs.png``.
+metric, config, threshold, history, random-number states), ``config.json`` (the resolved config: absolute
+paths, the device and threads used), ``log.csv`` and ``loss_vs_epochs.png``. Training into a folder that holds
+an earlier run replaces its files (a warning says so); ``--resume`` continues it instead, with the options stored
+in its ``last.pt`` (a resumed run equals an uninterrupted one, tested bit for bit).
+
+Memory: a training step feeds ``--batch-size`` crops of ``--tile`` px, and the brief allows the network one
+256x256x3 input at a time, so ``batch-size x tile^2`` must stay within 256^2 pixels (default 4 x 128^2);
+``--exceed-memory-limit`` lifts the check on purpose.
 
 Under ``torchrun`` (one process or several machines) the model is wrapped in DistributedDataParallel: every
-rank draws its own ``--batch-size`` random crops per step (crop generator seeded with seed + rank), gradients
+rank draws its own ``--batch-size`` random crops per step (crop generator seeded with seed + 1000 x rank), gradients
 are averaged, and an epoch has 1/world_size the steps, so it still covers the training region about once
 (global batch = world_size x --batch-size at the same learning rate). Validation, logging, checkpoints and the
 plot happen on rank 0 only.
@@ -20,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +50,8 @@ from common.tiling import MAX_TILE
 from fcnn_rgb_gt import demo_data
 from fcnn_rgb_gt.data import DEFAULT_DATA, DEFAULT_RUNS, MIN_TRAIN_SIDE, CropSampler, load_pair, spatial_split, \
     to_tensor
-from fcnn_rgb_gt.infer import CheckpointError, predict_probs, prepare, resolve_device, set_threads
+from fcnn_rgb_gt.infer import DEVICES, CheckpointError, over_memory_limit, predict_probs, prepare, read_checkpoint, \
+    resolve_device, set_threads
 from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters
 
 
@@ -54,40 +64,123 @@ class TrainConfig:
     epochs: int = 16  # passes; one epoch covers the training region about once with random crops
     max_minutes: float = 14.0  # safety stop: no new epoch starts after this (0 = no limit)
     tile: int = 128  # training crop and validation tile side, <= 256 (the brief's memory limit); 128 px
-    # crops give 4x the optimiser steps of 256 px ones for the same pixels, and the 14 px receptive field
-    # needs no more context
-    batch_size: int = 8  # crops per step (per process under torchrun)
+    #                  crops give 4x the optimiser steps of 256 px ones for the same pixels, and the 14 px
+    #                  receptive field needs no more context
+    batch_size: int = 4  # crops per step (per process under torchrun); batch-size x tile^2 must stay within
+    #                      256^2 pixels, one 256x256x3 input (the brief's memory limit): 4 x 128^2 is exactly that
+    exceed_memory_limit: bool = False  # accept batch-size x tile^2 above 256^2 pixels per step (breaks the
+    #                                    brief's memory limit; only to compare with such runs)
     lr: float = 1e-2  # AdamW peak learning rate, cosine decay to 1 % over the run
     weight_decay: float = 1e-4  # AdamW weight decay
     val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
-    loss: str = "wce"  # ce | wce (class-weighted CE) | ce_dice (CE + soft dice of the building class)
+    loss: str = "wce"  # ce, wce (class-weighted CE) or ce_dice (CE + soft dice of the building class)
     augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter
     normalize: bool = True  # model option: fixed per-channel input standardisation (training-image stats)
     batch_norm: bool = True  # model option: BatchNorm after conv1..conv3
     dropout: float = 0.0  # model option: Dropout2d before conv4
-    upsample: str = "nearest"  # model option: nearest | bilinear (both parameter-free)
+    upsample: str = "nearest"  # model option: nearest or bilinear (both parameter-free)
     threshold: float = 0.5  # building probability threshold; < 0: the best IoU on the validation strip
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # initial weights, dropout and the crop stream (process r of torchrun: seed + 1000 x r)
+    device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # CPU threads; 0 = min(2, CPU count)
-    resume: bool = False  # continue from <out>/last.pt
+    resume: bool = False  # continue <out>/last.pt with the options stored there (only --epochs, --max-minutes,
+    #                       --device, --threads and the data paths of the same images may change)
+
+
+# options a resumed run takes from the command line; every other option is the checkpoint's (it defines the run)
+RESUME_MAY_CHANGE = ("data", "rgb", "gt", "out", "epochs", "max_minutes", "exceed_memory_limit", "device",
+                     "threads", "resume")
+CHOICES = {"loss": ("ce", "wce", "ce_dice"), "upsample": ("nearest", "bilinear"), "device": DEVICES}
 
 
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(p, TrainConfig)  # the help of each option is the comment beside its default
+    add_config_args(p, TrainConfig, choices=CHOICES)  # the help of each option is the comment beside its default
     p.add_argument("--plain", action="store_true",
                    help="the bare brief architecture: no normalisation, batch norm or dropout")
     args = vars(p.parse_args(argv))
     if args.pop("plain"):
         args.update(normalize=False, batch_norm=False, dropout=0.0, upsample="nearest")
     cfg = TrainConfig(**args)
-    if not 2 <= cfg.tile <= MAX_TILE:
-        p.error(f"--tile must be in 2..{MAX_TILE} (the network never sees more than 256x256), got {cfg.tile}")
-    if cfg.loss not in ("ce", "wce", "ce_dice"):
-        p.error(f"--loss must be ce, wce or ce_dice, got {cfg.loss}")
+    problem = config_problem(cfg)
+    if problem:
+        p.error(problem)
     return cfg
+
+
+def config_problem(cfg: TrainConfig) -> str:
+    """Why ``cfg`` cannot train, or ""."""
+    checks = [(2 <= cfg.tile <= MAX_TILE, f"--tile must be in 2..{MAX_TILE} (the network never sees more than "
+                                           f"256x256), got {cfg.tile}"),
+              (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+              (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+              (cfg.max_minutes >= 0, f"--max-minutes must be >= 0 (0 = no limit), got {cfg.max_minutes}"),
+              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+              (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+              (0 < cfg.val_fraction <= 0.5, f"--val-fraction must be in (0, 0.5], got {cfg.val_fraction}"),
+              (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
+              (cfg.threshold <= 1, f"--threshold must be <= 1 (< 0: the strip's best), got {cfg.threshold}"),
+              (cfg.threads >= 0, f"--threads must be >= 0 (0 = automatic), got {cfg.threads}"),
+              (cfg.loss in CHOICES["loss"], f"--loss must be one of {', '.join(CHOICES['loss'])}, got {cfg.loss}"),
+              (cfg.upsample in CHOICES["upsample"], f"--upsample must be nearest or bilinear, got {cfg.upsample}")]
+    problems = [msg for ok, msg in checks if not ok]
+    if not problems and not cfg.exceed_memory_limit:
+        problems.append(over_memory_limit(cfg.batch_size, cfg.tile))
+    return "; ".join(p for p in problems if p)
+
+
+# ----------------------------------------------------------------------------------- resume and config
+def read_resume(cfg: TrainConfig, main_rank: bool, world: int) -> dict | None:
+    """With --resume, ``<out>/last.pt``: read by rank 0 and sent to the others (no shared file system needed),
+    or its error raised on every rank."""
+    if not cfg.resume:
+        return None
+    path, got = Path(cfg.out) / "last.pt", None
+    if main_rank:
+        try:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: nothing to resume (no last.pt in --out)")
+            got = read_checkpoint(path, keys=("model", "optimizer", "scheduler", "epoch", "history", "config",
+                                              "best_iou", "best_epoch", "threshold"))
+        except CheckpointError as err:
+            got = err
+    got = rank0_decides(got, world)
+    if isinstance(got, CheckpointError):
+        raise got
+    return got
+
+
+def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, main_rank: bool) -> TrainConfig:
+    """The config this run really uses, as saved with it: on --resume the checkpoint's options, except
+    RESUME_MAY_CHANGE (one stderr line names every option the command line set otherwise), and its data paths
+    when none are given; absolute paths; the device and thread count in use."""
+    if ckpt is not None:
+        stored = ckpt["config"]
+        kept = {f.name: stored[f.name] for f in fields(TrainConfig)
+                if f.name not in RESUME_MAY_CHANGE and f.name in stored}
+        changed = [f"--{k.replace('_', '-')} {v} (not {getattr(cfg, k)})" for k, v in kept.items()
+                   if v != getattr(cfg, k)]
+        if main_rank and changed:
+            print(f"resume: the run of {Path(cfg.out) / 'last.pt'} keeps its own options: " + ", ".join(changed),
+                  file=sys.stderr)
+        if os.path.abspath(cfg.data) == str(DEFAULT_DATA) and not cfg.rgb and not cfg.gt:  # no data given
+            kept.update({k: stored[k] for k in ("data", "rgb", "gt") if k in stored})
+        cfg = replace(cfg, **kept)
+        problem = config_problem(cfg)
+        if problem:
+            raise CheckpointError(f"{Path(cfg.out) / 'last.pt'}: its options cannot train here: {problem}")
+    absolute = lambda path: os.path.abspath(path) if path else ""  # noqa: E731
+    return replace(cfg, data=absolute(cfg.data), rgb=absolute(cfg.rgb), gt=absolute(cfg.gt), out=absolute(cfg.out),
+                   device=str(device), threads=torch.get_num_threads())
+
+
+def warn_if_earlier_run(out: Path) -> None:
+    """Training into a folder that holds another run's files replaces them: say so (stderr)."""
+    earlier = [name for name in ("last.pt", "best.pt", "log.csv") if (out / name).is_file()]
+    if earlier:
+        print(f"warning: {out} holds an earlier run ({', '.join(earlier)}): this run replaces its files "
+              "(--resume continues it instead)", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -104,6 +197,11 @@ def load_data(cfg: TrainConfig, main_rank: bool = True, world: int = 1):
     image, mask = load_pair(rgb, gt, min_side=MIN_TRAIN_SIDE)
     split = spatial_split(mask, cfg.val_fraction, gap=16)
     return image, mask, split, rgb, gt
+
+
+def data_fingerprint(image: np.ndarray, mask: np.ndarray) -> str:
+    """SHA-256 of the decoded pair: --resume checks that it continues on the same images, wherever they lie."""
+    return hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()
 
 
 def class_weights(mask: np.ndarray) -> torch.Tensor:
@@ -181,14 +279,42 @@ def best_threshold(prob: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float(t), float(best_iou)
 
 
+def rng_states(sampler: CropSampler, device: torch.device, world: int) -> list[dict]:
+    """Every rank's random-number states (its crop generator, torch's CPU and CUDA generators), for rank 0's
+    checkpoint: a resumed run draws the same crops and dropout masks as an uninterrupted one."""
+    mine = {"crops": sampler.g.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    if world == 1:
+        return [mine]
+    states = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def restore_rng(states: list[dict] | None, sampler: CropSampler, device: torch.device, rank: int, world: int
+                ) -> str:
+    """Put this rank's states of a checkpoint back; return a warning when they cannot be (else "")."""
+    if not states or len(states) != world:
+        return (f"the checkpoint holds random-number states of {len(states or [])} process(es), this run has "
+                f"{world}: the crop streams start afresh (the run continues, but not as an uninterrupted one)")
+    mine = states[rank]
+    sampler.g.set_state(mine["crops"])
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    return ""
+
+
 # ------------------------------------------------------------------------------------------- outputs
 def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: dict, cfg: TrainConfig, history: list,
-                    threshold: float = 0.5) -> None:
+                    threshold: float = 0.5, extra: dict | None = None) -> None:
+    """``extra``: the random-number states and the data fingerprint, for --resume."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "epoch": epoch, "best_iou": best["iou"], "best_epoch": best["epoch"], "threshold": threshold,
              "val_iou_at_threshold": best["iou"],
              "config": asdict(cfg), "model_config": model.cfg.to_dict(), "history": history,
-             "classes": ["background", "building"]}
+             "classes": ["background", "building"], **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -276,14 +402,22 @@ def train(cfg: TrainConfig) -> tuple[dict, FCN]:
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tuple[dict, FCN]:
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    np.random.seed(cfg.seed)
-    set_threads(cfg.threads)
-    out = Path(cfg.out)
     main_rank = rank == 0
     log = print if main_rank else (lambda *a, **k: None)
+    set_threads(cfg.threads)
+    ckpt = read_resume(cfg, main_rank, world)
+    cfg = resolve_config(cfg, ckpt, device, main_rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out)
+    if main_rank and ckpt is None:
+        warn_if_earlier_run(out)
 
     image, mask, split, rgb_path, gt_path = load_data(cfg, main_rank, world)
+    fingerprint = data_fingerprint(image, mask)
+    if ckpt is not None and ckpt.get("data_sha256", fingerprint) != fingerprint:
+        raise ImageReadError(rgb_path, f"not the training pair of {out / 'last.pt'} (with {gt_path}); --resume "
+                                       "continues a run on its own images")
     tr_img, tr_mask = split.train(image), split.train(mask)
     va_img, va_mask = split.val(image), split.val(mask)
     log(f"data: {rgb_path} {image.shape[1]}x{image.shape[0]}, building {mask.mean():.1%}; "
@@ -307,18 +441,20 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         f"device {device}, {torch.get_num_threads()} threads")
 
     history, best, start = [], {"iou": -1.0, "epoch": 0}, 1
-    if cfg.resume:
-        ckpt_path = out / "last.pt"  # read by rank 0 and sent to the others: no shared file system needed
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if main_rank and ckpt_path.is_file() else None
-        ckpt = rank0_decides(ckpt, world)
-        if ckpt is None:
-            raise CheckpointError(f"{ckpt_path}: nothing to resume (no last.pt in --out)")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{out / 'last.pt'}: does not fit this run ({str(err).splitlines()[0]})") from None
         history, start = ckpt["history"], ckpt["epoch"] + 1
         best = {"iou": ckpt["best_iou"], "epoch": ckpt["best_epoch"], "threshold": ckpt["threshold"]}
-        log(f"resumed {ckpt_path} at epoch {ckpt['epoch']} (best IoU {best['iou']:.4f} at epoch {best['epoch']})")
+        warning = restore_rng(ckpt.get("rng"), sampler, device, rank, world)
+        if warning and main_rank:
+            print(f"warning: {out / 'last.pt'}: {warning}", file=sys.stderr)
+        log(f"resumed {out / 'last.pt'} at epoch {ckpt['epoch']} (best IoU {best['iou']:.4f} at epoch "
+            f"{best['epoch']})")
     ddp = wrap_ddp(model, device, world)  # after loading: DDP broadcasts rank 0's weights
     model = ddp.module if world > 1 else model  # the bare FCN (SyncBatchNorm on CUDA) for evaluation and saving
     if main_rank:
@@ -334,6 +470,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
             t = torch.tensor([train_loss], device=device)
             dist.all_reduce(t)
             train_loss = t.item() / world
+        extra = {"rng": rng_states(sampler, device, world), "data_sha256": fingerprint, "world_size": world}
         if not main_rank:
             continue  # validation, checkpoints, log and plot: rank 0 only
         metrics, prob = evaluate(model, va_img, va_mask, cfg, device, weights)
@@ -354,8 +491,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         improved = thr_iou > best["iou"]
         if improved:
             best = {"iou": thr_iou, "epoch": epoch, "threshold": threshold}
-            save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, history, threshold)
-        save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, history, best.get("threshold", 0.5))
+            save_checkpoint(out / "best.pt", model, opt, sched, epoch, best, cfg, history, threshold, extra)
+        save_checkpoint(out / "last.pt", model, opt, sched, epoch, best, cfg, history, best.get("threshold", 0.5),
+                        extra)
         write_log(out / "log.csv", history)
         plot_losses(out / "loss_vs_epochs.png", history)
         print(f"epoch {epoch:3d}/{cfg.epochs}  train {train_loss:.4f}  val {metrics['val_loss']:.4f}  "
@@ -374,10 +512,7 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except (ImageReadError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # e.g. --device cuda without CUDA
+    except ValueError as err:  # ImageReadError, CheckpointError ("<file>: <reason>"), --device cuda without CUDA
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,3 +1,4 @@
+import argparse
 import csv
 import io
 import json
@@ -38,11 +39,12 @@ def test_flip_averaging_keeps_tiles_within_256_and_is_the_mean_of_the_flips():
 
 
 @pytest.mark.parametrize("overlap", [16, 32])
-def test_blending_leaves_no_seam(pair_dir, overlap):
-    """Overlapping, blended tiles match one untiled forward pass over the same padded image: the zero padding
-    at tile borders is blended away (without overlap it shows as seams)."""
-    torch.manual_seed(0)
-    net = FCN().eval()
+def test_blending_leaves_no_seam(trained_run, pair_dir, overlap):
+    """Overlapping, blended tiles come close to one untiled forward pass over the same padded image, with a
+    trained model whose output really changes at a tile border (the convolutions' zero padding): plain
+    tiles differ there by more than 0.3 in probability, blended ones by less than a sixth of that (measured
+    0.07 at overlap 16, 0.02 at 32; a flat blending window, i.e. plain averaging, gives ~0.5)."""
+    net, _ = load_checkpoint(trained_run / "best.pt", torch.device("cpu"))
     image = np.asarray(Image.open(pair_dir / "rgb.png").convert("RGB"))[:150, :190]
 
     def reference(ov):  # one forward pass over the padded image the tiler uses, cropped back
@@ -54,7 +56,8 @@ def test_blending_leaves_no_seam(pair_dir, overlap):
 
     seams = np.abs(predict_probs(net, image, tile=64, overlap=0) - reference(0)).max()
     blended = np.abs(predict_probs(net, image, tile=64, overlap=overlap) - reference(overlap)).max()
-    assert blended < 0.2 * seams and blended < 5e-3
+    assert seams > 0.3, seams  # the weights have a real border effect to blend away
+    assert blended < seams / 6, (blended, seams)
 
 
 def test_predict_cli_writes_outputs_and_prints_metrics(trained_run, pair_dir, tmp_path, capsys):
@@ -89,14 +92,14 @@ def test_checkpoint_loads_with_config(trained_run):
 
 
 @pytest.mark.parametrize("case", ["missing_image", "corrupt_image", "size_mismatch", "bad_gt_values",
-                                  "missing_checkpoint"])
+                                  "missing_checkpoint", "text_checkpoint", "cut_checkpoint", "unsafe_checkpoint"])
 def test_bad_predict_input_is_one_line_error(case, trained_run, pair_dir, tmp_path, capsys):
     img, gt = tmp_path / "img.png", tmp_path / "gt.png"
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(img)
     Image.fromarray(np.full((40, 50), 255, np.uint8)).save(gt)
     ckpt = trained_run / "best.pt"
-    bad = {"missing_image": img, "corrupt_image": img, "size_mismatch": gt, "bad_gt_values": gt,
-           "missing_checkpoint": tmp_path / "none.pt"}[case]
+    bad = {"missing_image": img, "corrupt_image": img, "size_mismatch": gt, "bad_gt_values": gt}.get(
+        case, tmp_path / "bad.pt")
     if case == "missing_image":
         img.unlink()
     elif case == "corrupt_image":
@@ -107,6 +110,12 @@ def test_bad_predict_input_is_one_line_error(case, trained_run, pair_dir, tmp_pa
         Image.fromarray(np.full((40, 50), 7, np.uint8)).save(gt)
     else:
         ckpt = bad
+        if case == "text_checkpoint":
+            bad.write_text("not a checkpoint\n")
+        elif case == "cut_checkpoint":
+            bad.write_bytes((trained_run / "best.pt").read_bytes()[:5000])
+        elif case == "unsafe_checkpoint":  # a pickled object outside torch's weights-only allowlist
+            torch.save({"model": {}, "model_config": argparse.Namespace(a=1)}, bad)
     out = tmp_path / "out"
     code = predict.main(["--checkpoint", str(ckpt), "--image", str(img), "--gt", str(gt), "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -164,3 +173,27 @@ def test_several_images_and_a_folder_with_a_bad_file(trained_run, pair_folders, 
     assert len(rows) == 3 and all(r["iou"] == "" for r in rows)  # no ground truth given
     for r in rows:
         assert Image.open(tmp_path / "out" / r["name"] / "predictions.jpg").size == (int(r["width"]), int(r["height"]))
+
+
+def test_images_sharing_a_stem_keep_their_own_outputs(trained_run, pair_folders, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.open(pair_folders[0] / "rgb.png").convert("RGB").save(folder / "a.png")
+    Image.open(pair_folders[1] / "rgb.png").convert("RGB").save(folder / "a.jpg", quality=95)
+    Image.open(pair_folders[2] / "rgb.png").convert("RGB").save(folder / "b.png")
+    assert predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(folder),
+                         "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", newline="")))
+    assert [r["name"] for r in rows] == ["a.jpg", "a.png", "b"]  # the stem alone where it is unique
+    for r in rows:  # each image's own files, of its own size
+        assert Image.open(tmp_path / "out" / r["name"] / "predictions_mask.png").size == \
+            (int(r["width"]), int(r["height"]))
+
+
+@pytest.mark.parametrize("args", [["--device", "gpu"], ["--batch-size", "0"], ["--batch-size", "2"],
+                                  ["--overlap", "200"]])
+def test_bad_predict_options_are_refused(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict.parse_args(args)  # --batch-size 2 at the default 256 px tile: over the memory limit
+    assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
+    assert predict.parse_args(["--batch-size", "4", "--tile", "128"]).batch_size == 4

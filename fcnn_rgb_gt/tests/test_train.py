@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -57,15 +58,104 @@ def test_training_run_writes_checkpoint_plot_and_log(trained_run):
     assert 0 <= torch.load(trained_run / "best.pt", weights_only=True)["threshold"] <= 1
 
 
-def test_resume_continues_the_run(pair_dir, trained_run, tmp_path):
+def _log_without_times(run) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(run / "log.csv"))]
+
+
+def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(pair_dir, tmp_path, monkeypatch):
+    """Stopped during epoch 2 (after epoch 1's last.pt) and resumed: the same weights, bit for bit, and the same
+    log as a run that was never stopped (crop stream and dropout masks continue where they were)."""
+    args = ["--data", str(pair_dir), "--epochs", "2", "--tile", "64", "--batch-size", "4", "--dropout", "0.2"]
+    assert train.main(args + ["--out", str(tmp_path / "whole")]) == 0
+
+    real_epoch = train.train_one_epoch
+
+    def stopped_in_epoch_2(*a, **k):
+        if train.train_one_epoch.calls == 1:
+            raise KeyboardInterrupt  # as if killed during the second epoch
+        train.train_one_epoch.calls += 1
+        return real_epoch(*a, **k)
+
+    stopped_in_epoch_2.calls = 0
+    monkeypatch.setattr(train, "train_one_epoch", stopped_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args + ["--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+    assert train.main(args + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert cut["epoch"] == whole["epoch"] == 2
+    assert whole["model"].keys() == cut["model"].keys()
+    for k in whole["model"]:
+        assert torch.equal(whole["model"][k], cut["model"][k]), k
+    assert _log_without_times(tmp_path / "cut") == _log_without_times(tmp_path / "whole")
+
+
+def test_resume_keeps_the_runs_options_and_the_saved_config_is_resolved(pair_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(pair_dir.parent)  # a relative --data, stored absolute
+    run = tmp_path / "run"
+    base = ["--data", pair_dir.name, "--out", str(run), "--tile", "64", "--batch-size", "4"]
+    assert train.main(base + ["--epochs", "1"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"] == str(pair_dir) and cfg["out"] == str(run)
+    assert cfg["device"] == "cpu" and cfg["threads"] == torch.get_num_threads() >= 1
+    capsys.readouterr()
+
+    # another lr and tile on --resume: the run keeps its own (said on stderr) and config.json says what is used
+    assert train.main(["--out", str(run), "--epochs", "2", "--resume", "--lr", "1e-5", "--tile", "32"]) == 0
+    err = capsys.readouterr().err
+    assert "keeps its own options" in err and "--lr 0.01 (not 1e-05)" in err and "--tile 64 (not 32)" in err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lr"] == 0.01 and cfg["tile"] == 64 and cfg["epochs"] == 2 and cfg["data"] == str(pair_dir)
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(run / "log.csv"))]
+    assert lrs == [pytest.approx(1e-4)] * 2  # the schedule ends at 1 % of the run's own peak 0.01 (1e-05: 1e-07)
+
+    # training into it again without --resume replaces the run: a warning says so
+    assert train.main(base + ["--epochs", "1"]) == 0
+    assert "warning:" in capsys.readouterr().err
+
+    # a cut-off last.pt: one line naming the file, no traceback
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    assert train.main(["--out", str(run), "--epochs", "3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {last}: "), err
+
+
+def test_resume_refuses_other_images(pair_dir, trained_run, tmp_path, capsys):
     import shutil
 
-    run = tmp_path / "run"
+    from PIL import Image
+
+    run, other = tmp_path / "run", tmp_path / "other"
     shutil.copytree(trained_run, run)
-    assert train.main(["--data", str(pair_dir), "--out", str(run), "--epochs", "3", "--tile", "64",
-                       "--batch-size", "4", "--normalize", "--batch-norm", "--resume"]) == 0
-    ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+    other.mkdir()
+    Image.open(pair_dir / "rgb.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other / "rgb.png")
+    Image.open(pair_dir / "gt.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other / "gt.png")
+    assert train.main(["--data", str(other), "--out", str(run), "--epochs", "3", "--tile", "64", "--batch-size", "4",
+                       "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(other / "rgb.png") in err[0] and "not the training pair" in err[0], err
+
+
+def test_default_step_fits_the_memory_limit_and_larger_ones_are_refused(capsys):
+    cfg = train.parse_args([])
+    assert cfg.batch_size * cfg.tile ** 2 <= 256 ** 2
+    for args in (["--tile", "256", "--batch-size", "8"], ["--batch-size", "5"]):
+        with pytest.raises(SystemExit) as exit_:
+            train.parse_args(args)
+        assert exit_.value.code == 2 and "memory limit" in capsys.readouterr().err
+    assert train.parse_args(["--batch-size", "8", "--exceed-memory-limit"]).batch_size == 8
+
+
+@pytest.mark.parametrize("args", [["--device", "gpu"], ["--upsample", "foo"], ["--batch-size", "0"],
+                                  ["--loss", "dice"], ["--val-fraction", "1.5"]])
+def test_bad_options_are_refused_before_anything_runs(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(args)
+    assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["missing", "size_mismatch", "bad_gt_values", "tiny", "corrupt"])
