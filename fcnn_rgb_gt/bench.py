@@ -16,14 +16,16 @@ unless --ablate reruns it, the same for "oracle").
 Predict speed is compared with the network's FLOP bound: FLOPs of the four convolutions over the image's
 pixels divided by this CPU's measured float32 matrix-multiply rate (torch.mm, same thread count).
 Peak memory is the peak resident set size of a fresh process predicting the 2149x1479 training image and the
-same image tiled 2x2 (4x the area).
+same image tiled 2x2 (4x the area). Seams: how far the tiled prediction of the training image is from one
+untiled forward pass (a CPU reference only), with blended overlapping tiles and with plain ones.
+Predict measurements run on the CPU (they are compared with the CPU's matrix-multiply rate); --device and --seed
+go to the training runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,8 +37,9 @@ import torch
 from common.demo import is_demo
 from common.io import read_rgb, write_json
 from common.metrics import iou, segmentation_report
+from common.tiling import MAX_TILE, pad_to_grid, tile_grid
 from fcnn_rgb_gt.data import REPO_ROOT, load_pair, read_gt, spatial_split
-from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, set_threads
+from fcnn_rgb_gt.infer import DEVICES, load_checkpoint, predict_probs, read_checkpoint, set_threads
 from fcnn_rgb_gt.model import flops_per_pixel
 
 TRAIN_PY = Path(__file__).with_name("train.py")
@@ -65,10 +68,10 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def train_run(train_dir: Path, out: Path, extra_args: list[str], threads: int = 0) -> float:
+def train_run(train_dir: Path, out: Path, extra_args: list[str], threads: int = 0, device: str = "auto") -> float:
     """Run train.py in a fresh process; return its wall time in seconds."""
     cmd = [sys.executable, str(TRAIN_PY), "--data", str(train_dir), "--out", str(out), *extra_args,
-           *(["--threads", str(threads)] if threads else [])]
+           *(["--threads", str(threads)] if threads else []), *(["--device", device] if device != "auto" else [])]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -80,7 +83,7 @@ def evaluate_pairs(ckpt: Path, pairs: list[Path]) -> dict:
     thr = float(state.get("threshold", 0.5))
     results = {}
     for d in pairs:
-        image, gt = read_rgb(d / "rgb.png"), None
+        image = read_rgb(d / "rgb.png")
         gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
         t0 = time.perf_counter()
         prob = predict_probs(model, image)
@@ -147,6 +150,31 @@ def fit_check(run: Path, pair_dir: Path) -> dict:
     return out
 
 
+def seam_check(ckpt: Path, image_path: Path, tile: int = MAX_TILE, overlap: int = 32) -> dict:
+    """The tiled building probability of ``image_path`` against one untiled forward pass over the same padded
+    image (CPU; the whole image at once, a reference that breaks the 256x256 limit on purpose): with blended
+    overlapping tiles (predict.py's default) and with plain non-overlapping ones. Max and mean absolute
+    difference, and the pixels whose class at 0.5 differs."""
+    model, _ = load_checkpoint(ckpt, torch.device("cpu"))
+    image = read_rgb(image_path)
+    h, w = image.shape[:2]
+    out = {}
+    for name, ov in (("blended", overlap), ("plain", 0)):
+        g = tile_grid(h, w, tile, ov)
+        x = torch.from_numpy(pad_to_grid(image, g)).permute(2, 0, 1)[None].float().div_(255)
+        with torch.inference_mode():
+            logits = model(x.contiguous(memory_format=torch.channels_last))[0]
+            ref = torch.sigmoid(logits[1] - logits[0]).numpy()[g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + w]
+        del x, logits
+        prob = predict_probs(model, image, tile=tile, overlap=ov)
+        diff = np.abs(prob - ref)
+        out[name] = {"tile": tile, "overlap": ov, "max_abs_diff": round(float(diff.max()), 4),
+                     "mean_abs_diff": float(f"{diff.mean():.2e}"),
+                     "pixels_changed_class": int(((prob >= 0.5) != (ref >= 0.5)).sum()), "pixels": h * w}
+        print(f"  seams, {name} tiles: {out[name]}", flush=True)
+    return {"image": str(image_path), "size": [w, h], **out}
+
+
 def matmul_gflops(n: int = 1024, reps: int = 10) -> tuple[float, float]:
     """Best float32 torch.mm rate over a few tries with the current thread count, as
     ``(GFLOP per wall second, GFLOP per CPU second of this process)``."""
@@ -194,7 +222,9 @@ def measure_predict(ckpt: str, image_path: str, repeat: int, batch_size: int = 1
     peak = _vm_kib("VmHWM") / 1024
     h, w = image.shape[:2]
     flops = flops_per_pixel() * h * w
+    grid = tile_grid(h, w, MAX_TILE, 32)  # predict_probs' default tiles
     return {"size": [w, h], "megapixels": round(h * w / 1e6, 2), "seconds": round(sec, 2),
+            "tiles": len(grid), "tiled_pixels_over_image": round(len(grid) * MAX_TILE ** 2 / (h * w), 2),
             "rss_before_mib": round(rss_before, 1), "peak_rss_mib": round(peak, 1),
             "peak_increase_mib": round(peak - rss_before, 1),
             # full-size buffers a full-size output needs whatever the tiling: padded input copy (3 B/px),
@@ -221,7 +251,8 @@ def predict_cost(ckpt: Path, image_path: Path) -> dict:
     return {**runs, "flops_per_pixel": flops_per_pixel(),
             "flop_bound": "FLOPs of the four convolutions over the image's pixels / float32 torch.mm rate "
                           "(1024x1024, same threads, same process, just before); the 256 px tiles with 32 px "
-                          "overlap process ~1.3x the image's pixels, which counts in the time, not in the bound"}
+                          "overlap process more pixels than the image has (tiled_pixels_over_image: 70 tiles = "
+                          "1.44x for 2149x1479), which counts in the time, not in the bound"}
 
 
 def markdown(report: dict) -> str:
@@ -247,6 +278,14 @@ def markdown(report: dict) -> str:
                          f"{r.get('predict_over_flop_bound')} (CPU time: {r.get('predict_over_flop_bound_cpu_time')}) | "
                          f"{r['rss_before_mib']} | {r['peak_increase_mib']} | "
                          f"{r['image_sized_buffers_mib']} |")
+    seams = report.get("seams")
+    if seams:
+        b, pl = seams["blended"], seams["plain"]
+        lines += ["", f"Seams ({seams['size'][0]}x{seams['size'][1]} training image, {b['tile']} px tiles, against one "
+                  f"untiled forward pass): blended with {b['overlap']} px overlap, max |difference| "
+                  f"{b['max_abs_diff']} in probability (mean {b['mean_abs_diff']}), {b['pixels_changed_class']} of "
+                  f"{b['pixels']:,} pixels change class at 0.5; plain tiles {pl['max_abs_diff']} (mean "
+                  f"{pl['mean_abs_diff']}), {pl['pixels_changed_class']} pixels."]
     abl = report.get("ablations")
     cell = lambda r: f"{r['iou_0.5']} / {r['iou_strip']} / {r['iou_0.5_tta']}"  # noqa: E731
     if abl:
@@ -299,6 +338,17 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
+def kept_rows(report: dict, key: str, command: str) -> dict:
+    """The stored rows of ``report[key]`` that a rerun may join: all of them when they ran with the same command,
+    none otherwise (a table's rows share one command; the old rows stay in git history)."""
+    block = report.get(key, {})
+    if block and block.get("command") != command:
+        print(f"{key}: the stored rows ran with `{block.get('command')}`, not `{command}`: they are replaced",
+              flush=True)
+        return {}
+    return dict(block.get("runs", {}))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO_ROOT / "data" / "fcnn"), help="folder with train_substitute/ and extra/")
@@ -318,6 +368,11 @@ def main(argv=None) -> int:
                         "training lift the ceiling?); such rows go to 'oracle_<args>' in --out, not 'oracle'")
     p.add_argument("--threads", type=int, default=0,
                    help="train.py --threads of every training run (0: train.py's default; 1 on a shared machine)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="train.py --seed of the default run and the oracle runs (ablations: --ablate-seeds)")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="train.py --device of every training run; predict measurements always run on the CPU "
+                        "(compared with its matrix-multiply rate)")
     p.add_argument("--fit-check", action="store_true",
                    help="add the fit (training region / own strip IoU of best.pt and last.pt) to the stored oracle "
                         "rows whose run folders are still in --runs, and exit")
@@ -355,14 +410,16 @@ def main(argv=None) -> int:
 
     default = runs / "default"
     if not args.skip_train:
-        report["train_seconds"] = train_run(train_dir, default, [], args.threads)
-    ckpt = torch.load(default / "best.pt", map_location="cpu", weights_only=True)
-    report["train"] = {"command": "python fcnn_rgb_gt/train.py --data <data>/train_substitute",
+        report["train_seconds"] = train_run(train_dir, default, ["--seed", str(args.seed)], args.threads, args.device)
+    ckpt = read_checkpoint(default / "best.pt")
+    report["train"] = {"command": "python fcnn_rgb_gt/train.py --data <data>/train_substitute"
+                                  + (f" --seed {args.seed}" if args.seed else ""),
                        "config": ckpt["config"], "model_config": ckpt["model_config"],
                        "best_epoch": ckpt["best_epoch"],
                        "val_iou_at_0.5": ckpt["history"][ckpt["best_epoch"] - 1]["val_iou"],
                        "threshold": ckpt["threshold"], "val_iou_at_threshold": round(ckpt["val_iou_at_threshold"], 4),
-                       "epochs_run": len(torch.load(default / "last.pt", map_location="cpu", weights_only=True)["history"]), "train_loop_seconds": ckpt["history"][-1]["seconds"]}
+                       "epochs_run": len(read_checkpoint(default / "last.pt")["history"]),
+                       "train_loop_seconds": ckpt["history"][-1]["seconds"]}
     print("test pairs (extra/*):", flush=True)
     report["extra"] = evaluate_pairs(default / "best.pt", pairs)
     ious = [r["iou"] for r in report["extra"].values()]
@@ -370,39 +427,42 @@ def main(argv=None) -> int:
     report["target_iou_0.60_met_on_every_pair"] = bool(min(ious) >= 0.60)
     if not args.skip_predict_cost:
         report["predict"] = predict_cost(default / "best.pt", train_dir / "rgb.png")
+    report["seams"] = seam_check(default / "best.pt", train_dir / "rgb.png")
 
     strip = validation_strip(train_dir)
     if args.oracle is not None:
         extra = args.oracle_args.split()
         key = "oracle" if not extra else "oracle_" + "_".join(a.lstrip("-") for a in extra)
-        oracle = report.get(key, {}).get("runs", {})
+        command = ("python fcnn_rgb_gt/train.py --data <data>/extra/<pair> --max-minutes 0"
+                   + (f" --seed {args.seed}" if args.seed else "") + "".join(" " + a for a in extra))
+        oracle = kept_rows(report, key, command)
         for d in pairs:
             if args.oracle and d.name not in args.oracle:
                 continue
             run = runs / (key + "_" + d.name)
-            sec = train_run(d, run, ["--max-minutes", "0", *extra], args.threads)
+            sec = train_run(d, run, ["--max-minutes", "0", "--seed", str(args.seed), *extra], args.threads,
+                            args.device)
             oracle[d.name] = {"train_seconds": sec, "load_avg": load_avg(),
                               **score_run(run, [d], validation_strip(d)), "fit": fit_check(run, d)}
-            report[key] = {"command": "python fcnn_rgb_gt/train.py --data <data>/extra/<pair> --max-minutes 0"
-                                      + "".join(" " + a for a in extra),
-                                "what": "the default network trained on the test pair itself (its own strip held "
-                                        "out and picking the epoch): pairs = the whole test image (mostly seen in "
-                                        "training: the fit this 14-px receptive field allows there), val_strip = "
-                                        "the pair's own held-out strip", "runs": oracle}
+            report[key] = {"command": command,
+                           "what": "the default network trained on the test pair itself (its own strip held "
+                                   "out and picking the epoch): pairs = the whole test image (mostly seen in "
+                                   "training: the fit this 14-px receptive field allows there), val_strip = "
+                                   "the pair's own held-out strip", "runs": oracle}
             write_json(out, report)
     if args.ablate is not None:
-        abl = {k: v for k, v in report.get("ablations", {}).get("runs", {}).items()
+        command = "python fcnn_rgb_gt/train.py --data <data>/train_substitute " + " ".join(ABLATION_BUDGET) + " <flags>"
+        abl = {k: v for k, v in kept_rows(report, "ablations", command).items()
                if variant_of(k) in ABLATIONS and "pairs" in v}
         for (name, flags), seed in ((a, s) for a in ABLATIONS.items() for s in args.ablate_seeds):
             if args.ablate and name not in args.ablate:
                 continue
             flags, row = (flags, name) if seed == 0 else ([*flags, "--seed", str(seed)], f"{name}_seed{seed}")
-            sec = train_run(train_dir, runs / row, ABLATION_BUDGET + flags, args.threads)
+            sec = train_run(train_dir, runs / row, ABLATION_BUDGET + flags, args.threads, args.device)
             abl[row] = {"flags": " ".join(flags), "train_seconds": sec, "load_avg": load_avg(),
                         **score_run(runs / row, pairs, strip)}
             report["ablations"] = {
-                "command": "python fcnn_rgb_gt/train.py --data <data>/train_substitute " + " ".join(ABLATION_BUDGET)
-                           + " <flags>", "runs": abl,
+                "command": command, "runs": abl,
                 "note": "seed 0 unless the row's name ends in _seed<S>; the seed rows give the spread to read "
                         "differences against"}
             write_json(out, report)

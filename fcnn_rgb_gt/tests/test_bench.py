@@ -40,3 +40,18 @@ def test_bench_skips_demo_data(tmp_path, capsys):
     demo_data.write(tmp_path / "fcnn" / "train_substitute", seed=0, size=(160, 200))
     assert bench.main(["--data", str(tmp_path / "fcnn"), "--out", str(tmp_path / "b.json")]) == 0
     assert "skipped" in capsys.readouterr().out and not (tmp_path / "b.json").exists()
+
+
+def test_seam_check_compares_tiles_with_one_untiled_pass(trained_run, pair_dir):
+    r = bench.seam_check(trained_run / "best.pt", pair_dir / "rgb.png", tile=64, overlap=16)
+    assert r["size"] == [200, 160] and r["blended"]["pixels"] == r["plain"]["pixels"] == 200 * 160
+    assert r["plain"]["max_abs_diff"] > 0.3  # zero padding at plain tile borders, with trained weights
+    assert r["blended"]["max_abs_diff"] < r["plain"]["max_abs_diff"] / 6
+    assert r["blended"]["pixels_changed_class"] <= r["plain"]["pixels_changed_class"]
+
+
+def test_rows_of_another_command_are_not_merged(capsys):
+    report = {"ablations": {"command": "old", "runs": {"v": {"x": 1}}}}
+    assert bench.kept_rows(report, "ablations", "old") == {"v": {"x": 1}}
+    assert bench.kept_rows(report, "ablations", "new") == {} and "replaced" in capsys.readouterr().out
+    assert bench.kept_rows(report, "oracle", "any") == {}
