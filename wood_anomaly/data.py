@@ -2,9 +2,13 @@
 
 A photo is read, resized by ``scale`` (the wood photos are 2592x1952; knots and cracks stay visible at half
 size, and half size quarters the work), cut into 256x256 tiles (the network never sees more), and each tile
-is reflect-padded by ``pad`` pixels before the network so that tile borders do not leave artefacts.
+is reflect-padded by ``pad`` pixels before the network so that tile borders do not leave artefacts. The tiles'
+feature maps are blended back into one feature map of the photo (``feature_map``): training samples its
+memory bank from that map and predict scores it, so both see the same cells, each cell of the photo once.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -13,16 +17,26 @@ from PIL import Image
 
 from scipy import ndimage
 
-from common.tiling import iter_tile_batches
+from common.tiling import MAX_TILE, Stitcher, TileGrid, iter_tile_batches, tile_grid
 from wood_anomaly.model import colour_cells, self_reference_distance
 
 
-def resize(image: np.ndarray, scale: float, resample=Image.BILINEAR) -> np.ndarray:
-    """Resize ``(H, W, ...)`` by ``scale`` (1.0 returns it unchanged)."""
+def image_id(image: np.ndarray) -> str:
+    """Identity of a decoded photo: SHA-256 of its shape and pixels. A training photo is recognised by it at
+    predict time whatever its file name (a renamed copy is the same photo; a different photo that happens to
+    share a name is not)."""
+    h = hashlib.sha256(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image).data)
+    return h.hexdigest()
+
+
+def resize(image: np.ndarray, scale: float) -> np.ndarray:
+    """Bilinear resize of ``(H, W, ...)`` uint8 by ``scale`` (1.0 returns it unchanged)."""
     if scale == 1.0:
         return image
     h, w = image.shape[:2]
-    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), resample))
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                    Image.BILINEAR))
 
 
 def resize_map(score: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -51,11 +65,40 @@ def tile_feature_batches(features: torch.nn.Module, image: np.ndarray, tile: int
         yield (f[..., cut:f.shape[-2] - cut, cut:f.shape[-1] - cut] if cut else f), origins
 
 
-def tile_features(features: torch.nn.Module, image: np.ndarray, tile: int, overlap: int, pad: int,
-                  batch_size: int, device: torch.device) -> torch.Tensor:
-    """All patch features of an (already resized) image as ``(N, D)`` rows on the CPU."""
-    return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).float().cpu()
-                      for f, _ in tile_feature_batches(features, image, tile, overlap, pad, batch_size, device)])
+def check_tiling(tile: int, overlap: int, pad: int, stride: int) -> None:
+    """Raise ValueError, naming the option, when ``tile``/``overlap``/``pad`` cannot give a feature map that lines
+    up with the photo's cells at feature ``stride`` (the tile outputs must cover whole cells)."""
+    if not stride <= tile <= MAX_TILE or tile % stride:
+        raise ValueError(f"--tile {tile}: must be a multiple of the feature stride {stride} in {stride}..{MAX_TILE}")
+    if not 0 <= overlap <= tile // 2 or overlap % stride:
+        raise ValueError(f"--overlap {overlap}: must be a multiple of the feature stride {stride} in 0..{tile // 2} "
+                         f"(half the tile)")
+    if not 0 <= pad < tile or pad % stride:
+        raise ValueError(f"--pad {pad}: must be a multiple of the feature stride {stride} in 0..{tile - 1} "
+                         "(reflect padding needs less than a tile)")
+
+
+@torch.no_grad()
+def feature_map(features: torch.nn.Module, image: np.ndarray, tile: int, overlap: int, pad: int, batch_size: int,
+                device: torch.device) -> tuple[np.ndarray, tuple[int, int]]:
+    """Patch features of an (already resized) ``(h, w, 3)`` image computed tile by tile and blended across the
+    tile overlaps into one ``(ceil(h/s), ceil(w/s), D)`` float32 map (common.tiling.Stitcher at feature
+    resolution, s = ``features.stride``): every cell that holds image pixels, once; no overlap duplicates and
+    no cells of the tiles' reflect padding. Also returns the pixel offset ``(y0, x0)`` of the image inside the
+    map's ``(rows*s, cols*s)`` pixels."""
+    s = features.stride
+    check_tiling(tile, overlap, pad, s)
+    grid = tile_grid(image.shape[0], image.shape[1], tile, overlap)
+    ph, pw = grid.padded_shape[0] // s, grid.padded_shape[1] // s
+    cell_grid = TileGrid(ph, pw, grid.tile // s, grid.overlap // s, 0, 0, (ph, pw),
+                         tuple((y // s, x // s) for y, x in grid.origins))
+    stitcher = Stitcher(cell_grid, features.dim)
+    for f, origins in tile_feature_batches(features, image, tile, overlap, pad, batch_size, device):
+        stitcher.add(f.permute(0, 2, 3, 1).float().cpu().numpy(), [(y // s, x // s) for y, x in origins])
+    top, left = grid.pad_top // s, grid.pad_left // s  # first cell row/column that holds image pixels
+    bottom, right = -(-(grid.pad_top + grid.height) // s), -(-(grid.pad_left + grid.width) // s)
+    return (np.ascontiguousarray(stitcher.result()[top:bottom, left:right]),
+            (grid.pad_top - top * s, grid.pad_left - left * s))
 
 
 @torch.no_grad()

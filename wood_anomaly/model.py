@@ -5,8 +5,10 @@ An image patch is anomalous when its feature vector lies far from every feature 
 (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022). The backbone is frozen;
 "training" only fills the bank (see ``train.py``), so the model works from a handful of unlabeled photos.
 
-Shapes: images enter as ``(B, 3, H, W)`` float in [0, 1] (H, W multiples of 8, at most 256 through
-``common.tiling``); patch features are ``(B, D, H/8, W/8)``; anomaly maps are ``(B, H, W)``.
+Shapes: images enter as ``(B, 3, H, W)`` float in [0, 1] (at most 256x256 plus the reflect padding, through
+``common.tiling``); patch features are ``(B, D, H/s, W/s)``, s = the stride of the finest stage used (4 for the
+default stages 1 and 2, D = 24 + 40 = 64). Scoring (k-NN, colour rarity, fusion) lives here as plain functions;
+the per-photo pipeline that uses them is ``predict.score_maps``.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ class PatchFeatures(nn.Module):
     """Frozen multi-scale patch features: the outputs of ``stages``, each averaged over a ``pool`` x ``pool``
     neighbourhood (PatchCore's local aggregation), resized to the finest stage's stride and concatenated along channels."""
 
-    def __init__(self, stages: tuple[int, ...] = (2, 3), pool: int = 3):
+    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3):
         super().__init__()
         net = load_backbone()
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
@@ -64,11 +66,8 @@ class PatchFeatures(nn.Module):
         return torch.cat(feats, dim=1)
 
 
-def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096,
-                 reduce: str = "mean") -> torch.Tensor:
-    """Mean Euclidean distance of each ``(N, D)`` query row to its ``k`` nearest ``(M, D)`` bank rows
-    (``reduce="mean"``, the default) or the distance to the ``k``-th nearest only (``reduce="kth"``, the classic
-    k-NN outlier score; it measured slightly worse on the wood photos) -> ``(N,)``."""
+def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096) -> torch.Tensor:
+    """Mean Euclidean distance of each ``(N, D)`` query row to its ``k`` nearest ``(M, D)`` bank rows -> ``(N,)``."""
     out = []
     bank_sq = (bank * bank).sum(1)
     for q in query.split(chunk):
@@ -76,7 +75,7 @@ def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int
         part = torch.addmm(bank_sq, q, bank.T, alpha=-2)
         top = part.topk(min(k, bank.shape[0]), dim=1, largest=False).values
         top = (top + (q * q).sum(1, keepdim=True)).clamp_min(0).sqrt()
-        out.append(top[:, -1] if reduce == "kth" else top.mean(1))
+        out.append(top.mean(1))
     return torch.cat(out) if out else query.new_zeros(0)
 
 
@@ -117,7 +116,8 @@ def fuse(deep: np.ndarray, colour: np.ndarray | None, deep_weight: float, floor:
 
 
 class PatchCore(nn.Module):
-    """Feature extractor + memory bank. ``forward`` maps image tiles to per-pixel anomaly scores."""
+    """Feature extractor + memory bank of the training photos' patch features (filled by ``train.py``; scoring
+    is ``predict.score_maps``)."""
 
     def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, k: int = 30, neighbours: int = 3):
         super().__init__()
@@ -127,37 +127,32 @@ class PatchCore(nn.Module):
         self.register_buffer("bank", torch.zeros(0, d))  # (M, D) patch features of the training photos
         self.register_buffer("bank_image", torch.zeros(0, dtype=torch.long))  # (M,) photo index of each row
         self.register_buffer("image_desc", torch.zeros(0, d))  # (N, D) mean patch feature of each photo
+        self.train_ids: list[str] = []  # identity (data.image_id) of each training photo, in bank_image order
 
-    def set_bank(self, bank: torch.Tensor, bank_image: torch.Tensor, image_desc: torch.Tensor) -> None:
+    def set_bank(self, bank: torch.Tensor, bank_image: torch.Tensor, image_desc: torch.Tensor,
+                 train_ids: list[str]) -> None:
+        if len(train_ids) != image_desc.shape[0]:
+            raise ValueError(f"{len(train_ids)} photo identities for {image_desc.shape[0]} photo descriptors")
         self.bank = bank.to(self.bank.device, self.bank.dtype).contiguous()
         self.bank_image = bank_image.to(self.bank.device)
         self.image_desc = image_desc.to(self.bank.device, self.bank.dtype)
+        self.train_ids = list(train_ids)
 
-    def select_bank(self, desc: torch.Tensor) -> torch.Tensor:
-        """Bank rows of the ``neighbours`` training photos whose mean feature is closest to ``desc`` (D,)
-        (SPADE-style image retrieval: a pine board is compared with pine boards, not with walnut).
+    def training_index(self, image_id: str) -> int | None:
+        """Index of the training photo with this identity (``data.image_id``), or None for a new photo."""
+        return self.train_ids.index(image_id) if image_id in self.train_ids else None
 
-        A training photo identical to the query (the query *is* that photo) is left out: the query's own
-        patches join the bank separately (self-reference), and counting them twice would let a defect match
-        its own copies. ``neighbours`` = 0 keeps every other photo."""
+    def reference_photos(self, desc: torch.Tensor, exclude: int | None = None) -> list[int]:
+        """Indices of the ``neighbours`` training photos whose mean feature is closest to ``desc`` (D,), the
+        training photo ``exclude`` left out (SPADE-style image retrieval: a pine board is compared with pine
+        boards, not with walnut). ``neighbours`` = 0: every training photo but ``exclude``."""
         dist = (self.image_desc - desc.to(self.image_desc)).norm(dim=1)
-        other = dist > 1e-4 * desc.norm().clamp_min(1e-6)
-        order = [int(i) for i in dist.argsort() if other[i]]
-        keep = order if self.neighbours <= 0 else order[:self.neighbours]
-        return self.bank[torch.isin(self.bank_image, torch.tensor(keep, dtype=torch.long, device=self.bank.device))]
+        order = [int(i) for i in dist.argsort() if int(i) != exclude]
+        return order if self.neighbours <= 0 else order[:self.neighbours]
 
-    @torch.no_grad()
-    def score_features(self, f: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, D, h, w)`` patch features -> ``(B, h, w)`` mean distance to the ``k`` nearest rows of ``bank``
-        (default: the memory bank)."""
-        bank = self.bank if bank is None else bank
-        if bank.shape[0] == 0:
-            raise RuntimeError("empty memory bank: train the model first (train.py)")
-        b, d, h, w = f.shape
-        return knn_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, self.k).reshape(b, h, w)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] -> ``(B, H, W)`` distance of each pixel's patch to the memory bank."""
-        dist = self.score_features(self.features(x))[:, None]
-        return F.interpolate(dist, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    def select_bank(self, desc: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
+        """Bank rows of :meth:`reference_photos`. ``exclude`` is the scored photo's own index when it is a
+        training photo: its patches join the bank separately (self-reference), and its bank rows counted
+        a second time would let a defect match its own copies."""
+        keep = torch.tensor(self.reference_photos(desc, exclude), dtype=torch.long, device=self.bank.device)
+        return self.bank[torch.isin(self.bank_image, keep)]

@@ -3,14 +3,21 @@
     python wood_anomaly/predict.py                                   # data/wood/images with runs/wood/model.pt
     python wood_anomaly/predict.py --data ../shared/data/wood --out runs/wood/pred
 
-For every readable photo ``<stem>`` it writes into ``<out>/<stem>/``: ``preds.png`` (binary mask, 255 =
-anomalous, full size), ``heatmap.jpg`` (scores in units of the threshold, colour-mapped), ``overlay.jpg`` (photo
-with the heatmap and the mask outline) and ``anomaly_map.npy`` (float16 full-size scores, for evaluate.py).
-``<out>/predictions.csv`` has one row per photo, in sorted file-name order: ``image, score, label,
-anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds, cpu_seconds``
-(kept apart so that the predictions are the same bytes on every run). An unreadable photo gets a row with
-``status`` = the reason and no outputs; the others are processed. Exit status 0 unless no photo at all could
-be read.
+For every photo it writes into ``<out>/<stem>/``: ``preds.png`` (binary mask, 255 = anomalous, full size),
+``heatmap.jpg`` (scores in units of the threshold, colour-mapped), ``overlay.jpg`` (photo with the heatmap and
+the mask outline) and ``anomaly_map.npy`` (float16 full-size scores, for evaluate.py). Two photos with the same
+stem (``board.jpg``, ``board.png``) each get a folder named by the whole file name (``board.jpg/``,
+``board.png/``) instead. ``<out>/predictions.csv`` has one row per photo, in sorted file-name order: ``image,
+score, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds,
+cpu_seconds`` (kept apart so that the predictions are the same bytes on every run). A photo that cannot be
+read or processed gets a row with label ``error`` and ``status`` = the file and the reason; the others are
+processed. The tables are written even when the run stops early (an error, Ctrl-C, SIGTERM): the photos not
+reached get the status ``not processed: ...``. Exit status: 0 when at least one photo was scored (or this
+shard has no photo), 1 when none could be, 2 for a wrong path or option.
+
+The brief's deliverable layout (``data/positive/<id>/preds.png``, classification in a CSV) maps onto this one:
+``<out>/<stem>/preds.png`` is the mask, and the photos whose ``label`` in ``predictions.csv`` is
+``anomalous`` are the "positive" ones.
 
 Many workers or machines: ``--shard I/N`` processes every N-th photo of the sorted folder (the default under
 ``torchrun --nproc_per_node=N`` is RANK/WORLD_SIZE) and writes ``predictions.shard-I-of-N.csv`` (and
@@ -22,13 +29,21 @@ pixel is anomalous when it lies ``threshold_spreads`` (default 10) spreads above
 (``--threshold`` overrides it). A photo is ``anomalous`` when its mask covers at least
 ``min_area`` of it (default 2e-5, about 100 pixels of a 5-megapixel photo); its ``score`` is the maximum of
 its smoothed map divided by the threshold (> 1 means some pixel passed the threshold).
+
+A training photo is scored like any other photo, except that its own memory-bank rows are left out (it is
+recognised by its pixels, data.image_id, whatever its file name): its own cells enter only through the
+self-reference sample, as for a new photo.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import signal
 import sys
+import threading
 import time
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -38,64 +53,55 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
-from common.io import ImageReadError, atomic_write, list_images, read_rgb, save_image
+from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_images, read_rgb, save_image
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
-from common.tiling import Stitcher, TileGrid, tile_grid
-from wood_anomaly.data import colour_map, resize, resize_map, tile_feature_batches
+from wood_anomaly.data import colour_map, feature_map, image_id, resize, resize_map
 from wood_anomaly.model import PatchCore, fuse, knn_distance, standardise
-from wood_anomaly.train import DEFAULT_RUNS, TrainConfig, build_model, image_folder, resolve_device
+from wood_anomaly.train import DEFAULT_RUNS, DEVICES, TrainConfig, build_model, check_config, image_folder, resolve_device
+
+FIELDS = ["image", "score", "label", "anomalous_area_px", "anomalous_area_frac", "status"]  # predictions.csv
+TIMING_FIELDS = ["image", "seconds", "cpu_seconds"]  # timings.csv
+# what one photo may raise without the others being affected: unreadable file (ImageReadError is a ValueError),
+# a shape or value problem, a torch error (incl. out of memory), a failed write, no memory left
+PHOTO_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, TrainConfig, dict]:
     """Model, its training config and the checkpoint dict (threshold, statistics) from ``model.pt``."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         sys.exit(f"{path}: no trained model here; run wood_anomaly/train.py first (or make train-wood)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "train_ids" not in ckpt:
+        sys.exit(f"{path}: written by an older train.py (its bank holds tile-overlap duplicates and it cannot tell "
+                 "its training photos apart); train again with wood_anomaly/train.py")
     cfg = TrainConfig(**{f.name: ckpt["config"][f.name] for f in fields(TrainConfig) if f.name in ckpt["config"]})
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        sys.exit(f"{path}: unusable training configuration: {err}")
     model = build_model(cfg, device)
-    model.set_bank(ckpt["bank"], ckpt["bank_image"], ckpt["image_desc"])
+    model.set_bank(ckpt["bank"], ckpt["bank_image"], ckpt["image_desc"], ckpt["train_ids"])
     return model, cfg, ckpt
 
 
 @torch.no_grad()
-def stitched_features(model: PatchCore, small: np.ndarray, cfg: TrainConfig, device: torch.device):
-    """Patch features of an (already resized) image computed tile by tile, blended across the tile overlaps
-    into one ``(h, w, D)`` float32 map (common.tiling.Stitcher at feature resolution), so that every cell is
-    scored once; plus the pixel offset ``(y0, x0)`` of the image inside the map's ``(h*s, w*s)`` pixels."""
-    s = model.features.stride
-    grid = tile_grid(small.shape[0], small.shape[1], cfg.tile, cfg.overlap)
-    if any(v % s for v in (grid.tile, grid.overlap, *grid.padded_shape)):
-        raise ValueError(f"tile {grid.tile} and overlap {grid.overlap} must be multiples of the feature stride {s}")
-    ph, pw = grid.padded_shape[0] // s, grid.padded_shape[1] // s
-    cell_grid = TileGrid(ph, pw, grid.tile // s, grid.overlap // s, 0, 0, (ph, pw),
-                         tuple((y // s, x // s) for y, x in grid.origins))
-    stitcher = Stitcher(cell_grid, model.features.dim)
-    for f, origins in tile_feature_batches(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size,
-                                           device):
-        stitcher.add(f.permute(0, 2, 3, 1).float().cpu().numpy(), [(y // s, x // s) for y, x in origins])
-    top, left = grid.pad_top // s, grid.pad_left // s  # first cell row/column that holds image pixels
-    bottom, right = -(-(grid.pad_top + grid.height) // s), -(-(grid.pad_left + grid.width) // s)
-    return (stitcher.result()[top:bottom, left:right],
-            (grid.pad_top - top * s, grid.pad_left - left * s))
+def score_maps(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device,
+               stats: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """The two standardised maps (in training spreads) of an ``(H, W, 3)`` uint8 photo at ``cfg.scale``:
+    ``(deep, colour)``; colour is None with the colour channel off. ``stats``: the checkpoint's training
+    quantiles (train.calibrate).
 
-
-@torch.no_grad()
-def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device, stats: dict,
-                full_size: bool = True) -> np.ndarray:
-    """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo
-    (``full_size=False``: at ``cfg.scale``). ``stats``: the checkpoint's training quantiles (train.calibrate).
-
-    Deep map: patch features are computed tile by tile and stitched into one feature map (a few tens of MB);
-    ``cfg.self_patches`` random cells join the memory bank (self-reference), then every cell gets its k-NN
-    distance; the map is upsampled to the image and smoothed by ``cfg.sigma``. Colour map:
-    data.colour_map. Both are standardised and fused (model.fuse).
+    Deep map: the stitched feature map (data.feature_map) is scored cell by cell, by the mean distance of each
+    cell to its k nearest among the bank rows of the ``neighbours`` most similar training photos (never the
+    photo's own rows, when it is a training photo) plus ``cfg.self_patches`` random cells of the photo itself
+    (self-reference); upsampled to the image and smoothed by ``cfg.sigma``. Colour map: data.colour_map.
     """
     small = resize(image, cfg.scale)
-    cells, (y0, x0) = stitched_features(model, small, cfg, device)
+    cells, (y0, x0) = feature_map(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size, device)
     h, w, d = cells.shape
     own = torch.from_numpy(cells.reshape(-1, d)).to(device)
-    bank = model.select_bank(own.mean(0))
+    bank = model.select_bank(own.mean(0), exclude=model.training_index(image_id(image)))
     if cfg.self_patches > 0:
         gen = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(own.shape[0], generator=gen)[:cfg.self_patches].to(own.device)
@@ -103,13 +109,23 @@ def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: t
     dist = knn_distance(own, bank, model.k).reshape(1, 1, h, w)
     s = model.features.stride
     dist = F.interpolate(dist, size=(h * s, w * s), mode="bilinear", align_corners=False)[0, 0].float().cpu().numpy()
-    score = dist[y0:y0 + small.shape[0], x0:x0 + small.shape[1]]
+    deep = dist[y0:y0 + small.shape[0], x0:x0 + small.shape[1]]
     if cfg.sigma > 0:
-        score = ndimage.gaussian_filter(score, cfg.sigma)
-    score = standardise(score, (stats["deep_q50"], stats["deep_q95"]))
-    if cfg.colour_stride > 0:
-        colour = colour_map(small, cfg.colour_stride, cfg.colour_patches, cfg.k, cfg.colour_sigma, cfg.seed)
-        score = fuse(score, standardise(colour, (stats["colour_q50"], stats["colour_q95"])), cfg.deep_weight)
+        deep = ndimage.gaussian_filter(deep, cfg.sigma)
+    deep = standardise(deep, (stats["deep_q50"], stats["deep_q95"]))
+    if cfg.colour_stride <= 0:
+        return deep, None
+    colour = colour_map(small, cfg.colour_stride, cfg.colour_patches, cfg.k, cfg.colour_sigma, cfg.seed)
+    return deep, standardise(colour, (stats["colour_q50"], stats["colour_q95"]))
+
+
+def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device, stats: dict,
+                full_size: bool = True) -> np.ndarray:
+    """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo
+    (``full_size=False``: at ``cfg.scale``): the two maps of :func:`score_maps` fused by model.fuse with
+    ``cfg.deep_weight``."""
+    deep, colour = score_maps(model, image, cfg, device, stats)
+    score = fuse(deep, colour, cfg.deep_weight)
     return resize_map(score, image.shape[:2]) if full_size else score
 
 
@@ -139,42 +155,92 @@ def write_outputs(folder: Path, image: np.ndarray, score: np.ndarray, mask: np.n
         np.save(f, score.astype(np.float16))
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
+    """``rows`` under the fixed header ``fieldnames`` (also with no row: every shard's file merges)."""
     with atomic_write(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def output_folders(names: list[str]) -> dict[str, str | None]:
+    """Output folder of each photo file name: its stem, or the whole file name when another photo has the
+    same stem (``board.jpg``, ``board.png`` -> ``board.jpg/``, ``board.png/``). None when even that name is
+    taken by another photo's folder (``a.jpg``, ``a.png`` and ``a.jpg.png``): that photo gets an error row.
+    Depends on the whole list only, so every shard and evaluate.py find the same folders."""
+    stems = Counter(Path(n).stem for n in names)
+    out: dict[str, str | None] = {}
+    taken: set[str] = set()
+    for n in sorted(names):
+        folder = Path(n).stem if stems[Path(n).stem] == 1 else n
+        out[n] = None if folder in taken else folder
+        taken.add(folder)
+    return out
+
+
+def empty_row(name: str) -> dict:
+    return {"image": name, "score": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "", "status": "ok"}
+
+
+def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, path: Path,
+                  folder: Path | None, device: torch.device, save: bool) -> tuple[dict, dict | None]:
+    """``(predictions row, timings row or None)`` of one photo; its outputs go to ``folder``. Any of
+    ``PHOTO_ERRORS`` becomes an error row naming the file and the reason."""
+    row = empty_row(path.name)
+    if folder is None:
+        return {**row, "label": "error", "status": f"{path}: its output folder name is taken by another photo "
+                                                   "of the same name; rename the file"}, None
+    try:
+        image = read_rgb(path)
+        t0, c0 = time.perf_counter(), time.process_time()  # the photo's processing, reading excluded
+        score = anomaly_map(model, image, cfg, device, stats)
+        mask = score > threshold
+        if save:
+            write_outputs(folder, image, score, mask, threshold)
+    except ImageReadError as err:
+        return {**row, "label": "error", "status": str(err)}, None
+    except PHOTO_ERRORS as err:
+        return {**row, "label": "error", "status": f"{path}: {type(err).__name__}: {err}"}, None
+    area = int(mask.sum())
+    frac = area / mask.size
+    return ({**row, "score": f"{score.max() / threshold:.4f}", "label": "anomalous" if frac >= cfg.min_area else "normal",
+             "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}"},
+            {"image": path.name, "seconds": f"{time.perf_counter() - t0:.2f}",
+             "cpu_seconds": f"{time.process_time() - c0:.2f}"})
 
 
 def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, folder: Path, out: Path,
                    device: torch.device, save: bool = True, shard: Shard | None = None) -> list[dict]:
     """Process every image of ``folder`` (of its ``shard`` only, when given), in sorted name order; return one
-    row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``."""
+    row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``.
+
+    The tables are written in a ``finally``: when the loop stops early (an exception that is not one photo's
+    problem, Ctrl-C, SIGTERM via main), the rows already computed are kept and the photos not reached are
+    listed with the status ``not processed``."""
+    paths = list_images(folder)
+    folders = output_folders([p.name for p in paths])
+    mine = select_shard(paths, shard, key=lambda p: p.name)
     rows, timings = [], []
     out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(select_shard(list_images(folder), shard, key=lambda p: p.name), desc="predict", unit="photo"):
-        row = {"image": path.name, "score": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "",
-               "status": "ok"}
-        try:
-            image = read_rgb(path)
-        except ImageReadError as err:
-            print(f"skipping unreadable image {err}", file=sys.stderr)
-            rows.append({**row, "label": "error", "status": str(err)})
-            continue
-        t0, c0 = time.perf_counter(), time.process_time()
-        score = anomaly_map(model, image, cfg, device, stats)
-        mask = score > threshold
-        area = int(mask.sum())
-        frac = area / mask.size
-        if save:
-            write_outputs(out / path.stem, image, score, mask, threshold)
-        rows.append({**row, "score": f"{score.max() / threshold:.4f}",
-                     "label": "anomalous" if frac >= cfg.min_area else "normal",
-                     "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}"})
-        timings.append({"image": path.name, "seconds": f"{time.perf_counter() - t0:.2f}",
-                        "cpu_seconds": f"{time.process_time() - c0:.2f}"})
-    write_csv(shard_path(out / "predictions.csv", shard), rows)
-    write_csv(shard_path(out / "timings.csv", shard), timings)
+    stopped = "the run stopped before this photo"
+    try:
+        for path in tqdm(mine, desc="predict", unit="photo"):
+            name = folders[path.name]
+            row, timing = predict_photo(model, cfg, stats, threshold, path, out / name if name else None, device, save)
+            if row["status"] != "ok":
+                print(f"error: {row['status']}", file=sys.stderr)
+            rows.append(row)
+            if timing is not None:
+                timings.append(timing)
+    except BaseException as err:  # noted in the table, then raised again
+        stopped = f"the run stopped before this photo ({type(err).__name__}{f': {err}' if str(err) else ''})"
+        raise
+    finally:
+        done = {r["image"] for r in rows}
+        rows += [{**empty_row(p.name), "label": "error", "status": f"not processed: {stopped}"}
+                 for p in mine if p.name not in done]
+        write_csv(shard_path(out / "predictions.csv", shard), rows, FIELDS)
+        write_csv(shard_path(out / "timings.csv", shard), timings, TIMING_FIELDS)
     return rows
 
 
@@ -185,29 +251,53 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=str(DEFAULT_RUNS / "model.pt"), help="checkpoint written by train.py")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "pred"), help="output folder")
     p.add_argument("--threshold", type=float, default=0.0, help="pixel threshold; 0: the one stored at training")
-    p.add_argument("--seed", type=int, default=0, help="seed of the self-reference patch sample")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the random self-reference cells and colour-reference cells drawn from each photo "
+                        "(default: the training seed stored in the checkpoint, so a run reproduces the benchmark)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     add_shard_argument(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    folder = image_folder(args.data)
+    if not folder.is_dir():
+        p.error(f"--data {args.data}: no such folder")
+    if not list_images(folder):
+        p.error(f"--data {args.data}: no image file ({' '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return args
+
+
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """Within the block, SIGTERM (a scheduler's stop) raises SystemExit in the main thread, so that
+    predict_folder's ``finally`` still writes the tables; the previous handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device, args.threads, local_rank=launcher_env()[2])
     model, cfg, ckpt = load_model(args.model, device)
-    cfg.seed = args.seed
+    if args.seed is not None:
+        cfg.seed = args.seed
     threshold = args.threshold or ckpt["threshold"]
-    rows = predict_folder(model, cfg, ckpt, threshold, image_folder(args.data), Path(args.out), device,
-                          shard=args.shard)
+    with exit_on_sigterm():
+        rows = predict_folder(model, cfg, ckpt, threshold, image_folder(args.data), Path(args.out), device,
+                              shard=args.shard)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in rows:
         print(f"{r['image']}: {r['label']} (score {r['score'] or '-'}, area {r['anomalous_area_frac'] or '-'})")
     table = shard_path(Path(args.out) / "predictions.csv", args.shard)
     print(f"{len(rows) - len(failed)} photos -> {args.out}/<stem>/, table {table}"
-          + (f"; {len(failed)} unreadable (listed in the table)" if failed else ""))
+          + (f"; {len(failed)} failed (reasons in the table)" if failed else ""))
     if rows and len(failed) == len(rows):
-        sys.exit(1)
+        sys.exit(f"no photo could be scored ({len(failed)} failed; reasons in {table})")
 
 
 if __name__ == "__main__":

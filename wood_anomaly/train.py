@@ -5,14 +5,17 @@
 
 Method (see README.md): every photo is resized by ``--scale``, cut into 256x256 tiles and passed through a
 frozen ImageNet EfficientNet-Lite0; the locally averaged features of two early stages describe each patch.
-A uniform random sample of ``--patches-per-image`` patch features per photo forms the memory bank. The
+The tiles' feature maps are blended into one map of the photo (``data.feature_map``, the very map predict
+scores: each cell once, no tile-overlap duplicates, no reflect-padding cells), and a uniform random sample of
+``--patches-per-image`` of its cells per photo forms the memory bank. The
 training photos may contain defects: a uniform sample keeps the bank's density faithful (a greedy coreset
 would pick exactly the rare, defective patches), and the score of a patch is its mean distance to its
 ``--k`` nearest bank features, so a defect seen a few times in training (the same board photographed twice)
 still scores high as long as ``k`` exceeds the number of its copies.
 
 Each photo is compared with the bank rows of the ``--neighbours`` training photos whose mean feature is closest
-to its own (SPADE-style retrieval: pine with pine, walnut with walnut; a training photo never with itself),
+to its own (SPADE-style retrieval: pine with pine, walnut with walnut; a training photo never with its own bank
+rows: it is recognised by its pixels, ``data.image_id``, whatever its file name),
 plus ``--self-patches`` random patches of the photo itself (self-reference: a new species is compared with
 itself too).
 
@@ -24,8 +27,12 @@ anomalous only where its texture *and* its colour are unusual.
 
 The pixel threshold is set without labels: ``--threshold-spreads`` training spreads above the median.
 
-Outputs in ``--out``: ``model.pt`` (memory bank, config, threshold, score statistics), ``config.json`` and
-``log.csv`` (one row per training photo).
+Outputs in ``--out``: ``model.pt`` (memory bank, config, threshold, score statistics, training photos' names and
+identities), ``config.json`` and ``log.csv`` (one row per training photo). Training is a single pass with no
+optimiser and no trained weights (the backbone is frozen; only the bank is filled), so there are no epochs, no
+loss curve and nothing to resume: a run takes about a minute on the 7 photos and is simply run again.
+Every option is checked before any work (``check_config``), so a setting that predict.py could not use stops
+here with the option named.
 
 More than one process or machine: ``torchrun --nproc_per_node=N wood_anomaly/train.py ...`` (plus torchrun's
 ``--nnodes/--node-rank/--rdzv-*`` arguments across machines). Each rank reads and featurises its
@@ -52,8 +59,8 @@ from tqdm import tqdm
 from common.config import add_config_args
 from common.io import ImageReadError, atomic_path, atomic_write, list_images, read_rgb, write_json
 from common.shard import launcher_env
-from wood_anomaly.data import colour_map, resize, tile_features
-from wood_anomaly.model import PatchCore, knn_distance
+from wood_anomaly.data import check_tiling, colour_map, feature_map, image_id, resize
+from wood_anomaly.model import STAGES, PatchCore, knn_distance
 
 DEFAULT_DATA = Path("data/wood")
 DEFAULT_RUNS = Path("runs/wood")
@@ -82,16 +89,61 @@ class TrainConfig:
     pad: int = 32  # reflect padding around each tile before the network (hides tile-border effects)
     batch_size: int = 8  # tiles per forward pass
     min_area: float = 2e-5  # predict: a photo is anomalous when its mask covers at least this fraction
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # random seed of the bank, calibration and colour-reference samples (predict reuses it)
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: the GPU of LOCAL_RANK)
     threads: int = 2  # CPU threads (the shared development machine has 2 cores)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def parse_stages(stages: str) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``; ValueError naming the option for anything but known stages."""
+    try:
+        out = tuple(sorted({int(v) for v in str(stages).split(",")}))
+    except ValueError:
+        out = ()
+    if not out or any(v not in STAGES for v in out):
+        raise ValueError(f"--stages {stages!r}: a comma-separated list of {sorted(STAGES)}")
+    return out
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ValueError naming the first option whose value the pipeline cannot use, before any work is done
+    (predict.py checks a checkpoint's config the same way)."""
+    stride = STAGES[min(parse_stages(cfg.stages))][1]
+    check_tiling(cfg.tile, cfg.overlap, cfg.pad, stride)
+    positive = {"scale": cfg.scale, "pool": cfg.pool, "patches_per_image": cfg.patches_per_image,
+                "calib_patches": cfg.calib_patches, "k": cfg.k, "batch_size": cfg.batch_size,
+                "threshold_spreads": cfg.threshold_spreads}
+    non_negative = {"self_patches": cfg.self_patches, "neighbours": cfg.neighbours, "sigma": cfg.sigma,
+                    "colour_stride": cfg.colour_stride, "colour_sigma": cfg.colour_sigma, "min_area": cfg.min_area}
+    for name, v in positive.items():
+        if not v > 0:
+            raise ValueError(f"--{name.replace('_', '-')} {v}: must be positive")
+    for name, v in non_negative.items():
+        if not v >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} {v}: must be >= 0")
+    if cfg.pool % 2 == 0:
+        raise ValueError(f"--pool {cfg.pool}: must be odd (a centred pool x pool neighbourhood)")
+    if cfg.colour_stride > 0 and cfg.colour_patches < 1:
+        raise ValueError(f"--colour-patches {cfg.colour_patches}: must be positive with the colour channel on")
+    if not 0 <= cfg.deep_weight <= 1:
+        raise ValueError(f"--deep-weight {cfg.deep_weight}: must be in 0..1 (0: colour only, 1: deep only)")
+    if cfg.device not in DEVICES:
+        raise ValueError(f"--device {cfg.device!r}: one of {', '.join(DEVICES)}")
 
 
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(p, TrainConfig)
-    return TrainConfig(**vars(p.parse_args(argv)))
+    add_config_args(p, TrainConfig, choices={"device": DEVICES})
+    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        p.error(str(err))
+    return cfg
 
 
 def image_folder(data: str | Path) -> Path:
@@ -125,26 +177,31 @@ def init_distributed(cfg: "TrainConfig") -> tuple[int, int, torch.device]:
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> PatchCore:
-    stages = tuple(int(s) for s in str(cfg.stages).split(","))
-    return PatchCore(stages, cfg.pool, cfg.k, cfg.neighbours).to(device).eval().to(memory_format=torch.channels_last)
+    return PatchCore(parse_stages(cfg.stages), cfg.pool, cfg.k, cfg.neighbours).to(device).eval().to(memory_format=torch.channels_last)
 
 
 def photo_features(model: PatchCore, index: int, path: Path, cfg: TrainConfig, device: torch.device) -> dict:
-    """One training photo -> its bank sample, held-out calibration sample, mean feature and a log row.
+    """One training photo -> its bank sample, held-out calibration sample, mean feature, identity and a log row
+    (or ``{"index", "error"}``: the file and the reason, for a photo that could not be read or featurised).
 
-    The random split of its patch features is seeded by the photo's index in the sorted folder, so the result
-    does not depend on which process handles the photo or in which order (distributed = single process)."""
+    The cells are those of the stitched feature map predict scores (``data.feature_map``), so the mean feature
+    and the samples describe the same cells as at predict time. The random split of the cells is seeded by the
+    photo's index in the sorted folder, so the result does not depend on which process handles the photo or in
+    which order (distributed = single process)."""
     t0 = time.perf_counter()
     try:
         img = read_rgb(path)
+        small = resize(img, cfg.scale)
+        cells, _ = feature_map(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size, device)
     except ImageReadError as err:
         return {"index": index, "error": str(err)}
-    small = resize(img, cfg.scale)
-    feats = tile_features(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size, device)
+    except (ValueError, RuntimeError, MemoryError) as err:  # e.g. out of memory on a huge photo
+        return {"index": index, "error": f"{path}: {type(err).__name__}: {err}"}
+    feats = torch.from_numpy(cells.reshape(-1, cells.shape[-1]))
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
     order = torch.randperm(feats.shape[0], generator=gen)
     kept = feats[order[:cfg.patches_per_image]]
-    part = {"index": index, "bank": kept, "desc": feats.mean(0),
+    part = {"index": index, "bank": kept, "desc": feats.mean(0), "id": image_id(img),
             "held_out": feats[order[cfg.patches_per_image:][:cfg.calib_patches]]}
     if cfg.colour_stride > 0:  # the photo's colour map, computed as predict computes it; a random sample of it
         colour = torch.from_numpy(colour_map(small, cfg.colour_stride, cfg.colour_patches, cfg.k, cfg.colour_sigma,
@@ -175,7 +232,8 @@ def fit_bank(model: PatchCore, paths: list[Path], cfg: TrainConfig, device: torc
     photos = [p for p in parts if "error" not in p]
     if photos:
         index = torch.cat([torch.full((len(p["bank"]),), i, dtype=torch.long) for i, p in enumerate(photos)])
-        model.set_bank(torch.cat([p["bank"] for p in photos]), index, torch.stack([p["desc"] for p in photos]))
+        model.set_bank(torch.cat([p["bank"] for p in photos]), index, torch.stack([p["desc"] for p in photos]),
+                       [p["id"] for p in photos])
     return parts
 
 
@@ -186,13 +244,14 @@ def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig) -> dict:
 
     q95 rather than q99: the training photos contain defects, and with a few percent of defective pixels the
     99th percentile already lies inside them (it did on the fabric run), the 95th does not. The deep scores of
-    each photo's held-out patches are computed as predict computes them (memory bank + that photo's own sample).
+    each photo's held-out cells are computed as predict computes them: against the bank rows of the photos
+    retrieved for it (never its own rows) plus a random sample of its own cells (self-reference).
     """
     scores = []
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     for i, p in enumerate(photos):
         feats = p["held_out"]
-        bank = model.select_bank(model.image_desc[i])
+        bank = model.select_bank(model.image_desc[i], exclude=i)
         if cfg.self_patches > 0:
             bank = torch.cat([bank, feats[torch.randperm(feats.shape[0], generator=gen)[:cfg.self_patches]]
                               .to(bank.device)])
@@ -207,7 +266,7 @@ def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig) -> dict:
 
 def save_checkpoint(path: Path, model: PatchCore, cfg: TrainConfig, calib: dict, names: list[str]) -> None:
     ckpt = {"bank": model.bank.cpu(), "bank_image": model.bank_image.cpu(), "image_desc": model.image_desc.cpu(),
-            "config": asdict(cfg), **calib, "train_images": names}
+            "config": asdict(cfg), **calib, "train_images": names, "train_ids": model.train_ids}
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
@@ -222,6 +281,7 @@ def write_log(path: Path, parts: list[dict]) -> None:
 def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
     """Fit the model on ``cfg.data`` (this process's share when started by torchrun); rank 0 writes the run
     folder. Returns the model and its calibration (threshold, score quantiles), identical on every rank."""
+    check_config(cfg)
     torch.manual_seed(cfg.seed)
     rank, world, device = init_distributed(cfg)
     out = Path(cfg.out)
@@ -236,13 +296,14 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
     model = build_model(cfg, device)
     parts = fit_bank(model, paths, cfg, device, rank, world)
     bad = [p["error"] for p in parts if "error" in p]
+    if rank == 0:
+        for err in bad:
+            print(f"skipping {err}", file=sys.stderr)
     if len(bad) == len(paths):
-        sys.exit(f"no readable image in {image_folder(cfg.data)}")
+        sys.exit(f"no usable image in {image_folder(cfg.data)} (reasons above)")
     calib = calibrate(model, [p for p in parts if "error" not in p], cfg)
     seconds = time.perf_counter() - t0
     if rank == 0:
-        for err in bad:
-            print(f"skipping unreadable image {err}", file=sys.stderr)
         write_log(out / "log.csv", parts)
         save_checkpoint(out / "model.pt", model, cfg, calib, [paths[p["index"]].name for p in parts if "error" not in p])
         write_json(out / "config.json", {**asdict(cfg), "bank_size": int(model.bank.shape[0]), "world_size": world,

@@ -8,8 +8,10 @@ import pytest
 from common.io import save_image
 from wood_anomaly import demo_data, predict, train
 
-# a tiny, fast configuration: demo photos of 192x256 at full scale are a single tile each
-TINY = ["--scale", "1.0", "--patches-per-image", "600", "--self-patches", "300", "--k", "5", "--threads", "2"]
+# a tiny, fast configuration: demo photos of 192x256 at full scale, 128-px tiles: 2 x 3 tiles per photo, so that
+# the stitching of tile features is exercised on real texture (and defects across tile borders)
+TINY = ["--scale", "1.0", "--tile", "128", "--patches-per-image", "600", "--self-patches", "300", "--k", "5",
+        "--threads", "2"]
 
 
 @pytest.fixture(scope="session")
