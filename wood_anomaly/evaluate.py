@@ -9,18 +9,25 @@ AUROC, AP, AUPRO up to FPR 0.3 and the best F1 over thresholds with its IoU (com
 the binary masks predict.py wrote (``preds.png``, the label-free threshold).
 Image labels: a CSV with ``stem`` and a ``majority_label`` or ``label`` column (1/0 or anomalous/normal)
 (default ``<data>/image_labels.csv``): image AUROC of the ``score`` column of ``predictions.csv``.
+
+A photo whose map or mask cannot be read, or whose map and mask differ in size, is named on stderr with the
+reason, listed under ``skipped`` and left out; the others are scored. Exit status 1 when there is nothing to
+score (no mask and no label matches a predicted photo), 2 for a path given on the command line that does not
+exist. No --seed and no --device: the metrics are exact, deterministic numpy computations on the CPU.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from common.io import read_mask, write_json
 from common.metrics import aupro, best_f1, image_auroc, pixel_ap, pixel_auroc, segmentation_report
+from wood_anomaly.predict import output_folders
 
 
 def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray], binary: list[np.ndarray] | None = None) -> dict:
@@ -40,35 +47,78 @@ def read_labels(path: Path) -> dict[str, int]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     col = "majority_label" if rows and "majority_label" in rows[0] else "label"
+    if rows and ("stem" not in rows[0] or col not in rows[0]):
+        raise ValueError(f"{path}: needs the columns stem and majority_label or label, has {list(rows[0])}")
     return {r["stem"]: int(r[col] in ("1", "anomalous")) for r in rows}
 
 
+def load_map(path: Path) -> np.ndarray:
+    """A float ``(H, W)`` anomaly map written by predict.py; ValueError naming the file when it is unusable."""
+    try:
+        score = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable anomaly map ({err})") from None
+    if score.ndim != 2:
+        raise ValueError(f"{path}: an anomaly map must be 2-D, has shape {score.shape}")
+    return score.astype(np.float32)
+
+
+def read_predictions(pred: Path) -> list[dict]:
+    """All rows of ``<pred>/predictions.csv`` (errors included)."""
+    table = pred / "predictions.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table}: not found; run predict.py first (with sharded workers, merge the shards: "
+                                f"python -m common.shard merge {table})")
+    with open(table, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dict:
-    with open(pred / "predictions.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    """Metrics of the photos of ``<pred>/predictions.csv`` with status ok; unusable photos under ``skipped``."""
+    all_rows = read_predictions(pred)
+    folders = output_folders([r["image"] for r in all_rows])
+    rows = [r for r in all_rows if r["status"] == "ok"]
     result: dict = {"photos": len(rows)}
+    skipped = []
     if masks_dir is not None and masks_dir.is_dir():
         maps, masks, binary = [], [], []
         for r in rows:
-            stem = Path(r["image"]).stem
-            if (masks_dir / f"{stem}.png").exists():
-                masks.append(read_mask(masks_dir / f"{stem}.png", {0: 0}, default=1).astype(bool))
-                maps.append(np.load(pred / stem / "anomaly_map.npy").astype(np.float32))
-                binary.append(read_mask(pred / stem / "preds.png", {0: 0}, default=1).astype(bool))
+            stem, out = Path(r["image"]).stem, pred / str(folders[r["image"]])
+            if not (masks_dir / f"{stem}.png").exists():
+                continue
+            try:
+                mask = read_mask(masks_dir / f"{stem}.png", {0: 0}, default=1).astype(bool)
+                score = load_map(out / "anomaly_map.npy")
+                pred_mask = read_mask(out / "preds.png", {0: 0}, default=1).astype(bool)
+                if not score.shape == pred_mask.shape == mask.shape:
+                    raise ValueError(f"{out}: map {score.shape}, predicted mask {pred_mask.shape} and "
+                                     f"{masks_dir / f'{stem}.png'} {mask.shape} differ in size")
+            except ValueError as err:  # read_mask's ImageReadError and load_map's errors start with the file
+                reason = str(err)
+                print(f"skipping {r['image']}: {reason}", file=sys.stderr)
+                skipped.append({"image": r["image"], "reason": reason})
+                continue
+            masks.append(mask)
+            maps.append(score)
+            binary.append(pred_mask)
         if masks:
             result.update(pixel_metrics(maps, masks, binary), photos_with_masks=len(masks))
-    if labels_csv is not None and labels_csv.exists():
+    if labels_csv is not None and labels_csv.is_file():
         labels = read_labels(labels_csv)
-        pairs = [(float(r["score"]), labels[Path(r["image"]).stem]) for r in rows if Path(r["image"]).stem in labels]
-        if pairs:
-            result["image_auroc"] = image_auroc([s for s, _ in pairs], [y for _, y in pairs])
+        scored = [r for r in rows if Path(r["image"]).stem in labels]
+        if scored:
+            result["image_auroc"] = image_auroc([float(r["score"]) for r in scored],
+                                                [labels[Path(r["image"]).stem] for r in scored])
             result["label_accuracy"] = float(np.mean([(r["label"] == "anomalous") == bool(labels[Path(r["image"]).stem])
-                                                      for r in rows if Path(r["image"]).stem in labels]))
+                                                      for r in scored]))
+            result["photos_with_labels"] = len(scored)
+    if skipped:
+        result["skipped"] = skipped
     return result
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--pred", default="runs/wood/pred", help="output folder of predict.py")
     p.add_argument("--data", default="data/wood", help="data folder holding masks/consensus and image_labels.csv")
@@ -77,11 +127,25 @@ def main(argv=None) -> None:
     p.add_argument("--json", default="", help="also write the metrics here")
     args = p.parse_args(argv)
     data = Path(args.data)
-    result = evaluate(Path(args.pred), Path(args.masks) if args.masks else data / "masks" / "consensus",
-                      Path(args.labels) if args.labels else data / "image_labels.csv")
+    if not (Path(args.pred) / "predictions.csv").is_file():
+        p.error(f"--pred {args.pred}: no predictions.csv in it; run predict.py first (with shards: merge them)")
+    if args.masks and not Path(args.masks).is_dir():
+        p.error(f"--masks {args.masks}: no such folder")
+    if args.labels and not Path(args.labels).is_file():
+        p.error(f"--labels {args.labels}: no such file")
+    masks = Path(args.masks) if args.masks else data / "masks" / "consensus"
+    labels = Path(args.labels) if args.labels else data / "image_labels.csv"
+    try:
+        result = evaluate(Path(args.pred), masks, labels)
+    except ValueError as err:  # a malformed label CSV
+        sys.exit(f"error: {err}")
     print(json.dumps(result, indent=2))
+    if "pixel_auroc" not in result and "image_auroc" not in result:
+        sys.exit(f"nothing to score: no mask in {masks} and no label in {labels} matches a scored photo of "
+                 f"{args.pred}/predictions.csv ({result['photos']} photos)")
     if args.json:
         write_json(args.json, result)
+    return result
 
 
 if __name__ == "__main__":

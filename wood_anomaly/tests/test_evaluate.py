@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -67,5 +68,21 @@ def test_inverted_maps_score_zero_and_noise_near_chance(tmp_path):
 def test_cli_writes_json(tmp_path):
     masks, maps = masks_and_maps()
     pred, data = make_run(tmp_path, maps, masks, ["1", "1", "0"])
-    evaluate.main(["--pred", str(pred), "--data", str(data), "--json", str(tmp_path / "m.json")])
-    assert (tmp_path / "m.json").exists()
+    printed = evaluate.main(["--pred", str(pred), "--data", str(data), "--json", str(tmp_path / "m.json")])
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written == printed and written["photos"] == 3 and written["photos_with_masks"] == 3
+    assert written["photos_with_labels"] == 3 and "skipped" not in written
+    for key in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "mask_f1", "image_auroc", "label_accuracy"):
+        assert written[key] == pytest.approx(1.0), key
+
+
+def test_unreadable_map_is_named_and_the_rest_scored(tmp_path, capsys):
+    masks, maps = masks_and_maps()
+    pred, data = make_run(tmp_path, maps, masks, ["1", "1", "0"])
+    (pred / "photo 1" / "anomaly_map.npy").write_bytes(b"not numpy")
+    np.save(pred / "photo 2" / "anomaly_map.npy", np.zeros((10, 10), np.float16))  # wrong size
+    r = evaluate.evaluate(pred, data / "masks" / "consensus", None)
+    assert r["photos_with_masks"] == 1 and r["pixel_auroc"] == pytest.approx(1.0)
+    assert [s["image"] for s in r["skipped"]] == ["photo 1.jpg", "photo 2.jpg"]
+    assert "anomaly_map.npy" in r["skipped"][0]["reason"] and "differ in size" in r["skipped"][1]["reason"]
+    assert "photo 1.jpg" in capsys.readouterr().err

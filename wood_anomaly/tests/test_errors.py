@@ -1,0 +1,164 @@
+"""What a user gets wrong or what goes wrong mid-run: bad options stop train.py before any work, one photo's
+failure or an interrupt keeps every row already computed, an empty shard still merges, wrong paths exit
+non-zero, two photos with one stem keep their outputs apart, and predict reuses the training seed."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from common.io import list_images, read_rgb, save_image
+from common.shard import main as shard_main
+from wood_anomaly import evaluate, predict, train
+from wood_anomaly.tests.test_pipeline import rows_of
+
+
+@pytest.fixture(scope="module")
+def three_photos(demo_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("three photos")
+    for p in list_images(demo_dir / "images")[:3]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def run_predict(model, data, out, *extra):
+    predict.main(["--data", str(data), "--model", str(model), "--out", str(out), *extra])
+    return rows_of(out) if "--shard" not in extra else None
+
+
+@pytest.mark.parametrize("option, value", [("--pad", "30"), ("--tile", "300"), ("--tile", "126"),
+                                           ("--overlap", "30"), ("--overlap", "200"), ("--stages", "1,9"),
+                                           ("--deep-weight", "1.5"), ("--device", "gpu")])
+def test_train_rejects_settings_predict_cannot_use(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args([option, value])
+    assert exc.value.code == 2 and f"{option} " in capsys.readouterr().err
+
+
+def test_predict_refuses_a_checkpoint_with_an_unusable_config(trained_run, tmp_path, three_photos):
+    ckpt = torch.load(trained_run / "model.pt", weights_only=True)
+    ckpt["config"]["pad"] = 30
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(SystemExit) as exc:
+        run_predict(tmp_path / "bad.pt", three_photos, tmp_path / "pred")
+    assert "--pad 30" in str(exc.value.code)
+
+
+def test_one_photo_failing_keeps_the_others(trained_run, three_photos, tmp_path, monkeypatch):
+    names = sorted(p.name for p in three_photos.iterdir())
+    real = predict.anomaly_map
+
+    def flaky(model, image, *args, **kwargs):
+        if image_of(predict.image_id(image)) == names[1]:
+            raise RuntimeError("simulated out of memory")
+        return real(model, image, *args, **kwargs)
+
+    image_of = {predict.image_id(read_rgb(three_photos / n)): n for n in names}.get
+    monkeypatch.setattr(predict, "anomaly_map", flaky)
+    rows = run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    assert list(rows) == names
+    bad = rows[names[1]]
+    assert bad["label"] == "error" and names[1] in bad["status"] and "simulated out of memory" in bad["status"]
+    assert all(rows[n]["status"] == "ok" and float(rows[n]["score"]) > 0 for n in (names[0], names[2]))
+    assert len(rows_of(tmp_path / "pred", "timings.csv")) == 2
+
+
+def test_no_photo_scored_exits_non_zero_with_the_table_written(trained_run, three_photos, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("simulated bad setting")
+
+    monkeypatch.setattr(predict, "anomaly_map", broken)
+    with pytest.raises(SystemExit) as exc:
+        run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    assert "no photo could be scored" in str(exc.value.code)
+    rows = rows_of(tmp_path / "pred")
+    assert len(rows) == 3 and all("simulated bad setting" in r["status"] for r in rows.values())
+
+
+def test_interrupt_keeps_the_rows_already_computed(trained_run, three_photos, tmp_path, monkeypatch):
+    real, calls = predict.anomaly_map, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "anomaly_map", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    rows = list(rows_of(tmp_path / "pred").values())
+    assert [r["status"] for r in rows[:1]] == ["ok"] and float(rows[0]["score"]) > 0
+    assert [r["label"] for r in rows[1:]] == ["error", "error"]
+    assert all(r["status"].startswith("not processed") and "KeyboardInterrupt" in r["status"] for r in rows[1:])
+    assert (tmp_path / "pred" / rows[0]["image"].rsplit(".", 1)[0] / "preds.png").exists()
+
+
+def test_empty_shard_has_the_full_header_and_merges(trained_run, demo_dir, tmp_path):
+    one = tmp_path / "one photo"
+    one.mkdir()
+    shutil.copy(list_images(demo_dir / "images")[0], one)
+    run_predict(trained_run / "model.pt", one, tmp_path / "single")
+    for i in range(2):
+        run_predict(trained_run / "model.pt", one, tmp_path / "sharded", "--shard", f"{i}/2")
+    empty = (tmp_path / "sharded" / "predictions.shard-1-of-2.csv").read_text().splitlines()
+    assert empty == [",".join(predict.FIELDS)]
+    assert (tmp_path / "sharded" / "timings.shard-1-of-2.csv").read_text().splitlines() == [
+        ",".join(predict.TIMING_FIELDS)]
+    assert shard_main(["merge", str(tmp_path / "sharded" / "predictions.csv")]) == 0
+    assert shard_main(["merge", str(tmp_path / "sharded" / "timings.csv")]) == 0
+    assert (tmp_path / "sharded" / "predictions.csv").read_bytes() == (tmp_path / "single" / "predictions.csv").read_bytes()
+
+
+def test_wrong_paths_exit_non_zero(trained_run, three_photos, tmp_path, predicted, demo_dir, capsys):
+    (tmp_path / "no photos").mkdir()
+    (tmp_path / "no photos" / "notes.txt").write_text("not a photo")
+    for data in (tmp_path / "missing", tmp_path / "no photos"):
+        with pytest.raises(SystemExit) as exc:
+            run_predict(trained_run / "model.pt", data, tmp_path / "pred")
+        assert exc.value.code == 2 and str(data) in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run_predict(tmp_path / "missing.pt", three_photos, tmp_path / "pred")
+    assert "no trained model" in str(exc.value.code)
+    for option in ("--masks", "--labels", "--pred"):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--pred", str(predicted), "--data", str(demo_dir), option, str(tmp_path / "typo")])
+        assert exc.value.code == 2 and f"{option} {tmp_path / 'typo'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a data folder without masks or labels: nothing to score
+        evaluate.main(["--pred", str(predicted), "--data", str(tmp_path / "no photos")])
+    assert "nothing to score" in str(exc.value.code)
+
+
+def test_photos_with_the_same_stem_keep_their_outputs_apart(trained_run, demo_dir, tmp_path):
+    a, b = list_images(demo_dir / "images")[:2]
+    folder = tmp_path / "same stem"
+    folder.mkdir()
+    shutil.copy(a, folder / "board.jpg")
+    save_image(folder / "board.png", read_rgb(b))
+    rows = run_predict(trained_run / "model.pt", folder, tmp_path / "pred")
+    assert [r["status"] for r in rows.values()] == ["ok", "ok"]
+    maps = {n: np.load(tmp_path / "pred" / n / "anomaly_map.npy") for n in ("board.jpg", "board.png")}
+    assert not np.array_equal(*maps.values()) and not (tmp_path / "pred" / "board").exists()
+    masks = tmp_path / "masks"
+    save_image(masks / "board.png", np.zeros(maps["board.jpg"].shape, np.uint8))
+    assert evaluate.evaluate(tmp_path / "pred", masks, None)["photos_with_masks"] == 2
+    assert predict.output_folders(["a.jpg", "a.png", "a.jpg.png", "b.jpg"]) == {
+        "a.jpg": "a.jpg", "a.jpg.png": None, "a.png": "a.png", "b.jpg": "b"}
+
+
+def test_predict_reuses_the_training_seed(trained_run, demo_dir, tmp_path):
+    one = tmp_path / "one photo"
+    one.mkdir()
+    shutil.copy(list_images(demo_dir / "images")[0], one)
+    ckpt = torch.load(trained_run / "model.pt", weights_only=True)
+    ckpt["config"]["seed"] = 5
+    torch.save(ckpt, tmp_path / "seed5.pt")
+    runs = {}
+    for name, extra in (("default", ()), ("five", ("--seed", "5")), ("zero", ("--seed", "0"))):
+        run_predict(tmp_path / "seed5.pt", one, tmp_path / name, *extra)
+        runs[name] = (tmp_path / name / "predictions.csv").read_bytes(), np.load(
+            next((tmp_path / name).glob("*/anomaly_map.npy")))
+    assert runs["default"][0] == runs["five"][0] and np.array_equal(runs["default"][1], runs["five"][1])
+    assert not np.array_equal(runs["default"][1], runs["zero"][1])  # other self-reference and colour samples
