@@ -8,6 +8,12 @@ Baseline: per-pixel Euclidean distance of the RGB colour from the photo's median
 at full size and computed like the model's map (same scale and smoothing).
 Image ranking: image AUROC of the photo scores (majority label of image_labels.csv), and whether every
 unanimously anomalous photo scores above every unanimously normal one. Training never sees masks or labels.
+
+Fusion weights (``--weights``): the same trained model's deep and colour maps fused with other weights
+(0: the colour map alone, 1: the deep map alone), scored the same way; what the deep features add.
+Other seeds (``--extra-seeds``): train + predict again with other training seeds (bank, calibration and
+colour-reference samples), to show how much the figures move with the random samples alone.
+The JSON stores the command line as typed, the train/predict commands as run, and the load average.
 Skips (exit 0) when the folder is missing or holds generated demo data.
 """
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +39,7 @@ from common.io import list_images, read_mask, read_rgb, write_json
 from common.metrics import image_auroc
 from wood_anomaly.data import resize, resize_map
 from wood_anomaly.evaluate import evaluate, pixel_metrics
+from wood_anomaly.model import fuse
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +52,7 @@ def median_colour_distance(image: np.ndarray) -> np.ndarray:
 
 def run(cmd: list[str]) -> float:
     """Run a script of this package in a child process; return its wall time in seconds."""
-    print("+", " ".join(cmd), flush=True)
+    print("+", shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - t0
@@ -73,12 +81,82 @@ def vote_groups(labels_csv: Path) -> tuple[dict[str, int], list[str], list[str]]
     return majority, pos, neg
 
 
+def shown(cmd: list[str]) -> str:
+    """A child's command line as a user would type it (``python`` for this interpreter, paths as given)."""
+    return shlex.join(["python", *(os.path.relpath(c) if c.startswith(str(HERE)) else c for c in cmd[1:])])
+
+
+def train_predict(py: str, data: Path, runs: Path, train_args: list[str]) -> tuple[list[str], list[str]]:
+    """The train and predict command lines of one benchmark run into ``runs``."""
+    train = [py, str(HERE / "train.py"), "--data", str(data), "--out", str(runs), *train_args]
+    predict = [py, str(HERE / "predict.py"), "--data", str(data), "--model", str(runs / "model.pt"),
+               "--out", str(runs / "pred")]
+    if "--device" in train_args:
+        predict += ["--device", train_args[train_args.index("--device") + 1]]
+    return train, predict
+
+
+def labels_and_scores(rows: dict[str, dict]) -> tuple[dict[str, str], dict[str, float]]:
+    return ({s: r["label"] for s, r in rows.items()},
+            {s: float(r["score"]) for s, r in rows.items() if r["status"] == "ok"})
+
+
+def read_rows(pred: Path) -> dict[str, dict]:
+    with open(pred / "predictions.csv", newline="") as f:
+        return {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+
+
+def fusion_weights(model_path: Path, data: Path, masks_dir: Path, weights: list[float], device: str,
+                   ranking) -> dict:
+    """Pixel and image metrics of the trained model's two standardised maps fused with each of ``weights``
+    (0: colour map alone, 1: deep map alone), computed by predict.score_maps exactly as predict.py does, at
+    full size; the label-free threshold and area rule of the checkpoint apply to every fused map."""
+    import torch
+
+    from wood_anomaly import predict
+
+    dev = predict.resolve_device(device)
+    model, cfg, ckpt = predict.load_model(model_path, dev)
+    if cfg.colour_stride <= 0:
+        return {"note": "the model has no colour channel (--colour-stride 0): no fusion to vary"}
+    threshold = ckpt["threshold"]
+    parts, masks, shapes, stems = [], [], [], []
+    with torch.no_grad():
+        for path in list_images(data / "images"):
+            image = read_rgb(path)
+            parts.append(predict.score_maps(model, image, cfg, dev, ckpt))
+            shapes.append(image.shape[:2])
+            stems.append(path.stem)
+            masks.append(read_mask(masks_dir / f"{path.stem}.png", {0: 0}, default=1).astype(bool))
+    out = {}
+    for w in weights:
+        maps = [resize_map(fuse(deep, colour, w), shape) for (deep, colour), shape in zip(parts, shapes)]
+        binary = [m > threshold for m in maps]
+        scores = {s: float(m.max() / threshold) for s, m in zip(stems, maps)}
+        out[f"deep_weight={w:g}"] = {
+            "pixel": pixel_metrics(maps, masks, binary),
+            "image_ranking": ranking(scores),
+            "labels": {s: "anomalous" if b.mean() >= cfg.min_area else "normal" for s, b in zip(stems, binary)}}
+        del maps, binary
+    return out
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Run from the repository root.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="../shared/data/wood", help="real wood folder (images/, masks/consensus/)")
     p.add_argument("--runs", default="runs/wood_bench", help="where the run's model and predictions go")
     p.add_argument("--out", default="benchmarks/wood.json", help="benchmark JSON")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--k 50'")
+    p.add_argument("--seed", type=int, default=0, help="training seed (train.py --seed; predict uses the checkpoint's)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="device of train.py, predict.py and the fusion-weight maps")
+    p.add_argument("--weights", default="0,1",
+                   help="comma-separated fusion weights to score on the same model besides its own "
+                        "(0: colour map alone, 1: deep map alone; empty: none)")
+    p.add_argument("--extra-seeds", default="",
+                   help="comma-separated other training seeds: train + predict again with each (into <runs>/seed<N>)")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
     p.add_argument("--reuse", action="store_true",
                    help="score the model and predictions already in --runs again (no train/predict timings)")
@@ -94,19 +172,18 @@ def main(argv=None) -> None:
 
     py = sys.executable
     load_before = os.getloadavg()
+    train_args = ["--seed", str(args.seed), "--device", args.device, *shlex.split(args.train_args)]
+    train_cmd, predict_cmd = train_predict(py, data, runs, train_args)
     if args.reuse:
         train_s, train_cpu, train_peak, predict_s, peak = (None,) * 5
     else:
-        train_s = run([py, str(HERE / "train.py"), "--data", str(data), "--out", str(runs),
-                       *args.train_args.split()])
+        train_s = run(train_cmd)
         train_peak, train_cpu = peak_child_mib(), child_cpu_s()
-        predict_s = run([py, str(HERE / "predict.py"), "--data", str(data), "--model", str(runs / "model.pt"),
-                         "--out", str(runs / "pred")])
+        predict_s = run(predict_cmd)
         peak = peak_child_mib()
     load_after = os.getloadavg()
 
-    with open(runs / "pred" / "predictions.csv", newline="") as f:
-        rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+    rows = read_rows(runs / "pred")
     masks_dir = data / "masks" / "consensus"
     deep = evaluate(runs / "pred", masks_dir, None)
     majority, unanimous_pos, unanimous_neg = vote_groups(data / "image_labels.csv")
@@ -142,7 +219,8 @@ def main(argv=None) -> None:
     cpu = [float(r["cpu_seconds"]) for r in timings]
     result = {
         "data": str(data), "photos": len(rows), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "make bench-wood DATA_ROOT=../shared/data",
+        "command": shlex.join(["python", "wood_anomaly/bench.py", *argv]),
+        "train_command": shown(train_cmd), "predict_command": shown(predict_cmd), "reused_runs": args.reuse,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
                     "load_avg_1_5_15_after": [round(x, 2) for x in load_after],
@@ -166,6 +244,31 @@ def main(argv=None) -> None:
     }
     result["model_beats_baseline"] = {k: result["model"]["pixel"][k] > max(baseline[k], baseline_smooth[k])
                                       for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1")}
+    weights = [float(w) for w in args.weights.split(",") if w.strip()]
+    if weights:
+        own = float(cfg["deep_weight"])
+        t0 = time.perf_counter()
+        result["fusion_weights"] = fusion_weights(runs / "model.pt", data, masks_dir,
+                                                  sorted({*weights, own}), args.device, ranking)
+        result["fusion_weights"]["note"] = (f"the trained model's maps fused with other weights (its own: {own:g}, "
+                                            "which reproduces the model's figures up to float16 storage); "
+                                            f"{time.perf_counter() - t0:.0f} s")
+    extra = {}
+    for seed in [int(v) for v in args.extra_seeds.split(",") if v.strip()]:
+        seed_runs = runs / f"seed{seed}"
+        seed_args = ["--seed", str(seed), "--device", args.device, *shlex.split(args.train_args)]
+        seed_train, seed_predict = train_predict(py, data, seed_runs, seed_args)
+        run(seed_train)
+        run(seed_predict)
+        seed_rows = read_rows(seed_runs / "pred")
+        seed_labels, seed_scores = labels_and_scores(seed_rows)
+        seed_eval = evaluate(seed_runs / "pred", masks_dir, None)
+        extra[str(seed)] = {"train_command": shown(seed_train), "predict_command": shown(seed_predict),
+                            "pixel": {k: seed_eval[k] for k in result["model"]["pixel"]},
+                            "image_ranking": ranking(seed_scores), "labels": seed_labels}
+    if extra:
+        result["other_seeds"] = extra
+        result["machine"]["load_avg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("model_beats_baseline",)}, indent=1))
     print(f"model {result['model']['pixel']}\nbaseline {baseline}\nbaseline smoothed {baseline_smooth}\n-> {args.out}")

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from common.io import read_mask
@@ -16,12 +19,30 @@ def rows_of(folder, name="predictions.csv"):
         return {r["image"]: r for r in csv.DictReader(f)}
 
 
-def test_training_writes_model_and_log(trained_run):
+def test_training_writes_model_and_log(trained_run, demo_dir):
     ckpt = torch.load(trained_run / "model.pt", weights_only=True)
     assert ckpt["bank"].ndim == 2 and ckpt["bank"].shape[0] == 4 * 600
+    assert ckpt["bank_image"].tolist() == [i for i in range(4) for _ in range(600)]
     assert ckpt["deep_q95"] > ckpt["deep_q50"] > 0 and ckpt["colour_q95"] > ckpt["colour_q50"] >= 0
-    assert ckpt["threshold"] > 1
-    assert (trained_run / "config.json").exists() and len((trained_run / "log.csv").read_text().splitlines()) == 5
+    assert ckpt["threshold"] == ckpt["config"]["threshold_spreads"] == 10.0  # in training spreads
+    assert ckpt["train_images"] == sorted(p.name for p in (demo_dir / "images").iterdir())
+    assert len(set(ckpt["train_ids"])) == 4 and ckpt["config"]["tile"] == 128
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["bank_size"] == 2400 and config["tile"] == 128
+    log = (trained_run / "log.csv").read_text().splitlines()
+    assert log[0] == "image,height,width,patches,kept,seconds" and len(log) == 5
+
+
+def test_label_free_threshold_separates_clean_texture(demo_dir, predicted):
+    """The threshold (10 training spreads) leaves clean texture below it and puts every planted defect's
+    photo above it; the labels follow."""
+    rows = rows_of(predicted)
+    for p in sorted((demo_dir / "masks" / "consensus").glob("*.png")):
+        truth = read_mask(p, {0: 0}, default=1) > 0
+        predicted_mask = read_mask(predicted / p.stem / "preds.png", {0: 0, 255: 1}) > 0
+        assert predicted_mask[~truth].mean() < 0.01
+        assert rows[p.stem + ".jpg"]["label"] == ("anomalous" if truth.any() else "normal")
+        assert (float(rows[p.stem + ".jpg"]["score"]) > 1) == truth.any()
 
 
 def test_planted_defects_score_higher_than_clean_texture(demo_dir, predicted):
@@ -68,3 +89,19 @@ def test_constant_image_flat_without_self_reference(trained_run):
     m = predict.anomaly_map(model, np.full((200, 300, 3), 128, np.uint8), cfg, torch.device("cpu"), ckpt)
     threshold = torch.load(trained_run / "model.pt", weights_only=True)["threshold"]
     assert m.shape == (200, 300) and m.max() - m.min() < 0.05 * threshold
+
+
+def test_bench_fusion_weights_reproduce_the_model_and_vary(trained_run, demo_dir, predicted):
+    """bench.fusion_weights scores the trained model's maps fused with other weights; its own weight gives the
+    figures of predict.py's maps (float16 apart), colour alone and deep alone give other maps."""
+    from wood_anomaly import bench, evaluate
+
+    own = torch.load(trained_run / "model.pt", weights_only=True)["config"]["deep_weight"]
+    masks = demo_dir / "masks" / "consensus"
+    out = bench.fusion_weights(trained_run / "model.pt", demo_dir, masks, [0.0, own, 1.0], "cpu", lambda s: s)
+    model = evaluate.evaluate(predicted, masks, None)
+    mine = out[f"deep_weight={own:g}"]
+    for key in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1"):
+        assert mine["pixel"][key] == pytest.approx(model[key], abs=2e-3), key
+    assert mine["labels"] == {Path(n).stem: r["label"] for n, r in rows_of(predicted).items() if "demo" in n}
+    assert out["deep_weight=0"]["pixel"]["pixel_ap"] != mine["pixel"]["pixel_ap"] != out["deep_weight=1"]["pixel"]["pixel_ap"]
