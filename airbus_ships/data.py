@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,57 @@ def check_rle(rle: str, size: int = SIZE) -> str | None:
     return None
 
 
+def overlapping_rows(rles: list[str]) -> tuple[int, int] | None:
+    """Positions ``(i, j)`` in ``rles`` of two ships of one image whose pixels overlap, or None.
+
+    Each string must pass :func:`check_rle` (runs increasing within a row); :func:`check_rle` sees one row only,
+    this compares the rows of one image with each other (Kaggle's ships never overlap).
+    """
+    starts, ends, owner = [], [], []
+    for i, rle in enumerate(rles):
+        v = np.array(rle.split(), dtype=np.int64)
+        starts.append(v[0::2])
+        ends.append(v[0::2] + v[1::2] - 1)
+        owner.append(np.full(v.size // 2, i))
+    if len(starts) < 2:
+        return None
+    starts, ends, owner = np.concatenate(starts), np.concatenate(ends), np.concatenate(owner)
+    order = np.argsort(starts, kind="stable")
+    starts, ends, owner = starts[order], ends[order], owner[order]
+    reach = np.maximum.accumulate(ends)          # the furthest pixel covered by any run so far
+    hit = np.nonzero(starts[1:] <= reach[:-1])[0]  # a run starting inside an earlier one
+    if not hit.size:
+        return None
+    k = hit[0] + 1
+    earlier = int(owner[:k][np.nonzero(ends[:k] >= starts[k])[0][0]])
+    return tuple(sorted((earlier, int(owner[k]))))
+
+
+def image_problem(path: str | os.PathLike, size: int = SIZE) -> str | None:
+    """Why an image file cannot be a training image, or None: a cheap check, no decoding.
+
+    Reads the header (Pillow: format and size; unreadable or not ``size x size``) and, for a JPEG, its last
+    kilobyte (a truncated file has no end-of-image marker). A JPEG corrupt in the middle passes; the pipeline's
+    ``ignore_errors`` then skips it without naming it.
+    """
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as img:
+            fmt, (w, h) = img.format, img.size
+        if (w, h) != (size, size):
+            return f"image is {w}x{h}, not {size}x{size}"
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 1024))
+                if b"\xff\xd9" not in f.read():
+                    return "truncated JPEG (no end-of-image marker)"
+    except UnidentifiedImageError:
+        return "not a readable image (unknown or unsupported format)"
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"corrupt or truncated image ({err})"
+    return None
+
+
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
@@ -84,12 +136,15 @@ class MaskTable:
 
 
 def read_mask_table(csv_path: str | os.PathLike, images_dir: str | os.PathLike,
-                    check_files: bool = True, max_report: int = 20) -> MaskTable:
+                    check_files: bool = True, max_report: int = 20, check_images: bool = True) -> MaskTable:
     """Read a Kaggle mask CSV, check every row, drop (and report) what cannot be used.
 
-    Dropped: rows whose RLE is malformed (odd length, non-integer, out of range, overlapping or unordered runs;
-    the whole image goes, as its mask would be wrong) and rows naming an image file that does not exist. Images are not
-    opened here (a corrupt JPEG is found, reported and skipped when it is read).
+    Dropped, each reported with its CSV line or file and the reason: rows whose RLE is malformed (odd length,
+    non-integer, out of range, overlapping or unordered runs; the whole image goes, as its mask would be wrong),
+    images two of whose ship rows overlap each other (both lines named), rows naming an image file that does not
+    exist and, with ``check_images``, images whose header is unreadable, that are not 768x768 or are truncated
+    JPEGs (:func:`image_problem`; about 0.1 ms an image, in 8 threads). Only the first ``max_report`` problems
+    are printed; ``MaskTable.problems`` holds them all.
     """
     csv_path, images_dir = Path(csv_path), Path(images_dir)
     try:
@@ -106,12 +161,21 @@ def read_mask_table(csv_path: str | os.PathLike, images_dir: str | os.PathLike,
         if why:
             problems.append(f"{csv_path}:{i + 2}: {image_id}: malformed RLE ({why}); image skipped")
             bad_ids.add(image_id)
+    problems += _overlapping_ships(df, bad_ids, csv_path)
     if check_files:
         present = set(os.listdir(images_dir)) if images_dir.is_dir() else set()
         for image_id in df["ImageId"].unique():
             if image_id not in present:
                 problems.append(f"{csv_path}: {image_id}: image file not found in {images_dir}; rows skipped")
                 bad_ids.add(image_id)
+    if check_images:
+        ids = [i for i in df["ImageId"].unique() if i not in bad_ids]
+        with ThreadPoolExecutor(8) as pool:  # file opens overlap; the header parse is short
+            whys = pool.map(image_problem, [images_dir / i for i in ids])
+            for image_id, why in zip(ids, whys):
+                if why:
+                    problems.append(f"{images_dir / image_id}: {why}; image skipped")
+                    bad_ids.add(image_id)
     df = df[~df["ImageId"].isin(bad_ids)]
     ships = df[df["EncodedPixels"] != ""]
     lengths = ships["EncodedPixels"].map(lambda r: int(np.array(r.split()[1::2], np.int64).sum()))
@@ -127,6 +191,20 @@ def read_mask_table(csv_path: str | os.PathLike, images_dir: str | os.PathLike,
     if len(problems) > max_report:
         _warn(f"... and {len(problems) - max_report} more problems in {csv_path}")
     return MaskTable(per_image, problems)
+
+
+def _overlapping_ships(df: pd.DataFrame, bad_ids: set[str], csv_path: Path) -> list[str]:
+    """Problems for images (not yet in ``bad_ids``, which this extends) two of whose ship rows overlap."""
+    ships = df[(df["EncodedPixels"] != "") & ~df["ImageId"].isin(bad_ids)]
+    several = ships[ships["ImageId"].duplicated(keep=False)]
+    problems = []
+    for image_id, rows in several.groupby("ImageId", sort=False):
+        pair = overlapping_rows(rows["EncodedPixels"].tolist())
+        if pair:
+            a, b = (int(rows.index[k]) + 2 for k in pair)  # CSV line numbers (header is line 1)
+            problems.append(f"{csv_path}:{a} and line {b}: {image_id}: the two ships overlap; image skipped")
+            bad_ids.add(image_id)
+    return problems
 
 
 def ship_instances(rle: str, size: int = SIZE) -> list[np.ndarray]:
@@ -167,8 +245,9 @@ def tf_rle_decode(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
 def load_example(path: tf.Tensor, rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Read one JPEG and decode its mask: ``(768, 768, 3)`` uint8 and ``(768, 768, 1)`` uint8.
 
-    A corrupt file or an image that is not 768x768 raises an error naming the file; the pipeline's
-    ``ignore_errors`` logs it and skips the image.
+    :func:`read_mask_table` has already dropped (and named) the images whose header, size or end it found
+    wrong; a file corrupt in a way that check cannot see raises here and the pipeline's ``ignore_errors`` skips
+    it (its log line, hidden by ``TF_CPP_MIN_LOG_LEVEL=2``, does not name a file that fails to decode).
     """
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
     tf.debugging.assert_equal(tf.shape(image)[:2], [SIZE, SIZE],
@@ -254,6 +333,29 @@ def _stream(frame: pd.DataFrame, seed: int) -> tf.data.Dataset:
     return order.repeat().map(lambda i: (tf.gather(paths, i), tf.gather(rles, i)))
 
 
+def _balanced_stream(frame: pd.DataFrame, empty_share: float | None, seed: int) -> tf.data.Dataset:
+    """``(path, rle)`` stream with ``empty_share`` ship-free images: 0 -> ship images only, 1 -> ship-free images
+    only, None -> the data's own share. A share asks for images the frame lacks: ValueError for 0 and 1; in
+    between, a warning, and the images there are."""
+    if empty_share is None:
+        return _stream(frame, seed)
+    if not 0.0 <= empty_share <= 1.0:
+        raise ValueError(f"empty_share must be within 0..1, got {empty_share}")
+    has_ship = frame["n_ships"] > 0
+    parts = [(frame[has_ship], 1.0 - empty_share, "ship"), (frame[~has_ship], empty_share, "ship-free")]
+    wanted = [(f, w, kind) for f, w, kind in parts if w > 0]
+    for f, w, kind in wanted:
+        if f.empty:
+            if len(wanted) == 1:
+                raise ValueError(f"empty_share {empty_share:g} asks for {kind} images only, and there are none")
+            _warn(f"empty_share {empty_share:g}: no {kind} images in the training data; sampling the others only")
+    wanted = [(f, w) for f, w, _ in wanted if not f.empty]
+    if len(wanted) == 1:
+        return _stream(wanted[0][0], seed)
+    return tf.data.Dataset.sample_from_datasets([_stream(f, seed + i) for i, (f, _) in enumerate(wanted)],
+                                                weights=[w for _, w in wanted], seed=seed)
+
+
 def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mode: str = "crop",
                  empty_share: float | None = 0.25, ship_crop_prob: float = 0.8, training: bool = True,
                  seed: int = 0, ship_sampling: str = "pixel") -> tf.data.Dataset:
@@ -262,19 +364,13 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mo
     Args:
         mode: "crop" (full-resolution ``input_size`` crops, biased to ships by ``ship_crop_prob``) or
             "resize" (whole image downscaled to ``input_size``).
-        empty_share: share of sampled images without ships (None keeps the data's own share).
+        empty_share: share of sampled images without ships: 0 ship images only, 1 ship-free images only, None
+            the data's own share.
         ship_sampling: what a ship-centred crop is centred on: "pixel" (a random ship pixel: large ships more
             often) or "instance" (a ship drawn uniformly, then a pixel of it: small ships as often as large ones).
         training: augment; otherwise the order and crops still vary but nothing is flipped or recoloured.
     """
-    has_ship = frame["n_ships"] > 0
-    parts = [(frame[has_ship], 1.0 - (empty_share or 0.0)), (frame[~has_ship], empty_share or 0.0)]
-    parts = [(f, w) for f, w in parts if len(f) and w > 0]
-    if empty_share is None or len(parts) < 2:
-        ds = _stream(frame, seed)
-    else:
-        ds = tf.data.Dataset.sample_from_datasets([_stream(f, seed + i) for i, (f, _) in enumerate(parts)],
-                                                  weights=[w for _, w in parts], seed=seed)
+    ds = _balanced_stream(frame, empty_share, seed)
     # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
     # training consumes, see README); the 256x256 crops after them are cheap
     if ship_sampling not in ("instance", "pixel"):

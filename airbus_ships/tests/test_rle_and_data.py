@@ -1,13 +1,16 @@
 """RLE decoding (hand-made Kaggle rows), the mask table checks and the streaming tf.data pipeline."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
-from airbus_ships.data import (SHIP_SEP, check_rle, make_dataset, random_ship_pixel, read_mask_table, ship_instances,
-                               tf_rle_decode)
+from airbus_ships.data import (SHIP_SEP, check_rle, make_dataset, overlapping_rows, random_ship_pixel, read_mask_table,
+                               ship_instances, tf_rle_decode)
 from common.io import rle_decode
 
 # "1 3": pixels 1..3 = rows 0..2 of column 0 (column-major, 1-indexed); "770 2": pixel 770 = row 1 of column 1
@@ -54,20 +57,70 @@ def test_mask_table_reports_bad_rows_and_missing_images(demo_dir, tmp_path, caps
     assert len(table.frame) == rows["ImageId"].nunique() - 1
 
 
-def test_pipeline_skips_corrupt_and_wrong_size_images(demo_dir, tmp_path):
+def bad_images(demo_dir, folder):
+    """A copy of the demo data plus three bad images listed in masks.csv: a truncated JPEG whose header is
+    intact, one cut inside its header, and a 300x200 image."""
     from PIL import Image
+    shutil.copytree(demo_dir, folder)
+    good = sorted(p.name for p in (folder / "images").iterdir())
+    data = (folder / "images" / good[0]).read_bytes()
+    (folder / "images" / "truncated.jpg").write_bytes(data[:3000])
+    (folder / "images" / "cut.jpg").write_bytes(data[:400])
+    Image.new("RGB", (300, 200)).save(folder / "images" / "small.jpg")
+    with open(folder / "masks.csv", "a") as f:
+        f.write("truncated.jpg,\ncut.jpg,\nsmall.jpg,\n")
+    return folder
+
+
+def test_bad_images_are_named_and_left_out_when_the_table_is_read(demo_dir, tmp_path, capsys):
+    folder = bad_images(demo_dir, tmp_path / "airbus")
+    table = read_mask_table(folder / "masks.csv", folder / "images")
+    err = capsys.readouterr().err
+    for name, why in (("truncated.jpg", "truncated JPEG (no end-of-image marker)"),
+                      ("cut.jpg", "corrupt or truncated image"), ("small.jpg", "image is 300x200, not 768x768")):
+        assert f"{folder / 'images' / name}: {why}" in err, name
+        assert name not in set(table.frame["ImageId"])
+    assert len(table.problems) == 3 and len(table.frame) == len(read_mask_table(demo_dir / "masks.csv",
+                                                                                demo_dir / "images").frame)
+
+
+def test_pipeline_skips_an_image_it_cannot_decode(demo_dir, tmp_path):
+    """What the table check cannot see is skipped by the pipeline: a frame of one good image and one truncated
+    file (bypassing the check) yields only the good image, so every pass met the bad file and dropped it."""
     table = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes((demo_dir / "images" / table["ImageId"].iloc[0]).read_bytes()[:500])
-    small = tmp_path / "small.jpg"
-    Image.new("RGB", (300, 200)).save(small)
-    extra = pd.DataFrame({"ImageId": ["corrupt.jpg", "small.jpg"], "path": [str(corrupt), str(small)],
-                          "rle": ["", ""], "n_ships": [0, 0], "ship_pixels": [0, 0]})
-    frame = pd.concat([table, extra], ignore_index=True)
-    ds = make_dataset(frame, batch_size=4, input_size=64, empty_share=0.5)
-    for x, y in ds.take(8):  # enough passes to meet the bad files; they are skipped, batches keep coming
-        assert x.shape == (4, 64, 64, 3) and x.dtype == tf.uint8
-        assert y.shape == (4, 64, 64, 1) and float(tf.reduce_max(y)) <= 1
+    good = table[table.n_ships == 0].iloc[:1]
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(Path(good["path"].iloc[0]).read_bytes()[:3000])
+    frame = pd.concat([good, good.assign(ImageId="truncated.jpg", path=str(bad))], ignore_index=True)
+    ds = make_dataset(frame, batch_size=1, input_size=64, mode="resize", empty_share=None, training=False)
+    expected = None
+    for x, y in ds.take(6):  # 6 elements: 6 passes over the 2 rows, the bad one met in each
+        expected = x.numpy() if expected is None else expected
+        assert (x.numpy() == expected).all() and float(tf.reduce_max(y)) == 0
+
+
+@pytest.mark.parametrize("share, has_ships", [(0.0, True), (1.0, False)])
+def test_empty_share_0_and_1_keep_one_kind_of_image(demo_dir, share, has_ships):
+    frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
+    ds = make_dataset(frame, batch_size=8, input_size=128, empty_share=share, ship_crop_prob=1.0, training=False)
+    for _, y in ds.take(2):
+        assert ((tf.reduce_max(y, axis=[1, 2, 3]).numpy() > 0) == has_ships).all()
+    with pytest.raises(ValueError, match="ship-free images only, and there are none"):
+        make_dataset(frame[frame.n_ships > 0], batch_size=8, empty_share=1.0)
+
+
+def test_overlapping_ships_of_one_image_are_reported_with_both_lines(demo_dir, tmp_path, capsys):
+    rows = pd.read_csv(demo_dir / "masks.csv", keep_default_na=False)
+    empty = rows.loc[rows.EncodedPixels == "", "ImageId"].iloc[0]
+    rows = rows[rows.ImageId != empty]
+    csv = tmp_path / "masks.csv"
+    pd.concat([rows, pd.DataFrame({"ImageId": [empty, empty], "EncodedPixels": ["1000 50", "1020 50"]})]).to_csv(
+        csv, index=False)
+    n = len(rows)  # the two rows are lines n + 2 and n + 3 (line 1 is the header)
+    assert overlapping_rows(["1000 50", "1020 50"]) == (0, 1) and overlapping_rows(["1000 50", "1050 5"]) is None
+    table = read_mask_table(csv, demo_dir / "images")
+    assert f"{csv}:{n + 2} and line {n + 3}: {empty}: the two ships overlap" in capsys.readouterr().err
+    assert empty not in set(table.frame["ImageId"])
 
 
 @pytest.mark.parametrize("sampling", ["instance", "pixel"])
