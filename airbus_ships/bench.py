@@ -26,6 +26,12 @@ from common.demo import is_demo
 from common.io import atomic_write, write_json
 
 HERE = Path(__file__).resolve().parent
+# the keys of one benchmark run's record: those main() writes, and a few added to a run by hand
+RUN_KEYS = {"task", "data", "split", "kaggle_score", "dice_ship_images_mean", "dice_pixels", "iou_pixels",
+            "iou_ship_images_mean", "ship_no_ship_accuracy", "per_image", "ships_by_size", "train_minutes_fit",
+            "train_minutes_wall", "epochs", "test_images_per_second", "test_wall_seconds", "peak_memory_mib",
+            "ship_rule", "train_config", "machine", "command", "model_reused",
+            "label", "date_utc", "machine_speed_check", "source"}
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:
@@ -61,6 +67,19 @@ def write_split(data: Path, out: Path, test_fraction: float, seed: int) -> tuple
     return paths[0], paths[1], len(train), len(test)
 
 
+def merge_record(previous: dict, result: dict) -> dict:
+    """The new record: ``result`` on top; the previous top-level run (the keys of a result and the few added by
+    hand to a run) moves to the front of "history"; every other top-level entry (studies such as
+    "rule_study_run_a" or "default_repeat_run_Q", which the README points to) stays at the top level."""
+    previous = dict(previous)
+    history = list(previous.pop("history", []))
+    run_keys = RUN_KEYS | set(result)
+    studies = {k: previous.pop(k) for k in list(previous) if k not in run_keys}
+    if "kaggle_score" in previous:
+        history.insert(0, previous)
+    return {**result, "history": history, **studies}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/data/airbus", help="the real shared subset (images/ + masks.csv)")
@@ -68,6 +87,8 @@ def main() -> None:
     p.add_argument("--json", default=str(HERE.parent / "benchmarks" / "airbus.json"), help="result file")
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0, help="split seed (fixed: keep 0 for comparable numbers)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="passed to train.py and test.py (the recorded runs: CPU)")
     p.add_argument("--reuse-model", action="store_true",
                    help="keep the model already in --out (no training; the ship rule is chosen again)")
     p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--input-mode resize'")
@@ -84,7 +105,7 @@ def main() -> None:
     train_csv, test_csv, n_train, n_test = write_split(data, out, args.test_fraction, args.seed)
     py = sys.executable
     train_cmd = [py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv), "--out", str(out),
-                 "--seed", str(args.seed)] + args.train_args.split()
+                 "--seed", str(args.seed), "--device", args.device] + args.train_args.split()
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}  # the record so far
     if args.reuse_model:
         run_measured(train_cmd + ["--calibrate-only"])
@@ -94,7 +115,7 @@ def main() -> None:
         train_s, train_mib = run_measured(train_cmd)
     test_s, test_mib = run_measured([py, str(HERE / "test.py"), "--data", str(data), "--csv", str(test_csv),
                                      "--model", str(out / "model" / "best.keras"), "--out", str(out / "test"),
-                                     "--overlays", "0"])
+                                     "--overlays", "0", "--device", args.device])
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
     rule = json.loads((out / "model" / "postprocess.json").read_text())
@@ -127,13 +148,7 @@ def main() -> None:
         "command": " ".join(["python airbus_ships/bench.py"] + sys.argv[1:]),
         "model_reused": args.reuse_model,  # True: training figures are those of the run that trained the model
     }
-    # the record keeps every earlier run: the previous top-level result moves to the front of "history", and
-    # study entries (e.g. "rule_study_run_a", whose "history" run they belong to) stay as they are
-    history = previous.pop("history", [])
-    studies = {k: previous.pop(k) for k in list(previous) if k.startswith("rule_study")}
-    if "kaggle_score" in previous:
-        history.insert(0, previous)
-    result = {**result, "history": history, **studies}
+    result = merge_record(previous, result)
     write_json(args.json, result)
     print(json.dumps({k: result[k] for k in ("kaggle_score", "dice_ship_images_mean", "ship_no_ship_accuracy",
                                              "train_minutes_wall", "test_images_per_second")}, indent=1))

@@ -21,8 +21,20 @@ POSTPROCESS_FILE = "postprocess.json"  # next to the checkpoints in model/
 
 
 def network_stride(model) -> int:
-    """2 ** (number of poolings): input sides must be multiples of it."""
-    return 2 ** sum(1 for layer in model.layers if layer.name.startswith("pool"))
+    """What input sides must be multiples of: the product of the strides of the decoder's up-sampling layers.
+
+    A U-Net's decoder undoes every halving of its encoder, whatever the encoder (max-pooling in the scratch one,
+    strided convolutions in EfficientNet-Lite0), so its transposed convolutions / up-samplings give the stride
+    without knowing the encoder: 32 for both encoders here (5 levels), 1 for a network without any.
+    """
+    import keras
+    stride = 1
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            stride *= int(layer.strides[0])
+        elif isinstance(layer, keras.layers.UpSampling2D):
+            stride *= int(layer.size[0])
+    return stride
 
 
 _FORWARD = weakref.WeakKeyDictionary()  # model -> its compiled forward pass
@@ -104,9 +116,12 @@ class ShipRule:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ShipRule":
+        """The rule train.py chose (``folder/postprocess.json``); FileNotFoundError when there is none (the caller
+        decides whether the defaults will do, and says so)."""
         path = Path(folder) / POSTPROCESS_FILE
         if not path.exists():
-            return cls()
+            raise FileNotFoundError(f"{path}: no ship rule (train.py writes it after the fit; "
+                                    f"train.py --out RUN --calibrate-only chooses it again)")
         cfg = json.loads(path.read_text())
         return cls(**{k: cfg[k] for k in ("threshold", "min_size", "min_confidence") if k in cfg})
 

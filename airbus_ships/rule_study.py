@@ -3,18 +3,19 @@
     python -m airbus_ships.rule_study --run runs/airbus_bench --data ../shared/data/airbus
 
 Uses a benchmark run of ``bench.py`` (its split ``RUN/split/{train,test}.csv`` and model ``RUN/model/best.keras``).
-Probability maps are predicted once, tiled as in test.py, and cached (``RUN/rule_study/probs.npz``). Then each
+Probability maps are predicted once, tiled as in test.py, and cached (``OUT/probs.npz``; ``--out`` defaults to
+``RUN/rule_study``). Then each
 way of choosing the rule picks its parameters by maximising the Kaggle score on images of the *training part*
 only: train.py's own validation images (unseen by the network), or the whole training part (mostly images the
 network was trained on). The test split is only scored, never used to choose. Rules: probability threshold,
 minimum component area, minimum component peak probability (``ShipRule``) and an image-level gate (an image holds
-ships only if its highest probability reaches the gate). Prints a table and writes ``RUN/rule_study/results.json``.
+ships only if its highest probability reaches the gate). Prints a table and writes ``OUT/results.json``.
 
     python -m airbus_ships.rule_study --run runs/airbus_bench --data ../shared/data/airbus --zooms 1,2
 
 compares test-time zooms instead (``predict_probs(..., zoom=z)``: the image upsampled z times, so small ships look
 larger; maps cached as ``probs_zoom2.npz``): each zoom alone and the pixelwise max / mean of their maps, each with
-train.py's rule grid chosen on the training part, scored on the test split (``RUN/rule_study/zoom_results.json``).
+train.py's rule grid chosen on the training part, scored on the test split (``OUT/zoom_results.json``).
 """
 from __future__ import annotations
 
@@ -33,24 +34,24 @@ from airbus_ships.inference import CONFIDENCES, MIN_SIZES, THRESHOLDS, Component
 GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
-def predict_all(run: Path, data: Path, threads: int, zoom: int = 1) -> dict[str, dict]:
-    """``{ImageId: {"prob": (768, 768) float16, "truth": [bool masks], "part": "train"|"test"}}`` (cached), predicted
-    tiled as test.py does, on the image upsampled ``zoom`` times (``inference.predict_probs``)."""
+def predict_all(run: Path, data: Path, threads: int, zoom: int = 1, out: Path | None = None,
+                device: str = "auto") -> dict[str, dict]:
+    """``{ImageId: {"prob": (768, 768) float16, "truth": [bool masks], "part": "train"|"test"}}`` (cached in ``out``,
+    default ``run/rule_study``), predicted tiled as test.py does, on the image upsampled ``zoom`` times
+    (``inference.predict_probs``)."""
     from airbus_ships.data import read_mask_table, ship_instances
-    cache = run / "rule_study" / ("probs.npz" if zoom == 1 else f"probs_zoom{zoom}.npz")
+    cache = (out or run / "rule_study") / ("probs.npz" if zoom == 1 else f"probs_zoom{zoom}.npz")
     tables = {part: read_mask_table(run / "split" / f"{part}.csv", data / "images").frame
               for part in ("train", "test")}
     if cache.exists():
         probs = dict(np.load(cache))
     else:
         import keras
-        import tensorflow as tf
         from airbus_ships.inference import predict_probs
         from airbus_ships.losses import CUSTOM_OBJECTS
+        from airbus_ships.train import setup_device
         from common.io import read_rgb
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        setup_device(device, threads)
         model = keras.saving.load_model(run / "model" / "best.keras", custom_objects=CUSTOM_OBJECTS, compile=False)
         probs, t0 = {}, time.time()
         for frame in tables.values():
@@ -84,7 +85,7 @@ def choose(comps: dict[float, list[ComponentStats]], grid) -> tuple[tuple, float
     return best, best_score
 
 
-def zoom_study(by_zoom: dict[int, dict], sets: dict[str, set], run: Path) -> None:
+def zoom_study(by_zoom: dict[int, dict], sets: dict[str, set], out: Path) -> None:
     """Each zoom's maps and their pixelwise max / mean: train.py's rule grid chosen on each part of the training
     set, scored on the test split (with test.py's ``Scores``: Kaggle, dice, ships found by size)."""
     import pandas as pd
@@ -120,7 +121,7 @@ def zoom_study(by_zoom: dict[int, dict], sets: dict[str, set], run: Path) -> Non
     table = pd.DataFrame(rows).drop(columns="test summary")
     with pd.option_context("display.width", 250, "display.max_colwidth", 40, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
-    write_json(run / "rule_study" / "zoom_results.json", {"sets": {k: len(v) for k, v in sets.items()}, "rows": rows})
+    write_json(out / "zoom_results.json", {"sets": {k: len(v) for k, v in sets.items()}, "rows": rows})
 
 
 def main() -> None:
@@ -129,7 +130,10 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/airbus", help="the data the run was made on")
     p.add_argument("--val-fraction", type=float, default=0.15, help="train.py's validation share (its default)")
     p.add_argument("--seed", type=int, default=0, help="train.py's seed in the run (bench: 0)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="TensorFlow intra- and inter-op threads (0: its choice)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="cpu hides the GPUs; cuda stops when TensorFlow sees none")
+    p.add_argument("--out", default="", help="folder for the cached maps and the results (default: RUN/rule_study)")
     p.add_argument("--zooms", default="1", help="comma-separated test-time zooms, e.g. 1,2: compare each zoom and "
                    "the pixelwise max / mean of their maps under train.py's rule grid instead of the rule families")
     args = p.parse_args()
@@ -138,8 +142,9 @@ def main() -> None:
     from common.io import write_json
 
     run, data = Path(args.run), Path(args.data)
+    out = Path(args.out) if args.out else run / "rule_study"
     zooms = [int(z) for z in args.zooms.split(",")]
-    by_zoom = {z: predict_all(run, data, args.threads, z) for z in zooms}
+    by_zoom = {z: predict_all(run, data, args.threads, z, out, args.device) for z in zooms}
     images = by_zoom[zooms[0]]
     frame = pd.DataFrame({"ImageId": list(images), "n_ships": [len(v["truth"]) for v in images.values()],
                           "part": [v["part"] for v in images.values()]})
@@ -147,7 +152,7 @@ def main() -> None:
     sets = {"train.py validation": set(val.ImageId), "whole training part": set(frame.ImageId[frame.part == "train"]),
             "test split": set(frame.ImageId[frame.part == "test"])}
     if len(zooms) > 1:
-        return zoom_study(by_zoom, sets, run)
+        return zoom_study(by_zoom, sets, out)
     comps = {name: {t: [component_stats(images[i]["prob"], images[i]["truth"], t) for i in sorted(ids)]
                     for t in THRESHOLDS} for name, ids in sets.items()}
 
@@ -177,7 +182,7 @@ def main() -> None:
         print(f"{len(sets['train.py validation'])} validation / {len(sets['whole training part'])} training-part / "
               f"{len(sets['test split'])} test images")
         print(table.to_string(index=False))
-    write_json(run / "rule_study" / "results.json", {"sets": {k: len(v) for k, v in sets.items()}, "rows": rows})
+    write_json(out / "results.json", {"sets": {k: len(v) for k, v in sets.items()}, "rows": rows})
 
 
 if __name__ == "__main__":

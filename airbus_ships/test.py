@@ -14,16 +14,23 @@ once on the whole image, about 2x faster), a threshold,
   without ships (the Kaggle format);
 * ``result-image/<ImageId>.jpg``: the image with predicted ships in red and true ship outlines in green;
 * ``metrics.json`` (and a printed summary) when ground truth is available: dice and IoU (over all pixels and
-  per ship image), the Kaggle score (F2 over IoU 0.50:0.95), ship / no-ship accuracy, images/s.
+  per ship image), the Kaggle score (F2 over IoU 0.50:0.95), ship / no-ship accuracy, images/s;
+* ``test_config.json``: the resolved settings of this run (options, the model's input mode and stride, the
+  ship rule and where it came from).
+
+``--split RUN/split.csv --subset val`` keeps the images of one subset of a training run's split (train.py writes
+it): the validation images, which the network was not trained on (they did choose its best epoch and ship rule).
 
 Images are processed in sorted ``ImageId`` order. ``--shard I/N`` processes every N-th of them starting at I
 and writes ``submission.shard-I-of-N.csv`` / ``metrics.shard-I-of-N.json``: N processes or machines split a
 folder deterministically, and ``python -m common.shard merge OUT/submission.csv --key ImageId`` joins their
 CSVs into exactly the file one process writes.
 
-Bad input never stops the run: a malformed RLE row, a row whose image is missing, an unreadable image or
-one that is not 768x768 is reported with its row or file and the reason; outputs are written atomically at
-the end (overlays one by one), so nothing is left half-written.
+Bad input never stops the run: a malformed RLE row, two ship rows of one image that overlap, a row whose image
+is missing, an unreadable image, one that is not 768x768 or one whose prediction fails is reported with its row
+or file and the reason; an unreadable image or a failed prediction still gets an empty submission row (Kaggle
+wants every ImageId). Outputs are written atomically at the end (overlays one by one), so nothing is left
+half-written. Without the model's ``postprocess.json`` a warning says the default rule is used.
 """
 from __future__ import annotations
 
@@ -40,11 +47,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from airbus_ships.data import SIZE, check_rle, find_layout  # noqa: E402
-from airbus_ships.inference import ShipRule, predict_probs, ships_from_probs  # noqa: E402
+from airbus_ships.data import SIZE, check_rle, find_layout, overlapping_rows  # noqa: E402
+from airbus_ships.inference import POSTPROCESS_FILE, ShipRule, network_stride, predict_probs, ships_from_probs  # noqa: E402
 from airbus_ships.losses import CUSTOM_OBJECTS  # noqa: E402
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, rle_decode, rle_encode, save_image, write_json  # noqa: E402
 from common.metrics import f2_from_ious, instance_ious  # noqa: E402
@@ -70,9 +78,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overlays", type=int, default=40, help="write overlays for this many images (-1: all)")
     p.add_argument("--limit", type=int, default=0, help="predict at most this many images (0: all), the first in "
                                                          "sorted order (before sharding)")
+    p.add_argument("--split", default="", help="a training run's split.csv (ImageId,subset): keep only the images "
+                                                 "of --subset")
+    p.add_argument("--subset", default="val", choices=("val", "train"), help="with --split: which images to keep")
     add_shard_argument(p)
     p.add_argument("--seed", type=int, default=0, help="unused by inference (deterministic); kept for symmetry")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="cpu hides the GPUs; cuda stops when TensorFlow sees none")
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow intra- and inter-op threads (0: its choice)")
     return p.parse_args(argv)
 
 
@@ -81,9 +94,11 @@ def report(msg: str) -> None:
 
 
 def read_ground_truth(csv_path: Path, images_dir: Path) -> tuple[OrderedDict, list[str]]:
-    """``{ImageId: [rle, ...] or None}`` in file order (None: a row of that image is malformed, so the image is
-    predicted but not scored), and the problems found. Rows whose image file is missing are dropped."""
+    """``{ImageId: [rle, ...] or None}`` in file order (None: a row of that image is malformed, or two of its
+    ships overlap, so the image is predicted but not scored), and the problems found. Rows whose image file is
+    missing are dropped."""
     truth: OrderedDict[str, list[str] | None] = OrderedDict()
+    lines: dict[str, list[int]] = {}  # CSV line of each kept ship row
     problems = []
     with open(csv_path, newline="") as f:
         reader = csv.reader(f)
@@ -109,6 +124,14 @@ def read_ground_truth(csv_path: Path, images_dir: Path) -> tuple[OrderedDict, li
                 truth[image_id] = []
             if truth[image_id] is not None and rle:
                 truth[image_id].append(rle)
+                lines.setdefault(image_id, []).append(line)
+    for image_id, rles in truth.items():
+        pair = overlapping_rows(rles) if rles and len(rles) > 1 else None
+        if pair:
+            a, b = (lines[image_id][k] for k in pair)
+            problems.append(f"{csv_path}:{a} and line {b}: {image_id}: the two ships overlap; image predicted, "
+                            f"not scored")
+            truth[image_id] = None
     # drop images whose file is missing (they were recorded as None only to report them once)
     return OrderedDict((k, v) for k, v in truth.items() if (images_dir / k).is_file()), problems
 
@@ -196,11 +219,46 @@ class Scores:
         }
 
 
+def load_rule(model_dir: Path, args: argparse.Namespace) -> tuple[ShipRule, str]:
+    """The ship rule (train.py's postprocess.json, options on top) and where it came from; a clear warning when
+    the file is missing and the options do not replace all of it."""
+    keys = ("threshold", "min_size", "min_confidence")
+    try:
+        rule, source = ShipRule.load(model_dir), str(model_dir / POSTPROCESS_FILE)
+    except FileNotFoundError as err:
+        rule, source = ShipRule(), f"defaults ({model_dir / POSTPROCESS_FILE} missing)"
+        if any(getattr(args, k) is None for k in keys):
+            print(f"WARNING: {err}. Using the default rule {rule} for what --threshold / --min-size / "
+                  f"--min-confidence do not give: scores will be lower than with the rule chosen for this model.",
+                  file=sys.stderr)
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    for key, value in given.items():
+        setattr(rule, key, value)
+    return rule, source + (f", overridden by {given}" if given else "")
+
+
+def keep_split(image_ids: list[str], split_csv: str, subset: str) -> list[str]:
+    """The ``image_ids`` listed under ``subset`` in a train.py ``split.csv``."""
+    path = Path(split_csv)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        sys.exit(f"{path}: cannot read the split ({err.strerror}); train.py writes RUN/split.csv")
+    if not rows or not {"ImageId", "subset"} <= set(rows[0]):
+        sys.exit(f"{path}: columns ImageId,subset expected (train.py's split.csv)")
+    wanted = {r["ImageId"] for r in rows if r["subset"] == subset}
+    kept = [i for i in image_ids if i in wanted]
+    if len(kept) < len(wanted):
+        print(f"warning: {len(wanted) - len(kept)} of the {len(wanted)} {subset} images of {path} are not in "
+              f"--data (or their rows were skipped)", file=sys.stderr)
+    return kept
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.device == "cpu":
-        import tensorflow as tf
-        tf.config.set_visible_devices([], "GPU")
+    from airbus_ships.train import setup_device
+    setup_device(args.device, args.threads)
     model_path = Path(args.model)
     if not model_path.is_file():
         sys.exit(f"{model_path}: model not found (train one with airbus_ships/train.py)")
@@ -208,10 +266,7 @@ def main(argv=None) -> dict:
     cfg_path = model_path.parent / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     input_mode, input_size = cfg.get("input_mode", "crop"), int(cfg.get("input_size", 256))
-    rule = ShipRule.load(model_path.parent)
-    for key in ("threshold", "min_size", "min_confidence"):
-        if getattr(args, key) is not None:
-            setattr(rule, key, getattr(args, key))
+    rule, rule_source = load_rule(model_path.parent, args)
 
     images_dir, csv_path = find_layout(args.data)
     csv_path = Path(args.csv) if args.csv else csv_path
@@ -225,10 +280,13 @@ def main(argv=None) -> dict:
     for p in problems:
         report(p)
     image_ids = sorted(image_ids)  # the order a merge of shards reproduces
+    if args.split:
+        image_ids = keep_split(image_ids, args.split, args.subset)
     if args.limit:
         image_ids = image_ids[:args.limit]
     image_ids = select_shard(image_ids, args.shard)
     shard = f"; shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
+    shard += f"; {args.subset} images of {args.split}" if args.split else ""
     print(f"{len(image_ids)} images from {images_dir}{shard}; ground truth: {csv_path if truth else 'none'} "
           f"(listed in {time.perf_counter() - start:.1f} s); {model_path} ({input_mode}), {args.how} prediction, "
           f"{rule}")
@@ -239,8 +297,9 @@ def main(argv=None) -> dict:
         try:
             image = read_rgb(images_dir / image_id)
         except ImageReadError as err:
-            problems.append(str(err))
-            report(str(err))
+            problems.append(f"{err}; empty submission row written")
+            report(problems[-1])
+            rows.append((image_id, ""))  # Kaggle wants a row for every ImageId
             continue
         if image.shape[:2] != (SIZE, SIZE):
             msg = (f"{images_dir / image_id}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}; "
@@ -248,7 +307,15 @@ def main(argv=None) -> dict:
             problems.append(msg)
             report(msg)
         t0 = time.perf_counter()
-        ships = ships_from_probs(predict_probs(model, image, args.how, input_mode, input_size, args.tta), rule)
+        try:
+            prob = predict_probs(model, image, args.how, input_mode, input_size, args.tta)
+        except (tf.errors.OpError, ValueError) as err:  # one image's failure must not cost the others
+            problems.append(f"{images_dir / image_id}: prediction failed ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0][:300]}); empty submission row written")
+            report(problems[-1])
+            rows.append((image_id, ""))
+            continue
+        ships = ships_from_probs(prob, rule)
         elapsed += time.perf_counter() - t0
         n_done += 1
         rows += [(image_id, rle_encode(s)) for s in ships] or [(image_id, "")]
@@ -273,6 +340,12 @@ def main(argv=None) -> dict:
     if truth:
         result.update(scores.summary())
     write_json(shard_path(out / "metrics.json", args.shard), result)
+    write_json(shard_path(out / "test_config.json", args.shard),
+               {**{k: v for k, v in vars(args).items() if k != "shard"},
+                "shard": list(args.shard) if args.shard else None, "images_dir": str(images_dir),
+                "ground_truth": str(csv_path) if truth else None, "images": len(image_ids),
+                "input_mode": input_mode, "input_size": input_size, "network_stride": network_stride(model),
+                "rule": vars(rule), "rule_source": rule_source})
     print(f"wrote {submission} ({len(rows)} rows, {n_done} images), overlays in {out / 'result-image'}")
     if problems:
         print(f"{len(problems)} problem(s) reported above; the other images were processed")

@@ -18,18 +18,25 @@ their copies into a temporary folder that is deleted at the end (as in TensorFlo
 Outputs in ``--out``: ``model/best.keras`` (lowest validation loss), ``model/last.keras`` (for --resume),
 ``model/config.json`` (this run's settings), ``model/postprocess.json`` (the ship rule test.py applies),
 ``model/train_state.json`` (epoch, early-stopping and learning-rate-plateau counters, for --resume),
-``train_log.csv`` and ``training_curves.png``.
+``split.csv`` (ImageId, subset train / val: ``test.py --split RUN/split.csv --subset val`` scores the validation
+images only), ``data_problems.txt`` (every row or image dropped, when any), ``train_log.csv``,
+``training_curves.png`` and ``train_summary.json``.
+
+``--resume`` and ``--calibrate-only`` continue a run: its ``model/config.json`` replaces the defaults and only
+the options given on the command line override it; a change of the architecture, the input, the loss, the
+learning rate or the split (``LOCKED_ON_RESUME``) is refused.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
@@ -40,20 +47,22 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
-from airbus_ships.data import find_layout, make_dataset, read_mask_table, ship_instances, split_by_image  # noqa: E402
+from airbus_ships.data import (SIZE, find_layout, make_dataset, read_mask_table, ship_instances,  # noqa: E402
+                               split_by_image)
 from airbus_ships.inference import ShipRule, calibrate_rule, calibration_rows, predict_probs  # noqa: E402
 from airbus_ships.losses import (CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef,  # noqa: E402
                                   iou_coef)
 from airbus_ships.model import LITE0_PREFIX, build_unet  # noqa: E402
 from common.config import add_config_args  # noqa: E402
-from common.io import read_rgb, write_json  # noqa: E402
+from common.io import ImageReadError, atomic_write, read_rgb, write_json  # noqa: E402
 
 
 @dataclass
 class Config:
     data: str = "data/airbus"       # Kaggle-layout folder: images/ + masks.csv, or train_v2/ + train_ship_segmentations_v2.csv
     csv: str = ""                   # mask table to use instead of the one in --data (e.g. a split's rows)
-    out: str = "runs/airbus"        # run folder: model/, train_log.csv, training_curves.png
+    out: str = "runs/airbus"        # run folder: model/ (*.keras, config.json, postprocess.json), split.csv,
+    #                                 train_log.csv, training_curves.png
     seed: int = 0                   # split, sampling, augmentation and weight initialisation
     device: str = "auto"            # auto | cpu | cuda
     strategy: str = "default"       # default (one device) | mirrored (all local GPUs) | multiworker (TF_CONFIG)
@@ -61,7 +70,8 @@ class Config:
     val_fraction: float = 0.15      # share of images (stratified ship / no ship) held out for validation
     input_mode: str = "crop"        # crop: full-resolution 256 crops | resize: whole image downscaled (see README)
     input_size: int = 256           # network input side during training
-    empty_share: float = 0.25       # share of sampled training images without ships (Kaggle: 78%)
+    empty_share: float = 0.25       # share of sampled training images without ships (0: ship images only, 1: ship-free
+    #                                 only; Kaggle: 78%)
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a ship (else anywhere)
     ship_sampling: str = "pixel"    # what ship crops centre on: pixel (a random ship pixel: large ships more often) |
     #                                 instance (a ship drawn uniformly; measured worse, EXPERIMENTS.md: run J)
@@ -83,20 +93,68 @@ class Config:
     #                                 epoch starts that would leave too little time for the rule (0: no limit)
     calib_images: int = 200         # images the ship / no-ship rule is chosen on: validation first, then training
     calib_val_only: bool = False    # choose the rule on validation images only (no top-up with training images)
+    check_images: bool = True       # open every image's header once before training (size, readable, JPEG end):
+    #                                 bad images are named and left out (~0.1 ms an image)
     predict_how: str = "tile"       # how the rule's probabilities are predicted: tile (256x256, as test.py) | full
-    resume: bool = False            # continue from out/model/last.keras, train_state.json and train_log.csv
-    calibrate_only: bool = False    # no training: re-choose the ship rule for out/model/best.keras
+    resume: bool = False            # continue from out/model/last.keras, train_state.json and train_log.csv, with the
+    #                                 run's config.json (options given now override it, not the locked ones)
+    calibrate_only: bool = False    # no training: re-choose the ship rule for out/model/best.keras (config as --resume)
 
     @property
     def model_dir(self) -> Path:
         return Path(self.out) / "model"
 
 
+CHOICES = {"device": ("auto", "cpu", "cuda"), "strategy": ("default", "mirrored", "multiworker"),
+           "input_mode": ("crop", "resize"), "ship_sampling": ("pixel", "instance"),
+           "encoder": ("efficientnet_lite0", "scratch"), "predict_how": ("tile", "full")}
+# what --resume / --calibrate-only may not change: the network, its input, its loss and optimiser (both inside
+# last.keras) and the train / validation split (seed, val_fraction)
+LOCKED_ON_RESUME = ("encoder", "widths", "bottleneck_rates", "input_mode", "input_size", "small_ship_weight", "lr",
+                    "encoder_lr_scale", "seed", "val_fraction")
+
+
 def parse_args(argv=None) -> Config:
+    """The settings: defaults overridden by the options given; with --resume / --calibrate-only the run's saved
+    config.json takes the place of the defaults (:func:`continue_config`)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(p, Config)
-    return Config(**vars(p.parse_args(argv)))
+    add_config_args(p, Config, choices=CHOICES)
+    cfg = Config(**vars(p.parse_args(argv)))
+    if cfg.resume or cfg.calibrate_only:
+        cfg = continue_config(cfg, given_options(p, argv))
+    return cfg
+
+
+def given_options(parser: argparse.ArgumentParser, argv=None) -> set[str]:
+    """The fields set on the command line (argparse fills in a default only where the namespace lacks one)."""
+    unset = object()
+    ns = parser.parse_args(argv, namespace=argparse.Namespace(**{f.name: unset for f in fields(Config)}))
+    return {name for name, value in vars(ns).items() if value is not unset}
+
+
+def continue_config(cfg: Config, given: set[str]) -> Config:
+    """The run's ``model/config.json`` with the options in ``given`` on top; exits naming the option when one of
+    ``LOCKED_ON_RESUME`` would change."""
+    path = cfg.model_dir / "config.json"
+    if not path.is_file():
+        sys.exit(f"--resume / --calibrate-only: {path} not found (the run's settings; is --out the run folder?)")
+    names = {f.name for f in fields(Config)}
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k in names}
+    merged = Config(**{**asdict(Config()), **saved})
+
+    def same(name):
+        a, b = getattr(cfg, name), getattr(merged, name)
+        return ints(a) == ints(b) if name in ("widths", "bottleneck_rates") else a == b
+
+    changed = [n for n in LOCKED_ON_RESUME if n in given and not same(n)]
+    if changed:
+        sys.exit(f"{path}: continuing a run keeps its " + ", ".join(
+            f"--{n.replace('_', '-')} {getattr(merged, n)} (given: {getattr(cfg, n)})" for n in changed)
+            + "; to change them, train a new run into another --out")
+    for name in given | {"out", "resume", "calibrate_only"}:
+        setattr(merged, name, getattr(cfg, name))
+    return merged
 
 
 def setup_device(device: str, threads: int = 0) -> None:
@@ -213,20 +271,49 @@ def ints(text: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def load_split(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_split(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``(train, val, problems)``: the checked mask table split by image; a continued run must get the split
+    it was trained with (its ``split.csv``)."""
     images_dir, csv_path = find_layout(cfg.data)
     csv_path = Path(cfg.csv) if cfg.csv else csv_path
     if csv_path is None:
         sys.exit(f"{cfg.data}: no mask table found (masks.csv or train_ship_segmentations_v2.csv); give --csv")
     start = time.time()
-    table = read_mask_table(csv_path, images_dir)
+    table = read_mask_table(csv_path, images_dir, check_images=cfg.check_images)
     train, val = split_by_image(table.frame, cfg.val_fraction, cfg.seed)
     if train.empty or val.empty:
         sys.exit(f"{csv_path}: {len(train)} training / {len(val)} validation images: not enough usable images")
     print(f"data: {len(table.frame)} images ({int((table.frame.n_ships > 0).sum())} with ships) from {csv_path}; "
-          f"train {len(train)}, val {len(val)}; {len(table.problems)} problem rows skipped; "
-          f"read and split in {time.time() - start:.1f} s")
-    return train, val
+          f"train {len(train)}, val {len(val)}; {len(table.problems)} problem(s), their rows / images skipped"
+          f"{' (all in ' + str(Path(cfg.out) / PROBLEMS_FILE) + ')' if table.problems else ''}; "
+          f"read{' and checked' if cfg.check_images else ''} and split in {time.time() - start:.1f} s")
+    saved = Path(cfg.out) / SPLIT_FILE
+    if (cfg.resume or cfg.calibrate_only) and saved.is_file():
+        before = pd.read_csv(saved, dtype=str, keep_default_na=False)
+        now = split_table(train, val)
+        if sorted(map(tuple, before.values)) != sorted(map(tuple, now.values)):
+            sys.exit(f"{saved}: this run's train / validation split differs from the one computed now from "
+                     f"{csv_path} (images added, removed or skipped since?); continue it on the same data")
+    return train, val, table.problems
+
+
+SPLIT_FILE = "split.csv"              # in --out: ImageId, subset (train / val)
+PROBLEMS_FILE = "data_problems.txt"   # in --out: every CSV row / image left out, one per line
+
+
+def split_table(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"ImageId": list(train["ImageId"]) + list(val["ImageId"]),
+                         "subset": ["train"] * len(train) + ["val"] * len(val)})
+
+
+def write_split(run_dir: Path, train: pd.DataFrame, val: pd.DataFrame, problems: list[str]) -> None:
+    """``split.csv`` (which image is in which subset; test.py --split) and ``data_problems.txt`` (all of them,
+    not only the first ones printed)."""
+    with atomic_write(run_dir / SPLIT_FILE, "w", newline="") as f:
+        split_table(train, val).to_csv(f, index=False)
+    if problems:
+        with atomic_write(run_dir / PROBLEMS_FILE, "w") as f:
+            f.write("\n".join(problems) + "\n")
 
 
 def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame,
@@ -360,9 +447,22 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
                 setattr(self, key, self.initial_state[key])
 
 
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger that, appending to a log, keeps that log's columns (a resumed run's rows line up with the
+    header even when its logs hold other keys)."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.append and os.path.exists(self.filename) and os.path.getsize(self.filename):
+            with open(self.filename, newline="") as f:
+                header = next(csv.reader(f, delimiter=self.sep), [])
+            self.keys = [k for k in header if k != "epoch"] or None
+
+
 class SaveTrainState(keras.callbacks.Callback):
-    """After every epoch (and after last.keras), write ``train_state.json``: epochs done and the counters of
-    early stopping and learning-rate reduction, so ``--resume`` continues exactly where the run stopped."""
+    """After every epoch (and after last.keras), write ``train_state.json``: epochs done, the counters of
+    early stopping and learning-rate reduction and the learning rate, so ``--resume`` continues exactly where
+    the run stopped."""
 
     def __init__(self, path: Path, early: ResumableEarlyStopping, plateau: ResumableReduceLROnPlateau):
         super().__init__()
@@ -376,6 +476,7 @@ class SaveTrainState(keras.callbacks.Callback):
             "early_stopping": {"wait": int(self.early.wait), "best": num(self.early.best)},
             "reduce_lr": {"wait": int(self.plateau.wait), "best": num(self.plateau.best),
                           "cooldown_counter": int(self.plateau.cooldown_counter)},
+            "learning_rate": float(ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "stop_training": bool(self.model.stop_training),
         })
 
@@ -400,15 +501,55 @@ def resume_state(cfg: Config) -> tuple[keras.Model, dict]:
         best = float(history["val_loss"].min()) if "val_loss" in history else None
         state = {"epochs_done": int(history["epoch"].max()) + 1 if len(history) else 0,
                  "early_stopping": {"best": best}, "reduce_lr": {"best": best}}
-    print(f"resuming from {last}: {state['epochs_done']} epochs done, early stopping {state['early_stopping']}")
+    lr = float(ops.convert_to_numpy(model.optimizer.learning_rate))
+    print(f"resuming from {last}: {state['epochs_done']} epochs done, learning rate {lr:g}, "
+          f"early stopping {state['early_stopping']}")
     return model, state
 
 
+def make_callbacks(cfg: Config, run_dir: Path, state: dict, strategy: tf.distribute.Strategy, chief: bool,
+                   run_start: float, reserve: float) -> list[keras.callbacks.Callback]:
+    """The fit's callbacks, in the order they run at the end of an epoch: the ones that decide (early stopping,
+    a learning-rate cut) before the ones that save, so that last.keras and train_state.json hold the state
+    after that epoch's decisions (a cut in the last epoch before a stop survives --resume)."""
+    model_dir = run_dir / "model"
+    early = ResumableEarlyStopping(state.get("early_stopping"), monitor="val_loss", patience=cfg.patience)
+    plateau = ResumableReduceLROnPlateau(state.get("reduce_lr"), monitor="val_loss", factor=0.5, patience=3,
+                                         min_lr=1e-5)
+    return [
+        early,
+        plateau,
+        AtomicModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss", save_best_only=True,
+                              initial_value_threshold=state.get("early_stopping", {}).get("best")),
+        AtomicModelCheckpoint(str(model_dir / "last.keras")),
+        ResumableCSVLogger(str(run_dir / "train_log.csv"), append=cfg.resume and chief),
+        TimeBudget(cfg.time_budget_min, strategy, run_start, reserve),
+        SaveTrainState(model_dir / STATE_FILE, early, plateau),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ after fit
+def calibration_image(path: str) -> tuple[np.ndarray | None, str | None]:
+    """``(image, None)`` for a readable 768x768 image, else ``(None, "<path>: why")``."""
+    try:
+        image = read_rgb(path)
+    except ImageReadError as err:
+        return None, str(err)
+    if image.shape[:2] != (SIZE, SIZE):
+        return None, f"{path}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}"
+    return image, None
+
+
 def rule_seconds(cfg: Config, model: keras.Model, calib: tuple[pd.DataFrame, pd.DataFrame]) -> float:
     """Estimated seconds of :func:`choose_ship_rule`: one image's prediction (timed on the second call: the
-    first traces the graph) x the number of calibration images, +10% and 15 s for loading and the plot."""
-    image = read_rgb(pd.concat(calib).iloc[0]["path"])
+    first traces the graph) x the number of calibration images, +10% and 15 s for loading and the plot. The
+    first readable calibration image is timed (choose_ship_rule reports the others)."""
+    for path in pd.concat(calib)["path"]:
+        image, _ = calibration_image(path)
+        if image is not None:
+            break
+    else:
+        return 15.0  # no readable image: choose_ship_rule will stop with the reasons
     predict_probs(model, image, cfg.predict_how, cfg.input_mode, cfg.input_size)
     start = time.time()
     predict_probs(model, image, cfg.predict_how, cfg.input_mode, cfg.input_size)
@@ -418,17 +559,28 @@ def rule_seconds(cfg: Config, model: keras.Model, calib: tuple[pd.DataFrame, pd.
 def choose_ship_rule(cfg: Config, model: keras.Model, calib: tuple[pd.DataFrame, pd.DataFrame],
                      model_dir: Path) -> ShipRule:
     """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on ``calib``:
-    ``(validation rows, training rows)`` from :func:`airbus_ships.inference.calibration_rows`."""
+    ``(validation rows, training rows)`` from :func:`airbus_ships.inference.calibration_rows`. An image that
+    cannot be read or is not 768x768 is reported by name and left out (recorded in postprocess.json)."""
     val_rows, train_rows = calib
-    probs, truths = [], []
-    for row in pd.concat([val_rows, train_rows]).itertuples():
-        probs.append(predict_probs(model, read_rgb(row.path), cfg.predict_how, cfg.input_mode, cfg.input_size))
-        truths.append(ship_instances(row.rle))
+    probs, truths, skipped, used = [], [], [], {"val": 0, "train": 0}
+    for part, rows in (("val", val_rows), ("train", train_rows)):
+        for row in rows.itertuples():
+            image, why = calibration_image(row.path)
+            if image is None:
+                print(f"warning: ship rule: {why}; image skipped", file=sys.stderr)
+                skipped.append(why)
+                continue
+            probs.append(predict_probs(model, image, cfg.predict_how, cfg.input_mode, cfg.input_size))
+            truths.append(ship_instances(row.rle))
+            used[part] += 1
+    if not probs:
+        sys.exit(f"ship rule: none of the {len(skipped)} calibration images is usable (reasons above); "
+                 f"{model_dir / 'postprocess.json'} not written")
     rule, score = calibrate_rule(probs, truths)
-    rule.save(model_dir, {"kaggle_score_on_calib": score, "n_images": len(probs), "n_val_images": len(val_rows),
-                          "n_train_images": len(train_rows), "how": cfg.predict_how})
-    print(f"ship rule on {len(val_rows)} validation + {len(train_rows)} training images: {rule} -> "
-          f"Kaggle score {score:.3f}")
+    rule.save(model_dir, {"kaggle_score_on_calib": score, "n_images": len(probs), "n_val_images": used["val"],
+                          "n_train_images": used["train"], "how": cfg.predict_how, "skipped_images": skipped})
+    print(f"ship rule on {used['val']} validation + {used['train']} training images: {rule} -> "
+          f"Kaggle score {score:.3f}" + (f"; {len(skipped)} image(s) skipped" if skipped else ""))
     return rule
 
 
@@ -467,12 +619,12 @@ def main(argv=None) -> None:
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
 
-    train, val = load_split(cfg)
+    train, val, problems = load_split(cfg)
+    if chief and not cfg.calibrate_only:
+        write_split(run_dir, train, val, problems)
     # the images the ship rule is chosen on after the fit: validation first, topped up with training images
     calib = calibration_rows(val, train, cfg.calib_images, cfg.seed, cfg.calib_val_only)
-    if cfg.calibrate_only:
-        saved = json.loads((cfg.model_dir / "config.json").read_text())
-        cfg.input_mode, cfg.input_size = saved["input_mode"], saved["input_size"]
+    if cfg.calibrate_only:  # cfg is the run's config.json (continue_config)
         best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
         choose_ship_rule(cfg, best_model, calib, cfg.model_dir)
         return
@@ -496,20 +648,7 @@ def main(argv=None) -> None:
         print(f"time budget {cfg.time_budget_min:g} min for the whole run, of which ~{reserve / 60:.1f} min kept "
               f"for choosing the ship rule on {sum(map(len, calib))} images")
     log_csv = run_dir / "train_log.csv"
-    best = state.get("early_stopping", {}).get("best")
-    early = ResumableEarlyStopping(state.get("early_stopping"), monitor="val_loss", patience=cfg.patience)
-    plateau = ResumableReduceLROnPlateau(state.get("reduce_lr"), monitor="val_loss", factor=0.5, patience=3,
-                                         min_lr=1e-5)
-    callbacks = [
-        AtomicModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss", save_best_only=True,
-                              initial_value_threshold=best),
-        AtomicModelCheckpoint(str(model_dir / "last.keras")),
-        keras.callbacks.CSVLogger(str(log_csv), append=cfg.resume and chief),
-        early,
-        plateau,
-        TimeBudget(cfg.time_budget_min, strategy, run_start, reserve),
-        SaveTrainState(model_dir / STATE_FILE, early, plateau),
-    ]
+    callbacks = make_callbacks(cfg, run_dir, state, strategy, chief, run_start, reserve)
     if cfg.strategy != "default":
         fix_distributed_fit(model, strategy)
     start = time.time()
@@ -523,10 +662,10 @@ def main(argv=None) -> None:
         print(f"worker {task_id} done in {train_minutes:.1f} min")
         return
 
+    plot_curves(log_csv, run_dir / "training_curves.png")
     best_model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
     rule_start = time.time()
     choose_ship_rule(cfg, best_model, calib, model_dir)
-    plot_curves(log_csv, run_dir / "training_curves.png")
     log = pd.read_csv(log_csv)
     end = time.time()
     run_minutes = (end - run_start) / 60

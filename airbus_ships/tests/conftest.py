@@ -30,14 +30,14 @@ def demo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(demo_dir, tmp_path_factory) -> Path:
-    """A tiny model trained by train.py (2 epochs of 3 steps), then resumed for a third epoch; its ship rule is
-    chosen on the 3 validation images topped up with 2 training images."""
+    """A tiny model trained by train.py (2 epochs of 3 steps), then resumed for a third epoch with only --out,
+    --resume and --epochs (the rest comes from the run's config.json); its ship rule is chosen on the 3
+    validation images topped up with 2 training images."""
     out = tmp_path_factory.mktemp("airbus_run")
-    common = ["--data", demo_dir, "--out", out, "--encoder", "scratch",
-              "--widths", "4,8,16", "--batch-size", "2",
-              "--steps-per-epoch", "3", "--val-steps", "1", "--val-fraction", "0.25", "--calib-images", "5"]
-    _run_script("train.py", *common, "--epochs", "2")
-    _run_script("train.py", *common, "--epochs", "3", "--resume")
+    _run_script("train.py", "--data", demo_dir, "--out", out, "--encoder", "scratch",
+                "--widths", "4,8,16", "--batch-size", "2", "--steps-per-epoch", "3", "--val-steps", "1",
+                "--val-fraction", "0.25", "--calib-images", "5", "--epochs", "2")
+    _run_script("train.py", "--out", out, "--resume", "--epochs", "3")
     return out
 
 

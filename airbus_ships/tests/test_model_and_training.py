@@ -10,7 +10,8 @@ import pytest
 
 from airbus_ships.data import make_dataset, read_mask_table
 from airbus_ships.losses import CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef, iou_coef
-from airbus_ships.model import build_unet
+from airbus_ships.inference import network_stride
+from airbus_ships.model import LITE0_PREFIX, build_unet
 
 
 @pytest.mark.parametrize("size", [256, 768])
@@ -21,11 +22,25 @@ def test_output_shape(size):
     assert float(np.min(out)) >= 0 and float(np.max(out)) <= 1  # sigmoid
 
 
-def test_default_model_is_a_five_level_unet():
+def test_scratch_model_is_a_five_level_unet():
     model = build_unet((8, 16, 32, 64, 128))
     names = [layer.name for layer in model.layers]
     assert sum(n.startswith("pool") for n in names) == 5 and "bottleneck_d4" in names
     assert model.output_shape == (None, None, None, 1)
+    assert network_stride(model) == 32
+
+
+def test_train_default_model_is_the_pretrained_five_level_unet():
+    """train.py's default model (EfficientNet-Lite0 encoder, no pool layers): stride 32, any multiple of it."""
+    from airbus_ships.train import Config, build_model
+    model = build_model(Config())
+    names = [layer.name for layer in model.layers]
+    assert Config().encoder == "efficientnet_lite0" and any(n.startswith(LITE0_PREFIX) for n in names)
+    assert not any(n.startswith("pool") for n in names) and "bottleneck_d4" in names
+    assert network_stride(model) == 32
+    for size in (256, 768):
+        out = model(np.zeros((1, size, size, 3), np.uint8))
+        assert out.shape == (1, size, size, 1)
 
 
 def test_small_ship_loss_weighs_small_ships_more():
@@ -90,3 +105,88 @@ def test_time_budget_keeps_time_for_the_ship_rule(reserve_s, stops):
     budget.set_model(model)
     budget.on_epoch_end(0)  # this "epoch" took ~0 s: 50 + 0 + reserve against 60
     assert bool(model.stop_training) is stops
+
+
+def test_a_learning_rate_cut_in_the_last_epoch_survives_resume(tmp_path):
+    """The validation loss never improves after the first epoch, so ReduceLROnPlateau (patience 3) halves the rate
+    at the end of the 4th and last epoch: last.keras and train_state.json must hold the halved rate, and the
+    resumed run trains at it."""
+    import time
+
+    import tensorflow as tf
+
+    from airbus_ships.train import Config, make_callbacks, resume_state
+
+    cfg = Config(out=str(tmp_path), time_budget_min=0)
+    (tmp_path / "model").mkdir()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    ones, zeros = np.ones((32, 1), "float32"), np.zeros((32, 1), "float32")  # train towards 1, validate on 0
+
+    def fit(model, cfg, state, epochs):
+        callbacks = make_callbacks(cfg, tmp_path, state, tf.distribute.get_strategy(), True, time.time(), 0.0)
+        model.fit(x, ones, validation_data=(x, zeros), epochs=epochs, initial_epoch=state["epochs_done"],
+                  callbacks=callbacks, verbose=0)
+
+    fit(model, cfg, {"epochs_done": 0}, 4)
+    state = json.loads((tmp_path / "model" / "train_state.json").read_text())
+    assert state["learning_rate"] == pytest.approx(5e-3) and state["reduce_lr"]["wait"] == 0
+    resumed, state = resume_state(Config(out=str(tmp_path), resume=True))
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(5e-3)
+    fit(resumed, Config(out=str(tmp_path), resume=True, time_budget_min=0), state, 5)
+    log = pd.read_csv(tmp_path / "train_log.csv")  # the rate each epoch trained at
+    assert list(log["epoch"]) == [0, 1, 2, 3, 4]
+    assert log["learning_rate"].tolist() == pytest.approx([1e-2] * 4 + [5e-3])
+
+
+def test_resume_keeps_the_runs_config(trained_run):
+    """conftest resumed the run with --out, --resume and --epochs only: the scratch encoder, its widths and the
+    25% validation split come from the run's config.json; changing a locked option is refused."""
+    from airbus_ships.train import parse_args
+    saved = json.loads((trained_run / "model" / "config.json").read_text())
+    assert (saved["encoder"], saved["widths"], saved["val_fraction"], saved["epochs"]) == ("scratch", "4,8,16", 0.25, 3)
+    split = pd.read_csv(trained_run / "split.csv")
+    assert (split["subset"] == "val").sum() == 3 and len(split) == 12
+    cfg = parse_args(["--out", str(trained_run), "--resume", "--epochs", "9", "--batch-size", "3"])
+    assert (cfg.encoder, cfg.val_fraction, cfg.epochs, cfg.batch_size) == ("scratch", 0.25, 9, 3)
+    with pytest.raises(SystemExit, match="keeps its --encoder scratch .given: efficientnet_lite0.*--val-fraction"):
+        parse_args(["--out", str(trained_run), "--resume", "--encoder", "efficientnet_lite0", "--val-fraction", "0.15"])
+    assert parse_args(["--out", str(trained_run), "--resume", "--widths", "4, 8, 16"]).widths == "4, 8, 16"
+
+
+@pytest.mark.parametrize("option", ["--predict-how", "--encoder", "--input-mode", "--ship-sampling", "--strategy",
+                                    "--device"])
+def test_a_typo_in_a_choice_is_refused_at_once(option, capsys):
+    from airbus_ships.train import parse_args
+    with pytest.raises(SystemExit):
+        parse_args([option, "tiles"])
+    assert "invalid choice: 'tiles'" in capsys.readouterr().err
+
+
+def test_train_survives_bad_images_in_the_calibration_set(demo_dir, tmp_path):
+    """Without the up-front image check (--no-check-images), a truncated and a 700x500 image reach the training
+    stream and the ship-rule images (all 14 images here): the run skips them there, names them, and writes
+    postprocess.json and its summary (it used to die in rule_seconds / choose_ship_rule)."""
+    import shutil
+
+    from PIL import Image
+
+    from airbus_ships.tests.conftest import _run_script
+    data = tmp_path / "airbus"
+    shutil.copytree(demo_dir, data)
+    good = sorted(p.name for p in (data / "images").iterdir())
+    (data / "images" / "truncated.jpg").write_bytes((data / "images" / good[0]).read_bytes()[:3000])
+    Image.new("RGB", (700, 500), (20, 40, 60)).save(data / "images" / "wide.jpg")
+    with open(data / "masks.csv", "a") as f:
+        f.write("truncated.jpg,\nwide.jpg,\n")
+    out = tmp_path / "run"
+    proc = _run_script("train.py", "--data", data, "--out", out, "--no-check-images", "--encoder", "scratch",
+                       "--widths", "4,8", "--batch-size", "2", "--steps-per-epoch", "2", "--val-steps", "1",
+                       "--epochs", "1", "--val-fraction", "0.25", "--calib-images", "50")
+    assert f"{data / 'images' / 'truncated.jpg'}: corrupt or truncated image" in proc.stderr
+    assert f"{data / 'images' / 'wide.jpg'}: image is 700x500, not 768x768" in proc.stderr
+    rule = json.loads((out / "model" / "postprocess.json").read_text())
+    assert rule["n_images"] == 12 and len(rule["skipped_images"]) == 2
+    assert (out / "train_summary.json").is_file() and (out / "training_curves.png").is_file()

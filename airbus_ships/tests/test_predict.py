@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from airbus_ships.model import build_unet
 from common.io import rle_decode
 
 
@@ -82,7 +83,8 @@ def test_bad_input_is_reported_and_the_run_continues(demo_dir, trained_run, tmp_
     text += ("corrupt.jpg,\nsmall.jpg,\nmissing.jpg,1 5\n"
              f"{good[1]},1 3 2\n"               # odd length
              f"{good[2]},589820 50\n"           # beyond the image
-             f"{good[3]},10 20 15 3\n")         # overlapping runs
+             f"{good[3]},10 20 15 3\n"          # overlapping runs
+             f"{good[4]},1000 50\n{good[4]},1020 50\n")  # two ships that overlap each other
     (data / "masks.csv").write_text(text)
     out = tmp_path / "out"
     (out).mkdir()
@@ -93,16 +95,65 @@ def test_bad_input_is_reported_and_the_run_continues(demo_dir, trained_run, tmp_
     assert "missing.jpg: image file not found" in err
     for image_id, why in ((good[1], "odd number"), (good[2], "beyond"), (good[3], "overlap")):
         assert any(f"{image_id}: malformed RLE (" in line and why in line for line in err.splitlines()), why
+    assert f"{good[4]}: the two ships overlap; image predicted, not scored" in err
     rows = read_submission(out / "submission.csv")
     ids = {r[0] for r in rows}
-    assert set(good) | {"small.jpg"} == ids  # every readable image predicted, bad-label images too
+    assert set(good) | {"small.jpg", "corrupt.jpg"} == ids  # every image with a file has a row, bad labels too
+    assert [r[1] for r in rows if r[0] == "corrupt.jpg"] == [""]  # unreadable: one empty row
     for r in rows:
         if r[0] == "small.jpg" and r[1]:
             rle_decode(r[1], (320, 500))  # encoded for its own shape
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images_scored"] == len(good) - 3  # the three images with bad RLE rows are not scored
-    assert len(metrics["problems"]) == 6
+    assert metrics["images_scored"] == len(good) - 4  # the four images with bad RLE rows are not scored
+    assert len(metrics["problems"]) == 7
     assert not list(out.rglob("*.tmp*"))
+
+
+def test_full_prediction_pads_to_the_stride_of_the_pretrained_encoder():
+    """--how full with the EfficientNet-Lite0 U-Net (no pool layers) on an image whose sides are not multiples of
+    32: padded to the stride read off the decoder, cropped back (was a ConcatOp error)."""
+    from airbus_ships.inference import network_stride, predict_probs
+    model = build_unet((8, 16, 32, 64, 128), encoder="efficientnet_lite0", encoder_weights=None)
+    assert network_stride(model) == 32
+    image = np.random.default_rng(0).integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    assert predict_probs(model, image, "full").shape == (70, 100)
+
+
+def test_failed_prediction_split_subset_and_missing_rule(demo_dir, trained_run, tmp_path, monkeypatch, capsys):
+    """In one test.py run (in-process): the model folder has no postprocess.json (a clear warning, the default
+    rule, said so in test_config.json); --split keeps the run's validation images; the prediction of one of them
+    fails (an empty row, reported, the others go on)."""
+    import tensorflow as tf
+
+    from airbus_ships import test as test_script
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("best.keras", "config.json"):
+        shutil.copy(trained_run / "model" / name, model_dir / name)
+    with open(trained_run / "split.csv", newline="") as f:
+        val = sorted(r["ImageId"] for r in csv.DictReader(f) if r["subset"] == "val")
+    real = test_script.predict_probs
+
+    def fail_on_first(model, image, *args, **kwargs):
+        if fail_on_first.calls == 0:
+            fail_on_first.calls += 1
+            raise tf.errors.InvalidArgumentError(None, None, "ConcatOp : Dimension 1 in both shapes must be equal")
+        return real(model, image, *args, **kwargs)
+
+    fail_on_first.calls = 0
+    monkeypatch.setattr(test_script, "predict_probs", fail_on_first)
+    out = tmp_path / "out"
+    result = test_script.main(["--data", str(demo_dir), "--model", str(model_dir / "best.keras"), "--out", str(out),
+                               "--overlays", "0", "--split", str(trained_run / "split.csv"), "--subset", "val"])
+    err = capsys.readouterr().err
+    assert "WARNING:" in err and "postprocess.json: no ship rule" in err
+    assert f"{val[0]}: prediction failed (InvalidArgumentError: ConcatOp" in err
+    rows = read_submission(out / "submission.csv")
+    assert sorted({r[0] for r in rows}) == val and [r[1] for r in rows if r[0] == val[0]] == [""]
+    assert result["images_predicted"] == len(val) - 1 == result["images_scored"]
+    settings = json.loads((out / "test_config.json").read_text())
+    assert settings["rule_source"].startswith("defaults (") and settings["subset"] == "val"
+    assert settings["network_stride"] == 8  # the tiny 3-level scratch model of conftest
 
 
 def test_two_shards_merge_to_the_single_worker_submission(demo_dir, trained_run, tmp_path, run_test_script):
@@ -200,9 +251,23 @@ def test_zoom_study_scores_each_map_variant(tmp_path):
     sets = {"train.py validation": {"0.jpg", "1.jpg"}, "whole training part": {"0.jpg", "1.jpg", "2.jpg", "3.jpg"},
             "test split": {"4.jpg", "5.jpg", "6.jpg", "7.jpg"}}
     zoom_study(by_zoom, sets, tmp_path)
-    rows = json.loads((tmp_path / "rule_study" / "zoom_results.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "zoom_results.json").read_text())["rows"]
     assert len(rows) == 4 * 2  # zoom 1, zoom 2, max, mean; each rule chosen on two parts
     kaggle = {(r["maps"], r["rule chosen on"]): r["test kaggle"] for r in rows}
     assert kaggle[("zoom 1", "whole training part")] == 1.0
     assert kaggle[("max over zooms [1, 2]", "whole training part")] == 1.0
     assert kaggle[("zoom 2", "whole training part")] == 0.5  # the two ship-free test images only
+
+
+def test_bench_record_keeps_every_top_level_entry():
+    """A new benchmark result moves the previous run into history and keeps the studies the README points to
+    (e.g. default_repeat_run_Q) at the top level."""
+    from airbus_ships.bench import merge_record
+    from airbus_ships.tests.conftest import ROOT
+    previous = json.loads((ROOT / "benchmarks" / "airbus.json").read_text())
+    merged = merge_record(previous, {"task": "airbus_ships", "kaggle_score": 0.5})
+    studies = {"rule_study_run_a", "small_ship_weight_5", "default_repeat_run_Q", "slow_machine_run_P"}
+    assert studies <= set(merged) and all(merged[k] == previous[k] for k in studies)
+    assert merged["kaggle_score"] == 0.5 and merged["history"][0]["kaggle_score"] == previous["kaggle_score"]
+    assert merged["history"][0]["label"] == previous["label"] and not studies & set(merged["history"][0])
+    assert merged["history"][1:] == previous["history"]
