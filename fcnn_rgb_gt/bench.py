@@ -260,16 +260,31 @@ def markdown(report: dict) -> str:
     t, pr = report["train"], report.get("predict", {})
     lines = [f"Machine: {report['machine']}; load average at start {report['load_avg_at_start']}, "
              f"at end {report.get('load_avg_at_end')}.", "",
-             f"Training (`{t['command']}`, defaults): {report.get('train_seconds')} s wall in all, "
-             f"{t['epochs_run']} epochs; best epoch {t['best_epoch']}, validation-strip IoU {t['val_iou_at_0.5']} at "
-             f"0.5 and {t['val_iou_at_threshold']} at the chosen threshold {t['threshold']}.", "",
+             f"Training (`{t['command']}`, defaults): {report.get('train_seconds')} s wall in all"
+             + (f" (load average {report['train_load_avg']['start']} at its start, {report['train_load_avg']['end']} "
+                f"at its end)" if "train_load_avg" in report else "") +
+             f", {t['epochs_run']} epochs; best epoch {t['best_epoch']}, validation-strip IoU {t['val_iou_at_0.5']} "
+             f"at 0.5 and {t['val_iou_at_threshold']} at the chosen threshold {t['threshold']}.", "",
              "| test pair (extra/*) | size | building IoU | F1 | precision | recall | pixel accuracy | IoU at 0.5 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in report["extra"].items():
         lines.append(f"| {name} | {r['size'][0]}x{r['size'][1]} | **{r['iou']}** | {r['f1']} | {r['precision']} | "
                      f"{r['recall']} | {r['accuracy']} | {r['iou_at_0.5']} |")
+    seeds = report.get("default_seeds")
+    if seeds:
+        names = list(report["extra"])
+        rows = {"0": {"val_iou_at_0.5": t["val_iou_at_0.5"], "best_epoch": t["best_epoch"],
+                      "pairs": {n: report["extra"][n]["iou_at_0.5"] for n in names}}, **seeds}
+        lines += ["", "The default configuration over seeds (building IoU at 0.5; seed 0 is the run above):", "",
+                  "| seed | best epoch | validation strip | " + " | ".join(names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for seed, r in rows.items():
+            lines.append(f"| {seed} | {r['best_epoch']} | {r['val_iou_at_0.5']} | "
+                         + " | ".join(str(r["pairs"][n]) for n in names) + " |")
+        lines.append(f"| mean [min-max] | | {spread([r['val_iou_at_0.5'] for r in rows.values()])} | "
+                     + " | ".join(spread([r["pairs"][n] for r in rows.values()]) for n in names) + " |")
     lines += ["", "| predict | size | seconds | FLOP bound s (matmul GFLOP/s) | time / bound | RSS before MiB | "
-              "peak increase MiB | image-sized buffers MiB |", "|---|---|---|---|---|---|---|---|"]
+              "peak increase MiB | image-sized buffers MiB | load (1 min) |", "|---|---|---|---|---|---|---|---|---|"]
     for name in ("1x", "4x_area", "1x_batch8", "4x_area_batch8"):
         r = pr.get(name)
         if r:
@@ -277,7 +292,7 @@ def markdown(report: dict) -> str:
                          f"{r.get('flop_bound_seconds')} ({r.get('matmul_gflops_per_s')}) | "
                          f"{r.get('predict_over_flop_bound')} (CPU time: {r.get('predict_over_flop_bound_cpu_time')}) | "
                          f"{r['rss_before_mib']} | {r['peak_increase_mib']} | "
-                         f"{r['image_sized_buffers_mib']} |")
+                         f"{r['image_sized_buffers_mib']} | {r['load_avg'][0]} |")
     seams = report.get("seams")
     if seams:
         b, pl = seams["blended"], seams["plain"]
@@ -370,6 +385,9 @@ def main(argv=None) -> int:
                    help="train.py --threads of every training run (0: train.py's default; 1 on a shared machine)")
     p.add_argument("--seed", type=int, default=0,
                    help="train.py --seed of the default run and the oracle runs (ablations: --ablate-seeds)")
+    p.add_argument("--default-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="also train the default configuration with these seeds and score it on extra/* at 0.5 "
+                        "(the default run's seed spread; merged into --out)")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="train.py --device of every training run; predict measurements always run on the CPU "
                         "(compared with its matrix-multiply rate)")
@@ -410,16 +428,17 @@ def main(argv=None) -> int:
 
     default = runs / "default"
     if not args.skip_train:
+        start = load_avg()
         report["train_seconds"] = train_run(train_dir, default, ["--seed", str(args.seed)], args.threads, args.device)
-    ckpt = read_checkpoint(default / "best.pt")
+        report["train_load_avg"] = {"start": start, "end": load_avg()}
+    ckpt, last = read_checkpoint(default / "best.pt"), read_checkpoint(default / "last.pt")
     report["train"] = {"command": "python fcnn_rgb_gt/train.py --data <data>/train_substitute"
                                   + (f" --seed {args.seed}" if args.seed else ""),
                        "config": ckpt["config"], "model_config": ckpt["model_config"],
                        "best_epoch": ckpt["best_epoch"],
                        "val_iou_at_0.5": ckpt["history"][ckpt["best_epoch"] - 1]["val_iou"],
                        "threshold": ckpt["threshold"], "val_iou_at_threshold": round(ckpt["val_iou_at_threshold"], 4),
-                       "epochs_run": len(read_checkpoint(default / "last.pt")["history"]),
-                       "train_loop_seconds": ckpt["history"][-1]["seconds"]}
+                       "epochs_run": len(last["history"]), "train_loop_seconds": last["history"][-1]["seconds"]}
     print("test pairs (extra/*):", flush=True)
     report["extra"] = evaluate_pairs(default / "best.pt", pairs)
     ious = [r["iou"] for r in report["extra"].values()]
@@ -428,6 +447,21 @@ def main(argv=None) -> int:
     if not args.skip_predict_cost:
         report["predict"] = predict_cost(default / "best.pt", train_dir / "rgb.png")
     report["seams"] = seam_check(default / "best.pt", train_dir / "rgb.png")
+    for seed in args.default_seeds or []:  # the default run's seed spread
+        run = runs / f"default_seed{seed}"
+        start = load_avg()
+        sec = train_run(train_dir, run, ["--seed", str(seed)], args.threads, args.device)
+        st = read_checkpoint(run / "best.pt")
+        model, _ = load_checkpoint(run / "best.pt", torch.device("cpu"))
+        row = {"train_seconds": sec, "load_avg": {"start": start, "end": load_avg()}, "best_epoch": st["best_epoch"],
+               "val_iou_at_0.5": st["history"][st["best_epoch"] - 1]["val_iou"], "pairs": {}}
+        for d in pairs:
+            image = read_rgb(d / "rgb.png")
+            gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
+            row["pairs"][d.name] = round(iou(predict_probs(model, image) >= 0.5, gt), 4)
+        print(f"  default, seed {seed}: {row}", flush=True)
+        report.setdefault("default_seeds", {})[str(seed)] = row
+        write_json(out, report)
 
     strip = validation_strip(train_dir)
     if args.oracle is not None:
