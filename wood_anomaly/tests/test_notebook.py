@@ -22,4 +22,5 @@ def test_notebook_executes_on_demo_data(demo_dir, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "pixel_auroc" in outputs and (tmp_path / "run" / "pred" / "predictions.csv").exists()
-    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 2
+    figures = [o for c in nb.cells for o in c.get("outputs", []) if {"image/png", "image/jpeg"} & set(o.get("data", {}))]
+    assert len(figures) >= 2
