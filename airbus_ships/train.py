@@ -314,6 +314,8 @@ def write_split(run_dir: Path, train: pd.DataFrame, val: pd.DataFrame, problems:
     if problems:
         with atomic_write(run_dir / PROBLEMS_FILE, "w") as f:
             f.write("\n".join(problems) + "\n")
+    else:  # none this time: no stale list from an earlier run into the same folder
+        (run_dir / PROBLEMS_FILE).unlink(missing_ok=True)
 
 
 def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame,
