@@ -622,7 +622,7 @@ def main(argv=None) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
 
     train, val, problems = load_split(cfg)
-    if chief and not cfg.calibrate_only:
+    if chief:  # also with --calibrate-only: a run from before split.csv existed gets its (recomputed) split
         write_split(run_dir, train, val, problems)
     # the images the ship rule is chosen on after the fit: validation first, topped up with training images
     calib = calibration_rows(val, train, cfg.calib_images, cfg.seed, cfg.calib_val_only)
