@@ -21,7 +21,8 @@ predict-wood: venv-torch demo-data-wood $(RUNS)/wood/model.pt
 	  --out $(RUNS)/wood/pred $(WOOD_PREDICT_ARGS)
 
 bench-wood: venv-torch
-	$(TORCH_PY) wood_anomaly/bench.py --data $(DATA_ROOT)/wood --runs $(RUNS)/wood_bench --out benchmarks/wood.json
+	$(TORCH_PY) wood_anomaly/bench.py --data $(DATA_ROOT)/wood --runs $(RUNS)/wood_bench --out benchmarks/wood.json \
+	  --weights 0,0.5,1 --extra-seeds 1
 
 demo-wood: venv-torch demo-data-wood
 	$(TORCH_PY) wood_anomaly/train.py --data $(DATA_ROOT)/wood --out $(RUNS)/wood_demo
