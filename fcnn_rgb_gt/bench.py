@@ -257,7 +257,7 @@ def predict_cost(ckpt: Path, image_path: Path) -> dict:
 
 def markdown(report: dict) -> str:
     """The README's results tables from a benchmarks/fcnn.json report."""
-    t, pr = report["train"], report.get("predict", {})
+    t = report["train"]
     lines = [f"Machine: {report['machine']}; load average at start {report['load_avg_at_start']}, "
              f"at end {report.get('load_avg_at_end')}.", "",
              f"Training (`{t['command']}`, defaults): {report.get('train_seconds')} s wall in all"
@@ -283,16 +283,21 @@ def markdown(report: dict) -> str:
                          + " | ".join(str(r["pairs"][n]) for n in names) + " |")
         lines.append(f"| mean [min-max] | | {spread([r['val_iou_at_0.5'] for r in rows.values()])} | "
                      + " | ".join(spread([r["pairs"][n] for r in rows.values()]) for n in names) + " |")
-    lines += ["", "| predict | size | seconds | FLOP bound s (matmul GFLOP/s) | time / bound | RSS before MiB | "
-              "peak increase MiB | image-sized buffers MiB | load (1 min) |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in ("1x", "4x_area", "1x_batch8", "4x_area_batch8"):
-        r = pr.get(name)
-        if r:
-            lines.append(f"| {name} (batch {r['batch_size']}) | {r['size'][0]}x{r['size'][1]} | {r['seconds']} | "
-                         f"{r.get('flop_bound_seconds')} ({r.get('matmul_gflops_per_s')}) | "
-                         f"{r.get('predict_over_flop_bound')} (CPU time: {r.get('predict_over_flop_bound_cpu_time')}) | "
-                         f"{r['rss_before_mib']} | {r['peak_increase_mib']} | "
-                         f"{r['image_sized_buffers_mib']} | {r['load_avg'][0]} |")
+    for key in ["predict", *sorted(k for k in report if k.startswith("predict_"))]:  # the latest, then kept ones
+        pr = report.get(key)
+        if not pr:
+            continue
+        lines += ["", (f"`{key}`: {pr['note']}" if pr.get("note") else f"`{key}`: this bench run") + ".", "",
+                  "| predict | size | seconds | FLOP bound s (matmul GFLOP/s) | time / bound | RSS before MiB | "
+                  "peak increase MiB | image-sized buffers MiB | load (1 min) |", "|---|---|---|---|---|---|---|---|---|"]
+        for name in ("1x", "4x_area", "1x_batch8", "4x_area_batch8"):
+            r = pr.get(name)
+            if r:
+                lines.append(f"| {name} (batch {r['batch_size']}) | {r['size'][0]}x{r['size'][1]} | {r['seconds']} | "
+                             f"{r.get('flop_bound_seconds')} ({r.get('matmul_gflops_per_s')}) | "
+                             f"{r.get('predict_over_flop_bound')} (CPU time: "
+                             f"{r.get('predict_over_flop_bound_cpu_time')}) | {r['rss_before_mib']} | "
+                             f"{r['peak_increase_mib']} | {r['image_sized_buffers_mib']} | {r['load_avg'][0]} |")
     seams = report.get("seams")
     if seams:
         b, pl = seams["blended"], seams["plain"]

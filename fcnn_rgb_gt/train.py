@@ -7,21 +7,22 @@
 
 A border strip of the image (``--val-fraction`` of one axis) is held out: training crops come only from the
 rest, and the held-out strip picks the best epoch (building IoU at the threshold: 0.5, or with
-``--threshold -1`` the strip's best, which is logged either way). Outputs in ``--out``: ``best.pt`` / ``last.pt`` (model, optimizer, scheduler, epoch, best
-metric, config, threshold, history, random-number states), ``config.json`` (the resolved config: absolute
-paths, the device and threads used), ``log.csv`` and ``loss_vs_epochs.png``. Training into a folder that holds
-an earlier run replaces its files (a warning says so); ``--resume`` continues it instead, with the options stored
-in its ``last.pt`` (a resumed run equals an uninterrupted one, tested bit for bit).
+``--threshold -1`` the strip's best, which is logged either way). Outputs in ``--out``: ``best.pt`` /
+``last.pt`` (model, optimizer, scheduler, epoch, best metric, config, threshold, history, random-number states),
+``config.json`` (the resolved config: absolute paths, the device and threads used), ``log.csv`` and
+``loss_vs_epochs.png``. Training into a folder that holds an earlier run replaces its files (a warning says so);
+``--resume`` continues it instead, with the options stored in its ``last.pt`` (a resumed run equals an
+uninterrupted one, tested bit for bit).
 
 Memory: a training step feeds ``--batch-size`` crops of ``--tile`` px, and the brief allows the network one
 256x256x3 input at a time, so ``batch-size x tile^2`` must stay within 256^2 pixels (default 4 x 128^2);
 ``--exceed-memory-limit`` lifts the check on purpose.
 
 Under ``torchrun`` (one process or several machines) the model is wrapped in DistributedDataParallel: every
-rank draws its own ``--batch-size`` random crops per step (crop generator seeded with seed + 1000 x rank), gradients
-are averaged, and an epoch has 1/world_size the steps, so it still covers the training region about once
-(global batch = world_size x --batch-size at the same learning rate). Validation, logging, checkpoints and the
-plot happen on rank 0 only.
+rank draws its own ``--batch-size`` random crops per step (crop generator seeded with seed + 1000 x rank),
+gradients are averaged, and an epoch has 1/world_size the steps, so it still covers the training region about
+once (global batch = world_size x --batch-size at the same learning rate; the memory limit holds per process).
+Validation, logging, checkpoints and the plot happen on rank 0 only.
 """
 from __future__ import annotations
 
@@ -295,9 +296,12 @@ def rng_states(sampler: CropSampler, device: torch.device, world: int) -> list[d
 def restore_rng(states: list[dict] | None, sampler: CropSampler, device: torch.device, rank: int, world: int
                 ) -> str:
     """Put this rank's states of a checkpoint back; return a warning when they cannot be (else "")."""
-    if not states or len(states) != world:
-        return (f"the checkpoint holds random-number states of {len(states or [])} process(es), this run has "
-                f"{world}: the crop streams start afresh (the run continues, but not as an uninterrupted one)")
+    if not states:
+        return ("the checkpoint holds no random-number states (an older train.py wrote it): the crop streams start "
+                "afresh (the run continues, but not as an uninterrupted one would)")
+    if len(states) != world:
+        return (f"the checkpoint holds random-number states of {len(states)} process(es), this run has {world}: "
+                "the crop streams start afresh (the run continues, but not as an uninterrupted one would)")
     mine = states[rank]
     sampler.g.set_state(mine["crops"])
     torch.set_rng_state(mine["torch"])
