@@ -65,6 +65,18 @@ venv-tf: $(TF_VENV)/.stamp
 setup: venv-torch venv-tf
 
 # ------------------------------------------------------------------------------------------- task targets
+# What every task has alike; a task.mk calls it: $(eval $(call task_rules,SHORT,PACKAGE,DATA_DIR,VENV,PY)).
+#   check-SHORT      the package's tests in its venv (PYTEST_ARGS narrows them)
+#   demo-data-SHORT  synthetic demo data in $(DATA_ROOT)/DATA_DIR, only where that folder is missing or empty
+define task_rules
+.PHONY: check-$(1) demo-data-$(1)
+check-$(1): $(4)
+	$$($(5)) -m pytest $(2) $$(PYTEST_ARGS) || [ $$$$? -eq 5 ]
+demo-data-$(1): venv-torch
+	$$(TORCH_PY) -m $(2).demo_data --out $$(DATA_ROOT)/$(3)
+DEMO_DATA_TARGETS += demo-data-$(1)
+endef
+
 include $(sort $(wildcard */task.mk))
 
 # ------------------------------------------------------------------------------------------- demo data

@@ -7,7 +7,7 @@
 SHIPS_TRAIN_ARGS ?=
 SHIPS_TEST_ARGS ?=
 
-.PHONY: check-ships demo-data-ships train-ships test-ships predict-ships bench-ships demo-ships
+.PHONY: train-ships test-ships predict-ships bench-ships demo-ships
 
 train-ships: venv-tf demo-data-ships
 	$(TF_PY) airbus_ships/train.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus $(SHIPS_TRAIN_ARGS)
@@ -30,12 +30,4 @@ demo-ships: venv-tf demo-data-ships
 DEMO_TARGETS += demo-ships
 TEST_TF += airbus_ships
 
-# the package's own tests (make test runs every package's)
-check-ships: venv-tf
-	$(TF_PY) -m pytest airbus_ships $(PYTEST_ARGS) || [ $$? -eq 5 ]
-
-# synthetic demo data in $(DATA_ROOT)/airbus, only where that folder is missing or empty
-demo-data-ships: venv-torch
-	$(TORCH_PY) -m airbus_ships.demo_data --out $(DATA_ROOT)/airbus
-
-DEMO_DATA_TARGETS += demo-data-ships
+$(eval $(call task_rules,ships,airbus_ships,airbus,venv-tf,TF_PY))

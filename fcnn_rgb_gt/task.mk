@@ -10,7 +10,7 @@ FCNN_PREDICT_ARGS ?=
 # the training pair: $(DATA_ROOT)/fcnn itself, or its train_substitute/ when only that holds rgb.png
 FCNN_DATA = $$(d=$(DATA_ROOT)/fcnn; [ -f $$d/rgb.png ] || [ ! -f $$d/train_substitute/rgb.png ] || d=$$d/train_substitute; echo $$d)
 
-.PHONY: check-fcnn demo-data-fcnn train-fcnn predict-fcnn bench-fcnn demo-fcnn
+.PHONY: train-fcnn predict-fcnn bench-fcnn demo-fcnn
 
 train-fcnn: venv-torch demo-data-fcnn
 	$(TORCH_PY) fcnn_rgb_gt/train.py --data $(FCNN_DATA) --out $(RUNS)/fcnn $(FCNN_TRAIN_ARGS)
@@ -35,12 +35,4 @@ demo-fcnn: venv-torch demo-data-fcnn
 DEMO_TARGETS += demo-fcnn
 TEST_TORCH += fcnn_rgb_gt
 
-# the package's own tests (make test runs every package's)
-check-fcnn: venv-torch
-	$(TORCH_PY) -m pytest fcnn_rgb_gt $(PYTEST_ARGS) || [ $$? -eq 5 ]
-
-# synthetic demo data in $(DATA_ROOT)/fcnn, only where that folder is missing or empty
-demo-data-fcnn: venv-torch
-	$(TORCH_PY) -m fcnn_rgb_gt.demo_data --out $(DATA_ROOT)/fcnn
-
-DEMO_DATA_TARGETS += demo-data-fcnn
+$(eval $(call task_rules,fcnn,fcnn_rgb_gt,fcnn,venv-torch,TORCH_PY))

@@ -14,7 +14,7 @@ MINERALS_TRAIN_ARGS ?=
 MINERALS_PATCHES ?= $(MINERALS_RUN)/samples/patches
 MINERALS_BENCH_RUN ?= $(RUNS)/minerals_bench
 
-.PHONY: check-minerals demo-data-minerals train-minerals predict-minerals eval-minerals bench-minerals docs-minerals demo-minerals
+.PHONY: train-minerals predict-minerals eval-minerals bench-minerals docs-minerals demo-minerals
 
 train-minerals: venv-torch demo-data-minerals
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(MINERALS_RUN)/samples
@@ -51,12 +51,4 @@ demo-minerals: venv-torch demo-data-minerals
 DEMO_TARGETS += demo-minerals
 TEST_TORCH += minerals
 
-# the package's own tests (make test runs every package's)
-check-minerals: venv-torch
-	$(TORCH_PY) -m pytest minerals $(PYTEST_ARGS) || [ $$? -eq 5 ]
-
-# synthetic demo data in $(DATA_ROOT)/minerals, only where that folder is missing or empty
-demo-data-minerals: venv-torch
-	$(TORCH_PY) -m minerals.demo_data --out $(DATA_ROOT)/minerals
-
-DEMO_DATA_TARGETS += demo-data-minerals
+$(eval $(call task_rules,minerals,minerals,minerals,venv-torch,TORCH_PY))

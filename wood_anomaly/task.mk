@@ -8,7 +8,7 @@
 WOOD_TRAIN_ARGS ?=
 WOOD_PREDICT_ARGS ?=
 
-.PHONY: check-wood demo-data-wood train-wood predict-wood bench-wood demo-wood
+.PHONY: train-wood predict-wood bench-wood demo-wood
 
 train-wood: venv-torch demo-data-wood
 	$(TORCH_PY) wood_anomaly/train.py --data $(DATA_ROOT)/wood --out $(RUNS)/wood $(WOOD_TRAIN_ARGS)
@@ -34,12 +34,4 @@ demo-wood: venv-torch demo-data-wood
 DEMO_TARGETS += demo-wood
 TEST_TORCH += wood_anomaly
 
-# the package's own tests (make test runs every package's)
-check-wood: venv-torch
-	$(TORCH_PY) -m pytest wood_anomaly $(PYTEST_ARGS) || [ $$? -eq 5 ]
-
-# synthetic demo data in $(DATA_ROOT)/wood, only where that folder is missing or empty
-demo-data-wood: venv-torch
-	$(TORCH_PY) -m wood_anomaly.demo_data --out $(DATA_ROOT)/wood
-
-DEMO_DATA_TARGETS += demo-data-wood
+$(eval $(call task_rules,wood,wood_anomaly,wood,venv-torch,TORCH_PY))
