@@ -36,15 +36,17 @@ IGNORED = {"threads", "device", "resume", "export", "out", "time_budget_min"}  #
 UNUSED = {"orenet": {"freeze", "backbone_lr_scale"}, "efficientnet_lite0": {"width"}}  # options a backbone ignores
 
 
-def train_run(name: str, samples: Path, out: Path, seed: int, threads: int) -> dict:
+def train_run(name: str, samples: Path, out: Path, seed: int, threads: int, device: str = "cpu") -> dict:
     run = out / name
-    args = ["--data", str(samples), "--out", str(run), "--seed", str(seed), "--threads", str(threads)] + RUNS[name]
+    args = ["--data", str(samples), "--out", str(run), "--seed", str(seed), "--threads", str(threads),
+            "--device", device] + RUNS[name]
     cfg = train.parse_args(args)
     skip = IGNORED | UNUSED[cfg.backbone]
     want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     if (run / "result.json").exists() and (run / "config.json").exists():
         # options added since the run was made count as their "off" default (what the run did)
-        off = dataclasses.asdict(dataclasses.replace(train.Config(), mix=0.0))  # -1 would mean "backbone's default"
+        # (-1 "backbone's default" options resolved as the run's backbone resolves them; no MixUp before --mix)
+        off = dataclasses.asdict(dataclasses.replace(train.Config(backbone=cfg.backbone), mix=0.0).resolve())
         have = {**{k: v for k, v in off.items() if k not in skip},
                 **{k: v for k, v in json.loads((run / "config.json").read_text()).items() if k not in skip}}
         if have == want:
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="benchmarks/minerals.json", help="where the figures go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="the benchmark is defined on CPU")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                   help="where the two trainings run (the benchmark is defined on CPU; inference is always timed on CPU)")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
         extract(data, samples, seed=args.seed)
     results = {}
     for name in RUNS:
-        r = train_run(name, samples, out, args.seed, args.threads)
+        r = train_run(name, samples, out, args.seed, args.threads, args.device)
         ck = out / name / "best.pt"
         report = evaluate.main(["--checkpoint", str(ck), "--data", str(samples), "--split", "val",
                                 "--threads", str(args.threads), "--device", "cpu"])

@@ -157,6 +157,8 @@ def main(argv=None) -> dict:
         probs.append(pr)
         labels.append(CLASSES.index(pairs[i][1]))
         files.append(pairs[i][0])
+    if not probs:
+        raise SystemExit(f"error: {data}: no readable patch to evaluate")
     probs, labels = np.stack(probs), np.asarray(labels)
     report = summarise(probs, labels, threshold)
     errors = misclassified(files, probs, labels)

@@ -6,9 +6,10 @@
 Output: ``{"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}}``. ``confidence`` is the
 probability of the most likely mineral; below the threshold (by default the one chosen on validation and
 stored in the checkpoint) the result is ``"unknown"`` (see minerals/decision.py). Keys are file names, or
-paths relative to the given folder when names repeat. A file that cannot be read is reported on stderr and
-in the JSON as ``{"confidence": null, "result": "error", "error": "<reason>"}``; the batch goes on, and the
-exit status is 1 when any file failed (2 when none could be read).
+paths relative to the given folder (the full path as given when two inputs share one). A file that cannot be
+read is named with the reason on stderr and keeps the format in the JSON as ``{"confidence": 0.0, "result":
+"unknown"}`` (nothing recognised); the batch goes on, and the exit status is 1 when any file failed (2 when none
+could be read).
 
 Keys come out sorted, so N workers can split a large folder and one merge rebuilds the single-worker file
 byte for byte (``--shard I/N`` takes every N-th file of the sorted list; under ``torchrun`` the default is
@@ -34,7 +35,7 @@ import torch
 from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, read_rgb
 from common.shard import add_shard_argument, launcher_env, select_shard, shard_path
 from minerals.data import CLASSES, eval_transform, to_tensor
-from minerals.decision import decide
+from minerals.decision import UNKNOWN, decide
 from minerals.model import FlipTTA, build_model
 from minerals.train import pick_device
 
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
         if err is not None:
             errors += 1
             print(f"error: {err}", file=sys.stderr)
-            results[key] = {"confidence": None, "result": "error", "error": err}
+            results[key] = {"confidence": 0.0, "result": UNKNOWN}  # the brief's format: nothing recognised
         else:
             conf, res = decide(probs[None], threshold)
             results[key] = {"confidence": round(float(conf[0]), 6), "result": res[0]}

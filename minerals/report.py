@@ -97,7 +97,7 @@ both non-minerals and unsure minerals: result = that mineral if confidence >= th
 The threshold is predetermined on validation - the middle of the range of values with the best open-set
 accuracy (right mineral above it, negatives below it), which keeps a margin against patches unlike the
 validation negatives - and stored in the checkpoint; --threshold overrides it. Unreadable files are
-reported (stderr and "result": "error" in the JSON) without stopping the batch. The network is also
+named on stderr (and "unknown" with confidence 0 in the JSON) without stopping the batch. The network is also
 exported as ONNX (model.onnx) for deployment runtimes. The curve below shows accuracy of the answered
 mineral patches and coverage against the threshold on validation.
 """

@@ -24,9 +24,12 @@ $(MINERALS_RUN)/train/best.pt:
 	$(MAKE) train-minerals
 
 predict-minerals: venv-torch demo-data-minerals $(MINERALS_RUN)/train/best.pt
+	@# exit status 1 with the file written: some patches were unreadable (named above), the rest classified;
+	@# a failure that writes nothing (bad checkpoint) stops at the mv and leaves the last results.json alone
+	rm -f $(MINERALS_RUN)/results.new.json
 	$(TORCH_PY) minerals/predict.py $(MINERALS_PATCHES) --checkpoint $(MINERALS_RUN)/train/best.pt \
-	  > $(MINERALS_RUN)/results.json.tmp && mv $(MINERALS_RUN)/results.json.tmp $(MINERALS_RUN)/results.json
-	@echo "wrote $(MINERALS_RUN)/results.json"
+	  --out $(MINERALS_RUN)/results.new.json || [ $$? -eq 1 ]
+	mv $(MINERALS_RUN)/results.new.json $(MINERALS_RUN)/results.json
 
 eval-minerals: venv-torch $(MINERALS_RUN)/train/best.pt
 	$(TORCH_PY) minerals/evaluate.py --checkpoint $(MINERALS_RUN)/train/best.pt --data $(MINERALS_RUN)/samples

@@ -45,7 +45,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common.config import add_config_args
-from common.io import atomic_path, write_json
+from common.io import atomic_path, atomic_write, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
 from minerals.data import AUGMENTS, CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
@@ -374,7 +374,8 @@ def export_graph(model, cfg: Config, out: Path) -> None:
     text = (f"{cfg.backbone}: input (1, 3, {cfg.img_size}, {cfg.img_size}) float RGB in [0, 1] -> logits over "
             f"{CLASSES}\n{n:,} parameters\n\n{'module':<28} {'type':<20} {'output shape':<20} {'params':>10}\n"
             + "\n".join(lines) + "\n\nfull module tree:\n" + str(model) + "\n")
-    (out / "model_summary.txt").write_text(text)
+    with atomic_write(out / "model_summary.txt") as f:
+        f.write(text)
 
 
 def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
