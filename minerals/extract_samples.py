@@ -89,42 +89,73 @@ def load_boxes(spec: str | Path) -> dict[str, list[Box]]:
     files = sorted(spec.rglob("*")) if spec.is_dir() else [spec]
     if not files or not spec.exists():
         raise FileNotFoundError(f"{spec}: box file or folder not found")
+    def skip(where: str, err: Exception) -> None:  # a bad row or file is named; the rest of the boxes are used
+        print(f"skipped {where}: {err} (an image left without boxes gets the automatic one)", file=sys.stderr)
+
     for f in files:
         rel = f.relative_to(spec) if spec.is_dir() else Path(f.name)
         if f.suffix.lower() == ".csv":
             with open(f, newline="") as fh:
-                for row in csv.DictReader(fh):
+                reader = csv.DictReader(fh)
+                if not {"xmin", "ymin", "xmax", "ymax"} <= set(reader.fieldnames or []) or not (
+                        {"path", "filename", "image"} & set(reader.fieldnames or [])):
+                    raise ValueError(f"{f}: a CSV box file needs a 'path' (or 'filename' / 'image') column and "
+                                     f"xmin, ymin, xmax, ymax (found {reader.fieldnames})")
+                for row in reader:
                     name = row.get("path") or row.get("filename") or row.get("image")
-                    if not name:
-                        raise ValueError(f"{f}: a CSV box file needs a 'path' (or 'filename') column")
-                    add(name, Box(*(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))))
+                    try:
+                        if not name:
+                            raise ValueError("no image name")
+                        add(name, Box(*(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))))
+                    except (ValueError, TypeError) as err:
+                        skip(f"{f}:{reader.line_num}", err)
         elif f.suffix.lower() == ".xml":
-            root = ET.parse(f).getroot()
-            name = root.findtext("filename") or f.stem
-            for obj in root.iter("object"):
-                bb = obj.find("bndbox")
-                if bb is None:
-                    continue
-                x0, y0, x1, y1 = (float(bb.findtext(c)) for c in ("xmin", "ymin", "xmax", "ymax"))
-                box = Box(x0 - 1, y0 - 1, x1, y1)  # VOC is 1-based and inclusive
+            try:
+                root = ET.parse(f).getroot()
+                name = root.findtext("filename") or f.stem
+                boxes = [Box(float(bb.findtext("xmin")) - 1, float(bb.findtext("ymin")) - 1,  # VOC: 1-based,
+                             float(bb.findtext("xmax")), float(bb.findtext("ymax")))  # inclusive
+                         for bb in (obj.find("bndbox") for obj in root.iter("object")) if bb is not None]
+            except (ET.ParseError, ValueError, TypeError) as err:
+                skip(str(f), err)
+                continue
+            for box in boxes:
                 add(name, box)
                 add(str(rel.with_suffix("")), box)
         elif f.suffix.lower() == ".txt":
-            for line in f.read_text().splitlines():
+            for k, line in enumerate(f.read_text().splitlines(), 1):
                 parts = line.split()
                 if len(parts) < 5:
                     continue
-                cx, cy, bw, bh = map(float, parts[1:5])
+                try:
+                    cx, cy, bw, bh = map(float, parts[1:5])
+                except ValueError as err:
+                    skip(f"{f}:{k}", err)
+                    continue
                 add(str(rel.with_suffix("")), Box(cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, norm=True))
     return table
 
 
+def matched_key(table: dict[str, list[Box]], rel: str) -> str | None:
+    """The key of ``table`` that image ``rel`` (``class/file.jpg``) finds, the most specific first."""
+    return next((k for k in _keys(rel) if k in table), None)
+
+
 def boxes_for(table: dict[str, list[Box]], rel: str) -> list[Box]:
     """The boxes of image ``rel`` (``class/file.jpg``), trying the most specific key first."""
-    for k in _keys(rel):
-        if k in table:
-            return table[k]
-    return []
+    k = matched_key(table, rel)
+    return table[k] if k is not None else []
+
+
+def ambiguous_names(table: dict[str, list[Box]], rels: list[str]) -> dict[str, list[str]]:
+    """Box-file names that more than one image finds (a bare ``0034.jpg`` when several class folders hold one):
+    ``{name: [images]}``. Their boxes cannot be told apart."""
+    found: dict[str, list[str]] = {}
+    for rel in rels:
+        k = matched_key(table, rel)
+        if k is not None:
+            found.setdefault(k, []).append(rel)
+    return {k: v for k, v in found.items() if len(v) > 1}
 
 
 # --------------------------------------------------------------------------------------- automatic boxes
@@ -281,13 +312,21 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
         raise SystemExit(f"error: {data}: no such folder (expected <data>/<class>/<image> photos)")
     if boxes is not None and not boxes.exists():
         raise SystemExit(f"error: --boxes {boxes}: no such file or folder")
-    table = load_boxes(boxes) if boxes else None
+    try:
+        table = load_boxes(boxes) if boxes else None
+    except ValueError as err:  # a box file without the columns it needs
+        raise SystemExit(f"error: {err}") from None
     classes = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
     groups = read_manifest_groups(data)
     rows, box_rows, review = [], [], []
     images = [(c, p) for c in classes for p in list_images(data / c)]
     if not images:
         raise SystemExit(f"{data}: no images in class folders <data>/<class>/")
+    clash = ambiguous_names(table, [f"{c}/{p.name}" for c, p in images]) if table is not None else {}
+    if clash:
+        k, rels = next(iter(clash.items()))
+        raise SystemExit(f"error: {boxes}: {len(clash)} image names match several images (e.g. {k!r}: "
+                         f"{', '.join(rels[:3])}): name the images as <class>/<file> in the box file")
     colours = {"given": "blue", "foreground": "lime", "full": "orange"}
     for i, (label, path) in enumerate(tqdm(images, desc="extract", file=sys.stderr)):
         rel = f"{label}/{path.name}"

@@ -95,6 +95,32 @@ def test_box_file_formats(tmp_path):
         load_boxes(tmp_path / "missing")
 
 
+def test_bad_box_rows_and_files_are_named_and_skipped(tmp_path, capsys):
+    (tmp_path / "b.csv").write_text("path,xmin,ymin,xmax,ymax\npyrite/a.jpg,10,20,50,60\npyrite/b.jpg,1,2,abc,9\n")
+    table = load_boxes(tmp_path / "b.csv")
+    assert boxes_for(table, "pyrite/a.jpg") and not boxes_for(table, "pyrite/b.jpg")
+    assert f"{tmp_path / 'b.csv'}:3" in capsys.readouterr().err  # the bad row, by line
+    (tmp_path / "voc").mkdir()
+    (tmp_path / "voc" / "cut.xml").write_text("<annotation><filename>c.jpg</filename><object>")
+    assert load_boxes(tmp_path / "voc") == {} and "cut.xml" in capsys.readouterr().err
+    (tmp_path / "nocols.csv").write_text("path,label\npyrite/a.jpg,pyrite\n")
+    with pytest.raises(ValueError, match="xmin"):
+        load_boxes(tmp_path / "nocols.csv")
+
+
+def test_a_bare_name_shared_by_several_images_is_refused(photos, tmp_path):
+    """Box files that name images by file name alone cannot tell class folders' 0000.jpg apart: refused."""
+    rows = read(photos / "boxes_truth.csv")
+    bare = tmp_path / "bare.csv"
+    with open(bare, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "path": Path(r["path"]).name} for r in rows])
+    with pytest.raises(SystemExit, match="match several images"):
+        extract(photos, tmp_path / "out", boxes=bare, sheets=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_textured_background_falls_back_to_whole_image():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
