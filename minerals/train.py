@@ -28,6 +28,7 @@ import dataclasses
 import json
 import pickle
 import resource
+import shutil
 import sys
 import warnings
 import time
@@ -392,6 +393,10 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", dataclasses.asdict(cfg))
+        best_so_far = Path(cfg.resume).with_name("best.pt") if ck is not None else None
+        if best_so_far is not None and best_so_far.exists() and not (out / "best.pt").exists():
+            with atomic_path(out / "best.pt") as tmp:  # resumed into another folder: the run's best so far
+                shutil.copyfile(best_so_far, tmp)
 
     # data
     t0 = time.time()

@@ -178,6 +178,10 @@ def test_resume_continues_exactly_with_the_runs_own_settings(samples, tmp_path, 
     assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
     assert [h["train_loss"] for h in whole["history"]] == [h["train_loss"] for h in cut["history"]]
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["lr"] == 0.004
+    # resumed into another folder after its last epoch: the run's best.pt comes along, the summary is written
+    train.main(["--resume", str(tmp_path / "cut" / "last.pt"), "--out", str(tmp_path / "moved"),
+                "--data", str(samples), "--threads", "1", "--no-export"])
+    assert (tmp_path / "moved" / "best.pt").exists() and (tmp_path / "moved" / "result.json").exists()
     with pytest.raises(SystemExit, match="not a last.pt"):
         (tmp_path / "junk.pt").write_text("not a checkpoint")
         train.main(["--resume", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "junk")])
