@@ -121,7 +121,10 @@ def main(argv=None) -> int:
     }
     old = Path(args.json)
     if old.exists():  # hand-written records of variants tried (command, load, figures) survive a re-run
-        results["experiments"] = json.loads(old.read_text()).get("experiments", [])
+        kept = json.loads(old.read_text())  # what other commands measured stays
+        results["experiments"] = kept.get("experiments", [])
+        if "five_fold" in kept:
+            results["five_fold"] = kept["five_fold"]
     write_json(args.json, results)
     print(json.dumps(results, indent=2))
     return 0
