@@ -56,3 +56,12 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls, choices: dict[s
             parser.add_argument(flag, type=typ, default=f.default, choices=choices.get(f.name), help=help_)
         else:
             raise TypeError(f"{config_cls.__name__}.{f.name}: type {typ} has no command-line form (bool, int, float, str)")
+
+
+def resumed_config(cfg, saved: dict, may_change) -> tuple[typing.Any, list[tuple[str, typing.Any, typing.Any]]]:
+    """The config a resumed run continues with: ``saved`` (the run's own, from its checkpoint) for every field of
+    the dataclass ``cfg`` it holds, except the fields in ``may_change``, which come from ``cfg`` (the command
+    line). Also ``[(field, saved value, command-line value)]`` for the saved values that differ, to report."""
+    kept = {f.name: saved[f.name] for f in dataclasses.fields(cfg) if f.name not in may_change and f.name in saved}
+    overridden = [(name, value, getattr(cfg, name)) for name, value in kept.items() if value != getattr(cfg, name)]
+    return dataclasses.replace(cfg, **kept), overridden

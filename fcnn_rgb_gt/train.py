@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.config import add_config_args
+from common.config import add_config_args, resumed_config
 from common.io import ImageReadError, atomic_path, atomic_write, write_json
 from common.metrics import segmentation_report
 from common.shard import launcher_env
@@ -158,16 +158,14 @@ def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, ma
     when none are given; absolute paths; the device and thread count in use."""
     if ckpt is not None:
         stored = ckpt["config"]
-        kept = {f.name: stored[f.name] for f in fields(TrainConfig)
-                if f.name not in RESUME_MAY_CHANGE and f.name in stored}
-        changed = [f"--{k.replace('_', '-')} {v} (not {getattr(cfg, k)})" for k, v in kept.items()
-                   if v != getattr(cfg, k)]
-        if main_rank and changed:
-            print(f"resume: the run of {Path(cfg.out) / 'last.pt'} keeps its own options: " + ", ".join(changed),
+        no_data_given = os.path.abspath(cfg.data) == str(DEFAULT_DATA) and not cfg.rgb and not cfg.gt
+        cfg, overridden = resumed_config(cfg, stored, RESUME_MAY_CHANGE)
+        if main_rank and overridden:
+            print(f"resume: the run of {Path(cfg.out) / 'last.pt'} keeps its own options: "
+                  + ", ".join(f"--{k.replace('_', '-')} {v} (not {given})" for k, v, given in overridden),
                   file=sys.stderr)
-        if os.path.abspath(cfg.data) == str(DEFAULT_DATA) and not cfg.rgb and not cfg.gt:  # no data given
-            kept.update({k: stored[k] for k in ("data", "rgb", "gt") if k in stored})
-        cfg = replace(cfg, **kept)
+        if no_data_given:  # the run's own images
+            cfg = replace(cfg, **{k: stored[k] for k in ("data", "rgb", "gt") if k in stored})
         problem = config_problem(cfg)
         if problem:
             raise CheckpointError(f"{Path(cfg.out) / 'last.pt'}: its options cannot train here: {problem}")

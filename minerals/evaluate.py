@@ -25,7 +25,7 @@ from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
 from minerals.decision import UNKNOWN, decide, mineral_confidence, threshold_curve
 from minerals.predict import load_classifier, predict_probs
-from minerals.train import mineral_metrics, pick_device
+from minerals.train import DEVICES, mineral_metrics, pick_device
 
 
 def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all") -> list[tuple[Path, str]]:
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror-image averaging (default: as the checkpoint was validated)")
     p.add_argument("--img-size", type=int, default=None, help="test-time input side (default: the checkpoint's)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
     args = p.parse_args(argv)

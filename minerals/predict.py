@@ -37,7 +37,7 @@ from common.shard import add_shard_argument, launcher_env, select_shard, shard_p
 from minerals.data import CLASSES, eval_transform, to_tensor
 from minerals.decision import UNKNOWN, decide
 from minerals.model import FlipTTA, build_model
-from minerals.train import pick_device
+from minerals.train import DEVICES, pick_device
 
 DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
 DEFAULT_INPUT = "runs/minerals/samples/patches"  # what `make train-minerals` extracted
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                    help="on CPU, run the network traced and frozen by TorchScript (same outputs, ~1.6x faster)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
     add_shard_argument(p)

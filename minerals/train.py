@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common.config import add_config_args
+from common.config import add_config_args, resumed_config
 from common.io import atomic_path, atomic_write, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
@@ -109,9 +109,11 @@ class Config:
 def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(p, Config, choices={"backbone": BACKBONES, "augment": AUGMENTS,
-                                        "device": ("auto", "cpu", "cuda")})
+    add_config_args(p, Config, choices={"backbone": BACKBONES, "augment": AUGMENTS, "device": DEVICES})
     return Config(**vars(p.parse_args(argv))).resolve()
+
+
+DEVICES = ("auto", "cpu", "cuda")  # --device of train.py, predict.py and evaluate.py
 
 
 def pick_device(name: str) -> torch.device:
@@ -237,11 +239,10 @@ def load_resume(cfg: Config, device, log) -> tuple[Config, dict | None]:
         saved = ck["config"]
     except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
         raise SystemExit(f"error: --resume {cfg.resume}: not a last.pt of minerals/train.py ({err})") from None
-    run = Config(**{**saved, **{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE}})
-    changed = [f"{f.name}={getattr(run, f.name)!r} (command line: {getattr(cfg, f.name)!r})"
-               for f in dataclasses.fields(Config) if getattr(run, f.name) != getattr(cfg, f.name)]
-    if changed:
-        log("--resume continues the run with its own settings: " + ", ".join(changed))
+    run, overridden = resumed_config(cfg, saved, RESUME_MAY_CHANGE)
+    if overridden:
+        log("--resume continues the run with its own settings: "
+            + ", ".join(f"{name}={kept!r} (command line: {given!r})" for name, kept, given in overridden))
     return run, ck
 
 

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from common.config import add_config_args, field_comments
+from common.config import add_config_args, field_comments, resumed_config
 
 
 @dataclass
@@ -60,3 +60,15 @@ def test_unsupported_field_type_is_named():
 
     with pytest.raises(TypeError, match="Bad.sizes"):
         add_config_args(argparse.ArgumentParser(), Bad)
+
+
+def test_resumed_config_keeps_the_runs_settings_but_the_ones_that_may_change():
+    @dataclass
+    class Run:
+        lr: float = 0.1  # learning rate
+        threads: int = 2  # CPU threads
+        new: str = "a"  # an option newer than the saved run
+
+    run, overridden = resumed_config(Run(lr=0.5, threads=4, new="b"), {"lr": 0.1, "threads": 1}, ("threads",))
+    assert run == Run(lr=0.1, threads=4, new="b")  # saved lr; threads may change; a field the run lacks stays
+    assert overridden == [("lr", 0.1, 0.5)]
