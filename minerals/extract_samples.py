@@ -62,6 +62,13 @@ class Box:
     def disjoint(self, other: "Box") -> bool:
         return self.x1 <= other.x0 or other.x1 <= self.x0 or self.y1 <= other.y0 or other.y1 <= self.y0
 
+    def iou(self, other: "Box") -> float:
+        """Intersection over union of two pixel boxes."""
+        inter = max(0, min(self.x1, other.x1) - max(self.x0, other.x0)) * \
+            max(0, min(self.y1, other.y1) - max(self.y0, other.y0))
+        union = (self.x1 - self.x0) * (self.y1 - self.y0) + (other.x1 - other.x0) * (other.y1 - other.y0) - inter
+        return inter / union if union > 0 else 0.0
+
 
 # ------------------------------------------------------------------------------------------------ box files
 def _keys(name: str) -> list[str]:

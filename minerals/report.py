@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -23,11 +24,14 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from minerals import model as model_module  # noqa: E402
+from common.io import read_rgb  # noqa: E402
+from minerals import demo_data, model as model_module  # noqa: E402
 from minerals.data import CLASSES, MINERALS  # noqa: E402
 from minerals.decision import decide  # noqa: E402
+from minerals.extract_samples import Box, find_specimen_box  # noqa: E402
 
 A4 = (8.27, 11.69)
+BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")  # demo_data's boxes_truth.csv, pixels
 
 
 class Pages(PdfPages):
@@ -150,6 +154,16 @@ def patch_grid(pdf: PdfPages, title: str, items: list[tuple[Path, str, str]], co
     plt.close(fig)
 
 
+def demo_box_iou(seed: int = 0) -> str:
+    """The box finder measured now: mean IoU of its boxes against the true boxes of freshly generated demo photos
+    (the default demo set, ``demo_data.write(seed=seed)``: 12 photos per class)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = demo_data.write(Path(tmp), seed=seed)
+        ious = [find_specimen_box(read_rgb(photos / r["path"]))[0].iou(Box(*(int(r[k]) for k in BOX_COLUMNS)))
+                for r in read_csv(photos / "boxes_truth.csv")]
+    return f"{np.mean(ious):.2f} ({len(ious)} photos, seed {seed}; min {np.min(ious):.2f})"
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -160,7 +174,6 @@ def main(argv=None) -> None:
     p.add_argument("--runs", default="runs/minerals_bench", help="folder with samples/ and run folders")
     p.add_argument("--out", default="minerals/docs/minerals_report.pdf")
     p.add_argument("--bench-json", default="benchmarks/minerals.json", help="figures for the summary, if present")
-    p.add_argument("--demo-iou", default="0.83 (84 photos, seed 0)", help="measured IoU of the box finder on demo data")
     p.add_argument("--seed", type=int, default=0, help="which validation examples are shown")
     p.add_argument("--pages-png", default=None, help="also write each page as a PNG into this folder")
     args = p.parse_args(argv)
@@ -222,7 +235,7 @@ def main(argv=None) -> None:
         text_page(pdf, "1b. Layer summary (from the run; graph also in model.onnx)", table)
         # sampling
         sheets = sorted(samples.glob("contact_sheet_*.jpg"))
-        text_page(pdf, "2. Positive and negative samples", SAMPLING.format(demo_iou=args.demo_iou),
+        text_page(pdf, "2. Positive and negative samples", SAMPLING.format(demo_iou=demo_box_iou(args.seed)),
                   sheets[len(sheets) // 3] if sheets else None, "contact sheet: boxes found (green), whole image (orange), negatives (red)")
         pick = []
         for label in CLASSES:

@@ -13,13 +13,6 @@ def read(path):
         return list(csv.DictReader(f))
 
 
-def iou(a: Box, b: Box) -> float:
-    ix = max(0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    inter = ix * iy
-    return inter / ((a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter)
-
-
 def box_of(r) -> Box:
     return Box(*(int(r[k]) for k in ("x0", "y0", "x1", "y1")))
 
@@ -51,9 +44,15 @@ def test_without_box_file_finds_specimens(samples, photos):
     assert labels == {"biotite", "bornite", "chrysocolla", "malachite", "muscovite", "pyrite", "quartz", "negative"}
     assert any(r["kind"] == "background" for r in rows) and any(r["kind"] == "synthetic" for r in rows)
     truth = load_boxes(photos / "boxes_truth.csv")
-    ious = [iou(box_of(r), boxes_for(truth, r["source"])[0]) for r in rows if r["kind"] == "positive"]
+    ious = [box_of(r).iou(boxes_for(truth, r["source"])[0]) for r in rows if r["kind"] == "positive"]
     assert np.mean(ious) > 0.7, np.mean(ious)
     assert (samples / "contact_sheet_00.jpg").exists() and (samples / "boxes.csv").exists()
+
+
+def test_box_iou():
+    a = Box(0, 0, 10, 10)
+    assert a.iou(a) == 1.0 and a.iou(Box(10, 0, 20, 10)) == 0.0
+    assert a.iou(Box(5, 0, 15, 10)) == pytest.approx(50 / 150)
 
 
 def test_with_box_file_uses_given_boxes(photos, tmp_path):

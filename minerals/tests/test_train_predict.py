@@ -247,3 +247,22 @@ def test_split_seed_keeps_the_split_while_the_training_seed_changes(samples):
     assert val_patches("--seed", "1", "--split-seed", "0") == default
     assert val_patches("--seed", "0", "--split-seed", "1") == val_patches("--seed", "1")  # -1: the split follows --seed
     assert val_patches("--seed", "1") != default
+
+
+def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path):
+    """make docs-minerals on a tiny run: every page of the PDF, the box finder's IoU measured on demo photos."""
+    import shutil
+
+    from minerals import evaluate, report
+
+    runs = tmp_path / "runs"
+    shutil.copytree(samples, runs / "samples")
+    shutil.copytree(run, runs / "scratch")
+    evaluate.main(["--checkpoint", str(runs / "scratch" / "best.pt"), "--data", str(runs / "samples"),
+                   "--out", str(runs / "scratch" / "eval")])
+    out, pages = tmp_path / "doc" / "report.pdf", tmp_path / "pages"
+    report.main(["--runs", str(runs), "--out", str(out), "--pages-png", str(pages)])
+    assert out.read_bytes().startswith(b"%PDF") and not list(out.parent.glob("*.tmp.pdf"))
+    assert len(list(pages.glob("page_*.png"))) >= 10  # summary, architecture, sampling, training, inference, results
+    iou = report.demo_box_iou(seed=0)  # the figure page 2 quotes
+    assert float(iou.split()[0]) > 0.7 and "84 photos" in iou
