@@ -372,6 +372,9 @@ def distributed(device: torch.device):
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield rank, world, device
+        # the other ranks finish their loop while rank 0 still validates and saves the last epoch: wait for it, so
+        # that no rank tears its connections down under a peer that is still using the group
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
