@@ -101,8 +101,9 @@ def image_problem(path: str | os.PathLike, size: int = SIZE) -> str | None:
     """Why an image file cannot be a training image, or None: a cheap check, no decoding.
 
     Reads the header (Pillow: format and size; unreadable or not ``size x size``) and, for a JPEG, its last
-    kilobyte (a truncated file has no end-of-image marker). A JPEG corrupt in the middle passes; the pipeline's
-    ``ignore_errors`` then skips it without naming it.
+    kilobyte (a truncated file has no end-of-image marker). A JPEG damaged inside its data passes: libjpeg, in
+    TensorFlow and Pillow alike, decodes it with a "Corrupt JPEG data" warning and no error (checked with 2,000
+    zeroed, random or removed bytes in the middle of a real image), so it trains as garbled pixels, unnamed.
     """
     from PIL import Image, UnidentifiedImageError
     try:
@@ -246,8 +247,8 @@ def load_example(path: tf.Tensor, rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]
     """Read one JPEG and decode its mask: ``(768, 768, 3)`` uint8 and ``(768, 768, 1)`` uint8.
 
     :func:`read_mask_table` has already dropped (and named) the images whose header, size or end it found
-    wrong; a file corrupt in a way that check cannot see raises here and the pipeline's ``ignore_errors`` skips
-    it (its log line, hidden by ``TF_CPP_MIN_LOG_LEVEL=2``, does not name a file that fails to decode).
+    wrong; a file that still fails to decode raises here and the pipeline's ``ignore_errors`` skips it (its log
+    line, hidden by ``TF_CPP_MIN_LOG_LEVEL=2``, does not name the file); one damaged inside its data decodes.
     """
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
     tf.debugging.assert_equal(tf.shape(image)[:2], [SIZE, SIZE],
