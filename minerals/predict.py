@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     inputs = ([args.data] if args.data else []) + args.inputs
     if not inputs:
         if not Path(DEFAULT_INPUT).is_dir():
-            p.error(f"give patch files or folders (the default {DEFAULT_INPUT} does not exist)")
+            p.error(f"give patch files or folders (the default {DEFAULT_INPUT} does not exist: `make train-minerals` "
+                    "extracts it)")
         print(f"no input given: classifying {DEFAULT_INPUT}", file=sys.stderr)
         inputs = [DEFAULT_INPUT]
     torch.set_num_threads(args.threads)
