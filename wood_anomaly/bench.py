@@ -136,7 +136,7 @@ def fusion_weights(model_path: Path, data: Path, masks_dir: Path, weights: list[
         out[f"deep_weight={w:g}"] = {
             "pixel": pixel_metrics(maps, masks, binary),
             "image_ranking": ranking(scores),
-            "labels": {s: "anomalous" if b.mean() >= cfg.min_area else "normal" for s, b in zip(stems, binary)}}
+            "labels": {s: predict.photo_label(int(b.sum()), b.mean(), cfg.min_area) for s, b in zip(stems, binary)}}
         del maps, binary
     return out
 

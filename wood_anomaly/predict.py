@@ -182,6 +182,12 @@ def empty_row(name: str) -> dict:
     return {"image": name, "score": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "", "status": "ok"}
 
 
+def photo_label(area: int, frac: float, min_area: float) -> str:
+    """``anomalous`` when the mask has at least one pixel and covers at least ``min_area`` of the photo (with
+    ``min_area`` 0, any pixel above the threshold; an empty mask is always ``normal``), else ``normal``."""
+    return "anomalous" if area > 0 and frac >= min_area else "normal"
+
+
 def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, path: Path,
                   folder: Path | None, device: torch.device, save: bool) -> tuple[dict, dict | None]:
     """``(predictions row, timings row or None)`` of one photo; its outputs go to ``folder``. Any of
@@ -203,7 +209,7 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
         return {**row, "label": "error", "status": f"{path}: {type(err).__name__}: {err}"}, None
     area = int(mask.sum())
     frac = area / mask.size
-    return ({**row, "score": f"{score.max() / threshold:.4f}", "label": "anomalous" if frac >= cfg.min_area else "normal",
+    return ({**row, "score": f"{score.max() / threshold:.4f}", "label": photo_label(area, frac, cfg.min_area),
              "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}"},
             {"image": path.name, "seconds": f"{time.perf_counter() - t0:.2f}",
              "cpu_seconds": f"{time.process_time() - c0:.2f}"})

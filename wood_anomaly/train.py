@@ -88,7 +88,7 @@ class TrainConfig:
     overlap: int = 32  # overlap of neighbouring tiles, blended by common.tiling
     pad: int = 32  # reflect padding around each tile before the network (hides tile-border effects)
     batch_size: int = 8  # tiles per forward pass
-    min_area: float = 2e-5  # predict: a photo is anomalous when its mask covers at least this fraction
+    min_area: float = 2e-5  # predict: a photo is anomalous when its mask covers at least this fraction (0: any pixel)
     seed: int = 0  # random seed of the bank, calibration and colour-reference samples (predict reuses it)
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the GPU of LOCAL_RANK)
     threads: int = 2  # CPU threads (the shared development machine has 2 cores)

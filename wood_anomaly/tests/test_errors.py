@@ -162,3 +162,15 @@ def test_predict_reuses_the_training_seed(trained_run, demo_dir, tmp_path):
             next((tmp_path / name).glob("*/anomaly_map.npy")))
     assert runs["default"][0] == runs["five"][0] and np.array_equal(runs["default"][1], runs["five"][1])
     assert not np.array_equal(runs["default"][1], runs["zero"][1])  # other self-reference and colour samples
+
+
+def test_min_area_zero_labels_only_photos_with_a_masked_pixel(trained_run, demo_dir, tmp_path):
+    """--min-area 0 means 'any pixel above the threshold', not 'every photo': an empty mask stays normal (the
+    rule was frac >= min_area, and 0 >= 0 labelled every clean photo anomalous)."""
+    ckpt = torch.load(trained_run / "model.pt", weights_only=True)
+    ckpt["config"]["min_area"] = 0.0
+    torch.save(ckpt, tmp_path / "min_area_0.pt")
+    rows = run_predict(tmp_path / "min_area_0.pt", demo_dir / "images", tmp_path / "pred")
+    assert {int(r["anomalous_area_px"]) > 0 for r in rows.values()} == {True, False}  # both kinds of photo
+    for r in rows.values():
+        assert r["label"] == ("anomalous" if int(r["anomalous_area_px"]) > 0 else "normal"), r
