@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import pickle
 import signal
 import sys
 import threading
@@ -64,6 +65,8 @@ TIMING_FIELDS = ["image", "seconds", "cpu_seconds"]  # timings.csv
 # what one photo may raise without the others being affected: unreadable file (ImageReadError is a ValueError),
 # a shape or value problem, a torch error (incl. out of memory), a failed write, no memory left
 PHOTO_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
+# what predict needs from model.pt besides the config (train.save_checkpoint; + colour_q50/q95 with colour on)
+CKPT_KEYS = ("bank", "bank_image", "image_desc", "train_ids", "threshold", "deep_q50", "deep_q95")
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, TrainConfig, dict]:
@@ -71,7 +74,16 @@ def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, Train
     path = Path(path)
     if not path.is_file():
         sys.exit(f"{path}: no trained model here; run wood_anomaly/train.py first (or make train-wood)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message would advise weights_only=False, i.e. running its code
+        sys.exit(f"{path}: not a PyTorch checkpoint, or one that holds more than tensors; train again with "
+                 "wood_anomaly/train.py")
+    except (RuntimeError, OSError, EOFError, ValueError) as err:  # truncated or corrupt (zip) archive
+        reason = (str(err).strip().split(". ") or [type(err).__name__])[0]
+        sys.exit(f"{path}: not a readable checkpoint ({reason}); train again with wood_anomaly/train.py")
+    if not isinstance(ckpt, dict) or "bank" not in ckpt or not isinstance(ckpt.get("config"), dict):
+        sys.exit(f"{path}: not a checkpoint of wood_anomaly/train.py (no memory bank and config in it)")
     if "train_ids" not in ckpt:
         sys.exit(f"{path}: written by an older train.py (its bank holds tile-overlap duplicates and it cannot tell "
                  "its training photos apart); train again with wood_anomaly/train.py")
@@ -80,8 +92,18 @@ def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, Train
         check_config(cfg)
     except ValueError as err:
         sys.exit(f"{path}: unusable training configuration: {err}")
+    needed = CKPT_KEYS + (("colour_q50", "colour_q95") if cfg.colour_stride > 0 else ())
+    missing = [k for k in needed if k not in ckpt]
+    if missing:
+        sys.exit(f"{path}: incomplete checkpoint, {', '.join(missing)} missing; train again with wood_anomaly/train.py")
     model = build_model(cfg, device)
-    model.set_bank(ckpt["bank"], ckpt["bank_image"], ckpt["image_desc"], ckpt["train_ids"])
+    try:
+        if ckpt["bank"].ndim != 2 or ckpt["bank"].shape[1] != model.features.dim:
+            raise ValueError(f"bank of shape {tuple(ckpt['bank'].shape)}, stages {cfg.stages} give "
+                             f"{model.features.dim} features")
+        model.set_bank(ckpt["bank"], ckpt["bank_image"], ckpt["image_desc"], ckpt["train_ids"])
+    except (ValueError, RuntimeError, TypeError, AttributeError) as err:  # a bank of the wrong shape or type
+        sys.exit(f"{path}: unusable memory bank ({err}); train again with wood_anomaly/train.py")
     return model, cfg, ckpt
 
 

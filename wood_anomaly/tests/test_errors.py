@@ -174,3 +174,24 @@ def test_min_area_zero_labels_only_photos_with_a_masked_pixel(trained_run, demo_
     assert {int(r["anomalous_area_px"]) > 0 for r in rows.values()} == {True, False}  # both kinds of photo
     for r in rows.values():
         assert r["label"] == ("anomalous" if int(r["anomalous_area_px"]) > 0 else "normal"), r
+
+
+def test_unusable_checkpoint_is_one_line_naming_the_file(trained_run, three_photos, tmp_path):
+    """A corrupt, truncated, foreign or incomplete model.pt stops predict with the file and the reason, not a
+    traceback from torch.load or a KeyError (a foreign dict was called 'written by an older train.py')."""
+    good = (trained_run / "model.pt").read_bytes()
+    ckpt = torch.load(trained_run / "model.pt", weights_only=True)
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    (tmp_path / "truncated.pt").write_bytes(good[:200])
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    torch.save({k: v for k, v in ckpt.items() if k != "deep_q95"}, tmp_path / "incomplete.pt")
+    torch.save({**ckpt, "bank": ckpt["bank"][:, :10]}, tmp_path / "narrow.pt")
+    expected = {"text.pt": "not a PyTorch checkpoint", "truncated.pt": "not a readable checkpoint",
+                "tensor.pt": "not a checkpoint of wood_anomaly", "foreign.pt": "not a checkpoint of wood_anomaly",
+                "incomplete.pt": "deep_q95 missing", "narrow.pt": "unusable memory bank"}
+    for name, reason in expected.items():
+        with pytest.raises(SystemExit) as exc:
+            run_predict(tmp_path / name, three_photos, tmp_path / "pred")
+        message = str(exc.value.code)
+        assert message.startswith(f"{tmp_path / name}: ") and reason in message and "\n" not in message, message
