@@ -369,9 +369,15 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mo
             the data's own share.
         ship_sampling: what a ship-centred crop is centred on: "pixel" (a random ship pixel: large ships more
             often) or "instance" (a ship drawn uniformly, then a pixel of it: small ships as often as large ones).
-        training: augment; otherwise the order and crops still vary but nothing is flipped or recoloured.
+        training: augment, and run the maps in parallel, unordered (throughput); otherwise nothing is flipped or
+            recoloured and every map runs one element at a time, in order, so that the images and crops are a
+            function of ``seed`` and TensorFlow's global seed (random ops called in parallel draw in any order:
+            the same seed gave other crops every run). train.py's fixed validation batches are then the same in
+            every run and after ``--resume``, whose best validation loss so far they are compared with. The
+            training stream is not reproducible run to run.
     """
     ds = _balanced_stream(frame, empty_share, seed)
+    par, load_par = (tf.data.AUTOTUNE, LOAD_WORKERS) if training else (None, None)
     # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
     # training consumes, see README); the 256x256 crops after them are cheap
     if ship_sampling not in ("instance", "pixel"):
@@ -379,14 +385,14 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mo
     # elements: (image, mask), plus the crop centre (row, col) of a uniformly drawn ship for "instance"
     load = ((lambda path, rle: (*load_example(path, rle), random_ship_pixel(rle))) if ship_sampling == "instance"
             else load_example)
-    ds = ds.map(load, num_parallel_calls=LOAD_WORKERS, deterministic=False)
+    ds = ds.map(load, num_parallel_calls=load_par, deterministic=not training)
     ds = ds.ignore_errors(log_warning=True)
     if mode == "crop":
         ds = ds.map(lambda i, m, *centre: crop_around_ships(i, m, input_size, ship_crop_prob, *centre),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+                    num_parallel_calls=par, deterministic=not training)
     elif mode == "resize":
-        ds = ds.map(lambda i, m, *centre: downscale(i, m, input_size), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=False)
+        ds = ds.map(lambda i, m, *centre: downscale(i, m, input_size), num_parallel_calls=par,
+                    deterministic=not training)
     else:
         raise ValueError(f"mode must be 'crop' or 'resize', got {mode!r}")
     if training:

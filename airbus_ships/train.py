@@ -63,7 +63,9 @@ class Config:
     csv: str = ""                   # mask table to use instead of the one in --data (e.g. a split's rows)
     out: str = "runs/airbus"        # run folder: model/ (*.keras, config.json, postprocess.json), split.csv,
     #                                 train_log.csv, training_curves.png
-    seed: int = 0                   # split, sampling, augmentation and weight initialisation
+    seed: int = 0                   # split, sampling, augmentation and weight initialisation (the same split,
+    #                                 validation crops and initial weights every run; the parallel training
+    #                                 stream's order and crops vary)
     device: str = "auto"            # auto | cpu | cuda
     strategy: str = "default"       # default (one device) | mirrored (all local GPUs) | multiworker (TF_CONFIG)
     threads: int = 0                # TensorFlow intra- and inter-op threads (0: TensorFlow's choice)
