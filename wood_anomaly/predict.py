@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import math
 import pickle
 import signal
 import sys
@@ -278,19 +279,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default="data/wood", help="folder of photos, or a folder holding images/")
     p.add_argument("--model", default=str(DEFAULT_RUNS / "model.pt"), help="checkpoint written by train.py")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "pred"), help="output folder")
-    p.add_argument("--threshold", type=float, default=0.0, help="pixel threshold; 0: the one stored at training")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="pixel threshold on the fused map, in training spreads (the model's own is its "
+                        "--threshold-spreads, 10 by default); 0: the one stored at training")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the random self-reference cells and colour-reference cells drawn from each photo "
                         "(default: the training seed stored in the checkpoint, so a run reproduces the benchmark)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch (0: PyTorch's default)")
     add_shard_argument(p)
     args = p.parse_args(argv)
     folder = image_folder(args.data)
     if not folder.is_dir():
-        p.error(f"--data {args.data}: no such folder")
+        p.error(f"--data {args.data}: {'not a folder' if folder.exists() else 'no such folder'}")
     if not list_images(folder):
         p.error(f"--data {args.data}: no image file ({' '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    if not Path(args.model).is_file():
+        p.error(f"--model {args.model}: no trained model here; run wood_anomaly/train.py first (or make train-wood)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out}: is a file, not a folder")
+    if not (math.isfinite(args.threshold) and args.threshold >= 0):  # a negative one marks every pixel
+        p.error(f"--threshold {args.threshold}: must be a positive number of training spreads (0: the model's own)")
+    if args.threads < 0:
+        p.error(f"--threads {args.threads}: must be >= 0 (0: PyTorch's default)")
     return args
 
 

@@ -119,9 +119,9 @@ def test_wrong_paths_exit_non_zero(trained_run, three_photos, tmp_path, predicte
         with pytest.raises(SystemExit) as exc:
             run_predict(trained_run / "model.pt", data, tmp_path / "pred")
         assert exc.value.code == 2 and str(data) in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit) as exc:  # a wrong path is a usage error (2), as the docstring says
         run_predict(tmp_path / "missing.pt", three_photos, tmp_path / "pred")
-    assert "no trained model" in str(exc.value.code)
+    assert exc.value.code == 2 and "no trained model" in capsys.readouterr().err
     for option in ("--masks", "--labels", "--pred"):
         with pytest.raises(SystemExit) as exc:
             evaluate.main(["--pred", str(predicted), "--data", str(demo_dir), option, str(tmp_path / "typo")])
@@ -195,3 +195,19 @@ def test_unusable_checkpoint_is_one_line_naming_the_file(trained_run, three_phot
             run_predict(tmp_path / name, three_photos, tmp_path / "pred")
         message = str(exc.value.code)
         assert message.startswith(f"{tmp_path / name}: ") and reason in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("option, value, reason", [("--threshold", "-1", "--threshold -1.0"),
+                                                   ("--threshold", "nan", "--threshold nan"),
+                                                   ("--threads", "-2", "--threads -2"),
+                                                   ("--out", "a file", "is a file")])
+def test_predict_rejects_unusable_options(trained_run, three_photos, tmp_path, capsys, option, value, reason):
+    """A negative threshold marked every pixel (scores < 0), NaN none; a negative --threads was ignored; an --out
+    that is a file ended in a FileExistsError traceback."""
+    (tmp_path / "a file").write_text("")
+    value = str(tmp_path / value) if option == "--out" else value
+    with pytest.raises(SystemExit) as exc:
+        predict.main(["--data", str(three_photos), "--model", str(trained_run / "model.pt"), "--out",
+                      str(tmp_path / "pred"), option, value])
+    assert exc.value.code == 2 and reason in capsys.readouterr().err
+    assert not (tmp_path / "pred").exists()
