@@ -125,7 +125,42 @@ def parse_args(argv=None) -> Config:
     cfg = Config(**vars(p.parse_args(argv)))
     if cfg.resume or cfg.calibrate_only:
         cfg = continue_config(cfg, given_options(p, argv))
+    why = config_problem(cfg)
+    if why:
+        p.error(why)
     return cfg
+
+
+def config_problem(cfg: Config) -> str | None:
+    """Why the settings cannot train (an option and its value), or None: checked before any data is read or any
+    epoch runs, instead of a traceback from deep inside pandas or TensorFlow, or a run that trains and then dies
+    (``--calib-images 0`` used to fail after the fit, ``--epochs 0`` in the curve plot)."""
+    at_least = {"epochs": 1, "steps_per_epoch": 1, "val_steps": 1, "batch_size": 1, "calib_images": 1, "threads": 0,
+                "patience": 0, "time_budget_min": 0, "encoder_lr_scale": 0, "small_ship_weight": 0}
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            return f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name):g}"
+    for name in ("empty_share", "ship_crop_prob"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            return f"--{name.replace('_', '-')} must be within 0..1, got {getattr(cfg, name):g}"
+    if not 0 < cfg.val_fraction < 1:
+        return f"--val-fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction:g}"
+    if not cfg.lr > 0:
+        return f"--lr must be positive, got {cfg.lr:g}"
+    for name in ("widths", "bottleneck_rates"):
+        try:
+            values = ints(getattr(cfg, name))
+        except ValueError:
+            values = ()
+        if not values or min(values) < 1:
+            return f"--{name.replace('_', '-')} must be positive integers separated by commas, got {getattr(cfg, name)!r}"
+    if cfg.encoder == "efficientnet_lite0" and len(ints(cfg.widths)) != 5:
+        return f"--encoder efficientnet_lite0 has 5 levels: --widths must give 5 (the decoder's), got {cfg.widths!r}"
+    stride = 2 ** len(ints(cfg.widths))
+    if not 0 < cfg.input_size <= SIZE or cfg.input_size % stride:
+        return (f"--input-size must be a multiple of {stride} (2 ** the {len(ints(cfg.widths))} levels of --widths) "
+                f"up to {SIZE}, got {cfg.input_size}")
+    return None
 
 
 def given_options(parser: argparse.ArgumentParser, argv=None) -> set[str]:
@@ -276,12 +311,18 @@ def ints(text: str) -> tuple[int, ...]:
 def load_split(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """``(train, val, problems)``: the checked mask table split by image; a continued run must get the split
     it was trained with (its ``split.csv``)."""
-    images_dir, csv_path = find_layout(cfg.data)
+    try:
+        images_dir, csv_path = find_layout(cfg.data)
+    except FileNotFoundError as err:  # the message names the folder and the layouts expected
+        sys.exit(str(err))
     csv_path = Path(cfg.csv) if cfg.csv else csv_path
     if csv_path is None:
         sys.exit(f"{cfg.data}: no mask table found (masks.csv or train_ship_segmentations_v2.csv); give --csv")
     start = time.time()
-    table = read_mask_table(csv_path, images_dir, check_images=cfg.check_images)
+    try:
+        table = read_mask_table(csv_path, images_dir, check_images=cfg.check_images)
+    except ValueError as err:  # unreadable CSV or wrong columns: the message names the file and the reason
+        sys.exit(str(err))
     train, val = split_by_image(table.frame, cfg.val_fraction, cfg.seed)
     if train.empty or val.empty:
         sys.exit(f"{csv_path}: {len(train)} training / {len(val)} validation images: not enough usable images")

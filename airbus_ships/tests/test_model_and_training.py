@@ -190,3 +190,42 @@ def test_train_survives_bad_images_in_the_calibration_set(demo_dir, tmp_path):
     rule = json.loads((out / "model" / "postprocess.json").read_text())
     assert rule["n_images"] == 12 and len(rule["skipped_images"]) == 2
     assert (out / "train_summary.json").is_file() and (out / "training_curves.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--calib-images", "0"], "--calib-images must be at least 1, got 0"),  # used to fail after the whole fit
+    (["--calib-images", "-3"], "--calib-images must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1"),                     # used to die in the curve plot
+    (["--steps-per-epoch", "0"], "--steps-per-epoch must be at least 1"),
+    (["--val-steps", "0"], "--val-steps must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--threads", "-1"], "--threads must be at least 0"),
+    (["--time-budget-min", "-5"], "--time-budget-min must be at least 0"),
+    (["--empty-share", "1.5"], "--empty-share must be within 0..1, got 1.5"),
+    (["--ship-crop-prob", "-0.1"], "--ship-crop-prob must be within 0..1"),
+    (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    (["--val-fraction", "0"], "--val-fraction must be between 0 and 1"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--widths", "8,x,32"], "--widths must be positive integers"),
+    (["--encoder", "efficientnet_lite0", "--widths", "8,16,32"], "has 5 levels: --widths must give 5"),
+    (["--encoder", "scratch", "--widths", "8,16,32", "--input-size", "100"], "--input-size must be a multiple of 8"),
+    (["--input-size", "1024"], "--input-size must be a multiple of 32 .* up to 768"),
+])
+def test_an_option_that_cannot_train_is_refused_at_once(args, message, capsys):
+    """One line naming the option, before any data is read (these were tracebacks from pandas / numpy /
+    TensorFlow, or, for --calib-images 0 and --epochs 0, a run that trained and then died)."""
+    import re
+
+    from airbus_ships.train import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(args)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_missing_data_folder_or_mask_table_is_one_line(tmp_path, demo_dir):
+    from airbus_ships.train import main
+    common = ["--out", str(tmp_path / "run"), "--encoder", "scratch", "--widths", "4,8"]
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'nothing'}: data folder not found"):
+        main(["--data", str(tmp_path / "nothing"), *common])
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'missing.csv'}: cannot read the mask table"):
+        main(["--data", str(demo_dir), "--csv", str(tmp_path / "missing.csv"), *common])
