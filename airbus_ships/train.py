@@ -227,10 +227,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
-    """``(is_chief, task_id)``: the chief is the ``chief`` task, else ``worker`` 0, else the only process."""
+    """``(is_chief, task_id)``: the chief is the ``chief`` task, else (a cluster without one) ``worker`` 0, else
+    the only process. Exactly one process writes ``--out``."""
     resolver = getattr(strategy, "cluster_resolver", None)
     task_type, task_id = (resolver.task_type, resolver.task_id) if resolver is not None else (None, 0)
-    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+    has_chief = resolver is not None and "chief" in resolver.cluster_spec().as_dict()
+    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief)
     return chief, int(task_id or 0)
 
 
@@ -437,6 +439,9 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def _save_model(self, epoch, batch, logs):
         final, tmp = self.filepath, self.filepath + ".tmp.keras"
+        # a temporary file left by a run killed while saving must not be renamed onto the checkpoint after an
+        # epoch that saves nothing (save_best_only without improvement): only this call's file is
+        Path(tmp).unlink(missing_ok=True)
         self.filepath = tmp
         try:
             super()._save_model(epoch, batch, logs)

@@ -229,3 +229,39 @@ def test_a_missing_data_folder_or_mask_table_is_one_line(tmp_path, demo_dir):
         main(["--data", str(tmp_path / "nothing"), *common])
     with pytest.raises(SystemExit, match=f"{tmp_path / 'missing.csv'}: cannot read the mask table"):
         main(["--data", str(demo_dir), "--csv", str(tmp_path / "missing.csv"), *common])
+
+
+def test_a_checkpoint_is_never_replaced_by_a_stale_temporary_file(tmp_path):
+    """A run killed while saving leaves best.keras.tmp.keras; after an epoch without improvement (nothing saved)
+    that leftover used to be renamed onto best.keras."""
+    from airbus_ships.train import AtomicModelCheckpoint
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    best = tmp_path / "best.keras"
+    checkpoint = AtomicModelCheckpoint(str(best), monitor="val_loss", save_best_only=True)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    saved = best.read_bytes()
+    (tmp_path / "best.keras.tmp.keras").write_bytes(b"half a zip file")  # left by a killed run
+    checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # no improvement: nothing to save
+    assert best.read_bytes() == saved
+    checkpoint.on_epoch_end(2, {"val_loss": 0.5})
+    keras.saving.load_model(best)
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+    ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("chief", 0), True),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 0), False),  # was a second writer into --out
+])
+def test_exactly_one_process_writes_the_run_folder(cluster, task, chief):
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from airbus_ships.train import worker_role
+    resolver = SimpleNamespace(task_type=task[0], task_id=task[1], cluster_spec=lambda: tf.train.ClusterSpec(cluster))
+    assert worker_role(SimpleNamespace(cluster_resolver=resolver)) == (chief, task[1])
+    assert worker_role(tf.distribute.get_strategy()) == (True, 0)
