@@ -12,8 +12,10 @@ score, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.
 cpu_seconds`` (kept apart so that the predictions are the same bytes on every run). A photo that cannot be
 read or processed gets a row with label ``error`` and ``status`` = the file and the reason; the others are
 processed. The tables are written even when the run stops early (an error, Ctrl-C, SIGTERM): the photos not
-reached get the status ``not processed: ...``. Exit status: 0 when at least one photo was scored (or this
-shard has no photo), 1 when none could be, 2 for a wrong path or option.
+reached get the status ``not processed: ...``; they are also saved during the run (before the first photo, then
+at most every 10 s, each time atomically), so that after a SIGKILL they hold the photos done by the last save.
+Exit status: 0 when at least one photo was scored (or this shard has no photo), 1 when none could be or the
+outputs cannot be written, 2 for a wrong path or option.
 
 The brief's deliverable layout (``data/positive/<id>/preds.png``, classification in a CSV) maps onto this one:
 ``<out>/<stem>/preds.png`` is the mask, and the photos whose ``label`` in ``predictions.csv`` is
@@ -66,6 +68,10 @@ TIMING_FIELDS = ["image", "seconds", "cpu_seconds"]  # timings.csv
 # what one photo may raise without the others being affected: unreadable file (ImageReadError is a ValueError),
 # a shape or value problem, a torch error (incl. out of memory), a failed write, no memory left
 PHOTO_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
+# the tables on disk are rewritten (atomically) at most this often during a run, so that a SIGKILL or a crash of
+# the machine keeps the rows done so far; a rewrite costs milliseconds, a photo seconds
+FLUSH_SECONDS = 10.0
+STILL_TO_COME = "not reached when this table was saved (the run is still going, or it was killed)"
 # what predict needs from model.pt besides the config (train.save_checkpoint; + colour_q50/q95 with colour on)
 CKPT_KEYS = ("bank", "bank_image", "image_desc", "train_ids", "threshold", "deep_q50", "deep_q95")
 
@@ -212,7 +218,7 @@ def photo_label(area: int, frac: float, min_area: float) -> str:
 
 
 def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, path: Path,
-                  folder: Path | None, device: torch.device, save: bool) -> tuple[dict, dict | None]:
+                  folder: Path | None, device: torch.device) -> tuple[dict, dict | None]:
     """``(predictions row, timings row or None)`` of one photo; its outputs go to ``folder``. Any of
     ``PHOTO_ERRORS`` becomes an error row naming the file and the reason."""
     row = empty_row(path.name)
@@ -224,8 +230,7 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
         t0, c0 = time.perf_counter(), time.process_time()  # the photo's processing, reading excluded
         score = anomaly_map(model, image, cfg, device, stats)
         mask = score > threshold
-        if save:
-            write_outputs(folder, image, score, mask, threshold)
+        write_outputs(folder, image, score, mask, threshold)
     except ImageReadError as err:
         return {**row, "label": "error", "status": str(err)}, None
     except PHOTO_ERRORS as err:
@@ -239,37 +244,50 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
 
 
 def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, folder: Path, out: Path,
-                   device: torch.device, save: bool = True, shard: Shard | None = None) -> list[dict]:
+                   device: torch.device, shard: Shard | None = None) -> list[dict]:
     """Process every image of ``folder`` (of its ``shard`` only, when given), in sorted name order; return one
     row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``.
 
     The tables are written in a ``finally``: when the loop stops early (an exception that is not one photo's
     problem, Ctrl-C, SIGTERM via main), the rows already computed are kept and the photos not reached are
-    listed with the status ``not processed``."""
+    listed with the status ``not processed``. Against what no ``finally`` survives (SIGKILL, the machine going
+    down), both tables are also saved, atomically, before the first photo and then after a photo at most every
+    ``FLUSH_SECONDS``, the photos still to come marked ``not processed`` (``STILL_TO_COME``); the last write
+    replaces them. An OSError of these writes (a full disk, an unwritable folder) is raised."""
     paths = list_images(folder)
     folders = output_folders([p.name for p in paths])
     mine = select_shard(paths, shard, key=lambda p: p.name)
     rows, timings = [], []
     out.mkdir(parents=True, exist_ok=True)
+
+    def save(reason: str) -> list[dict]:
+        done = {r["image"] for r in rows}
+        table = rows + [{**empty_row(p.name), "label": "error", "status": f"not processed: {reason}"}
+                        for p in mine if p.name not in done]
+        write_csv(shard_path(out / "predictions.csv", shard), table, FIELDS)
+        write_csv(shard_path(out / "timings.csv", shard), timings, TIMING_FIELDS)
+        return table
+
     stopped = "the run stopped before this photo"
     try:
+        save(STILL_TO_COME)
+        saved = time.monotonic()
         for path in tqdm(mine, desc="predict", unit="photo"):
             name = folders[path.name]
-            row, timing = predict_photo(model, cfg, stats, threshold, path, out / name if name else None, device, save)
+            row, timing = predict_photo(model, cfg, stats, threshold, path, out / name if name else None, device)
             if row["status"] != "ok":
                 print(f"error: {row['status']}", file=sys.stderr)
             rows.append(row)
             if timing is not None:
                 timings.append(timing)
+            if time.monotonic() - saved >= FLUSH_SECONDS:
+                save(STILL_TO_COME)
+                saved = time.monotonic()
     except BaseException as err:  # noted in the table, then raised again
         stopped = f"the run stopped before this photo ({type(err).__name__}{f': {err}' if str(err) else ''})"
         raise
     finally:
-        done = {r["image"] for r in rows}
-        rows += [{**empty_row(p.name), "label": "error", "status": f"not processed: {stopped}"}
-                 for p in mine if p.name not in done]
-        write_csv(shard_path(out / "predictions.csv", shard), rows, FIELDS)
-        write_csv(shard_path(out / "timings.csv", shard), timings, TIMING_FIELDS)
+        rows = save(stopped)
     return rows
 
 
@@ -326,9 +344,12 @@ def main(argv=None) -> None:
     if args.seed is not None:
         cfg.seed = args.seed
     threshold = args.threshold or ckpt["threshold"]
-    with exit_on_sigterm():
-        rows = predict_folder(model, cfg, ckpt, threshold, image_folder(args.data), Path(args.out), device,
-                              shard=args.shard)
+    try:
+        with exit_on_sigterm():
+            rows = predict_folder(model, cfg, ckpt, threshold, image_folder(args.data), Path(args.out), device,
+                                  shard=args.shard)
+    except OSError as err:  # the output folder or a table (a photo's own write errors are rows of the table)
+        sys.exit(f"--out {args.out}: cannot write the outputs ({err})")
     failed = [r for r in rows if r["status"] != "ok"]
     for r in rows:
         print(f"{r['image']}: {r['label']} (score {r['score'] or '-'}, area {r['anomalous_area_frac'] or '-'})")

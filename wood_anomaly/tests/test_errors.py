@@ -211,3 +211,33 @@ def test_predict_rejects_unusable_options(trained_run, three_photos, tmp_path, c
                       str(tmp_path / "pred"), option, value])
     assert exc.value.code == 2 and reason in capsys.readouterr().err
     assert not (tmp_path / "pred").exists()
+
+
+def test_tables_on_disk_during_the_run_keep_the_rows_done(trained_run, three_photos, tmp_path, monkeypatch):
+    """What a SIGKILL would leave: the tables on disk while the run is going. They exist before the first photo
+    and hold every photo done at the last save, the rest marked not processed; the end of the run replaces them."""
+    real, on_disk = predict.anomaly_map, []
+
+    def snapshot(*args, **kwargs):
+        on_disk.append(rows_of(tmp_path / "pred"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "FLUSH_SECONDS", 0.0, raising=False)  # save after every photo
+    monkeypatch.setattr(predict, "anomaly_map", snapshot)
+    final = run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    assert [list(t) for t in on_disk] == [list(final)] * 3  # one row per photo, in order, from the start
+    for done, table in enumerate(on_disk):
+        rows = list(table.values())
+        assert [r["status"] for r in rows[:done]] == ["ok"] * done and all(r["score"] for r in rows[:done])
+        assert all(r["label"] == "error" and r["status"] == f"not processed: {predict.STILL_TO_COME}"
+                   for r in rows[done:])
+    assert all(r["status"] == "ok" for r in final.values())
+    assert len(rows_of(tmp_path / "pred", "timings.csv")) == 3
+
+
+def test_unwritable_table_is_one_line(trained_run, three_photos, tmp_path):
+    (tmp_path / "pred" / "predictions.csv").mkdir(parents=True)  # the table's name is taken by a folder
+    with pytest.raises(SystemExit) as exc:
+        run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    message = str(exc.value.code)
+    assert message.startswith(f"--out {tmp_path / 'pred'}: cannot write the outputs") and "\n" not in message
