@@ -7,13 +7,16 @@ Masks: ``<masks>/<stem>.png`` (default ``<data>/masks/consensus``), anything > 0
 without a mask file are left out of the pixel metrics. Pixel metrics pool all photos (as MVTec AD does):
 AUROC, AP, AUPRO up to FPR 0.3 and the best F1 over thresholds with its IoU (common.metrics), plus F1/IoU of
 the binary masks predict.py wrote (``preds.png``, the label-free threshold).
-Image labels: a CSV with ``stem`` and a ``majority_label`` or ``label`` column (1/0 or anomalous/normal)
-(default ``<data>/image_labels.csv``): image AUROC of the ``score`` column of ``predictions.csv``.
+Image labels: a CSV with ``stem`` and a ``majority_label`` or ``label`` column (1/0, anomalous/normal or
+true/false; any other value is an error naming the line) (default ``<data>/image_labels.csv``): image AUROC
+of the ``score`` column of ``predictions.csv``.
 
-A photo whose map or mask cannot be read, or whose map and mask differ in size, is named on stderr with the
-reason, listed under ``skipped`` and left out; the others are scored. Exit status 1 when there is nothing to
-score (no mask and no label matches a predicted photo), 2 for a path given on the command line that does not
-exist. No --seed and no --device: the metrics are exact, deterministic numpy computations on the CPU.
+Photos that predict.py could not score (label ``error``: unreadable, failed, or not processed because the run
+was stopped) are counted under ``photos_not_predicted`` and left out. A photo whose map or mask cannot be
+read, or whose map and mask differ in size, is named on stderr with the reason, listed under ``skipped`` and
+left out; the others are scored. Exit status 1 when there is nothing to score (no mask and no label matches a
+predicted photo), 2 for a path given on the command line that does not exist. No --seed and no --device: the
+metrics are exact, deterministic numpy computations on the CPU.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from common.io import read_mask, write_json
 from common.metrics import aupro, best_f1, image_auroc, pixel_ap, pixel_auroc, segmentation_report
 from wood_anomaly.predict import output_folders
 
+LABEL_WORDS = {"1": 1, "anomalous": 1, "true": 1, "0": 0, "normal": 0, "false": 0}  # image label CSV values
+
 
 def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray], binary: list[np.ndarray] | None = None) -> dict:
     """Pooled pixel metrics of ``(H, W)`` score maps against same-shape binary masks (and binary predictions)."""
@@ -42,14 +47,39 @@ def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray], binary: list[
     return out
 
 
+def label_value(text: str | None) -> int | None:
+    """``1`` for an anomalous label (``1``, ``1.0``, ``anomalous``, ``true``; case and spaces ignored), ``0`` for
+    a normal one (``0``, ``0.0``, ``normal``, ``false``), None for anything else."""
+    value = (text or "").strip().lower()
+    if value in LABEL_WORDS:
+        return LABEL_WORDS[value]
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number in (0.0, 1.0) else None
+
+
 def read_labels(path: Path) -> dict[str, int]:
-    """``stem -> 1 (anomalous) / 0 (normal)`` from a CSV with ``stem`` and ``majority_label`` or ``label``."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    col = "majority_label" if rows and "majority_label" in rows[0] else "label"
-    if rows and ("stem" not in rows[0] or col not in rows[0]):
-        raise ValueError(f"{path}: needs the columns stem and majority_label or label, has {list(rows[0])}")
-    return {r["stem"]: int(r[col] in ("1", "anomalous")) for r in rows}
+    """``stem -> 1 (anomalous) / 0 (normal)`` from a CSV with ``stem`` and ``majority_label`` or ``label``;
+    ValueError naming the file (and line) for a CSV without these columns or a label that is neither."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            col = "majority_label" if "majority_label" in header else "label"
+            if header and ("stem" not in header or col not in header):
+                raise ValueError(f"{path}: needs the columns stem and majority_label or label, has {header}")
+            labels = {}
+            for r in reader:
+                label = label_value(r[col])
+                if label is None:
+                    raise ValueError(f"{path}:{reader.line_num}: {col} {r[col]!r} of {r['stem']!r} is neither "
+                                     "anomalous (1, anomalous, true) nor normal (0, normal, false)")
+                labels[r["stem"]] = label
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text CSV ({err.reason} at byte {err.start})") from None
+    return labels
 
 
 def load_map(path: Path) -> np.ndarray:
@@ -74,11 +104,16 @@ def read_predictions(pred: Path) -> list[dict]:
 
 
 def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dict:
-    """Metrics of the photos of ``<pred>/predictions.csv`` with status ok; unusable photos under ``skipped``."""
+    """Metrics of the photos of ``<pred>/predictions.csv`` with status ok (how many others it lists:
+    ``photos_not_predicted``); photos whose outputs are unusable under ``skipped``."""
     all_rows = read_predictions(pred)
     folders = output_folders([r["image"] for r in all_rows])
     rows = [r for r in all_rows if r["status"] == "ok"]
     result: dict = {"photos": len(rows)}
+    if len(rows) < len(all_rows):  # error rows: unreadable, failed, or not processed (a run stopped or killed)
+        result["photos_not_predicted"] = len(all_rows) - len(rows)
+        print(f"note: {len(all_rows) - len(rows)} of the {len(all_rows)} photos of {pred / 'predictions.csv'} have "
+              "no prediction (label error; the reasons are in its status column) and are left out", file=sys.stderr)
     skipped = []
     if masks_dir is not None and masks_dir.is_dir():
         maps, masks, binary = [], [], []

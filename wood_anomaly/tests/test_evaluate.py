@@ -72,6 +72,7 @@ def test_cli_writes_json(tmp_path):
     written = json.loads((tmp_path / "m.json").read_text())
     assert written == printed and written["photos"] == 3 and written["photos_with_masks"] == 3
     assert written["photos_with_labels"] == 3 and "skipped" not in written
+    assert written["photos_not_predicted"] == 1  # bad.jpg's error row: said, not silently dropped
     for key in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "mask_f1", "image_auroc", "label_accuracy"):
         assert written[key] == pytest.approx(1.0), key
 
@@ -86,3 +87,24 @@ def test_unreadable_map_is_named_and_the_rest_scored(tmp_path, capsys):
     assert [s["image"] for s in r["skipped"]] == ["photo 1.jpg", "photo 2.jpg"]
     assert "anomaly_map.npy" in r["skipped"][0]["reason"] and "differ in size" in r["skipped"][1]["reason"]
     assert "photo 1.jpg" in capsys.readouterr().err
+
+
+def test_label_csv_values_are_read_or_refused(tmp_path):
+    """'1.0', 'Anomalous' or a spreadsheet's byte-order mark were silently read as normal (or as a missing
+    column); a label that is neither anomalous nor normal is an error naming the file and the line."""
+    masks, maps = masks_and_maps()
+    pred, data = make_run(tmp_path, maps, masks, ["1", "1", "0"])
+    variants = {"floats": ["1.0", "1.0", "0.0"], "words": [" Anomalous", "ANOMALOUS", "Normal "],
+                "bools": ["True", "true", "False"]}
+    for name, labels in variants.items():
+        (tmp_path / f"{name}.csv").write_text("\ufeffstem,label\n" + "".join(
+            f"photo {i},{lab}\n" for i, lab in enumerate(labels)), encoding="utf-8")
+        r = evaluate.evaluate(pred, None, tmp_path / f"{name}.csv")
+        assert r["image_auroc"] == pytest.approx(1.0) and r["label_accuracy"] == pytest.approx(1.0), name
+    (tmp_path / "bad.csv").write_text("stem,label\nphoto 0,1\nphoto 1,yes\n")
+    with pytest.raises(ValueError, match=r"bad\.csv:3: label 'yes' of 'photo 1'"):
+        evaluate.evaluate(pred, None, tmp_path / "bad.csv")
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00bin")
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--pred", str(pred), "--data", str(data), "--labels", str(tmp_path / "binary.csv")])
+    assert "binary.csv: not a UTF-8 text CSV" in str(exc.value.code)
