@@ -177,7 +177,10 @@ def continue_config(cfg: Config, given: set[str]) -> Config:
     if not path.is_file():
         sys.exit(f"--resume / --calibrate-only: {path} not found (the run's settings; is --out the run folder?)")
     names = {f.name for f in fields(Config)}
-    saved = {k: v for k, v in json.loads(path.read_text()).items() if k in names}
+    try:
+        saved = {k: v for k, v in json.loads(path.read_text()).items() if k in names}
+    except (OSError, ValueError, AttributeError) as err:
+        sys.exit(f"--resume / --calibrate-only: {path}: cannot read the run's settings ({err})")
     merged = Config(**{**asdict(Config()), **saved})
 
     def same(name):
@@ -534,23 +537,43 @@ class SaveTrainState(keras.callbacks.Callback):
 STATE_FILE = "train_state.json"  # in model/, next to last.keras
 
 
-def resume_state(cfg: Config) -> tuple[keras.Model, dict]:
-    """(model with optimizer state, saved training state) from the run folder (``--out``, the chief's).
-
-    The state holds ``epochs_done`` and the early-stopping / plateau counters (``train_state.json``); runs
-    from before that file existed fall back to the log: epochs done and the best validation loss.
-    """
-    last, log = cfg.model_dir / "last.keras", Path(cfg.out) / "train_log.csv"
+def saved_state(cfg: Config) -> dict:
+    """The training state of the run in ``--out`` (the chief's): ``epochs_done`` and the early-stopping /
+    plateau counters (``train_state.json``); runs from before that file existed fall back to the log: epochs done
+    and the best validation loss. Exits with the reason when ``last.keras`` or a readable state is missing."""
+    last, log, path = cfg.model_dir / "last.keras", Path(cfg.out) / "train_log.csv", cfg.model_dir / STATE_FILE
     if not last.exists():
         sys.exit(f"--resume: {last} not found")
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            sys.exit(f"--resume: {path}: cannot read the training state ({err})")
+    history = pd.read_csv(log) if log.exists() else pd.DataFrame()
+    best = float(history["val_loss"].min()) if "val_loss" in history else None
+    return {"epochs_done": int(history["epoch"].max()) + 1 if len(history) else 0,
+            "early_stopping": {"best": best}, "reduce_lr": {"best": best}}
+
+
+def check_resume(cfg: Config) -> None:
+    """Before any data is read: ``--resume`` needs epochs left to train, ``--calibrate-only`` the best model."""
+    if cfg.calibrate_only:
+        best = cfg.model_dir / "best.keras"
+        if not best.is_file():
+            sys.exit(f"--calibrate-only: {best} not found (the run's best checkpoint; is --out the run folder?)")
+    elif cfg.resume:
+        done = saved_state(cfg)["epochs_done"]
+        if done >= cfg.epochs:
+            sys.exit(f"--resume: {cfg.out}: {done} epochs done, --epochs {cfg.epochs}: nothing left to train "
+                     f"(--epochs counts from the run's start: give more; --calibrate-only chooses the ship rule again)")
+
+
+def resume_state(cfg: Config) -> tuple[keras.Model, dict]:
+    """(model with optimizer state, saved training state: :func:`saved_state`) from the run folder (``--out``,
+    the chief's)."""
+    state = saved_state(cfg)
+    last = cfg.model_dir / "last.keras"
     model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
-    if (cfg.model_dir / STATE_FILE).exists():
-        state = json.loads((cfg.model_dir / STATE_FILE).read_text())
-    else:
-        history = pd.read_csv(log) if log.exists() else pd.DataFrame()
-        best = float(history["val_loss"].min()) if "val_loss" in history else None
-        state = {"epochs_done": int(history["epoch"].max()) + 1 if len(history) else 0,
-                 "early_stopping": {"best": best}, "reduce_lr": {"best": best}}
     lr = float(ops.convert_to_numpy(model.optimizer.learning_rate))
     print(f"resuming from {last}: {state['epochs_done']} epochs done, learning rate {lr:g}, "
           f"early stopping {state['early_stopping']}")
@@ -668,6 +691,7 @@ def main(argv=None) -> None:
     run_dir = Path(cfg.out) if chief else Path(tempfile.mkdtemp(prefix=f"airbus_worker{task_id}_"))
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
+    check_resume(cfg)
 
     train, val, problems = load_split(cfg)
     if chief:  # also with --calibrate-only: a run from before split.csv existed gets its (recomputed) split
@@ -713,6 +737,8 @@ def main(argv=None) -> None:
         return
 
     plot_curves(log_csv, run_dir / "training_curves.png")
+    if not (model_dir / "best.keras").is_file():  # ModelCheckpoint saves no epoch whose validation loss is NaN
+        sys.exit(f"{model_dir / 'best.keras'}: not written: no epoch had a finite validation loss ({log_csv})")
     best_model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
     rule_start = time.time()
     choose_ship_rule(cfg, best_model, calib, model_dir)

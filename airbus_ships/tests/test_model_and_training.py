@@ -265,3 +265,24 @@ def test_exactly_one_process_writes_the_run_folder(cluster, task, chief):
     resolver = SimpleNamespace(task_type=task[0], task_id=task[1], cluster_spec=lambda: tf.train.ClusterSpec(cluster))
     assert worker_role(SimpleNamespace(cluster_resolver=resolver)) == (chief, task[1])
     assert worker_role(tf.distribute.get_strategy()) == (True, 0)
+
+
+def test_resume_with_nothing_left_to_train_says_so(trained_run, tmp_path):
+    """The fixture's run did 3 of its --epochs 3: --resume without a larger --epochs used to train nothing, choose
+    the ship rule again and report success; --calibrate-only without best.keras and a damaged config.json were
+    tracebacks."""
+    import shutil
+
+    from airbus_ships.train import main, parse_args
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "model" / "config.json").read_text()
+    with pytest.raises(SystemExit, match=r"3 epochs done, --epochs 3: nothing left to train"):
+        main(["--out", str(run), "--resume"])
+    assert (run / "model" / "config.json").read_text() == before  # untouched
+    (run / "model" / "best.keras").unlink()
+    with pytest.raises(SystemExit, match=r"--calibrate-only: .*best.keras not found"):
+        main(["--out", str(run), "--calibrate-only"])
+    (run / "model" / "config.json").write_text("{ half a file")
+    with pytest.raises(SystemExit, match=r"config.json: cannot read the run's settings"):
+        parse_args(["--out", str(run), "--resume"])
