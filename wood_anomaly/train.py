@@ -301,6 +301,10 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
             print(f"skipping {err}", file=sys.stderr)
     if len(bad) == len(paths):
         sys.exit(f"no usable image in {image_folder(cfg.data)} (reasons above)")
+    if len(paths) - len(bad) == 1 and cfg.self_patches == 0:  # its own bank rows are left out: nothing left
+        sys.exit(f"one usable photo in {image_folder(cfg.data)} and --self-patches 0: a photo is never compared "
+                 "with its own bank rows, so it would have no reference (NaN scores); give more photos or "
+                 "--self-patches > 0")
     calib = calibrate(model, [p for p in parts if "error" not in p], cfg)
     seconds = time.perf_counter() - t0
     if rank == 0:

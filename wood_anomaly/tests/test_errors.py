@@ -241,3 +241,15 @@ def test_unwritable_table_is_one_line(trained_run, three_photos, tmp_path):
         run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
     message = str(exc.value.code)
     assert message.startswith(f"--out {tmp_path / 'pred'}: cannot write the outputs") and "\n" not in message
+
+
+def test_one_photo_without_self_reference_is_refused(demo_dir, tmp_path):
+    """One training photo and --self-patches 0: calibration compared the photo with nothing (its own bank rows
+    are left out), stored NaN spreads, and predict then called every photo 'normal' with score nan."""
+    one = tmp_path / "one photo"
+    one.mkdir()
+    shutil.copy(list_images(demo_dir / "images")[0], one)
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--data", str(one), "--out", str(tmp_path / "run"), "--scale", "1.0", "--tile", "128",
+                    "--self-patches", "0"])
+    assert "--self-patches 0" in str(exc.value.code) and not (tmp_path / "run" / "model.pt").exists()
