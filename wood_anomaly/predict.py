@@ -148,14 +148,12 @@ def score_maps(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: to
     return deep, standardise(colour, (stats["colour_q50"], stats["colour_q95"]))
 
 
-def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device, stats: dict,
-                full_size: bool = True) -> np.ndarray:
-    """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo
-    (``full_size=False``: at ``cfg.scale``): the two maps of :func:`score_maps` fused by model.fuse with
-    ``cfg.deep_weight``."""
+def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device,
+                stats: dict) -> np.ndarray:
+    """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo: the two maps of
+    :func:`score_maps` (at ``cfg.scale``) fused by model.fuse with ``cfg.deep_weight``, resized to the photo."""
     deep, colour = score_maps(model, image, cfg, device, stats)
-    score = fuse(deep, colour, cfg.deep_weight)
-    return resize_map(score, image.shape[:2]) if full_size else score
+    return resize_map(fuse(deep, colour, cfg.deep_weight), image.shape[:2])
 
 
 def colorize(score: np.ndarray, threshold: float) -> np.ndarray:
