@@ -59,6 +59,8 @@ def _open(path: str | os.PathLike) -> Image.Image:
         img.load()  # force the decode so that truncated files fail here, not later
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a readable image (unknown or unsupported format)") from None
+    except Image.DecompressionBombError as err:  # not an OSError: a small crafted header stopped whole batches
+        raise ImageReadError(path, f"image too large to decode ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
         raise ImageReadError(path, f"corrupt or truncated image ({err})") from None
     return img

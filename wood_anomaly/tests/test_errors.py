@@ -253,3 +253,24 @@ def test_one_photo_without_self_reference_is_refused(demo_dir, tmp_path):
         train.main(["--data", str(one), "--out", str(tmp_path / "run"), "--scale", "1.0", "--tile", "128",
                     "--self-patches", "0"])
     assert "--self-patches 0" in str(exc.value.code) and not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_decompression_bomb_is_one_photo_error(trained_run, demo_dir, tmp_path):
+    """A 100-byte PNG whose header claims 50000 x 50000 pixels: Pillow's DecompressionBombError is not an
+    OSError, so it escaped common.io.read_rgb and stopped the whole batch with a traceback."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    shutil.copy(list_images(demo_dir / "images")[0], folder / "board.jpg")
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0))
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                                      + chunk(b"IEND", b""))
+    rows = run_predict(trained_run / "model.pt", folder, tmp_path / "pred")
+    assert rows["board.jpg"]["status"] == "ok"
+    huge = rows["huge.png"]
+    assert huge["label"] == "error" and huge["status"].startswith(f"{folder / 'huge.png'}: image too large")
