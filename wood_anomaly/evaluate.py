@@ -164,6 +164,8 @@ def main(argv=None) -> dict:
     data = Path(args.data)
     if not (Path(args.pred) / "predictions.csv").is_file():
         p.error(f"--pred {args.pred}: no predictions.csv in it; run predict.py first (with shards: merge them)")
+    if not data.is_dir() and not (args.masks and args.labels):  # both default paths lie in --data
+        p.error(f"--data {args.data}: no such folder")
     if args.masks and not Path(args.masks).is_dir():
         p.error(f"--masks {args.masks}: no such folder")
     if args.labels and not Path(args.labels).is_file():
