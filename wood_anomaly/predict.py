@@ -10,8 +10,8 @@ stem (``board.jpg``, ``board.png``) each get a folder named by the whole file na
 ``board.png/``) instead. ``<out>/predictions.csv`` has one row per photo, in sorted file-name order: ``image,
 score, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds,
 cpu_seconds`` (kept apart so that the predictions are the same bytes on every run). A photo that cannot be
-read or processed gets a row with label ``error`` and ``status`` = the file and the reason; the others are
-processed. The tables are written even when the run stops early (an error, Ctrl-C, SIGTERM): the photos not
+read or processed gets a row with label ``error`` and ``status`` = the file and the reason, and no outputs in
+its folder (those of an earlier run are removed, so none pass for its result); the others are processed. The tables are written even when the run stops early (an error, Ctrl-C, SIGTERM): the photos not
 reached get the status ``not processed: ...``; they are also saved during the run (before the first photo, then
 at most every 10 s, each time atomically), so that after a SIGKILL they hold the photos done by the last save.
 Exit status: 0 when at least one photo was scored (or this shard has no photo), 1 when none could be or the
@@ -172,6 +172,9 @@ def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray) -> np.ndarray
     return out.astype(np.uint8)
 
 
+OUTPUTS = ("preds.png", "heatmap.jpg", "overlay.jpg", "anomaly_map.npy")  # per photo, in <out>/<folder>/
+
+
 def write_outputs(folder: Path, image: np.ndarray, score: np.ndarray, mask: np.ndarray, threshold: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     heat = colorize(score, threshold)
@@ -215,6 +218,14 @@ def photo_label(area: int, frac: float, min_area: float) -> str:
     return "anomalous" if area > 0 and frac >= min_area else "normal"
 
 
+def discard_outputs(folder: Path) -> None:
+    """Remove a failed photo's outputs from ``folder``: those of an earlier run, or the first files of this one,
+    would otherwise pass for its result (the table says error)."""
+    for name in OUTPUTS:
+        with contextlib.suppress(OSError):  # none there, or not removable: the table says error either way
+            (folder / name).unlink()
+
+
 def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, path: Path,
                   folder: Path | None, device: torch.device) -> tuple[dict, dict | None]:
     """``(predictions row, timings row or None)`` of one photo; its outputs go to ``folder``. Any of
@@ -229,10 +240,10 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
         score = anomaly_map(model, image, cfg, device, stats)
         mask = score > threshold
         write_outputs(folder, image, score, mask, threshold)
-    except ImageReadError as err:
-        return {**row, "label": "error", "status": str(err)}, None
-    except PHOTO_ERRORS as err:
-        return {**row, "label": "error", "status": f"{path}: {type(err).__name__}: {err}"}, None
+    except PHOTO_ERRORS as err:  # ImageReadError's message starts with the file already
+        discard_outputs(folder)
+        reason = str(err) if isinstance(err, ImageReadError) else f"{path}: {type(err).__name__}: {err}"
+        return {**row, "label": "error", "status": reason}, None
     area = int(mask.sum())
     frac = area / mask.size
     return ({**row, "score": f"{score.max() / threshold:.4f}", "label": photo_label(area, frac, cfg.min_area),

@@ -65,6 +65,26 @@ def test_one_photo_failing_keeps_the_others(trained_run, three_photos, tmp_path,
     assert len(rows_of(tmp_path / "pred", "timings.csv")) == 2
 
 
+def test_a_failed_photo_keeps_no_outputs_of_an_earlier_run(trained_run, three_photos, tmp_path, monkeypatch):
+    """The table says error; a preds.png of an earlier run (or half of this one's files) must not stay beside
+    it as if it were the photo's result."""
+    rows = run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    folders = {n: tmp_path / "pred" / n.rsplit(".", 1)[0] for n in rows}
+    assert all((f / "preds.png").exists() for f in folders.values())
+    real, first = predict.save_image, sorted(rows)[0]
+
+    def failing_heatmap(path, *args, **kwargs):  # preds.png written, then the disk fills up
+        if path.name == "heatmap.jpg" and path.parent == folders[first]:
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "save_image", failing_heatmap)
+    rows = run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    assert rows[first]["label"] == "error" and "No space left" in rows[first]["status"]
+    assert not any((folders[first] / name).exists() for name in predict.OUTPUTS)
+    assert all((folders[n] / name).exists() for n in rows if n != first for name in predict.OUTPUTS)
+
+
 def test_no_photo_scored_exits_non_zero_with_the_table_written(trained_run, three_photos, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("simulated bad setting")
