@@ -181,7 +181,10 @@ def main(argv=None) -> dict:
         sys.exit(f"nothing to score: no mask in {masks} and no label in {labels} matches a scored photo of "
                  f"{args.pred}/predictions.csv ({result['photos']} photos)")
     if args.json:
-        write_json(args.json, result)
+        try:
+            write_json(args.json, result)
+        except OSError as err:  # a folder of that name, no space left
+            sys.exit(f"--json {args.json}: cannot write the metrics ({err.strerror or err})")
     return result
 
 

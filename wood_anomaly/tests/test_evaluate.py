@@ -75,6 +75,9 @@ def test_cli_writes_json(tmp_path):
     assert written["photos_not_predicted"] == 1  # bad.jpg's error row: said, not silently dropped
     for key in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "mask_f1", "image_auroc", "label_accuracy"):
         assert written[key] == pytest.approx(1.0), key
+    with pytest.raises(SystemExit) as exc:  # an unwritable --json is one line, not an IsADirectoryError traceback
+        evaluate.main(["--pred", str(pred), "--data", str(data), "--json", str(tmp_path)])
+    assert str(exc.value.code).startswith(f"--json {tmp_path}: cannot write the metrics")
 
 
 def test_unreadable_map_is_named_and_the_rest_scored(tmp_path, capsys):
