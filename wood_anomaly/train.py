@@ -91,7 +91,7 @@ class TrainConfig:
     min_area: float = 2e-5  # predict: a photo is anomalous when its mask covers at least this fraction (0: any pixel)
     seed: int = 0  # random seed of the bank, calibration and colour-reference samples (predict reuses it)
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the GPU of LOCAL_RANK)
-    threads: int = 2  # CPU threads (the shared development machine has 2 cores)
+    threads: int = 2  # CPU threads of PyTorch, 0: its default (the shared development machine has 2 cores)
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -117,7 +117,8 @@ def check_config(cfg: TrainConfig) -> None:
                 "calib_patches": cfg.calib_patches, "k": cfg.k, "batch_size": cfg.batch_size,
                 "threshold_spreads": cfg.threshold_spreads}
     non_negative = {"self_patches": cfg.self_patches, "neighbours": cfg.neighbours, "sigma": cfg.sigma,
-                    "colour_stride": cfg.colour_stride, "colour_sigma": cfg.colour_sigma, "min_area": cfg.min_area}
+                    "colour_stride": cfg.colour_stride, "colour_sigma": cfg.colour_sigma, "min_area": cfg.min_area,
+                    "threads": cfg.threads}
     for name, v in positive.items():
         if not v > 0:
             raise ValueError(f"--{name.replace('_', '-')} {v}: must be positive")

@@ -30,7 +30,8 @@ def run_predict(model, data, out, *extra):
 
 @pytest.mark.parametrize("option, value", [("--pad", "30"), ("--tile", "300"), ("--tile", "126"),
                                            ("--overlap", "30"), ("--overlap", "200"), ("--stages", "1,9"),
-                                           ("--deep-weight", "1.5"), ("--device", "gpu")])
+                                           ("--deep-weight", "1.5"), ("--device", "gpu"),
+                                           ("--threads", "-1")])
 def test_train_rejects_settings_predict_cannot_use(option, value, capsys):
     with pytest.raises(SystemExit) as exc:
         train.parse_args([option, value])
