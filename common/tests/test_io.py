@@ -66,14 +66,27 @@ def test_exif_rotation(tmp_path):
     assert out[:5].mean() > 200 and out[-5:].mean() < 50  # the band is now on top
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` RGB pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
 def test_corrupt_empty_missing_and_folder(tmp_path, rgb):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "garbage.jpg").write_bytes(b"this is not an image")
     io.save_image(tmp_path / "ok.png", rgb)
     data = (tmp_path / "ok.png").read_bytes()
     (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "bomb.png").write_bytes(png_claiming(50000, 50000))  # Pillow's DecompressionBombError
     cases = {"empty.png": "empty", "garbage.jpg": "not a readable image", "truncated.png": "corrupt",
-             "missing.png": "not found", ".": "folder"}
+             "missing.png": "not found", ".": "folder", "bomb.png": "too large"}
     for name, reason in cases.items():
         with pytest.raises(io.ImageReadError) as err:
             io.read_rgb(tmp_path / name)
