@@ -92,6 +92,7 @@ class TrainConfig:
 RESUME_MAY_CHANGE = ("data", "rgb", "gt", "out", "epochs", "max_minutes", "exceed_memory_limit", "device",
                      "threads", "resume")
 CHOICES = {"loss": ("ce", "wce", "ce_dice"), "upsample": ("nearest", "bilinear"), "device": DEVICES}
+MAX_SEED = 2 ** 32 - 1  # --seed range (process r of torchrun draws its crops with seed + 1000 x r)
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -117,12 +118,14 @@ def config_problem(cfg: TrainConfig) -> str:
               (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
               (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
               (cfg.max_minutes >= 0, f"--max-minutes must be >= 0 (0 = no limit), got {cfg.max_minutes}"),
-              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-              (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+              (0 < cfg.lr < math.inf, f"--lr must be > 0 and finite, got {cfg.lr}"),
+              (0 <= cfg.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {cfg.weight_decay}"),
               (0 < cfg.val_fraction <= 0.5, f"--val-fraction must be in (0, 0.5], got {cfg.val_fraction}"),
               (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
               (cfg.threshold <= 1, f"--threshold must be <= 1 (< 0: the strip's best), got {cfg.threshold}"),
               (cfg.threads >= 0, f"--threads must be >= 0 (0 = automatic), got {cfg.threads}"),
+              (0 <= cfg.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {cfg.seed}"),
+              (not Path(cfg.out).exists() or Path(cfg.out).is_dir(), f"--out {cfg.out}: is a file, not a folder"),
               (cfg.loss in CHOICES["loss"], f"--loss must be one of {', '.join(CHOICES['loss'])}, got {cfg.loss}"),
               (cfg.upsample in CHOICES["upsample"], f"--upsample must be nearest or bilinear, got {cfg.upsample}")]
     problems = [msg for ok, msg in checks if not ok]
@@ -158,6 +161,10 @@ def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, ma
     when none are given; absolute paths; the device and thread count in use."""
     if ckpt is not None:
         stored = ckpt["config"]
+        if ckpt["epoch"] >= cfg.epochs:  # else the run would train nothing and report success
+            raise CheckpointError(f"{Path(cfg.out) / 'last.pt'}: the run has done {ckpt['epoch']} epochs: "
+                                  f"--epochs {cfg.epochs} trains nothing; give --epochs above {ckpt['epoch']} "
+                                  "to continue it")
         no_data_given = os.path.abspath(cfg.data) == str(DEFAULT_DATA) and not cfg.rgb and not cfg.gt
         cfg, overridden = resumed_config(cfg, stored, RESUME_MAY_CHANGE)
         if main_rank and overridden:
@@ -413,7 +420,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
     ckpt = read_resume(cfg, main_rank, world)
     cfg = resolve_config(cfg, ckpt, device, main_rank)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    np.random.seed(cfg.seed)
     out = Path(cfg.out)
     if main_rank and ckpt is None:
         warn_if_earlier_run(out)

@@ -151,11 +151,37 @@ def test_default_step_fits_the_memory_limit_and_larger_ones_are_refused(capsys):
 
 
 @pytest.mark.parametrize("args", [["--device", "gpu"], ["--upsample", "foo"], ["--batch-size", "0"],
-                                  ["--loss", "dice"], ["--val-fraction", "1.5"]])
+                                  ["--loss", "dice"], ["--val-fraction", "1.5"], ["--seed", "-1"],
+                                  ["--seed", str(2 ** 32)], ["--lr", "inf"], ["--weight-decay", "nan"]])
 def test_bad_options_are_refused_before_anything_runs(args, capsys):
+    # a --seed outside numpy's range was 'error: Seed must be between 0 and 2**32 - 1' (no option named) after
+    # the data were read; --lr inf trained NaN weights and reported success
     with pytest.raises(SystemExit) as exit_:
         train.parse_args(args)
     assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    # was a FileExistsError traceback after the data had been read and the model built
+    (tmp_path / "run").write_text("a file")
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--out", str(tmp_path / "run")])
+    assert exit_.value.code == 2 and f"--out {tmp_path / 'run'}: is a file" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_that_has_done_its_epochs_is_refused(trained_run, tmp_path, capsys):
+    # it trained nothing, rewrote config.json with the smaller --epochs and reported success (exit 0)
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for epochs in ("2", "1"):  # the run did 2
+        assert train.main(["--out", str(run), "--epochs", epochs, "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {run / 'last.pt'}: the run has done 2 epochs"), err
+        assert "--epochs above 2" in err[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
 
 
 @pytest.mark.parametrize("case", ["missing", "size_mismatch", "bad_gt_values", "tiny", "corrupt"])
