@@ -49,7 +49,7 @@ def predict_all(run: Path, data: Path, threads: int, zoom: int = 1, out: Path | 
         import keras
         from airbus_ships.inference import predict_probs
         from airbus_ships.losses import CUSTOM_OBJECTS
-        from airbus_ships.train import setup_device
+        from airbus_ships.runtime import setup_device
         from common.io import read_rgb
         setup_device(device, threads)
         model = keras.saving.load_model(run / "model" / "best.keras", custom_objects=CUSTOM_OBJECTS, compile=False)

@@ -153,7 +153,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra- and inter-op threads (0: its choice)")
     args = p.parse_args(argv)
     from airbus_ships.data import find_layout
-    from airbus_ships.train import setup_device
+    from airbus_ships.runtime import setup_device
     from common.io import write_json
     setup_device(args.device, args.threads)
     images_dir, _ = find_layout(args.data)

@@ -261,7 +261,7 @@ def keep_split(image_ids: list[str], split_csv: str, subset: str) -> list[str]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from airbus_ships.train import setup_device
+    from airbus_ships.runtime import setup_device
     setup_device(args.device, args.threads)
     model_path = Path(args.model)
     if not model_path.is_file():

@@ -47,12 +47,15 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
+from airbus_ships.callbacks import (AtomicModelCheckpoint, ResumableCSVLogger, ResumableEarlyStopping,  # noqa: E402
+                                    ResumableReduceLROnPlateau, SaveTrainState, TimeBudget)
 from airbus_ships.data import (SIZE, find_layout, make_dataset, read_mask_table, ship_instances,  # noqa: E402
                                split_by_image)
 from airbus_ships.inference import ShipRule, calibrate_rule, calibration_rows, predict_probs  # noqa: E402
 from airbus_ships.losses import (CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef,  # noqa: E402
                                   iou_coef)
 from airbus_ships.model import LITE0_PREFIX, build_unet  # noqa: E402
+from airbus_ships.runtime import fix_distributed_fit, make_strategy, setup_device, weights_digest, worker_role  # noqa: E402
 from common.config import add_config_args  # noqa: E402
 from common.io import ImageReadError, atomic_write, read_rgb, write_json  # noqa: E402
 
@@ -197,117 +200,6 @@ def continue_config(cfg: Config, given: set[str]) -> Config:
     return merged
 
 
-def setup_device(device: str, threads: int = 0) -> None:
-    """Pin TensorFlow to the CPU, or require a GPU; cap its thread pools (before any TensorFlow op runs)."""
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "cpu":
-        tf.config.set_visible_devices([], "GPU")
-    elif device == "cuda" and not gpus:
-        sys.exit("--device cuda: TensorFlow sees no GPU")
-    elif device not in ("auto", "cpu", "cuda"):
-        sys.exit(f"--device must be auto, cpu or cuda, got {device!r}")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy: created before any other TensorFlow op (MultiWorkerMirroredStrategy's rule).
-
-    default: one device, no distribution. mirrored: synchronous data parallelism over the local GPUs (the CPU
-    when there is none). multiworker: the same across machines; each process reads its cluster and role from
-    the ``TF_CONFIG`` environment variable and gradients are all-reduced (ring / NCCL collectives).
-    """
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            sys.exit("--strategy multiworker: set TF_CONFIG (cluster and this worker's task; see README)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    sys.exit(f"--strategy must be default, mirrored or multiworker, got {name!r}")
-
-
-def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
-    """``(is_chief, task_id)``: the chief is the ``chief`` task, else (a cluster without one) ``worker`` 0, else
-    the only process. Exactly one process writes ``--out``."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type, task_id = (resolver.task_type, resolver.task_id) if resolver is not None else (None, 0)
-    has_chief = resolver is not None and "chief" in resolver.cluster_spec().as_dict()
-    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief)
-    return chief, int(task_id or 0)
-
-
-def vote_to_stop(strategy: tf.distribute.Strategy):
-    """``vote(stop: bool) -> bool``: True when any replica wants to stop. Every worker gets the same answer (an
-    all-reduce), so none is left waiting in a collective for the others."""
-    if strategy.num_replicas_in_sync == 1:
-        return bool
-
-    @tf.function
-    def votes(stop):
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(stop,)), axis=None)
-
-    return lambda stop: float(votes(tf.constant(1.0 if stop else 0.0))) > 0
-
-
-def fix_distributed_fit(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
-    """Work around Keras 3.15 bugs with ``tf.distribute`` strategies (not needed for the default strategy).
-
-    1. Before training and before every validation, ``fit`` builds the model from a batch it takes off the
-       iterator; for validation that batch is lost (our fixed validation batches run out) and under
-       MultiWorkerMirroredStrategy the build averages the batch across workers (``strategy.reduce("MEAN",
-       (x, y))``), which fails on a nested per-replica batch. Build once, from this worker's own first training
-       batch (a build needs only shapes and dtypes).
-    2. MultiWorkerMirroredStrategy only: it averages each step's logs (loss, metrics) across workers with
-       ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388): average
-       them element-wise (``axis=None``). Every worker then logs the same values, so early stopping and the
-       LR schedule decide alike everywhere.
-    """
-    original_build = model._maybe_symbolic_build
-
-    def local(value):
-        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) \
-            else value
-
-    done = []
-
-    def build(iterator=None, data_batch=None):
-        if done:  # built at the start of fit: keep the validation batches
-            return None
-        done.append(True)
-        if iterator is not None:
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(local, next(it))
-                break
-        return original_build(data_batch=data_batch)
-
-    model._maybe_symbolic_build = build
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return
-    from keras.src.backend.tensorflow import trainer as tf_trainer  # the module whose helper is patched
-    original_reduce = tf_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy_, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy_):
-            return tf.nest.map_structure(lambda v: strategy_.reduce("MEAN", v, axis=None), values)
-        return original_reduce(values, strategy_, reduction)
-
-    if not getattr(original_reduce, "patched_for_multiworker", False):
-        reduce_per_replica.patched_for_multiworker = True
-        tf_trainer.reduce_per_replica = reduce_per_replica
-
-
-def weights_digest(model: keras.Model) -> str:
-    """SHA-256 of all weights (the workers of a synchronous run print the same digest)."""
-    import hashlib
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
-
-
 def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
@@ -435,103 +327,6 @@ def build_model(cfg: Config, replicas: int = 1) -> keras.Model:
     loss = SmallShipBceDiceLoss(cfg.small_ship_weight) if cfg.small_ship_weight else bce_dice_loss
     model.compile(optimizer=optimizer, loss=loss, metrics=[dice_coef, iou_coef])
     return model
-
-
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that writes to a temporary file and renames it: a crash never leaves half a checkpoint."""
-
-    def _save_model(self, epoch, batch, logs):
-        final, tmp = self.filepath, self.filepath + ".tmp.keras"
-        # a temporary file left by a run killed while saving must not be renamed onto the checkpoint after an
-        # epoch that saves nothing (save_best_only without improvement): only this call's file is
-        Path(tmp).unlink(missing_ok=True)
-        self.filepath = tmp
-        try:
-            super()._save_model(epoch, batch, logs)
-        finally:
-            self.filepath = final
-        if os.path.exists(tmp):
-            os.replace(tmp, final)
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stop before an epoch that would end less than ``reserve_s`` seconds before ``minutes`` after ``start``
-    (the run's start; the reserve is the time the ship-rule choice after the fit will take)."""
-
-    def __init__(self, minutes: float, strategy: tf.distribute.Strategy, start: float | None = None,
-                 reserve_s: float = 0.0):
-        super().__init__()
-        self.seconds, self.reserve, self.vote = minutes * 60, reserve_s, vote_to_stop(strategy)
-        self.start, self.last = start or time.time(), time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.time()
-        epoch_time, self.last = now - self.last, now
-        over = bool(self.seconds) and now - self.start + epoch_time + self.reserve > self.seconds
-        if self.seconds and self.vote(over):  # workers' clocks differ: stop together
-            print(f"\ntime budget: stopping after epoch {epoch + 1} ({(now - self.start) / 60:.1f} min)")
-            self.model.stop_training = True
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping that starts from a saved patience counter and best value (``--resume``)."""
-
-    def __init__(self, state: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.initial_state = state or {}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.wait, self.best = self.initial_state.get("wait", 0), self.initial_state.get("best")
-
-
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau that starts from saved counters and best value (``--resume``; the learning rate itself
-    is in the optimizer state of last.keras)."""
-
-    def __init__(self, state: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.initial_state = state or {}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        for key in ("wait", "best", "cooldown_counter"):
-            if key in self.initial_state:
-                setattr(self, key, self.initial_state[key])
-
-
-class ResumableCSVLogger(keras.callbacks.CSVLogger):
-    """CSVLogger that, appending to a log, keeps that log's columns (a resumed run's rows line up with the
-    header even when its logs hold other keys)."""
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.append and os.path.exists(self.filename) and os.path.getsize(self.filename):
-            with open(self.filename, newline="") as f:
-                header = next(csv.reader(f, delimiter=self.sep), [])
-            self.keys = [k for k in header if k != "epoch"] or None
-
-
-class SaveTrainState(keras.callbacks.Callback):
-    """After every epoch (and after last.keras), write ``train_state.json``: epochs done, the counters of
-    early stopping and learning-rate reduction and the learning rate, so ``--resume`` continues exactly where
-    the run stopped."""
-
-    def __init__(self, path: Path, early: ResumableEarlyStopping, plateau: ResumableReduceLROnPlateau):
-        super().__init__()
-        self.path, self.early, self.plateau = path, early, plateau
-
-    def on_epoch_end(self, epoch, logs=None):
-        def num(v):
-            return None if v is None else float(v)
-        write_json(self.path, {
-            "epochs_done": epoch + 1,
-            "early_stopping": {"wait": int(self.early.wait), "best": num(self.early.best)},
-            "reduce_lr": {"wait": int(self.plateau.wait), "best": num(self.plateau.best),
-                          "cooldown_counter": int(self.plateau.cooldown_counter)},
-            "learning_rate": float(ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            "stop_training": bool(self.model.stop_training),
-        })
 
 
 STATE_FILE = "train_state.json"  # in model/, next to last.keras

@@ -65,7 +65,7 @@ def test_two_workers_train_in_lock_step(demo_dir, tmp_path):
 
 def test_resume_restores_early_stopping_state(trained_run):
     """The resumed run (see conftest) continued the patience counter and best value of the first one."""
-    from airbus_ships.train import ResumableEarlyStopping
+    from airbus_ships.callbacks import ResumableEarlyStopping
     state = json.loads((trained_run / "model" / "train_state.json").read_text())
     log = pd.read_csv(trained_run / "train_log.csv")
     assert state["epochs_done"] == 3

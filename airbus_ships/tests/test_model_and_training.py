@@ -97,7 +97,7 @@ def test_time_budget_keeps_time_for_the_ship_rule(reserve_s, stops):
 
     import tensorflow as tf
 
-    from airbus_ships.train import TimeBudget
+    from airbus_ships.callbacks import TimeBudget
 
     budget = TimeBudget(1.0, tf.distribute.get_strategy(), start=time.time() - 50, reserve_s=reserve_s)
     model = build_unet((4, 8))
@@ -234,7 +234,7 @@ def test_a_missing_data_folder_or_mask_table_is_one_line(tmp_path, demo_dir):
 def test_a_checkpoint_is_never_replaced_by_a_stale_temporary_file(tmp_path):
     """A run killed while saving leaves best.keras.tmp.keras; after an epoch without improvement (nothing saved)
     that leftover used to be renamed onto best.keras."""
-    from airbus_ships.train import AtomicModelCheckpoint
+    from airbus_ships.callbacks import AtomicModelCheckpoint
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("adam", "mse")
     best = tmp_path / "best.keras"
@@ -261,7 +261,7 @@ def test_exactly_one_process_writes_the_run_folder(cluster, task, chief):
 
     import tensorflow as tf
 
-    from airbus_ships.train import worker_role
+    from airbus_ships.runtime import worker_role
     resolver = SimpleNamespace(task_type=task[0], task_id=task[1], cluster_spec=lambda: tf.train.ClusterSpec(cluster))
     assert worker_role(SimpleNamespace(cluster_resolver=resolver)) == (chief, task[1])
     assert worker_role(tf.distribute.get_strategy()) == (True, 0)

@@ -1,0 +1,112 @@
+"""Keras callbacks of train.py's fit: atomic checkpoints, the time budget, and early stopping / learning-rate
+plateau / CSV log that continue where a run stopped (``--resume``), with the state file that makes that possible."""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from airbus_ships.runtime import vote_to_stop
+from common.io import write_json
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that writes to a temporary file and renames it: a crash never leaves half a checkpoint."""
+
+    def _save_model(self, epoch, batch, logs):
+        final, tmp = self.filepath, self.filepath + ".tmp.keras"
+        # a temporary file left by a run killed while saving must not be renamed onto the checkpoint after an
+        # epoch that saves nothing (save_best_only without improvement): only this call's file is
+        Path(tmp).unlink(missing_ok=True)
+        self.filepath = tmp
+        try:
+            super()._save_model(epoch, batch, logs)
+        finally:
+            self.filepath = final
+        if os.path.exists(tmp):
+            os.replace(tmp, final)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop before an epoch that would end less than ``reserve_s`` seconds before ``minutes`` after ``start``
+    (the run's start; the reserve is the time the ship-rule choice after the fit will take)."""
+
+    def __init__(self, minutes: float, strategy: tf.distribute.Strategy, start: float | None = None,
+                 reserve_s: float = 0.0):
+        super().__init__()
+        self.seconds, self.reserve, self.vote = minutes * 60, reserve_s, vote_to_stop(strategy)
+        self.start, self.last = start or time.time(), time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        epoch_time, self.last = now - self.last, now
+        over = bool(self.seconds) and now - self.start + epoch_time + self.reserve > self.seconds
+        if self.seconds and self.vote(over):  # workers' clocks differ: stop together
+            print(f"\ntime budget: stopping after epoch {epoch + 1} ({(now - self.start) / 60:.1f} min)")
+            self.model.stop_training = True
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that starts from a saved patience counter and best value (``--resume``)."""
+
+    def __init__(self, state: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_state = state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.wait, self.best = self.initial_state.get("wait", 0), self.initial_state.get("best")
+
+
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau that starts from saved counters and best value (``--resume``; the learning rate itself
+    is in the optimizer state of last.keras)."""
+
+    def __init__(self, state: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_state = state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for key in ("wait", "best", "cooldown_counter"):
+            if key in self.initial_state:
+                setattr(self, key, self.initial_state[key])
+
+
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger that, appending to a log, keeps that log's columns (a resumed run's rows line up with the
+    header even when its logs hold other keys)."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.append and os.path.exists(self.filename) and os.path.getsize(self.filename):
+            with open(self.filename, newline="") as f:
+                header = next(csv.reader(f, delimiter=self.sep), [])
+            self.keys = [k for k in header if k != "epoch"] or None
+
+
+class SaveTrainState(keras.callbacks.Callback):
+    """After every epoch (and after last.keras), write ``train_state.json``: epochs done, the counters of
+    early stopping and learning-rate reduction and the learning rate, so ``--resume`` continues exactly where
+    the run stopped."""
+
+    def __init__(self, path: Path, early: ResumableEarlyStopping, plateau: ResumableReduceLROnPlateau):
+        super().__init__()
+        self.path, self.early, self.plateau = path, early, plateau
+
+    def on_epoch_end(self, epoch, logs=None):
+        def num(v):
+            return None if v is None else float(v)
+        write_json(self.path, {
+            "epochs_done": epoch + 1,
+            "early_stopping": {"wait": int(self.early.wait), "best": num(self.early.best)},
+            "reduce_lr": {"wait": int(self.plateau.wait), "best": num(self.plateau.best),
+                          "cooldown_counter": int(self.plateau.cooldown_counter)},
+            "learning_rate": float(ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            "stop_training": bool(self.model.stop_training),
+        })
