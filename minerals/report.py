@@ -107,6 +107,12 @@ mineral patches and coverage against the threshold on validation.
 """
 
 
+def rewrap(text: str, width: int = 104) -> str:
+    """Fill each paragraph (blank-line separated) to ``width`` characters: text with measured figures filled in
+    no longer fits the hand-wrapped lines."""
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), width) for p in text.split("\n\n"))
+
+
 def text_page(pdf: PdfPages, title: str, body: str, image: Path | None = None, image_title: str = "") -> None:
     fig = plt.figure(figsize=A4)
     fig.text(0.07, 0.96, title, fontsize=16, weight="bold", va="top")
@@ -235,7 +241,7 @@ def main(argv=None) -> None:
         text_page(pdf, "1b. Layer summary (from the run; graph also in model.onnx)", table)
         # sampling
         sheets = sorted(samples.glob("contact_sheet_*.jpg"))
-        text_page(pdf, "2. Positive and negative samples", SAMPLING.format(demo_iou=demo_box_iou(args.seed)),
+        text_page(pdf, "2. Positive and negative samples", rewrap(SAMPLING.format(demo_iou=demo_box_iou(args.seed))),
                   sheets[len(sheets) // 3] if sheets else None, "contact sheet: boxes found (green), whole image (orange), negatives (red)")
         pick = []
         for label in CLASSES:
