@@ -39,7 +39,8 @@ from common.metrics import segmentation_report
 from common.shard import add_shard_argument, select_shard, shard_path
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt.data import DEFAULT_RUNS, read_gt
-from fcnn_rgb_gt.infer import DEVICES, load_checkpoint, over_memory_limit, predict_probs, resolve_device, set_threads
+from fcnn_rgb_gt.infer import DEVICES, CheckpointError, load_checkpoint, over_memory_limit, predict_probs, \
+    resolve_device, set_threads
 
 CSV_COLUMNS = ["image", "name", "width", "height", "threshold", "building_fraction", "gt", "iou", "f1",
                "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
@@ -59,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--csv", default="", help="per-image CSV with several images; default <out>/predictions.csv")
     add_shard_argument(p)
     p.add_argument("--tile", type=int, default=MAX_TILE, help="tile side, <= 256 (the memory limit)")
-    p.add_argument("--overlap", type=int, default=32,
-                   help="pixels shared by neighbouring tiles (blended), at most half the tile")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="pixels shared by neighbouring tiles (blended), at most half the tile; default 32, or half "
+                        "the tile below 64 px")
     p.add_argument("--batch-size", type=int, default=1,
                    help="tiles per forward pass; batch-size x tile^2 must stay within 256^2 pixels (the brief's "
                         "memory limit: one 256x256x3 input; as fast on CPU as batches)")
@@ -76,18 +78,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 2 <= args.tile <= MAX_TILE:
         p.error(f"--tile must be in 2..{MAX_TILE}, got {args.tile}")
+    if args.overlap is None:  # a smaller --tile alone must not be refused for the default overlap
+        args.overlap = min(32, args.tile // 2)
     if not 0 <= args.overlap <= args.tile // 2:
         p.error(f"--overlap must be in 0..{args.tile // 2} (half the tile), got {args.overlap}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads < 0:
         p.error(f"--threads must be >= 0 (0 = automatic), got {args.threads}")
-    if args.threshold > 1:
+    if not args.threshold <= 1:  # NaN too: it was silently the checkpoint's threshold
         p.error(f"--threshold must be <= 1 (< 0: the checkpoint's), got {args.threshold}")
     if not args.exceed_memory_limit and over_memory_limit(args.batch_size, args.tile):
         p.error(over_memory_limit(args.batch_size, args.tile))
     if args.gt and (args.data or len(args.gt) != len(args.image) or any(Path(i).is_dir() for i in args.image)):
         p.error("--gt needs one file per --image file (not with folders or --data)")
+    if args.image and args.data:  # --data took over and the --image files were silently not predicted
+        p.error("--image and --data are two ways to name the inputs: give one of them")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out}: is a file, not a folder")
     return args
 
 
@@ -126,8 +134,9 @@ def _unique(paths) -> list[Path]:
     return list(first.values())
 
 
-def collect_inputs(args: argparse.Namespace, train_cfg: dict) -> tuple[list[Item], bool]:
-    """``(every input, several-images mode)``; the list is the same for every shard (sharding comes after)."""
+def collect_inputs(args: argparse.Namespace, train_cfg: dict | None) -> tuple[list[Item], bool]:
+    """``(every input, several-images mode)``; the list is the same for every shard (sharding comes after).
+    ``train_cfg``: the checkpoint's training config, whose image is the default input."""
     if args.data:
         dirs = _unique(map(Path, args.data))
         items = [Item(str(d / "rgb.png"), str(d / "gt.png") if (d / "gt.png").exists() else "", n)
@@ -143,8 +152,11 @@ def collect_inputs(args: argparse.Namespace, train_cfg: dict) -> tuple[list[Item
         items = [Item(str(f), str(gts.get(f, "")), n) for f, n in zip(files, _names(files, drop_suffix=True))]
         return items, len(items) > 1 or folders or args.shard is not None
     # the default: the training image and its gt
-    image = train_cfg["rgb"] or str(Path(train_cfg["data"]) / "rgb.png")
-    gt = train_cfg["gt"] or str(Path(train_cfg["data"]) / "gt.png")
+    if not train_cfg or "data" not in train_cfg:
+        raise CheckpointError(f"{args.checkpoint}: names no training image (no training config in it); "
+                              "give --image or --data")
+    image = train_cfg.get("rgb") or str(Path(train_cfg["data"]) / "rgb.png")
+    gt = train_cfg.get("gt") or str(Path(train_cfg["data"]) / "gt.png")
     return [Item(image, gt if Path(gt).exists() else "", "")], args.shard is not None
 
 
@@ -174,6 +186,8 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
         result.update(gt=item.gt, **{k: round(v, 4) for k, v in rep.items()})
 
     mask = np.where(pred, 0, 255).astype(np.uint8)  # gt.png encoding: 0 = building
+    # an earlier prediction's metrics (another image, or one with --gt) must not stay beside this one's files
+    (out / "predictions_metrics.json").unlink(missing_ok=True)
     save_image(out / "predictions.jpg", mask, quality=95)
     save_image(out / "predictions_mask.png", mask)
     save_image(out / "predictions_overlay.jpg", overlay(image, pred, gt), quality=90)
@@ -204,7 +218,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     device = resolve_device(args.device)
     model, ckpt = load_checkpoint(args.checkpoint, device)
     threshold = args.threshold if args.threshold >= 0 else float(ckpt.get("threshold", 0.5))
-    items, several = collect_inputs(args, ckpt["config"])
+    items, several = collect_inputs(args, ckpt.get("config"))
     out = Path(args.out or Path(args.checkpoint).parent)
     mine = select_shard(items, args.shard, key=lambda it: it.key)
     if several:

@@ -197,3 +197,47 @@ def test_bad_predict_options_are_refused(args, capsys):
         predict.parse_args(args)  # --batch-size 2 at the default 256 px tile: over the memory limit
     assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
     assert predict.parse_args(["--batch-size", "4", "--tile", "128"]).batch_size == 4
+
+
+@pytest.mark.parametrize("args", [["--threshold", "nan"], ["--image", "a.png", "--data", "d"]])
+def test_predict_options_that_would_be_silently_ignored_are_refused(args, capsys):
+    # NaN was the checkpoint's threshold without a word; --image beside --data was not predicted at all
+    with pytest.raises(SystemExit) as exit_:
+        predict.parse_args(args)
+    assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+def test_a_small_tile_alone_is_accepted_and_out_as_a_file_is_refused(tmp_path, capsys):
+    # --tile 32 was refused for the default --overlap 32 the user never gave
+    assert predict.parse_args(["--tile", "32"]).overlap == 16
+    assert predict.parse_args([]).overlap == 32 and predict.parse_args(["--tile", "64"]).overlap == 32
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(SystemExit) as exit_:  # was a FileExistsError traceback after the prediction
+        predict.parse_args(["--out", str(tmp_path / "f")])
+    assert exit_.value.code == 2 and f"--out {tmp_path / 'f'}: is a file" in capsys.readouterr().err
+
+
+def test_no_stale_metrics_beside_a_new_prediction(trained_run, pair_dir, tmp_path):
+    """A prediction without --gt into a folder that holds an earlier one with --gt: the earlier image's
+    predictions_metrics.json stayed beside the new image's files, as if it were theirs."""
+    val, out = pair_dir / "extra" / "demo_val", tmp_path / "out"
+    ckpt = str(trained_run / "best.pt")
+    assert predict.main(["--checkpoint", ckpt, "--image", str(val / "rgb.png"), "--gt", str(val / "gt.png"),
+                         "--out", str(out)]) == 0
+    assert (out / "predictions_metrics.json").is_file()
+    assert predict.main(["--checkpoint", ckpt, "--image", str(pair_dir / "rgb.png"), "--out", str(out)]) == 0
+    assert (out / "predictions_mask.png").is_file() and not (out / "predictions_metrics.json").exists()
+
+
+def test_a_checkpoint_without_training_config_is_one_line(trained_run, pair_dir, tmp_path, capsys):
+    # bare weights + model config (no 'config'): a KeyError traceback even with --image; now --image works and
+    # the default input (the training image, which it does not name) is one line naming the file
+    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    bare = tmp_path / "bare.pt"
+    torch.save({"model": ckpt["model"], "model_config": ckpt["model_config"]}, bare)
+    assert predict.main(["--checkpoint", str(bare), "--image", str(pair_dir / "rgb.png"),
+                         "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(bare), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bare}: names no training image"), err
