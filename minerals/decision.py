@@ -20,10 +20,23 @@ def mineral_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return m.max(axis=1), m.argmax(axis=1)
 
 
-def decide(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, list[str]]:
-    """(confidence (N,), results: a mineral name or ``"unknown"``) for ``probs`` (N, 8)."""
+def decide(probs: np.ndarray, threshold: float, decimals: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(confidence (N,), results: a mineral name or ``"unknown"``) for ``probs`` (N, 8).
+
+    ``decimals``: round the confidences first and decide on the rounded values, so that a reported confidence
+    never contradicts its result (0.4999996 shown as 0.5 but "unknown" at threshold 0.5)."""
     conf, idx = mineral_confidence(probs)
+    conf = conf if decimals is None else np.round(conf.astype(np.float64), decimals)
     return conf, [MINERALS[i] if c >= threshold else UNKNOWN for c, i in zip(conf, idx)]
+
+
+def threshold_problem(threshold: float | None) -> str | None:
+    """Why ``threshold`` cannot be a confidence threshold (None when it can, or when it is not given): a
+    confidence is a probability, so a value outside [0, 1] or NaN answers every patch alike."""
+    if threshold is None or 0.0 <= threshold <= 1.0:
+        return None
+    return (f"{threshold} is not a probability in [0, 1] (below 0 every patch gets a mineral, above 1 or NaN every "
+            "patch is 'unknown')")
 
 
 def open_set_correct(probs: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:

@@ -24,7 +24,7 @@ from common.io import IMAGE_EXTENSIONS, atomic_path, atomic_write, write_json
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
 from minerals.decision import UNKNOWN, decide, mineral_confidence, threshold_curve
-from minerals.predict import load_classifier, predict_probs
+from minerals.predict import load_classifier, option_problems, predict_probs
 from minerals.train import DEVICES, mineral_metrics, pick_device
 
 
@@ -133,15 +133,20 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default="runs/minerals/samples", help="samples folder (index.csv) or class folders")
     p.add_argument("--split", default="val", choices=["val", "train", "all"],
                    help="with an index.csv: which patches of the run's split.csv (next to the checkpoint)")
-    p.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence threshold in [0, 1] for the open-set figures (default: the checkpoint's)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror-image averaging (default: as the checkpoint was validated)")
     p.add_argument("--img-size", type=int, default=None, help="test-time input side (default: the checkpoint's)")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (at least 1)")
     p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
     args = p.parse_args(argv)
+    for problem in option_problems(args):
+        p.error(problem)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a file; give the folder to write into")
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model, meta = load_classifier(args.checkpoint, device, args.tta)

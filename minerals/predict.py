@@ -6,10 +6,10 @@
 Output: ``{"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}}``. ``confidence`` is the
 probability of the most likely mineral; below the threshold (by default the one chosen on validation and
 stored in the checkpoint) the result is ``"unknown"`` (see minerals/decision.py). Keys are file names, or
-paths relative to the given folder (the full path as given when two inputs share one). A file that cannot be
-read is named with the reason on stderr and keeps the format in the JSON as ``{"confidence": 0.0, "result":
-"unknown"}`` (nothing recognised); the batch goes on, and the exit status is 1 when any file failed (2 when none
-could be read).
+paths relative to the given folder (the full path as given when two inputs share one; a file given twice is
+classified once). A file that cannot be read is named with the reason on stderr and keeps the format in the
+JSON as ``{"confidence": 0.0, "result": "unknown"}`` (nothing recognised); the batch goes on, and the exit
+status is 1 when any file failed (2 when none could be read or none was found).
 
 Keys come out sorted, so N workers can split a large folder and one merge rebuilds the single-worker file
 byte for byte (``--shard I/N`` takes every N-th file of the sorted list; under ``torchrun`` the default is
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 import warnings
@@ -35,12 +36,13 @@ import torch
 from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, read_rgb
 from common.shard import add_shard_argument, launcher_env, select_shard, shard_path
 from minerals.data import CLASSES, eval_transform, to_tensor
-from minerals.decision import UNKNOWN, decide
+from minerals.decision import UNKNOWN, decide, threshold_problem
 from minerals.model import FlipTTA, build_model
 from minerals.train import DEVICES, pick_device
 
 DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
 DEFAULT_INPUT = "runs/minerals/samples/patches"  # what `make train-minerals` extracted
+CHECKPOINT_KEYS = ("model", "classes", "backbone", "img_size", "threshold", "config")  # what inference reads
 
 
 def frozen_for_cpu(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
@@ -64,11 +66,20 @@ def load_classifier(path: str | Path, device: torch.device, tta: bool | None = N
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"{path}: checkpoint not found (train first: make train-minerals)")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # a truncated, foreign or directory path is one line naming the file, not a traceback
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        raise SystemExit(f"error: {path}: not a checkpoint of minerals/train.py ({type(err).__name__}: {err})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise SystemExit(f"error: {path}: not a checkpoint of minerals/train.py (no {', '.join(missing)})")
     if ck["classes"] != CLASSES:
         raise SystemExit(f"{path}: trained for classes {ck['classes']}, this code expects {CLASSES}")
-    model = build_model(ck["backbone"], len(CLASSES), ck.get("width", 1.0), pretrained=False)
-    model.load_state_dict(ck["model"])
+    try:
+        model = build_model(ck["backbone"], len(CLASSES), ck.get("width", 1.0), pretrained=False)
+        model.load_state_dict(ck["model"])
+    except (ValueError, RuntimeError) as err:  # an unknown backbone, weights of another shape
+        raise SystemExit(f"error: {path}: its weights do not fit {ck['backbone']!r} ({str(err).splitlines()[0]})") from None
     model = model.to(device, memory_format=torch.channels_last).eval()
     meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "scheduler", "train_model", "ema")}
     meta["tta"] = ck["config"].get("tta", False) if tta is None else tta
@@ -83,13 +94,24 @@ def collect_files(inputs: list[str]) -> list[tuple[str, Path]]:
         p = Path(item)
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                print(f"warning: {p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder", file=sys.stderr)
             found += [(f.relative_to(p).as_posix(), f) for f in files]
         else:  # files are passed on even when missing: they are then reported as errors
             found.append((p.name, p))
+    seen: set[Path] = set()  # a file given twice (itself and inside a given folder) is classified once
+    found = [(k, f) for k, f in found if not (f.resolve() in seen or seen.add(f.resolve()))]
     names = [k for k, _ in found]
     if len(set(names)) < len(names):  # same name twice: fall back to the full path as given
         found = [(str(f), f) for _, f in found]
     return found
+
+
+def json_entry(probs: np.ndarray, threshold: float) -> dict:
+    """The brief's JSON value of one patch: the confidence as written (6 decimals) and the result decided on that
+    written value, so the file never shows a confidence at or above the threshold with "unknown"."""
+    conf, res = decide(probs[None], threshold, decimals=6)
+    return {"confidence": float(conf[0]), "result": res[0]}
 
 
 @torch.no_grad()
@@ -112,23 +134,43 @@ def predict_probs(model, files: list[Path], img_size: int, device: torch.device,
                 yield i, p, None
 
 
+def option_problems(args) -> list[str]:
+    """Option values predict.py and evaluate.py cannot work with, each naming the option."""
+    problems = []
+    if (why := threshold_problem(args.threshold)) is not None:
+        problems.append(f"--threshold {why}")
+    if args.threads < 1:
+        problems.append(f"--threads {args.threads}: give at least 1 CPU thread")
+    if getattr(args, "batch_size", 1) < 1:
+        problems.append(f"--batch-size {args.batch_size}: give at least 1 patch per batch")
+    if (getattr(args, "img_size", None) or 1) < 1:
+        problems.append(f"--img-size {args.img_size}: give a positive side in px (or leave it out: the checkpoint's)")
+    return problems
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", help=f"patch files and/or folders, searched recursively (default: {DEFAULT_INPUT})")
     p.add_argument("--data", default=None, help="a folder of patches (same as a positional input)")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="best.pt written by train.py")
-    p.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: the checkpoint's)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence threshold in [0, 1]: a patch whose most likely mineral has a lower probability "
+                        "is 'unknown'; 0 rejects nothing (default: the checkpoint's, chosen on validation)")
     p.add_argument("--out", default="-", help="JSON file to write (default: stdout)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each patch with its mirror image (default: as validated, from the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="patches per forward pass")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                    help="on CPU, run the network traced and frozen by TorchScript (same outputs, ~1.6x faster)")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (at least 1)")
     p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
     add_shard_argument(p)
     args = p.parse_args(argv)
+    for problem in option_problems(args):
+        p.error(problem)
+    if args.out != "-" and Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a folder; give the JSON file to write")
     if args.out == "-" and launcher_env()[1] > 1:
         p.error("under torchrun every process needs its own file: give --out results.json "
                 "(written as results.shard-I-of-N.json)")
@@ -162,16 +204,18 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             results[key] = {"confidence": 0.0, "result": UNKNOWN}  # the brief's format: nothing recognised
         else:
-            conf, res = decide(probs[None], threshold)
-            results[key] = {"confidence": round(float(conf[0]), 6), "result": res[0]}
+            results[key] = json_entry(probs, threshold)
     results = {k: results[k] for k, _ in files}  # sorted keys: the form `python -m common.shard merge` writes
     text = json.dumps(results, indent=2) + "\n"
     if args.out == "-":
         sys.stdout.write(text)
     else:
         out = shard_path(args.out, args.shard)
-        with atomic_write(out, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with atomic_write(out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as err:  # a full disk, a read-only folder: one line, not a traceback
+            raise SystemExit(f"error: --out {out}: cannot write the results ({err.strerror or err})") from None
         print(f"wrote {out}", file=sys.stderr)
     n_ok = len(files) - errors
     print(f"{n_ok} classified, {errors} unreadable, {n_ok / max(time.time() - t0, 1e-9):.1f} patches/s", file=sys.stderr)

@@ -1,0 +1,74 @@
+"""predict.py / evaluate.py refuse what cannot work with one line naming the option or the file, and the JSON never
+contradicts itself."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from minerals import evaluate
+from minerals import predict as predict_module
+from minerals.data import CLASSES
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--threshold", "nan"], "--threshold nan"), (["--threshold", "-0.1"], "--threshold -0.1"),
+    (["--threshold", "1.5"], "--threshold 1.5"), (["--threads", "0"], "--threads 0"),
+    (["--batch-size", "0"], "--batch-size 0")])
+def test_predict_refuses_option_values_that_cannot_work(run, samples, capsys, args, says):
+    patch = next((samples / "patches" / "pyrite").glob("*.jpg"))
+    with pytest.raises(SystemExit) as exc:
+        predict_module.main([str(patch), "--checkpoint", str(run / "best.pt"), *args])
+    err = capsys.readouterr()
+    assert exc.value.code == 2 and says in err.err and err.out == ""
+
+
+def test_predict_out_that_is_a_folder_is_refused_before_the_work(run, samples, tmp_path, capsys):
+    patch = next((samples / "patches" / "pyrite").glob("*.jpg"))
+    with pytest.raises(SystemExit) as exc:
+        predict_module.main([str(patch), "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "folder"])
+def test_a_bad_checkpoint_is_one_line_naming_the_file(run, tmp_path, kind):
+    path = tmp_path / "best.pt"
+    if kind == "garbage":
+        path.write_bytes(b"not a torch file at all")
+    elif kind == "foreign":
+        torch.save({"state_dict": {}}, path)
+    else:
+        path.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        predict_module.load_classifier(path, torch.device("cpu"))
+    assert str(path) in str(exc.value) and "not a checkpoint" in str(exc.value)
+
+
+def test_json_confidence_never_contradicts_the_result():
+    """0.4999996 is written as 0.5: at threshold 0.5 its result must then be the mineral, not 'unknown'."""
+    probs = np.zeros(len(CLASSES), np.float32)
+    probs[5], probs[-1] = 0.4999996, 0.5000004
+    entry = predict_module.json_entry(probs, 0.5)
+    assert entry == {"confidence": 0.5, "result": "pyrite"}
+    assert (entry["result"] == "unknown") == (entry["confidence"] < 0.5)
+    probs[5] = 0.4999994
+    assert predict_module.json_entry(probs, 0.5) == {"confidence": 0.499999, "result": "unknown"}
+
+
+def test_a_file_given_twice_is_classified_once_and_an_empty_folder_is_said(run, samples, tmp_path, capsys):
+    patch = next((samples / "patches" / "pyrite").glob("*.jpg"))
+    rc = predict_module.main([str(patch), str(patch), "--checkpoint", str(run / "best.pt"), "--threads", "1"])
+    out = capsys.readouterr()
+    assert rc == 0 and list(json.loads(out.out)) == [patch.name] and "1 classified, 0 unreadable" in out.err
+    (tmp_path / "empty").mkdir()
+    rc = predict_module.main([str(tmp_path / "empty"), "--checkpoint", str(run / "best.pt"), "--threads", "1"])
+    out = capsys.readouterr()
+    assert rc == 2 and json.loads(out.out) == {} and "no image files" in out.err and "empty" in out.err
+
+
+@pytest.mark.parametrize("args, says", [(["--threshold", "nan"], "--threshold nan"), (["--threads", "0"], "--threads 0"),
+                                        (["--img-size", "-8"], "--img-size -8")])
+def test_evaluate_refuses_option_values_that_cannot_work(run, samples, capsys, args, says):
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--checkpoint", str(run / "best.pt"), "--data", str(samples), *args])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
