@@ -123,11 +123,14 @@ FLIPS = ((), (3,), (2,), (2, 3))  # test-time augmentation: identity, left-right
 def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = None, tile: int = MAX_TILE,
                   overlap: int = 32, batch_size: int = 1, progress=None, tta: bool = False) -> np.ndarray:
     """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles.
-    ``tta``: average the probabilities of each tile and its three flips (4x the compute, same tile size)."""
+    ``tta``: average the probabilities of each tile and its three flips (4x the compute, same tile size).
+    ``tile`` and ``overlap`` are rounded down to even numbers: with an odd stride between tiles the 2x2 max-pool
+    of neighbouring tiles pairs different pixels, and their blend differs from one untiled pass (measured: up to
+    0.47 in probability at overlap 15 of 64 px tiles, against 0.06 at overlap 16)."""
     device = device or next(model.parameters()).device
     h, w = image.shape[:2]
     tile = _even_tile(tile, h, w)
-    overlap = min(overlap, tile // 2)
+    overlap = min(overlap, tile // 2) // 2 * 2
 
     def fn(batch: np.ndarray) -> np.ndarray:
         assert batch.shape[1] <= MAX_TILE and batch.shape[2] <= MAX_TILE, batch.shape  # the brief's GPU limit

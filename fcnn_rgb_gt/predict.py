@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tile", type=int, default=MAX_TILE, help="tile side, <= 256 (the memory limit)")
     p.add_argument("--overlap", type=int, default=None,
                    help="pixels shared by neighbouring tiles (blended), at most half the tile; default 32, or half "
-                        "the tile below 64 px")
+                        "the tile below 64 px; odd values are rounded down to even (2x2 pooling alignment)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="tiles per forward pass; batch-size x tile^2 must stay within 256^2 pixels (the brief's "
                         "memory limit: one 256x256x3 input; as fast on CPU as batches)")
