@@ -131,7 +131,8 @@ def score_run(run: Path, pairs: list[Path], strip: tuple[np.ndarray, np.ndarray]
            "val_strip": scores(model, *strip, thresholds), "pairs": {}}
     for d in pairs:
         image = read_rgb(d / "rgb.png")
-        res["pairs"][d.name] = scores(model, image, read_gt(d / "gt.png", image.shape[:2]).astype(bool), thresholds)
+        gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
+        res["pairs"][d.name] = scores(model, image, gt, thresholds)
     print(f"  {run.name}: {json.dumps(res)}", flush=True)
     return res
 
@@ -416,7 +417,12 @@ def main(argv=None) -> int:
     if not (train_dir / "rgb.png").is_file() or is_demo(data) or is_demo(train_dir):
         print(f"bench-fcnn: skipped, no real data at {train_dir} (run: make bench-fcnn DATA_ROOT=../shared/data)")
         return 0
-    pairs = sorted(d for d in (data / "extra").iterdir() if (d / "rgb.png").is_file() and not is_demo(d))
+    extra_dir = data / "extra"
+    pairs = sorted(d for d in extra_dir.iterdir() if (d / "rgb.png").is_file() and (d / "gt.png").is_file()
+                   and not is_demo(d)) if extra_dir.is_dir() else []
+    if not pairs:  # checked before any training (was a FileNotFoundError or min() traceback)
+        print(f"error: {extra_dir}: no test pair (a folder holding rgb.png and gt.png) to score on", file=sys.stderr)
+        return 2
     runs, out = Path(args.runs), Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
     if args.fit_check:  # adds to stored rows only: the headline run's machine and load fields stay

@@ -1,6 +1,8 @@
 """bench.py's bookkeeping on hand-made reports (no training): seed grouping, the seed table, the skip rule."""
 from __future__ import annotations
 
+import pytest
+
 from fcnn_rgb_gt import bench, demo_data
 
 
@@ -55,3 +57,25 @@ def test_rows_of_another_command_are_not_merged(capsys):
     assert bench.kept_rows(report, "ablations", "old") == {"v": {"x": 1}}
     assert bench.kept_rows(report, "ablations", "new") == {} and "replaced" in capsys.readouterr().out
     assert bench.kept_rows(report, "oracle", "any") == {}
+
+
+def test_bench_without_test_pairs_is_one_line_before_any_training(tmp_path, capsys, monkeypatch):
+    # real training data but no extra/: a FileNotFoundError traceback; an empty extra/ or pairs without gt.png:
+    # a min() or ImageReadError traceback after the whole training run
+    import numpy as np
+    from PIL import Image
+
+    train_dir = tmp_path / "fcnn" / "train_substitute"
+    train_dir.mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(train_dir / "rgb.png")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(train_dir / "gt.png")
+    monkeypatch.setattr(bench, "train_run", lambda *a, **k: pytest.fail("trained"))
+    args = ["--data", str(tmp_path / "fcnn"), "--out", str(tmp_path / "b.json"), "--runs", str(tmp_path / "runs")]
+    for make_extra in (False, True):
+        if make_extra:  # a pair folder without its gt.png cannot be scored either
+            (tmp_path / "fcnn" / "extra" / "p1").mkdir(parents=True)
+            Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "fcnn" / "extra" / "p1" / "rgb.png")
+        assert bench.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'fcnn' / 'extra'}: no test pair"), err
+    assert not (tmp_path / "b.json").exists()
