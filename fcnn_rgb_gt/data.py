@@ -40,6 +40,16 @@ def load_pair(rgb_path: str | Path, gt_path: str | Path, min_side: int = 1) -> t
     return image, read_gt(gt_path, image.shape[:2], rgb_path)
 
 
+def check_both_classes(mask: np.ndarray, gt_path: str | Path) -> None:
+    """A training mask must hold buildings and background: with one class the net learns nothing, yet the
+    validation IoU is 1.0 (empty prediction, empty truth). Raises ImageReadError naming ``gt_path``."""
+    share = float(mask.mean()) if mask.size else 0.0
+    if share in (0.0, 1.0):
+        only, other = ("background (255)", "building (0)") if share == 0 else ("building (0)", "background (255)")
+        raise ImageReadError(gt_path, f"holds only {only}, no {other} pixel: nothing to train on (gt.png encodes "
+                                      "0 = building, 255 = background)")
+
+
 @dataclass(frozen=True)
 class Split:
     """Spatial split along ``axis`` (0 = rows, 1 = columns): validation is ``[val_start, val_end)``, training is

@@ -49,8 +49,8 @@ from common.metrics import segmentation_report
 from common.shard import launcher_env
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt import demo_data
-from fcnn_rgb_gt.data import DEFAULT_DATA, DEFAULT_RUNS, MIN_TRAIN_SIDE, CropSampler, load_pair, spatial_split, \
-    to_tensor
+from fcnn_rgb_gt.data import DEFAULT_DATA, DEFAULT_RUNS, MIN_TRAIN_SIDE, CropSampler, check_both_classes, load_pair, \
+    spatial_split, to_tensor
 from fcnn_rgb_gt.infer import DEVICES, CheckpointError, over_memory_limit, predict_probs, prepare, read_checkpoint, \
     resolve_device, set_threads
 from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters
@@ -201,6 +201,7 @@ def load_data(cfg: TrainConfig, main_rank: bool = True, world: int = 1):
         if world > 1:
             dist.barrier()  # the other ranks read it once rank 0 has written it
     image, mask = load_pair(rgb, gt, min_side=MIN_TRAIN_SIDE)
+    check_both_classes(mask, gt)
     split = spatial_split(mask, cfg.val_fraction, gap=16)
     return image, mask, split, rgb, gt
 

@@ -184,7 +184,8 @@ def test_resume_of_a_run_that_has_done_its_epochs_is_refused(trained_run, tmp_pa
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
 
 
-@pytest.mark.parametrize("case", ["missing", "size_mismatch", "bad_gt_values", "tiny", "corrupt"])
+@pytest.mark.parametrize("case", ["missing", "size_mismatch", "bad_gt_values", "tiny", "corrupt", "no_buildings",
+                                  "only_buildings"])
 def test_bad_training_input_is_one_line_error(case, pair_dir, tmp_path, capsys):
     from PIL import Image
 
@@ -209,6 +210,8 @@ def test_bad_training_input_is_one_line_error(case, pair_dir, tmp_path, capsys):
     elif case == "corrupt":
         bad = data / "rgb.png"
         bad.write_bytes(bad.read_bytes()[:200])
+    elif case in ("no_buildings", "only_buildings"):  # trained 'successfully' to a validation IoU of 1.0
+        Image.fromarray(np.full_like(gt, 255 if case == "no_buildings" else 0)).save(bad)
     out = tmp_path / "run"
     code = train.main(["--data", str(data), "--out", str(out), "--epochs", "1", "--tile", "64"])
     err = capsys.readouterr().err.strip().splitlines()
