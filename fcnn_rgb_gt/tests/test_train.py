@@ -38,6 +38,20 @@ def test_sampler_crops_and_augments_in_step(pair_dir):
     assert set(np.unique(y.numpy())) <= {0, 1}
 
 
+def test_a_palette_gt_is_read_by_its_colours(pair_dir, tmp_path):
+    """A black-and-white gt.png saved as a 2-colour palette PNG (indices 0 = white, 1 = black) was refused with
+    'unexpected mask values 1' (the indices were read as values)."""
+    from PIL import Image
+
+    gray = Image.open(pair_dir / "gt.png").convert("L")
+    gray.convert("P", palette=Image.Palette.ADAPTIVE, colors=2).save(tmp_path / "gt.png")
+    assert Image.open(tmp_path / "gt.png").mode == "P"
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "gt.png")))) == {0, 1}  # indices, not 0 / 255
+    _, mask = load_pair(pair_dir / "rgb.png", pair_dir / "gt.png")
+    _, from_palette = load_pair(pair_dir / "rgb.png", tmp_path / "gt.png")
+    assert np.array_equal(from_palette, mask) and 0 < mask.mean() < 1
+
+
 def test_spatial_split_keeps_a_gap_and_a_representative_strip():
     mask = np.zeros((100, 200), np.uint8)
     mask[:, :40] = 1  # buildings only on the left
