@@ -65,7 +65,8 @@ class Config:
     epochs: int = 0  # (0: 100 for orenet, 7-29 min alone on 2-core machines, see README; 15 for efficientnet_lite0)
     time_budget_min: float = 27.0  # the whole run (data, training, validation, export) stays inside this: a few
     #                   timed steps before training say how long an epoch takes, and when `epochs` would not fit
-    #                   the run plans fewer (the schedule then spans those); 0 = no limit
+    #                   the run plans fewer (the schedule then spans those); 0 = no limit. A resumed run keeps
+    #                   the epochs it planned and stops before an epoch that would end past this (from its restart)
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
     augment: str = "basic"  # basic: crop, flips, colour jitter, erasing | trivial: + TrivialAugmentWide
@@ -110,7 +111,42 @@ def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_args(p, Config, choices={"backbone": BACKBONES, "augment": AUGMENTS, "device": DEVICES})
-    return Config(**vars(p.parse_args(argv))).resolve()
+    cfg = Config(**vars(p.parse_args(argv))).resolve()
+    for problem in config_problems(cfg):
+        p.error(problem)
+    return cfg
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """Option values (after ``resolve``) a run cannot train with, each naming its option: they used to be
+    tracebacks (--val-fold 5, --batch-size 0, --threads 0) or to train something else than asked, silently
+    (--epochs -1 and --time-budget-min -1 trained 1 epoch, --val-fold -1 the last fold, --ema-decay 1 kept the
+    initial weights)."""
+    rules = {  # field: (allowed, what to give)
+        "epochs": (cfg.epochs >= 1, "at least 1 (0: the backbone's default)"),
+        "img_size": (cfg.img_size >= 1, "a positive side in px (0: the backbone's default)"),
+        "batch_size": (cfg.batch_size >= 1, "at least 1"),
+        "threads": (cfg.threads >= 1, "at least 1"),
+        "n_folds": (cfg.n_folds >= 2, "at least 2 (one fold validates, the others train)"),
+        "val_fold": (0 <= cfg.val_fold < cfg.n_folds, f"a fold 0..{cfg.n_folds - 1} of --n-folds {cfg.n_folds}"),
+        "width": (cfg.width > 0, "a positive multiplier"),
+        "freeze": (cfg.freeze >= 0, "0 or more stages"),
+        "time_budget_min": (cfg.time_budget_min >= 0, "minutes >= 0 (0: no limit)"),
+        "crop_scale": (0 < cfg.crop_scale <= 1, "an area share in (0, 1]"),
+        "drop_path": (0 <= cfg.drop_path < 1, "a rate in [0, 1) (-1: the backbone's default)"),
+        "lr": (cfg.lr > 0, "a positive rate (0: the backbone's default)"),
+        "backbone_lr_scale": (cfg.backbone_lr_scale > 0, "a positive factor (0: the backbone's default)"),
+        "weight_decay": (cfg.weight_decay >= 0, "0 or more"),
+        "label_smoothing": (0 <= cfg.label_smoothing < 1, "a share in [0, 1)"),
+        "mix": (0 <= cfg.mix <= 1, "a share of batches in [0, 1] (-1: the backbone's default)"),
+        "ema_decay": (0 <= cfg.ema_decay < 1, "a decay in [0, 1) (0: off; 1 would never move from the initial "
+                                              "weights)"),
+        "class_weight_power": (cfg.class_weight_power >= 0, "0 or more (0: no class weights)"),
+        "max_steps": (cfg.max_steps >= 0, "0 or more (0: no limit)"),
+    }
+    # NaN fails every comparison above, so it is refused with the rest
+    return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: give {what}" for name, (ok, what) in rules.items()
+            if not ok]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # --device of train.py, predict.py and evaluate.py
@@ -240,6 +276,9 @@ def load_resume(cfg: Config, device, log) -> tuple[Config, dict | None]:
     except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
         raise SystemExit(f"error: --resume {cfg.resume}: not a last.pt of minerals/train.py ({err})") from None
     run, overridden = resumed_config(cfg, saved, RESUME_MAY_CHANGE)
+    if ck.get("epoch", 0) >= run.epochs:  # it would train nothing and record a train time of 0 s as the run's
+        raise SystemExit(f"error: --resume {cfg.resume}: the run has done all the {run.epochs} epochs it planned; "
+                         "nothing is left to train (start a new run to train longer)")
     if overridden:
         log("--resume continues the run with its own settings: "
             + ", ".join(f"{name}={kept!r} (command line: {given!r})" for name, kept, given in overridden))
@@ -452,10 +491,12 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     t_train, last_seconds = time.time(), 0.0  # the previous epoch's seconds, checkpoints and plot included
     for epoch in range(start + 1, cfg.epochs + 1):
         t = time.time()
-        if epoch_seconds and last_seconds and past_budget(t - t_start + last_seconds, 60 * cfg.time_budget_min - BUDGET_RESERVE_S,
-                                                          world, device):
-            log(f"stopping before epoch {epoch}: it would end past the {cfg.time_budget_min:g}-min budget "
-                f"(estimated {epoch_seconds:.1f} s an epoch, the last one took {last_seconds:.1f} s)")
+        # (also in a resumed run, whose budget counts from its restart: it keeps the epochs it planned)
+        if cfg.time_budget_min and last_seconds and past_budget(t - t_start + last_seconds,
+                                                                60 * cfg.time_budget_min - BUDGET_RESERVE_S, world, device):
+            log(f"stopping before epoch {epoch}: it would end past the {cfg.time_budget_min:g}-min budget ("
+                + (f"estimated {epoch_seconds:.1f} s an epoch, " if epoch_seconds else "")
+                + f"the last one took {last_seconds:.1f} s)")
             break
         train_dl.sampler.set_epoch(epoch)
         train_loss, step = train_one_epoch(net, train_dl, opt, sched, weights, cfg, device, step, rank, ema)

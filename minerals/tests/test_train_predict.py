@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,7 @@ def test_resume_continues_exactly_with_the_runs_own_settings(samples, tmp_path, 
         steps_per_epoch = sum(r["split"] == "train" for r in csv.DictReader(f)) // 16
     train.main(args + ["--out", str(tmp_path / "cut"), "--max-steps", str(steps_per_epoch)])  # stops after epoch 1
     assert len(torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["history"]) == 1
+    shutil.copytree(tmp_path / "cut", tmp_path / "early")  # the run after epoch 1, for the move below
     capsys.readouterr()
     train.main(["--resume", str(tmp_path / "cut" / "last.pt"), "--out", str(tmp_path / "cut"), "--data", str(samples),
                 "--lr", "0.5", "--threads", "1", "--no-export"])
@@ -178,10 +180,18 @@ def test_resume_continues_exactly_with_the_runs_own_settings(samples, tmp_path, 
     assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
     assert [h["train_loss"] for h in whole["history"]] == [h["train_loss"] for h in cut["history"]]
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["lr"] == 0.004
-    # resumed into another folder after its last epoch: the run's best.pt comes along, the summary is written
-    train.main(["--resume", str(tmp_path / "cut" / "last.pt"), "--out", str(tmp_path / "moved"),
+    # resumed into another folder, no later epoch beating the best so far: the run's best.pt comes along
+    early = torch.load(tmp_path / "early" / "last.pt", weights_only=True)
+    torch.save({**early, "best_metric": 1e9}, tmp_path / "early" / "last.pt")  # epoch 2 cannot beat it
+    train.main(["--resume", str(tmp_path / "early" / "last.pt"), "--out", str(tmp_path / "moved"),
                 "--data", str(samples), "--threads", "1", "--no-export"])
-    assert (tmp_path / "moved" / "best.pt").exists() and (tmp_path / "moved" / "result.json").exists()
+    assert torch.load(tmp_path / "moved" / "best.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((tmp_path / "moved" / "result.json").read_text())["best_epoch"] == 1
+    # a finished run has nothing left to train: refused (it rewrote result.json with a train time of 0 s)
+    result = (tmp_path / "cut" / "result.json").read_text()
+    with pytest.raises(SystemExit, match="done all the 2 epochs"):
+        train.main(["--resume", str(tmp_path / "cut" / "last.pt"), "--data", str(samples), "--threads", "1"])
+    assert (tmp_path / "cut" / "result.json").read_text() == result
     with pytest.raises(SystemExit, match="not a last.pt"):
         (tmp_path / "junk.pt").write_text("not a checkpoint")
         train.main(["--resume", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "junk")])
@@ -221,6 +231,25 @@ def test_time_budget_stops_a_run_that_falls_behind(samples, tmp_path, monkeypatc
                          "--time-budget-min", "0.5"])  # 30 s: all of it the final reserve
     assert result["epochs_planned"] == 3 and result["best_epoch"] == 1
     assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1]
+
+
+def test_time_budget_also_stops_a_resumed_run(samples, tmp_path, monkeypatch):
+    """--time-budget-min may change on --resume; it used to be ignored there (no probe, so no stop at all)."""
+    args = ["--data", str(samples), "--out", str(tmp_path), "--epochs", "3", "--img-size", "32", "--width", "0.5",
+            "--batch-size", "16", "--threads", "1", "--no-export"]
+    train.main(args + ["--time-budget-min", "0", "--max-steps", "1"])  # stops in epoch 1 of 3
+    train.main(["--resume", str(tmp_path / "last.pt"), *args, "--time-budget-min", "0.5"])  # 30 s: all reserve
+    assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "-1"), ("--val-fold", "5"), ("--val-fold", "-1"),
+                                           ("--n-folds", "1"), ("--batch-size", "0"), ("--threads", "0"),
+                                           ("--time-budget-min", "-1"), ("--ema-decay", "1"), ("--mix", "nan"),
+                                           ("--crop-scale", "0"), ("--img-size", "-8"), ("--width", "0")])
+def test_option_values_that_cannot_train_are_refused(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args([option, value])
+    assert exc.value.code == 2 and f"{option} " in capsys.readouterr().err
 
 
 def test_frozen_network_gives_the_eager_probabilities(run, samples):
