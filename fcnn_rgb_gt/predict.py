@@ -16,7 +16,8 @@ its path below the inputs' common folder, "/" -> "__"), plus ``predictions.csv``
 order of the image path. ``--shard I/N`` (default RANK/WORLD_SIZE under torchrun) processes every N-th image
 of the sorted list and writes ``predictions.shard-I-of-N.csv``; ``python -m common.shard merge
 <out>/predictions.csv`` joins the N shard files into exactly the file one worker writes.
-Every image is read and checked before its files are written, and every file is written atomically; a bad
+Every image is read and checked before its files are written, and every file is written atomically; a batch
+removes an earlier run's CSV when it starts and writes its own at the end (a stopped batch leaves none); a bad
 image is reported (one line, naming the file) and the others still run; the exit status is then 2.
 """
 from __future__ import annotations
@@ -221,9 +222,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     items, several = collect_inputs(args, ckpt.get("config"))
     out = Path(args.out or Path(args.checkpoint).parent)
     mine = select_shard(items, args.shard, key=lambda it: it.key)
+    csv_path = shard_path(args.csv or out / "predictions.csv", args.shard) if several else None
     if several:
         shard = "{}/{}".format(*args.shard) if args.shard else "all"
         print(f"{len(mine)} of {len(items)} images (shard {shard}) -> {out}")
+        # an earlier run's table must not outlive this run's first new outputs (a kill, an error before the end)
+        csv_path.unlink(missing_ok=True)
     results, errors = [], []
     for item in mine:
         try:
@@ -237,7 +241,6 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             print(f"wrote predictions.jpg, predictions_mask.png, predictions_overlay.jpg to {out}")
         results.append({**r, "name": item.name})
     if several:
-        csv_path = shard_path(args.csv or out / "predictions.csv", args.shard)
         write_csv(csv_path, results)
         print(f"wrote {csv_path} ({len(results)} rows)")
     return results, errors

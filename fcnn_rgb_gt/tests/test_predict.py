@@ -261,3 +261,23 @@ def test_a_checkpoint_without_training_config_is_one_line(trained_run, pair_dir,
     assert predict.main(["--checkpoint", str(bare), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {bare}: names no training image"), err
+
+
+def test_a_stopped_batch_leaves_no_earlier_table(trained_run, pair_folders, tmp_path, monkeypatch):
+    """A batch stopped after its first image (a kill, Ctrl-C) kept the earlier run's predictions.csv beside
+    the new outputs, describing other predictions as if they were these."""
+    args = ["--checkpoint", str(trained_run / "best.pt"), "--data", *map(str, pair_folders[:3]),
+            "--out", str(tmp_path / "out")]
+    assert predict.main(args) == 0 and (tmp_path / "out" / "predictions.csv").is_file()
+    real, calls = predict.predict_one, []
+
+    def stopped_after_one(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(predict, "predict_one", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        predict.main(args)
+    assert not (tmp_path / "out" / "predictions.csv").exists()
