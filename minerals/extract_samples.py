@@ -39,8 +39,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from common.io import ImageReadError, atomic_write, list_images, read_rgb
+from minerals.data import CLASSES, MINERALS, NEGATIVE
 
-NEGATIVE = "negative"
 INDEX_FIELDS = ["patch", "label", "kind", "source", "group", "method", "x0", "y0", "x1", "y1", "src_w", "src_h"]
 
 
@@ -317,6 +317,9 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
     """Extract all patches of ``data`` into ``out``; returns the index rows (also written to index.csv)."""
     if not data.is_dir():
         raise SystemExit(f"error: {data}: no such folder (expected <data>/<class>/<image> photos)")
+    if patch_size < 1 or neg_per_image < 0 or not synthetic >= 0:  # (NaN fails the last test too)
+        raise SystemExit(f"error: --patch-size {patch_size} (at least 1 px), --neg-per-image {neg_per_image} and "
+                         f"--synthetic {synthetic} (0 or more) cannot all be used")
     if boxes is not None and not boxes.exists():
         raise SystemExit(f"error: --boxes {boxes}: no such file or folder")
     try:
@@ -324,6 +327,11 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
     except ValueError as err:  # a box file without the columns it needs
         raise SystemExit(f"error: {err}") from None
     classes = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
+    foreign = [c for c in classes if c not in CLASSES]
+    if foreign:  # train.py would stop on their label; a misspelt folder would also lose its class
+        raise SystemExit(f"error: {data}: class folders {foreign} are not among {CLASSES} (rename or move them)")
+    if missing := [c for c in MINERALS if c not in classes]:
+        print(f"warning: {data}: no folder for {missing}; the model will never answer them", file=sys.stderr)
     groups = read_manifest_groups(data)
     rows, box_rows, review = [], [], []
     images = [(c, p) for c in classes for p in list_images(data / c)]

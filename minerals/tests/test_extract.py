@@ -133,3 +133,24 @@ def test_missing_data_or_box_file_is_one_error_line(photos, tmp_path):
     with pytest.raises(SystemExit, match="--boxes .*no such file"):
         extract(photos, tmp_path / "out", boxes=tmp_path / "nope.csv")
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_class_folders_outside_the_classes_are_refused(photos, tmp_path):
+    """A misspelt folder ('Pyrite') used to be extracted under its own label; train.py then stopped with a
+    ValueError traceback on index.csv."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(photos / "quartz", data / "quartz")
+    shutil.copytree(photos / "pyrite", data / "Pyrite")
+    with pytest.raises(SystemExit, match=r"\['Pyrite'\] are not among"):
+        extract(data, tmp_path / "out", sheets=False)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize("kw", [{"patch_size": 0}, {"neg_per_image": -1}, {"synthetic": float("nan")}])
+def test_option_values_that_cannot_work_are_refused(photos, tmp_path, kw):
+    """--patch-size 0 wrote 1x1 px patches (and then crashed in the synthetic ones); negative counts wrote none."""
+    with pytest.raises(SystemExit, match="cannot all be used"):
+        extract(photos, tmp_path / "out", sheets=False, **kw)
+    assert not (tmp_path / "out").exists()
