@@ -157,7 +157,8 @@ def read_resume(cfg: TrainConfig, main_rank: bool, world: int) -> dict | None:
 
 def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, main_rank: bool) -> TrainConfig:
     """The config this run really uses, as saved with it: on --resume the checkpoint's options, except
-    RESUME_MAY_CHANGE (one stderr line names every option the command line set otherwise), and its data paths
+    RESUME_MAY_CHANGE (one stderr line names every option the command line set to another value than the run's
+    and than its default), and its data paths
     when none are given; absolute paths; the device and thread count in use."""
     if ckpt is not None:
         stored = ckpt["config"]
@@ -167,6 +168,9 @@ def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, ma
                                   "to continue it")
         no_data_given = os.path.abspath(cfg.data) == str(DEFAULT_DATA) and not cfg.rgb and not cfg.gt
         cfg, overridden = resumed_config(cfg, stored, RESUME_MAY_CHANGE)
+        # only values the user set: a bare --resume named every default that differs from the run's own value,
+        # as if the command line had given it
+        overridden = [(k, v, given) for k, v, given in overridden if given != getattr(TrainConfig, k)]
         if main_rank and overridden:
             print(f"resume: the run of {Path(cfg.out) / 'last.pt'} keeps its own options: "
                   + ", ".join(f"--{k.replace('_', '-')} {v} (not {given})" for k, v, given in overridden),

@@ -138,6 +138,18 @@ def test_resume_keeps_the_runs_options_and_the_saved_config_is_resolved(pair_dir
     assert len(err) == 1 and err[0].startswith(f"error: {last}: "), err
 
 
+def test_a_bare_resume_names_no_option(trained_run, tmp_path, capsys):
+    # the run has --tile 64: a bare --resume said 'keeps its own options: --tile 64 (not 128)', naming a
+    # value the user never gave
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert train.main(["--out", str(run), "--epochs", "3", "--resume"]) == 0
+    assert "keeps its own options" not in capsys.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["tile"] == 64
+
+
 def test_resume_refuses_other_images(pair_dir, trained_run, tmp_path, capsys):
     import shutil
 
