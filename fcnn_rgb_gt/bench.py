@@ -404,6 +404,9 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", action="store_true", help="print the results tables of --out and exit")
     p.add_argument("--measure-predict", nargs="+", help=argparse.SUPPRESS)  # CKPT IMAGE REPEAT [BATCH]
     args = p.parse_args(argv)
+    unknown = sorted(set(args.ablate or []) - set(ABLATIONS))
+    if unknown:  # a mistyped name trained nothing and reported success
+        p.error(f"--ablate: unknown variant(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
     if args.measure_predict:
         ckpt, image, repeat, *batch = args.measure_predict
         print(json.dumps(measure_predict(ckpt, image, int(repeat), int(batch[0]) if batch else 1)))
@@ -422,6 +425,11 @@ def main(argv=None) -> int:
                    and not is_demo(d)) if extra_dir.is_dir() else []
     if not pairs:  # checked before any training (was a FileNotFoundError or min() traceback)
         print(f"error: {extra_dir}: no test pair (a folder holding rgb.png and gt.png) to score on", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.oracle or []) - {d.name for d in pairs})
+    if unknown:  # checked before any training, like --ablate's names
+        print(f"error: --oracle: no test pair {', '.join(unknown)} in {extra_dir} (there: "
+              f"{', '.join(d.name for d in pairs)})", file=sys.stderr)
         return 2
     runs, out = Path(args.runs), Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}

@@ -79,3 +79,22 @@ def test_bench_without_test_pairs_is_one_line_before_any_training(tmp_path, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'fcnn' / 'extra'}: no test pair"), err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_unknown_ablation_or_oracle_names_are_refused_before_any_training(tmp_path, capsys, monkeypatch):
+    # a mistyped --ablate / --oracle name was silently skipped: nothing trained, exit 0, the report rewritten
+    import numpy as np
+    from PIL import Image
+
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--ablate", "plain_wce_lr1e3"])
+    assert exit_.value.code == 2 and "plain_wce_lr1e3" in capsys.readouterr().err
+    for sub in ("train_substitute", "extra/p1"):
+        (tmp_path / "fcnn" / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "fcnn" / sub / "rgb.png")
+        Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "fcnn" / sub / "gt.png")
+    monkeypatch.setattr(bench, "train_run", lambda *a, **k: pytest.fail("trained"))
+    assert bench.main(["--data", str(tmp_path / "fcnn"), "--out", str(tmp_path / "b.json"), "--oracle", "p2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --oracle: no test pair p2") and "p1" in err[0], err
+    assert not (tmp_path / "b.json").exists()
