@@ -17,7 +17,8 @@ For every image:
   watermark-like text, scale bars / grids, blurred clutter) generated here, not taken from outside data.
 
 Patches are stored pre-cropped and pre-resized (shorter side ``--patch-size``) so that training epochs only
-decode small files. Everything is deterministic for a given ``--seed``. Outputs: ``patches/<label>/*.jpg``,
+decode small files. Everything is deterministic for a given ``--seed``. Outputs (the patches and contact sheets
+of an earlier extraction into ``--out`` are removed): ``patches/<label>/*.jpg``,
 ``index.csv`` (one row per patch), ``boxes.csv`` (the boxes used, re-usable as a box file) and
 ``contact_sheet_NN.jpg`` pages showing every box (green: found, orange: whole-image fallback, blue: given)
 and the negative crops (red) for review by eye.
@@ -389,9 +390,20 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
                          method="synthetic", x0=0, y0=0, x1=patch_size, y1=patch_size, src_w=patch_size, src_h=patch_size))
     write_csv(out / "index.csv", rows, INDEX_FIELDS)
     write_csv(out / "boxes.csv", box_rows, ["path", "xmin", "ymin", "xmax", "ymax", "label", "method"])
-    if sheets:
-        contact_sheets(review, out)
+    remove_stale(out, {out / "patches" / r["patch"] for r in rows}, contact_sheets(review, out) if sheets else None)
     return rows
+
+
+def remove_stale(out: Path, patches: set[Path], sheets: list[Path] | None) -> None:
+    """Delete the patches (and, when ``sheets`` were written, the contact sheets) an earlier extraction left in
+    ``out`` that this one did not write (other photos, e.g. the demo set before the real one): ``predict.py``'s
+    default input is ``out/patches``, which must hold this index's patches only."""
+    stale = [f for f in (out / "patches").glob("*/*.jpg") if f not in patches]
+    stale += [f for f in out.glob("contact_sheet_*.jpg") if f not in sheets] if sheets is not None else []
+    for f in stale:
+        f.unlink()
+    if stale:
+        print(f"removed {len(stale)} patches / contact sheets of an earlier extraction from {out}", file=sys.stderr)
 
 
 def save_jpeg(im: Image.Image, path: Path) -> None:

@@ -154,3 +154,20 @@ def test_option_values_that_cannot_work_are_refused(photos, tmp_path, kw):
     with pytest.raises(SystemExit, match="cannot all be used"):
         extract(photos, tmp_path / "out", sheets=False, **kw)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_new_extraction_removes_the_patches_of_an_earlier_one(photos, tmp_path):
+    """Demo patches extracted before the real set stayed in patches/ (other names), and predict.py's default
+    input, patches/, then classified them with the new ones."""
+    import shutil
+
+    out = tmp_path / "out"
+    extract(photos, out, patch_size=48, synthetic=0.5)
+    data = tmp_path / "data"
+    for c in ("quartz", "pyrite"):
+        shutil.copytree(photos / c, data / c)
+    (data / "pyrite" / sorted(p.name for p in (data / "pyrite").iterdir())[0]).rename(data / "pyrite" / "renamed.png")
+    rows = extract(data, out, patch_size=48, synthetic=0.0, sheets=False)
+    on_disk = {f.relative_to(out / "patches").as_posix() for f in (out / "patches").rglob("*.jpg")}
+    assert on_disk == {r["patch"] for r in rows} and any("renamed" in p for p in on_disk)
+    assert (out / "contact_sheet_00.jpg").exists()  # sheets are left alone when none are written
