@@ -36,8 +36,13 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
             if split_csv is None or not split_csv.exists():
                 raise SystemExit(f"--split {split}: the run's split.csv was not found ({split_csv})")
             with open(split_csv, newline="") as f:
-                keep = {r["patch"] for r in csv.DictReader(f) if r["split"] == split}
+                keep = {r["patch"] for r in csv.DictReader(f) if r.get("split") == split}
             rows = [r for r in rows if r["patch"] in keep]
+            if len(rows) < len(keep):  # the samples were extracted again (other photos) since the run
+                lost = f"{len(keep) - len(rows)} of the {len(keep)} {split} patches of {split_csv} are not in {data}/index.csv"
+                if not rows:
+                    raise SystemExit(f"error: {lost}: evaluate the samples the run was trained on (or --split all)")
+                print(f"warning: {lost}; scoring the {len(rows)} found", file=sys.stderr)
         return [(Path(r["file"]), r["label"]) for r in rows]
     pairs = []
     for c in CLASSES:

@@ -72,3 +72,29 @@ def test_evaluate_refuses_option_values_that_cannot_work(run, samples, capsys, a
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--checkpoint", str(run / "best.pt"), "--data", str(samples), *args])
     assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_evaluate_split_of_other_samples_is_said(run, samples, tmp_path, capsys):
+    """--split val on samples extracted again since the run (other patch names) said 'no readable patch', or
+    silently scored the few validation patches still found."""
+    import csv
+    import shutil
+
+    other = tmp_path / "samples"
+    shutil.copytree(samples, other)
+    with open(samples / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(run / "split.csv", newline="") as f:
+        val = {r["patch"] for r in csv.DictReader(f) if r["split"] == "val"}
+    keep = [r for r in rows if r["patch"] not in val]
+    with open(other / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    with pytest.raises(SystemExit, match=f"{len(val)} of the {len(val)} val patches .* not in"):
+        evaluate.labelled_patches(other, run / "split.csv", "val")
+    first_val = next(r for r in rows if r["patch"] in val)
+    with open(other / "index.csv", "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(first_val)
+    assert len(evaluate.labelled_patches(other, run / "split.csv", "val")) == 1
+    assert f"warning: {len(val) - 1} of the {len(val)} val patches" in capsys.readouterr().err
