@@ -81,7 +81,7 @@ class TrainConfig:
     dropout: float = 0.0  # model option: Dropout2d before conv4
     upsample: str = "nearest"  # model option: nearest or bilinear (both parameter-free)
     threshold: float = 0.5  # building probability threshold; < 0: the best IoU on the validation strip
-    seed: int = 0  # initial weights, dropout and the crop stream (process r of torchrun: seed + 1000 x r)
+    seed: int = 0  # 0..2^32-1: initial weights, dropout and the crop stream (process r of torchrun: seed + 1000 x r)
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # CPU threads; 0 = min(2, CPU count)
     resume: bool = False  # continue <out>/last.pt with the options stored there (only --epochs, --max-minutes,
@@ -158,8 +158,8 @@ def read_resume(cfg: TrainConfig, main_rank: bool, world: int) -> dict | None:
 def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, main_rank: bool) -> TrainConfig:
     """The config this run really uses, as saved with it: on --resume the checkpoint's options, except
     RESUME_MAY_CHANGE (one stderr line names every option the command line set to another value than the run's
-    and than its default), and its data paths
-    when none are given; absolute paths; the device and thread count in use."""
+    and than its default), and its data paths when none are given; absolute paths; the device and thread count
+    in use."""
     if ckpt is not None:
         stored = ckpt["config"]
         if ckpt["epoch"] >= cfg.epochs:  # else the run would train nothing and report success
