@@ -46,7 +46,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common.config import add_config_args, resumed_config
-from common.io import atomic_path, atomic_write, write_json
+from common.io import ImageReadError, atomic_path, atomic_write, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
 from minerals.data import AUGMENTS, CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
@@ -440,7 +440,10 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
 
     # data
     t0 = time.time()
-    train_rows, val_rows, train_dl, val_dl = make_loaders(cfg, rank, world)
+    try:
+        train_rows, val_rows, train_dl, val_dl = make_loaders(cfg, rank, world)
+    except (FileNotFoundError, ImageReadError, ValueError) as err:  # no index.csv, a lost patch, a foreign label
+        raise SystemExit(f"error: --data {cfg.data}: {err}") from None
     if rank == 0:
         with atomic_path(out / "split.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)

@@ -295,3 +295,14 @@ def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path):
     assert len(list(pages.glob("page_*.png"))) >= 10  # summary, architecture, sampling, training, inference, results
     iou = report.demo_box_iou(seed=0)  # the figure page 2 quotes
     assert float(iou.split()[0]) > 0.7 and "84 photos" in iou
+
+
+def test_missing_samples_or_a_lost_patch_is_one_error_line(samples, tmp_path):
+    """No index.csv, or a patch index.csv lists but that is gone: FileNotFoundError / ImageReadError tracebacks."""
+    with pytest.raises(SystemExit, match=r"--data .*index.csv not found"):
+        train.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), "--threads", "1"])
+    shutil.copytree(samples, tmp_path / "s")
+    lost = next((tmp_path / "s" / "patches" / "quartz").glob("*.jpg"))
+    lost.unlink()
+    with pytest.raises(SystemExit, match=f"{lost.name}: file not found"):
+        train.main(["--data", str(tmp_path / "s"), "--out", str(tmp_path / "b"), "--threads", "1"])
