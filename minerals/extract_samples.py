@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -103,7 +104,11 @@ def load_boxes(spec: str | Path) -> dict[str, list[Box]]:
     for f in files:
         rel = f.relative_to(spec) if spec.is_dir() else Path(f.name)
         if f.suffix.lower() == ".csv":
-            with open(f, newline="") as fh:
+            try:
+                text = f.read_text(encoding="utf-8-sig")  # (a byte-order mark is not part of the first column)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{f}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+            with io.StringIO(text, newline="") as fh:
                 reader = csv.DictReader(fh)
                 if not {"xmin", "ymin", "xmax", "ymax"} <= set(reader.fieldnames or []) or not (
                         {"path", "filename", "image"} & set(reader.fieldnames or [])):
@@ -131,7 +136,12 @@ def load_boxes(spec: str | Path) -> dict[str, list[Box]]:
                 add(name, box)
                 add(str(rel.with_suffix("")), box)
         elif f.suffix.lower() == ".txt":
-            for k, line in enumerate(f.read_text().splitlines(), 1):
+            try:
+                lines = f.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as err:
+                skip(str(f), f"not UTF-8 text ({err.reason} at byte {err.start})")
+                continue
+            for k, line in enumerate(lines, 1):
                 parts = line.split()
                 if len(parts) < 5:
                     continue

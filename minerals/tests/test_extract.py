@@ -171,3 +171,14 @@ def test_a_new_extraction_removes_the_patches_of_an_earlier_one(photos, tmp_path
     on_disk = {f.relative_to(out / "patches").as_posix() for f in (out / "patches").rglob("*.jpg")}
     assert on_disk == {r["patch"] for r in rows} and any("renamed" in p for p in on_disk)
     assert (out / "contact_sheet_00.jpg").exists()  # sheets are left alone when none are written
+
+
+def test_a_box_file_that_is_not_utf8_is_one_error_line(photos, tmp_path):
+    """A Latin-1 CSV (an accented image name) was a UnicodeDecodeError traceback; a BOM hid the first column."""
+    bad = tmp_path / "boxes.csv"
+    bad.write_bytes("path,xmin,ymin,xmax,ymax\nquartz/min\xe9ral.jpg,1,1,20,20\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match="boxes.csv: not UTF-8 text"):
+        extract(photos, tmp_path / "out", boxes=bad, sheets=False)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffpath,xmin,ymin,xmax,ymax\nquartz/a.jpg,1,1,20,20\n".encode("utf-8"))
+    assert len(load_boxes(bom)["quartz/a.jpg"]) == 1
