@@ -115,8 +115,7 @@ def json_entry(probs: np.ndarray, threshold: float) -> dict:
 
 
 @torch.no_grad()
-def predict_probs(model, files: list[Path], img_size: int, device: torch.device, batch_size: int = 32,
-                  on_error=None):
+def predict_probs(model, files: list[Path], img_size: int, device: torch.device, batch_size: int = 32):
     """Yield ``(index, probs (8,) | None, error | None)`` for ``files``, in batches; bad files never stop it."""
     tf = eval_transform(img_size)
     for b0 in range(0, len(files), batch_size):
