@@ -87,7 +87,7 @@ class Config:
     tta: bool = False  # validate (and predict by default) on the mean of each patch and its mirror image
     class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
     n_folds: int = 5  # the validation set is one fold of a stratified group k-fold
-    val_fold: int = 0
+    val_fold: int = 0  # which fold (0 .. n_folds-1) validates and chooses the threshold; the others train
     split_seed: int = -1  # seed of the fold assignment (-1: --seed); give it to compare training seeds on one split
     seed: int = 0  # training seed (initial weights, batch order, augmentation) and, by default, the split's
     device: str = "auto"  # where to train (auto: cuda when available)

@@ -306,3 +306,9 @@ def test_missing_samples_or_a_lost_patch_is_one_error_line(samples, tmp_path):
     lost.unlink()
     with pytest.raises(SystemExit, match=f"{lost.name}: file not found"):
         train.main(["--data", str(tmp_path / "s"), "--out", str(tmp_path / "b"), "--threads", "1"])
+
+
+def test_every_training_option_has_a_help_text():
+    from common.config import field_comments
+
+    assert [name for name, text in field_comments(train.Config).items() if not text] == []  # --val-fold had none
