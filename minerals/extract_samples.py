@@ -328,9 +328,9 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
     """Extract all patches of ``data`` into ``out``; returns the index rows (also written to index.csv)."""
     if not data.is_dir():
         raise SystemExit(f"error: {data}: no such folder (expected <data>/<class>/<image> photos)")
-    if patch_size < 1 or neg_per_image < 0 or not synthetic >= 0:  # (NaN fails the last test too)
-        raise SystemExit(f"error: --patch-size {patch_size} (at least 1 px), --neg-per-image {neg_per_image} and "
-                         f"--synthetic {synthetic} (0 or more) cannot all be used")
+    if patch_size < 1 or neg_per_image < 0 or not synthetic >= 0 or seed < 0:  # (NaN fails `>= 0` too)
+        raise SystemExit(f"error: --patch-size {patch_size} (at least 1 px), --neg-per-image {neg_per_image}, "
+                         f"--synthetic {synthetic} and --seed {seed} (0 or more) cannot all be used")
     if boxes is not None and not boxes.exists():
         raise SystemExit(f"error: --boxes {boxes}: no such file or folder")
     try:

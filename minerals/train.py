@@ -143,6 +143,8 @@ def config_problems(cfg: Config) -> list[str]:
                                               "weights)"),
         "class_weight_power": (cfg.class_weight_power >= 0, "0 or more (0: no class weights)"),
         "max_steps": (cfg.max_steps >= 0, "0 or more (0: no limit)"),
+        "seed": (0 <= cfg.seed < 2**32, "0 .. 2**32-1 (numpy's seeds)"),
+        "split_seed": (-1 <= cfg.split_seed < 2**32, "0 .. 2**32-1, or -1: --seed"),
     }
     # NaN fails every comparison above, so it is refused with the rest
     return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: give {what}" for name, (ok, what) in rules.items()

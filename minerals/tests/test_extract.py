@@ -148,7 +148,7 @@ def test_class_folders_outside_the_classes_are_refused(photos, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-@pytest.mark.parametrize("kw", [{"patch_size": 0}, {"neg_per_image": -1}, {"synthetic": float("nan")}])
+@pytest.mark.parametrize("kw", [{"patch_size": 0}, {"neg_per_image": -1}, {"synthetic": float("nan")}, {"seed": -1}])
 def test_option_values_that_cannot_work_are_refused(photos, tmp_path, kw):
     """--patch-size 0 wrote 1x1 px patches (and then crashed in the synthetic ones); negative counts wrote none."""
     with pytest.raises(SystemExit, match="cannot all be used"):

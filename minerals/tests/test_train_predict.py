@@ -245,7 +245,8 @@ def test_time_budget_also_stops_a_resumed_run(samples, tmp_path, monkeypatch):
 @pytest.mark.parametrize("option, value", [("--epochs", "-1"), ("--val-fold", "5"), ("--val-fold", "-1"),
                                            ("--n-folds", "1"), ("--batch-size", "0"), ("--threads", "0"),
                                            ("--time-budget-min", "-1"), ("--ema-decay", "1"), ("--mix", "nan"),
-                                           ("--crop-scale", "0"), ("--img-size", "-8"), ("--width", "0")])
+                                           ("--crop-scale", "0"), ("--img-size", "-8"), ("--width", "0"),
+                                           ("--seed", "-1"), ("--split-seed", "-2")])
 def test_option_values_that_cannot_train_are_refused(option, value, capsys):
     with pytest.raises(SystemExit) as exc:
         train.parse_args([option, value])
