@@ -93,7 +93,13 @@ def collect_files(inputs: list[str]) -> list[tuple[str, Path]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            every = sorted(f for f in p.rglob("*") if f.is_file())
+            files = [f for f in every if f.suffix.lower() in IMAGE_EXTENSIONS]
+            if len(files) < len(every):  # said, not silently missing from the JSON
+                other = [f for f in every if f.suffix.lower() not in IMAGE_EXTENSIONS]
+                print(f"{p}: skipped {len(other)} files without an image extension ({', '.join(IMAGE_EXTENSIONS)}), "
+                      f"e.g. {other[0].relative_to(p).as_posix()} (give a file by name to classify it anyway)",
+                      file=sys.stderr)
             if not files:
                 print(f"warning: {p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder", file=sys.stderr)
             found += [(f.relative_to(p).as_posix(), f) for f in files]

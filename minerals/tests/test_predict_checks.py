@@ -61,9 +61,11 @@ def test_a_file_given_twice_is_classified_once_and_an_empty_folder_is_said(run, 
     out = capsys.readouterr()
     assert rc == 0 and list(json.loads(out.out)) == [patch.name] and "1 classified, 0 unreadable" in out.err
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a patch")
     rc = predict_module.main([str(tmp_path / "empty"), "--checkpoint", str(run / "best.pt"), "--threads", "1"])
     out = capsys.readouterr()
     assert rc == 2 and json.loads(out.out) == {} and "no image files" in out.err and "empty" in out.err
+    assert "skipped 1 files without an image extension" in out.err and "notes.txt" in out.err
 
 
 @pytest.mark.parametrize("args, says", [(["--threshold", "nan"], "--threshold nan"), (["--threads", "0"], "--threads 0"),
