@@ -337,7 +337,8 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
         table = load_boxes(boxes) if boxes else None
     except ValueError as err:  # a box file without the columns it needs
         raise SystemExit(f"error: {err}") from None
-    classes = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in data.iterdir()  # (hidden folders and the __MACOSX of zip files: not classes)
+                     if d.is_dir() and not d.name.startswith(".") and d.name != "__MACOSX")
     foreign = [c for c in classes if c not in CLASSES]
     if foreign:  # train.py would stop on their label; a misspelt folder would also lose its class
         raise SystemExit(f"error: {data}: class folders {foreign} are not among {CLASSES} (rename or move them)")

@@ -143,9 +143,13 @@ def test_class_folders_outside_the_classes_are_refused(photos, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(photos / "quartz", data / "quartz")
     shutil.copytree(photos / "pyrite", data / "Pyrite")
+    (data / "__MACOSX" / "quartz").mkdir(parents=True)  # what unzipping a macOS archive leaves: not a class
+    (data / "__MACOSX" / "quartz" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")
     with pytest.raises(SystemExit, match=r"\['Pyrite'\] are not among"):
         extract(data, tmp_path / "out", sheets=False)
     assert not (tmp_path / "out").exists()  # nothing written
+    (data / "Pyrite").rename(data / "pyrite")
+    assert {r["label"] for r in extract(data, tmp_path / "out", sheets=False)} == {"quartz", "pyrite", "negative"}
 
 
 @pytest.mark.parametrize("kw", [{"patch_size": 0}, {"neg_per_image": -1}, {"synthetic": float("nan")}, {"seed": -1}])
