@@ -45,6 +45,9 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
                 print(f"warning: {lost}; scoring the {len(rows)} found", file=sys.stderr)
         return [(Path(r["file"]), r["label"]) for r in rows]
     pairs = []
+    ignored = sorted(d.name for d in data.iterdir() if d.is_dir() and d.name not in CLASSES) if data.is_dir() else []
+    if ignored:  # a misspelt or extra label folder would otherwise drop out of the figures unsaid
+        print(f"warning: {data}: folders {ignored} are not among {CLASSES}; not evaluated", file=sys.stderr)
     for c in CLASSES:
         if (data / c).is_dir():
             pairs += [(f, c) for f in sorted((data / c).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]

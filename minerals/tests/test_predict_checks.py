@@ -100,3 +100,12 @@ def test_evaluate_split_of_other_samples_is_said(run, samples, tmp_path, capsys)
         csv.DictWriter(f, fieldnames=list(rows[0])).writerow(first_val)
     assert len(evaluate.labelled_patches(other, run / "split.csv", "val")) == 1
     assert f"warning: {len(val) - 1} of the {len(val)} val patches" in capsys.readouterr().err
+
+
+def test_evaluate_says_which_class_folders_it_leaves_out(samples, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(samples / "patches" / "quartz", tmp_path / "quartz")
+    shutil.copytree(samples / "patches" / "pyrite", tmp_path / "Pyrite")
+    pairs = evaluate.labelled_patches(tmp_path)
+    assert {c for _, c in pairs} == {"quartz"} and "folders ['Pyrite'] are not among" in capsys.readouterr().err
