@@ -200,6 +200,15 @@ def continue_config(cfg: Config, given: set[str]) -> Config:
     return merged
 
 
+def warn_if_earlier_run(run_dir: Path) -> None:
+    """Training into a folder that holds another run replaces its files as the new run goes (config and split at
+    once, the checkpoints epoch by epoch): say so (stderr)."""
+    earlier = [f"model/{n}" for n in ("best.keras", "last.keras") if (run_dir / "model" / n).is_file()]
+    if earlier:
+        print(f"warning: {run_dir} holds an earlier run ({', '.join(earlier)}): this run replaces its files "
+              "(--resume continues it instead)", file=sys.stderr)
+
+
 def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
@@ -487,6 +496,8 @@ def main(argv=None) -> None:
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     check_resume(cfg)
+    if chief and not (cfg.resume or cfg.calibrate_only):
+        warn_if_earlier_run(run_dir)
 
     train, val, problems = load_split(cfg)
     if chief:  # also with --calibrate-only: a run from before split.csv existed gets its (recomputed) split

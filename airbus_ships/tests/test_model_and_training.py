@@ -286,3 +286,14 @@ def test_resume_with_nothing_left_to_train_says_so(trained_run, tmp_path):
     (run / "model" / "config.json").write_text("{ half a file")
     with pytest.raises(SystemExit, match=r"config.json: cannot read the run's settings"):
         parse_args(["--out", str(run), "--resume"])
+
+
+def test_training_into_an_earlier_run_warns(tmp_path, capsys):
+    """A new run into a folder holding another run's checkpoints replaces them: said on stderr, as fcnn does."""
+    from airbus_ships.train import warn_if_earlier_run
+    warn_if_earlier_run(tmp_path)
+    assert capsys.readouterr().err == ""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "last.keras").write_bytes(b"")
+    warn_if_earlier_run(tmp_path)
+    assert "holds an earlier run (model/last.keras)" in capsys.readouterr().err
