@@ -27,6 +27,11 @@ and writes ``submission.shard-I-of-N.csv`` / ``metrics.shard-I-of-N.json``: N pr
 folder deterministically, and ``python -m common.shard merge OUT/submission.csv --key ImageId`` joins their
 CSVs into exactly the file one process writes.
 
+A long run keeps what it has done: every 30 s (and on Ctrl-C) the rows so far go to ``submission.partial.csv``
+(an extra ``scored`` column; not a submission: images are missing); ``--resume`` with the same command then predicts
+only the images it lacks and scores all of them (the earlier run's problems are not listed again). The partial
+file is removed when ``submission.csv`` is written.
+
 Bad input never stops the run: a malformed RLE row, two ship rows of one image that overlap, a row whose image
 is missing, an unreadable image, one that is not 768x768 or one whose prediction fails is reported with its row
 or file and the reason; an unreadable image or a failed prediction still gets an empty submission row (Kaggle
@@ -85,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="", help="a training run's split.csv (ImageId,subset): keep only the images "
                                                  "of --subset")
     p.add_argument("--subset", default="val", choices=("val", "train"), help="with --split: which images to keep")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run in --out: the images of its submission.partial.csv keep their rows "
+                        "and are not predicted again")
     add_shard_argument(p)
     p.add_argument("--seed", type=int, default=0, help="unused by inference (deterministic); kept for symmetry")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -259,6 +267,36 @@ def keep_split(image_ids: list[str], split_csv: str, subset: str) -> list[str]:
     return kept
 
 
+PARTIAL_SECONDS = 30.0  # how often the rows done so far are saved (submission.partial.csv) during a long run
+
+
+def write_partial(path: Path, rows: list[tuple[str, str]], scored: set[str]) -> None:
+    """The rows done so far, with a third column ``scored`` (1: the image's ships counted in the scores), so that
+    a stopped run loses at most PARTIAL_SECONDS of work (``--resume``); not a submission (images are missing)."""
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ImageId", "EncodedPixels", "scored"])
+        writer.writerows((image_id, rle, int(image_id in scored)) for image_id, rle in rows)
+
+
+def read_partial(path: Path) -> tuple[OrderedDict, set[str]]:
+    """``({ImageId: [rle, ...]}, scored ImageIds)`` of a partial table (``--resume``); empty when there is none."""
+    done: OrderedDict[str, list[str]] = OrderedDict()
+    scored = set()
+    if not path.is_file():
+        return done, scored
+    try:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                done.setdefault(row["ImageId"], []).append(row["EncodedPixels"])
+                if row["scored"] == "1":
+                    scored.add(row["ImageId"])
+    except (OSError, KeyError, UnicodeDecodeError, csv.Error) as err:
+        sys.exit(f"{path}: cannot read the rows of the stopped run ({type(err).__name__}: {err}); delete it to "
+                 "start afresh")
+    return done, scored
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from airbus_ships.runtime import setup_device
@@ -297,48 +335,74 @@ def main(argv=None) -> dict:
 
     out = Path(args.out)
     rows, scores, n_done, elapsed = [], Scores(), 0, 0.0
-    for image_id in tqdm(image_ids, desc="predict", unit="img", file=sys.stdout, mininterval=5):
-        try:
-            image = read_rgb(images_dir / image_id)
-        except ImageReadError as err:
-            problems.append(f"{err}; empty submission row written")
-            report(problems[-1])
-            rows.append((image_id, ""))  # Kaggle wants a row for every ImageId
-            continue
-        if image.shape[:2] != (SIZE, SIZE):
-            msg = (f"{images_dir / image_id}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}; "
-                   f"predicted at its own size (RLE for that shape), not scored")
-            problems.append(msg)
-            report(msg)
-        t0 = time.perf_counter()
-        try:
-            prob = predict_probs(model, image, args.how, input_mode, input_size, args.tta)
-        except (tf.errors.OpError, ValueError) as err:  # one image's failure must not cost the others
-            problems.append(f"{images_dir / image_id}: prediction failed ({type(err).__name__}: "
-                            f"{str(err).strip().splitlines()[0][:300]}); empty submission row written")
-            report(problems[-1])
-            rows.append((image_id, ""))
-            continue
-        ships = ships_from_probs(prob, rule)
-        elapsed += time.perf_counter() - t0
-        n_done += 1
-        rows += [(image_id, rle_encode(s)) for s in ships] or [(image_id, "")]
-        true_rles = truth.get(image_id)
-        true_ships = None
-        if true_rles is not None and image.shape[:2] == (SIZE, SIZE):
-            true_ships = [rle_decode(r).astype(bool) for r in true_rles]
-            scores.add(ships, true_ships, image.shape[:2])
-        if args.overlays < 0 or n_done <= args.overlays:
-            pred = np.any(ships, axis=0) if ships else np.zeros(image.shape[:2], bool)
-            truth_mask = np.any(true_ships, axis=0) if true_ships else None
-            save_image(out / "result-image" / (Path(image_id).stem + ".jpg"), overlay(image, pred, truth_mask),
-                       quality=90)
+    partial = shard_path(out / "submission.partial.csv", args.shard)
+    done, scored = read_partial(partial) if args.resume else (OrderedDict(), set())
+    if args.resume:
+        print(f"--resume: {len(done)} images done in {partial}" if done else f"--resume: no {partial}: all images")
+    elif partial.exists():
+        print(f"warning: {partial} holds the rows of a stopped run: this run predicts every image again (--resume "
+              "continues it)", file=sys.stderr)
+    last_save = time.perf_counter()
+    try:
+        for image_id in tqdm(image_ids, desc="predict", unit="img", file=sys.stdout, mininterval=5):
+            if time.perf_counter() - last_save > PARTIAL_SECONDS:
+                write_partial(partial, rows, scored)
+                last_save = time.perf_counter()
+            if image_id in done:  # --resume: predicted by the stopped run
+                rows += [(image_id, rle) for rle in done[image_id]]
+                if image_id in scored and truth.get(image_id) is not None:
+                    scores.add([rle_decode(r).astype(bool) for r in done[image_id] if r],
+                               [rle_decode(r).astype(bool) for r in truth[image_id]], (SIZE, SIZE))
+                else:
+                    scored.discard(image_id)
+                continue
+            try:
+                image = read_rgb(images_dir / image_id)
+            except ImageReadError as err:
+                problems.append(f"{err}; empty submission row written")
+                report(problems[-1])
+                rows.append((image_id, ""))  # Kaggle wants a row for every ImageId
+                continue
+            if image.shape[:2] != (SIZE, SIZE):
+                msg = (f"{images_dir / image_id}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}; "
+                       f"predicted at its own size (RLE for that shape), not scored")
+                problems.append(msg)
+                report(msg)
+            t0 = time.perf_counter()
+            try:
+                prob = predict_probs(model, image, args.how, input_mode, input_size, args.tta)
+            except (tf.errors.OpError, ValueError) as err:  # one image's failure must not cost the others
+                problems.append(f"{images_dir / image_id}: prediction failed ({type(err).__name__}: "
+                                f"{str(err).strip().splitlines()[0][:300]}); empty submission row written")
+                report(problems[-1])
+                rows.append((image_id, ""))
+                continue
+            ships = ships_from_probs(prob, rule)
+            elapsed += time.perf_counter() - t0
+            n_done += 1
+            rows += [(image_id, rle_encode(s)) for s in ships] or [(image_id, "")]
+            true_rles = truth.get(image_id)
+            true_ships = None
+            if true_rles is not None and image.shape[:2] == (SIZE, SIZE):
+                true_ships = [rle_decode(r).astype(bool) for r in true_rles]
+                scores.add(ships, true_ships, image.shape[:2])
+                scored.add(image_id)
+            if args.overlays < 0 or n_done <= args.overlays:
+                pred = np.any(ships, axis=0) if ships else np.zeros(image.shape[:2], bool)
+                truth_mask = np.any(true_ships, axis=0) if true_ships else None
+                save_image(out / "result-image" / (Path(image_id).stem + ".jpg"), overlay(image, pred, truth_mask),
+                           quality=90)
+    except KeyboardInterrupt:  # Ctrl-C: keep what is done
+        write_partial(partial, rows, scored)
+        sys.exit(f"interrupted: the rows of {len({r[0] for r in rows})} images are in {partial}; run the same command "
+                 "with --resume to continue")
 
     submission = shard_path(out / "submission.csv", args.shard)
     with atomic_write(submission, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageId", "EncodedPixels"])
         writer.writerows(rows)
+    partial.unlink(missing_ok=True)
     result = {"images_predicted": n_done, "images_per_second": n_done / elapsed if elapsed else None,
               "prediction": args.how, "tta": args.tta, "rule": vars(rule), "problems": problems}
     if truth:
@@ -357,8 +421,8 @@ def main(argv=None) -> dict:
         s = scores.summary()
         print(f"Kaggle score {s['kaggle_score']:.3f} | dice {s['dice_pixels']:.3f} (pixels), "
               f"{s['dice_ship_images_mean'] or 0:.3f} (mean over {s['ship_images']} ship images) | "
-              f"IoU {s['iou_pixels']:.3f} | ship/no-ship accuracy {s['ship_no_ship_accuracy']:.3f} | "
-              f"{result['images_per_second']:.2f} images/s")
+              f"IoU {s['iou_pixels']:.3f} | ship/no-ship accuracy {s['ship_no_ship_accuracy']:.3f}"
+              + (f" | {result['images_per_second']:.2f} images/s" if result["images_per_second"] else ""))
         d = s["per_image"]
         if d["ship_images_mean_f2"] is not None:
             print(f"ship images: mean F2 {d['ship_images_mean_f2']:.3f}, {d['ship_images_f2_zero']} of "

@@ -271,3 +271,65 @@ def test_bench_record_keeps_every_top_level_entry():
     assert merged["kaggle_score"] == 0.5 and merged["history"][0]["kaggle_score"] == previous["kaggle_score"]
     assert merged["history"][0]["label"] == previous["label"] and not studies & set(merged["history"][0])
     assert merged["history"][1:] == previous["history"]
+
+
+def test_interrupted_run_keeps_its_rows_and_resume_completes_it(demo_dir, trained_run, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Ctrl-C during the third image: the rows of the first two are in submission.partial.csv; --resume predicts
+    only the others and ends with the submission and scores of an uninterrupted run, the partial file removed."""
+    from airbus_ships import test as test_script
+    common = ["--data", str(demo_dir), "--model", str(trained_run / "model" / "best.keras"), "--overlays", "0",
+              "--limit", "6"]
+    whole = test_script.main(common + ["--out", str(tmp_path / "whole")])
+    real, calls = test_script.predict_probs, []
+
+    def interrupt_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(test_script, "predict_probs", interrupt_third)
+    out = tmp_path / "stopped"
+    with pytest.raises(SystemExit, match="interrupted: the rows of 2 images are in .*--resume"):
+        test_script.main(common + ["--out", str(out)])
+    partial = out / "submission.partial.csv"
+    with open(partial, newline="") as f:
+        kept = list(csv.DictReader(f))
+    assert len({r["ImageId"] for r in kept}) == 2 and not (out / "submission.csv").exists()
+    assert {r["scored"] for r in kept} == {"1"}  # demo images have ground truth
+    calls.clear()
+    monkeypatch.setattr(test_script, "predict_probs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = test_script.main(common + ["--out", str(out), "--resume"])
+    assert len(calls) == 4 and resumed["images_predicted"] == 4  # the two done images are not predicted again
+    assert read_submission(out / "submission.csv") == read_submission(tmp_path / "whole" / "submission.csv")
+    for key in ("kaggle_score", "dice_pixels", "images_scored", "ship_no_ship_accuracy"):
+        assert resumed[key] == pytest.approx(whole[key]), key
+    assert not partial.exists()
+
+
+def test_rows_are_saved_during_the_run(demo_dir, trained_run, tmp_path, monkeypatch):
+    """A run killed without warning (here: an exception test.py does not catch, during the third image) has left
+    the rows done so far on disk, saved every PARTIAL_SECONDS (0 here: before each image)."""
+    from airbus_ships import test as test_script
+
+    class Killed(BaseException):
+        pass
+
+    real, calls = test_script.predict_probs, []
+
+    def killed_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(test_script, "predict_probs", killed_at_third)
+    monkeypatch.setattr(test_script, "PARTIAL_SECONDS", 0.0)
+    out = tmp_path / "out"
+    with pytest.raises(Killed):
+        test_script.main(["--data", str(demo_dir), "--model", str(trained_run / "model" / "best.keras"),
+                          "--out", str(out), "--overlays", "0", "--limit", "5"])
+    with open(out / "submission.partial.csv", newline="") as f:
+        assert len({r["ImageId"] for r in csv.DictReader(f)}) == 2
+    assert not list(out.glob("*.tmp*"))
