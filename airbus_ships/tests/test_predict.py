@@ -273,6 +273,16 @@ def test_bench_record_keeps_every_top_level_entry():
     assert merged["history"][1:] == previous["history"]
 
 
+def raising_at_call(n: int, exc, real, calls: list):
+    """``real`` (predict_probs), counting its calls in ``calls``, that raises ``exc`` at the ``n``-th."""
+    def predict(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise exc
+        return real(*args, **kwargs)
+    return predict
+
+
 def test_interrupted_run_keeps_its_rows_and_resume_completes_it(demo_dir, trained_run, tmp_path, monkeypatch,
                                                                  capsys):
     """Ctrl-C during the third image: the rows of the first two are in submission.partial.csv; --resume predicts
@@ -282,14 +292,7 @@ def test_interrupted_run_keeps_its_rows_and_resume_completes_it(demo_dir, traine
               "--limit", "6"]
     whole = test_script.main(common + ["--out", str(tmp_path / "whole")])
     real, calls = test_script.predict_probs, []
-
-    def interrupt_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(test_script, "predict_probs", interrupt_third)
+    monkeypatch.setattr(test_script, "predict_probs", raising_at_call(3, KeyboardInterrupt, real, calls))
     out = tmp_path / "stopped"
     with pytest.raises(SystemExit, match="interrupted: the rows of 2 images are in .*--resume"):
         test_script.main(common + ["--out", str(out)])
@@ -316,15 +319,7 @@ def test_rows_are_saved_during_the_run(demo_dir, trained_run, tmp_path, monkeypa
     class Killed(BaseException):
         pass
 
-    real, calls = test_script.predict_probs, []
-
-    def killed_at_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(test_script, "predict_probs", killed_at_third)
+    monkeypatch.setattr(test_script, "predict_probs", raising_at_call(3, Killed, test_script.predict_probs, []))
     monkeypatch.setattr(test_script, "PARTIAL_SECONDS", 0.0)
     out = tmp_path / "out"
     with pytest.raises(Killed):
