@@ -113,6 +113,7 @@ def read_mask(
     path: str | os.PathLike,
     mapping: Mapping[int, int] | None = None,
     default: int | None = None,
+    colours: bool = False,
 ) -> np.ndarray:
     """Read a label mask with an explicit value mapping.
 
@@ -122,22 +123,18 @@ def read_mask(
         mapping: raw value -> output value, e.g. ``{0: 1, 255: 0}``. ``None`` keeps raw values.
         default: output for raw values missing from ``mapping``; ``None`` makes them an error that
             lists the unexpected values.
+        colours: False: a palette image's indices are the labels. True: the values are the gray levels the
+            image shows, read as :func:`read_rgb` reads it (EXIF orientation applied, a palette image by its
+            palette's colours: a black-and-white mask saved with a 2-colour palette holds indices 0 and 1).
 
     Returns:
         ``(H, W)`` uint8 array.
     """
-    img = _open(path)
-    if img.mode == "P":
-        raw = np.asarray(img)  # palette indices are the labels
+    if colours:
+        raw = _gray(path, read_rgb(path))
     else:
-        arr = _to_uint8(np.asarray(img))
-        if arr.ndim == 3:
-            color = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
-            if not (color == color[..., :1]).all():
-                raise ImageReadError(path, "mask channels differ: expected a gray mask (identical channels)")
-            raw = color[..., 0]
-        else:
-            raw = arr
+        img = _open(path)
+        raw = np.asarray(img) if img.mode == "P" else _gray(path, _to_uint8(np.asarray(img)))
     if mapping is None:
         return np.ascontiguousarray(raw.astype(np.uint8))
     lut = np.full(256, -1 if default is None else default, dtype=np.int16)
@@ -149,6 +146,17 @@ def read_mask(
         shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
         raise ImageReadError(path, f"unexpected mask values {shown}; expected only {sorted(mapping)}")
     return out.astype(np.uint8)
+
+
+def _gray(path: str | os.PathLike, arr: np.ndarray) -> np.ndarray:
+    """``(H, W)`` values of a gray image given as ``(H, W)`` or ``(H, W, C)`` with identical colour channels
+    (an alpha channel is ignored); ImageReadError naming ``path`` when the channels differ."""
+    if arr.ndim == 2:
+        return arr
+    color = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
+    if not (color == color[..., :1]).all():
+        raise ImageReadError(path, "mask channels differ: expected a gray mask (identical channels)")
+    return color[..., 0]
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.io import ImageReadError, read_rgb
+from common.io import ImageReadError, read_mask, read_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT / "data" / "fcnn"
@@ -25,31 +25,13 @@ MIN_TRAIN_SIDE = 32  # below this there is no room for a training crop and a val
 def read_gt(path: str | Path, shape: tuple[int, int] | None = None, rgb_path: str | Path | None = None) -> np.ndarray:
     """Read an exercise ``gt.png`` as ``(H, W)`` uint8, 1 = building; check its size against ``shape``.
 
-    The values are the colours shown, read as ``rgb.png`` is (same EXIF orientation): a palette (indexed) PNG
-    counts by its palette's colours, not its indices (a black-and-white mask saved with a 2-colour palette holds
-    indices 0 and 1). The channels must be identical (gray)."""
-    colours = read_rgb(path)  # gray, RGB(A), palette, 16-bit; raises ImageReadError naming the file
-    if not (colours == colours[..., :1]).all():
-        raise ImageReadError(path, "mask channels differ: expected a gray mask (identical channels)")
-    mask = _gt_values(path, colours[..., 0])
+    The values are the gray levels shown, read as ``rgb.png`` is (same EXIF orientation; a palette PNG by its
+    palette's colours, not its indices); any value but 0 / 255 raises ImageReadError naming the file."""
+    mask = read_mask(path, GT_MAPPING, colours=True)
     if shape is not None and mask.shape != tuple(shape):
         raise ImageReadError(path, f"size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match "
                                    f"{rgb_path or 'the image'} ({shape[1]}x{shape[0]})")
     return mask
-
-
-def _gt_values(path: str | Path, raw: np.ndarray) -> np.ndarray:
-    """``raw`` gt.png gray values mapped with GT_MAPPING; ImageReadError listing any other value."""
-    lut = np.full(256, -1, dtype=np.int16)
-    for src, dst in GT_MAPPING.items():
-        lut[src] = dst
-    mask = lut[raw]
-    if (mask < 0).any():
-        bad = np.unique(raw[mask < 0])
-        shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
-        raise ImageReadError(path, f"unexpected mask values {shown}; expected only {sorted(GT_MAPPING)} "
-                                   "(0 = building, 255 = background)")
-    return mask.astype(np.uint8)
 
 
 def load_pair(rgb_path: str | Path, gt_path: str | Path, min_side: int = 1) -> tuple[np.ndarray, np.ndarray]:

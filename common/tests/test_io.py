@@ -106,6 +106,18 @@ def test_read_mask_mapping(tmp_path):
     io.save_image(tmp_path / "colour.png", colour)
     with pytest.raises(io.ImageReadError, match="channels differ"):
         io.read_mask(tmp_path / "colour.png")
+    with pytest.raises(io.ImageReadError, match="channels differ"):
+        io.read_mask(tmp_path / "colour.png", colours=True)
+
+
+def test_read_mask_palette_indices_or_colours(tmp_path):
+    """A black-and-white mask saved with a 2-colour palette: its indices are labels by default, its colours with
+    ``colours=True`` (the FCN exercise's gt.png)."""
+    Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE,
+                                                                          colors=2).save(tmp_path / "p.png")
+    indices = io.read_mask(tmp_path / "p.png")
+    assert sorted(np.unique(indices)) == [0, 1]
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "p.png", {0: 1, 255: 0}, colours=True), [[1, 0], [0, 1]])
 
 
 def test_rle_known_case():
