@@ -77,10 +77,14 @@ CKPT_KEYS = ("bank", "bank_image", "image_desc", "train_ids", "threshold", "deep
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, TrainConfig, dict]:
-    """Model, its training config and the checkpoint dict (threshold, statistics) from ``model.pt``."""
+    """Model, its training config and the checkpoint dict (threshold, statistics) from ``model.pt``.
+
+    Stops with a one-line message naming the file: status 2 when there is no file (a wrong path, as predict.py's
+    other path options), 1 when the file is not a usable checkpoint of train.py."""
     path = Path(path)
     if not path.is_file():
-        sys.exit(f"{path}: no trained model here; run wood_anomaly/train.py first (or make train-wood)")
+        print(f"{path}: no trained model here; run wood_anomaly/train.py first (or make train-wood)", file=sys.stderr)
+        sys.exit(2)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's own message would advise weights_only=False, i.e. running its code
@@ -321,8 +325,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--data {args.data}: {'not a folder' if folder.exists() else 'no such folder'}")
     if not list_images(folder):
         p.error(f"--data {args.data}: no image file ({' '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    if not Path(args.model).is_file():
-        p.error(f"--model {args.model}: no trained model here; run wood_anomaly/train.py first (or make train-wood)")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         p.error(f"--out {args.out}: is a file, not a folder")
     if not (math.isfinite(args.threshold) and args.threshold >= 0):  # a negative one marks every pixel

@@ -142,7 +142,7 @@ def test_wrong_paths_exit_non_zero(trained_run, three_photos, tmp_path, predicte
         assert exc.value.code == 2 and str(data) in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # a wrong path is a usage error (2), as the docstring says
         run_predict(tmp_path / "missing.pt", three_photos, tmp_path / "pred")
-    assert exc.value.code == 2 and "no trained model" in capsys.readouterr().err
+    assert exc.value.code == 2 and f"{tmp_path / 'missing.pt'}: no trained model" in capsys.readouterr().err
     for option in ("--masks", "--labels", "--pred", "--data"):  # --data typo: was 'nothing to score', exit 1
         with pytest.raises(SystemExit) as exc:
             evaluate.main(["--pred", str(predicted), "--data", str(demo_dir), option, str(tmp_path / "typo")])
