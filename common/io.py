@@ -12,11 +12,13 @@ Conventions
   act on it, and a batch loop can catch it, report it and carry on.
 * Every write goes to a temporary file in the target folder first and is renamed into place, so a crash
   never leaves a half-written output behind.
+* JSON is written strictly (:func:`write_json`, :func:`dumps_json`): an undefined metric (NaN, +-inf) is ``null``.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -266,21 +268,40 @@ def save_image(path: str | os.PathLike, array: np.ndarray, **pil_kwargs) -> Path
     return path
 
 
+def json_safe(obj):
+    """``obj`` made of plain JSON values: numpy integers, floats and arrays become Python numbers and lists, paths
+    strings, tuples lists, and every non-finite float (NaN, +-inf; Python or numpy, also inside an array) becomes
+    ``None``, i.e. ``null`` in the JSON: an undefined metric (the AUROC of a single class, the precision of a class
+    with no sample) is ``null``. Python writes NaN as a bare ``NaN``, which is not JSON: strict parsers
+    (JavaScript's ``JSON.parse``, jq, Go) reject the whole file. Other objects are returned as they are."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def dumps_json(obj, indent: int | None = None) -> str:
+    """``obj`` as JSON text (no final newline) by :func:`json_safe`'s rule: an undefined metric (NaN, +-inf) is
+    ``null``. Dumped with ``allow_nan=False``, so a non-finite number can never come out as invalid JSON. For JSON
+    printed to stdout; :func:`write_json` writes files the same way."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=_json_default)
+
+
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON atomically."""
+    """Write ``obj`` as JSON atomically, by :func:`dumps_json` (an undefined metric, NaN or +-inf, is ``null``)."""
     with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, default=_json_default)
-        f.write("\n")
+        f.write(dumps_json(obj, indent) + "\n")
     return Path(path)
 
 
 def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

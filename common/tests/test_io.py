@@ -159,6 +159,26 @@ def test_atomic_writes_leave_nothing_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
 
 
+def strict_json(text: str):
+    """``json.loads`` as a strict parser (JavaScript's JSON.parse, jq) reads: NaN / Infinity refused."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_write_json_undefined_metrics_are_null(tmp_path):
+    """NaN / inf (Python, numpy, inside an array) were written as bare NaN / Infinity, which strict parsers reject."""
+    target = io.write_json(tmp_path / "metrics.json", {"auroc": float("nan"), "ratio": np.float32("inf"),
+                                                        "curve": np.array([0.5, np.nan, -np.inf]),
+                                                        "nested": [{"f1": np.float64("nan")}, (1, np.int64(2))],
+                                                        "kept": np.float32(1.5)})
+    assert strict_json(target.read_text()) == {"auroc": None, "ratio": None, "curve": [0.5, None, None],
+                                               "nested": [{"f1": None}, [1, 2]], "kept": 1.5}
+    assert strict_json(io.dumps_json({"a": float("-inf")}, indent=1)) == {"a": None}  # what stdout printers use
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        io.dumps_json({"a": object()})
+
+
 def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
     """Outputs written atomically are as readable as ones written by open() (not mkstemp's owner-only 0600)."""
     (tmp_path / "plain.txt").write_text("x")
