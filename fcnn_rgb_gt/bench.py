@@ -11,7 +11,9 @@ validation pairs; the judges' pairs are elsewhere), with the ablation runs as ev
 each oracle run (the default network trained on a test pair itself: what it can fit there, an upper bound on
 transfer) is scored on the validation strip and every extra/* pair at 0.5 and at the strip's threshold,
 without and with test-time flip averaging (TTA). Writes ``benchmarks/fcnn.json`` (an existing "ablations" entry is kept
-unless --ablate reruns it, the same for "oracle").
+unless --ablate reruns it, the same for "oracle"). The ablation and oracle runs train with the settings their stored
+rows were measured with (``LADDER_BATCH``: 8 crops of 128 px per step, the default before 2026-12-04), so that a rerun
+of one variant joins the stored rows instead of replacing them.
 
 Predict speed is compared with the network's FLOP bound: FLOPs of the four convolutions over the image's
 pixels divided by this CPU's measured float32 matrix-multiply rate (torch.mm, same thread count).
@@ -43,9 +45,13 @@ from fcnn_rgb_gt.infer import DEVICES, load_checkpoint, predict_probs, read_chec
 from fcnn_rgb_gt.model import flops_per_pixel
 
 TRAIN_PY = Path(__file__).with_name("train.py")
+# the batch of the ablation ladder and the oracle runs: their stored rows were measured with the default before
+# 2026-12-04, 8 crops of 128 px per step (twice the brief's memory limit, hence the flag); train.py's default is now
+# 4 crops, which would make a rerun of one variant a different measurement from the rows it joins
+LADDER_BATCH = ["--batch-size", "8", "--exceed-memory-limit"]
 # ablation runs: the full default schedule each (16 epochs, seed 0, --ablate-seeds for more); each row changes one
 # thing against a neighbour; the loss is always named, so the rows keep their meaning when the default changes
-ABLATION_BUDGET = ["--max-minutes", "0", "--threshold", "-1"]  # epoch picked at the strip threshold
+ABLATION_BUDGET = ["--max-minutes", "0", "--threshold", "-1", *LADDER_BATCH]  # epoch picked at the strip threshold
 _OFF = ["--no-normalize", "--no-batch-norm", "--dropout", "0"]
 ABLATIONS = {
     "plain_ce": ["--plain", "--loss", "ce"],
@@ -76,6 +82,24 @@ def train_run(train_dir: Path, out: Path, extra_args: list[str], threads: int = 
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     return round(time.perf_counter() - t0, 1)
+
+
+def shown_train(data: str, train_args: list[str]) -> str:
+    """A training run's command as benchmarks/fcnn.json stores it: what it measured (``--out``, ``--threads`` and
+    ``--device``, where and how fast it ran, are left out)."""
+    return " ".join(["python fcnn_rgb_gt/train.py --data", data, *train_args])
+
+
+def ablation_flags(name: str, seed: int) -> tuple[list[str], str]:
+    """``(flags, row name)`` of ablation variant ``name`` trained with ``seed``: row ``name`` for seed 0,
+    ``name_seed<S>`` (``--seed S`` among the flags) otherwise. train.py runs with ``ABLATION_BUDGET + flags``."""
+    return (ABLATIONS[name], name) if seed == 0 else ([*ABLATIONS[name], "--seed", str(seed)], f"{name}_seed{seed}")
+
+
+def oracle_args(seed: int, extra: list[str]) -> list[str]:
+    """train.py arguments (besides --data, --out) of an oracle run: the default network, the whole schedule,
+    ``extra`` (--oracle-args), at the ladder's batch."""
+    return ["--max-minutes", "0", *(["--seed", str(seed)] if seed else []), *extra, *LADDER_BATCH]
 
 
 def evaluate_pairs(ckpt: Path, pairs: list[Path]) -> dict:
@@ -451,8 +475,8 @@ def main(argv=None) -> int:
         report["train_seconds"] = train_run(train_dir, default, ["--seed", str(args.seed)], args.threads, args.device)
         report["train_load_avg"] = {"start": start, "end": load_avg()}
     ckpt, last = read_checkpoint(default / "best.pt"), read_checkpoint(default / "last.pt")
-    report["train"] = {"command": "python fcnn_rgb_gt/train.py --data <data>/train_substitute"
-                                  + (f" --seed {args.seed}" if args.seed else ""),
+    seed_args = ["--seed", str(args.seed)] if args.seed else []
+    report["train"] = {"command": shown_train("<data>/train_substitute", seed_args),
                        "config": ckpt["config"], "model_config": ckpt["model_config"],
                        "best_epoch": ckpt["best_epoch"],
                        "val_iou_at_0.5": ckpt["history"][ckpt["best_epoch"] - 1]["val_iou"],
@@ -486,15 +510,13 @@ def main(argv=None) -> int:
     if args.oracle is not None:
         extra = args.oracle_args.split()
         key = "oracle" if not extra else "oracle_" + "_".join(a.lstrip("-") for a in extra)
-        command = ("python fcnn_rgb_gt/train.py --data <data>/extra/<pair> --max-minutes 0"
-                   + (f" --seed {args.seed}" if args.seed else "") + "".join(" " + a for a in extra))
+        command = shown_train("<data>/extra/<pair>", oracle_args(args.seed, extra))
         oracle = kept_rows(report, key, command)
         for d in pairs:
             if args.oracle and d.name not in args.oracle:
                 continue
             run = runs / (key + "_" + d.name)
-            sec = train_run(d, run, ["--max-minutes", "0", "--seed", str(args.seed), *extra], args.threads,
-                            args.device)
+            sec = train_run(d, run, oracle_args(args.seed, extra), args.threads, args.device)
             oracle[d.name] = {"train_seconds": sec, "load_avg": load_avg(),
                               **score_run(run, [d], validation_strip(d)), "fit": fit_check(run, d)}
             report[key] = {"command": command,
@@ -504,13 +526,13 @@ def main(argv=None) -> int:
                                    "the pair's own held-out strip", "runs": oracle}
             write_json(out, report)
     if args.ablate is not None:
-        command = "python fcnn_rgb_gt/train.py --data <data>/train_substitute " + " ".join(ABLATION_BUDGET) + " <flags>"
+        command = shown_train("<data>/train_substitute", [*ABLATION_BUDGET, "<flags>"])
         abl = {k: v for k, v in kept_rows(report, "ablations", command).items()
                if variant_of(k) in ABLATIONS and "pairs" in v}
-        for (name, flags), seed in ((a, s) for a in ABLATIONS.items() for s in args.ablate_seeds):
+        for name, seed in ((a, s) for a in ABLATIONS for s in args.ablate_seeds):
             if args.ablate and name not in args.ablate:
                 continue
-            flags, row = (flags, name) if seed == 0 else ([*flags, "--seed", str(seed)], f"{name}_seed{seed}")
+            flags, row = ablation_flags(name, seed)
             sec = train_run(train_dir, runs / row, ABLATION_BUDGET + flags, args.threads, args.device)
             abl[row] = {"flags": " ".join(flags), "train_seconds": sec, "load_avg": load_avg(),
                         **score_run(runs / row, pairs, strip)}

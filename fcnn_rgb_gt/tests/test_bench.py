@@ -1,9 +1,14 @@
-"""bench.py's bookkeeping on hand-made reports (no training): seed grouping, the seed table, the skip rule."""
+"""bench.py's bookkeeping on hand-made reports (no training): seed grouping, the seed table, the skip rule; the training
+commands of the ablation and oracle rows against the stored benchmarks/fcnn.json."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
 from fcnn_rgb_gt import bench, demo_data
+from fcnn_rgb_gt.data import REPO_ROOT
 
 
 def _row(strip: float, a: float, b: float) -> dict:
@@ -98,3 +103,36 @@ def test_unknown_ablation_or_oracle_names_are_refused_before_any_training(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --oracle: no test pair p2") and "p1" in err[0], err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_ablation_and_oracle_reruns_train_as_their_stored_rows_were(monkeypatch):
+    """The stored ablation and oracle rows were measured at 8 crops per step (before 2026-12-04); bench.py trained
+    a rerun at train.py's default (4 now) and wrote a command without the batch, so rerunning one variant dropped
+    the stored rows. The train.py arguments it runs for every stored row are those of the row's stored command
+    (``--threads``, how fast a run went, aside: bench.py leaves it out of its commands)."""
+    report = json.loads((REPO_ROOT / "benchmarks" / "fcnn.json").read_text())
+    ran = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kwargs: ran.append(cmd))
+
+    def train_args(data: str, args: list[str]) -> list[str]:  # what train_run gives train.py besides --data, --out
+        bench.train_run(Path(data), Path("runs"), args)
+        cmd = ran.pop()
+        return cmd[cmd.index("--out") + 2:]
+
+    def settings(command: str) -> list[str]:  # a stored command's train.py arguments besides --data
+        words = command.split()[4:]  # python fcnn_rgb_gt/train.py --data <data>/...
+        if "--threads" in words:
+            del words[words.index("--threads"):words.index("--threads") + 2]
+        return words
+
+    ablations = report["ablations"]
+    for name, row in ablations["runs"].items():
+        variant, _, seed = name.partition("_seed")
+        flags, row_name = bench.ablation_flags(variant, int(seed or 0))
+        assert (row_name, " ".join(flags)) == (name, row["flags"])
+        stored = ablations["command"].replace("<flags>", row["flags"])
+        assert train_args("<data>/train_substitute", bench.ABLATION_BUDGET + flags) == settings(stored), name
+    assert ablations["command"] == bench.shown_train("<data>/train_substitute", [*bench.ABLATION_BUDGET, "<flags>"])
+    for key, extra in (("oracle", []), ("oracle_epochs_64", ["--epochs", "64"])):
+        assert train_args("<data>/extra/<pair>", bench.oracle_args(0, extra)) == settings(report[key]["command"]), key
+    assert report["oracle"]["command"] == bench.shown_train("<data>/extra/<pair>", bench.oracle_args(0, []))
