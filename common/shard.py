@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
-from common.io import atomic_write
+from common.io import atomic_write, dumps_json
 
 T = TypeVar("T")
 Shard = tuple[int, int]  # (index I, count N), 0 <= I < N
@@ -156,7 +156,8 @@ def merge_csv(shard_files: Sequence[str | Path], out: str | Path, key: str | Non
 
 def merge_json(shard_files: Sequence[str | Path], out: str | Path | None, indent: int = 2) -> dict:
     """Join shard JSON objects (``{key: value}``) into one with keys sorted; write it to ``out`` (``None``:
-    stdout) in ``json.dumps(obj, indent=indent)`` form plus a newline. Raises ValueError on duplicate keys."""
+    stdout) in ``dumps_json(obj, indent)`` form plus a newline (a NaN / Infinity of an older shard: null). Raises
+    ValueError on duplicate keys."""
     merged: dict = {}
     owner: dict[str, Path] = {}
     for shard_file in map(Path, shard_files):
@@ -169,7 +170,7 @@ def merge_json(shard_files: Sequence[str | Path], out: str | Path | None, indent
             owner[k] = shard_file
             merged[k] = v
     merged = {k: merged[k] for k in sorted(merged)}
-    text = json.dumps(merged, indent=indent) + "\n"
+    text = dumps_json(merged, indent) + "\n"
     if out is None:
         sys.stdout.write(text)
     else:
