@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from common.demo import is_demo
-from common.io import write_json
+from common.io import dumps_json, write_json
 from minerals import evaluate, train
 from minerals.evaluate import labelled_patches
 from minerals.extract_samples import extract
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         if "five_fold" in kept:
             results["five_fold"] = kept["five_fold"]
     write_json(args.json, results)
-    print(json.dumps(results, indent=2))
+    print(dumps_json(results, indent=2))
     return 0
 
 

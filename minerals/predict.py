@@ -23,7 +23,6 @@ RANK/WORLD_SIZE)::
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, read_rgb
+from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, dumps_json, read_rgb
 from common.shard import add_shard_argument, launcher_env, select_shard, shard_path
 from minerals.data import CLASSES, eval_transform, to_tensor
 from minerals.decision import UNKNOWN, decide, threshold_problem
@@ -211,7 +210,7 @@ def main(argv=None) -> int:
         else:
             results[key] = json_entry(probs, threshold)
     results = {k: results[k] for k, _ in files}  # sorted keys: the form `python -m common.shard merge` writes
-    text = json.dumps(results, indent=2) + "\n"
+    text = dumps_json(results, indent=2) + "\n"
     if args.out == "-":
         sys.stdout.write(text)
     else:

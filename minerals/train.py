@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import pickle
 import resource
 import shutil
@@ -46,7 +45,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common.config import add_config_args, resumed_config
-from common.io import ImageReadError, atomic_path, atomic_write, write_json
+from common.io import ImageReadError, atomic_path, atomic_write, dumps_json, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
 from minerals.data import AUGMENTS, CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
@@ -566,7 +565,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     write_json(out / "result.json", result)
     if cfg.export:
         export_graph(model, cfg, out)
-    log(f"done: {json.dumps(result)}")
+    log(f"done: {dumps_json(result)}")
     model.load_state_dict(final)  # hand back the trained (last) weights, like the other ranks
     return model, result
 
