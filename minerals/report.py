@@ -175,6 +175,21 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def number(value, spec: str) -> str:
+    """``value`` formatted by ``spec``; "n/a" for a metric that is undefined (null in the JSON, NaN in memory)."""
+    return "n/a" if value is None or value != value else format(value, spec)
+
+
+def metrics_line(m: dict) -> str:
+    """The summary line of an evaluate.py ``metrics.json``. Undefined figures show as n/a: the JSON holds null
+    for them (the coverage of an evaluation without mineral patches, which has no closed set either)."""
+    c = m["closed_set"]
+    closed = (f"accuracy {number(c['accuracy'], '.3f')}, macro-F1 {number(c['macro_f1'], '.3f')}" if c
+              else "no mineral patch")
+    return (f"  validation (mineral patches): {closed}; threshold {number(m['threshold'], '.2f')}: open-set accuracy "
+            f"{number(m['open_set']['accuracy'], '.3f')}, coverage {number(m['coverage_at_threshold'], '.3f')}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/minerals_bench", help="folder with samples/ and run folders")
@@ -208,10 +223,7 @@ def main(argv=None) -> None:
                          f"validation fold {cfg['val_fold']} of {cfg['n_folds']}, "
                          f"trained in {res.get('train_seconds', float('nan')) / 60:.1f} min")
             if m:
-                c = m["closed_set"]
-                lines.append(f"  validation (mineral patches): accuracy {c['accuracy']:.3f}, macro-F1 {c['macro_f1']:.3f};"
-                             f" threshold {m['threshold']:.2f}: open-set accuracy {m['open_set']['accuracy']:.3f},"
-                             f" coverage {m['coverage_at_threshold']:.3f}")
+                lines.append(metrics_line(m))
         bench = Path(args.bench_json)
         if bench.exists() and not any("demo" in str(d) for d in run_dirs):
             b = json.loads(bench.read_text())

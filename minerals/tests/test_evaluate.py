@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,17 @@ def test_summarise_negatives_only_is_a_rejection_test():
     r = summarise(probs, np.array([7, 7, 7]), threshold=0.3)
     assert r["closed_set"] is None and r["n_mineral_patches"] == 0
     assert r["open_set"]["accuracy"] == pytest.approx(2 / 3)  # the one at 0.6 is taken for biotite
+
+
+def test_report_line_shows_undefined_metrics_as_na(tmp_path):
+    """metrics.json holds null for an undefined figure (it held NaN, which is not JSON); report.py's summary line
+    formatted it with :.3f, which raises on None: it shows n/a."""
+    from common.io import write_json
+    from minerals.report import metrics_line
+    probs = np.stack([onehot(7, 0.9), onehot(0, 0.6)])
+    path = write_json(tmp_path / "metrics.json", summarise(probs, np.array([7, 7]), threshold=0.3))
+    m = json.loads(path.read_text())
+    assert m["coverage_at_threshold"] is None  # no mineral patch: NaN in memory
+    assert metrics_line(m).endswith("no mineral patch; threshold 0.30: open-set accuracy 0.500, coverage n/a")
+    m["closed_set"] = {"accuracy": None, "macro_f1": 0.25}
+    assert "accuracy n/a, macro-F1 0.250;" in metrics_line(m)
