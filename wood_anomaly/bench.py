@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from common.demo import is_demo
-from common.io import list_images, read_mask, read_rgb, write_json
+from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
 from common.metrics import image_auroc
 from wood_anomaly.data import resize, resize_map
 from wood_anomaly.evaluate import evaluate, pixel_metrics
@@ -270,7 +270,7 @@ def main(argv=None) -> None:
         result["other_seeds"] = extra
         result["machine"]["load_avg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.out, result)
-    print(json.dumps({k: result[k] for k in ("model_beats_baseline",)}, indent=1))
+    print(dumps_json({k: result[k] for k in ("model_beats_baseline",)}, indent=1))
     print(f"model {result['model']['pixel']}\nbaseline {baseline}\nbaseline smoothed {baseline_smooth}\n-> {args.out}")
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from common.io import read_mask, write_json
+from common.io import dumps_json, read_mask, write_json
 from common.metrics import aupro, best_f1, image_auroc, pixel_ap, pixel_auroc, segmentation_report
 from wood_anomaly.predict import output_folders
 
@@ -176,7 +175,7 @@ def main(argv=None) -> dict:
         result = evaluate(Path(args.pred), masks, labels)
     except ValueError as err:  # a malformed label CSV
         sys.exit(f"error: {err}")
-    print(json.dumps(result, indent=2))
+    print(dumps_json(result, indent=2))
     if "pixel_auroc" not in result and "image_auroc" not in result:
         sys.exit(f"nothing to score: no mask in {masks} and no label in {labels} matches a scored photo of "
                  f"{args.pred}/predictions.csv ({result['photos']} photos)")
