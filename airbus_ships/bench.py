@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from common.demo import is_demo
-from common.io import atomic_write, write_json
+from common.io import atomic_write, dumps_json, write_json
 
 HERE = Path(__file__).resolve().parent
 # the keys of one benchmark run's record: those main() writes, and a few added to a run by hand
@@ -80,6 +80,13 @@ def merge_record(previous: dict, result: dict) -> dict:
     return {**result, "history": history, **studies}
 
 
+def reused_training(previous: dict) -> tuple[float, float]:
+    """(wall seconds, peak MiB) of the training of a reused model, from the previous record; NaN for a figure it
+    does not know (null there: the record it came from did not know it either)."""
+    minutes, mib = previous.get("train_minutes_wall"), previous.get("peak_memory_mib", {}).get("train")
+    return float("nan") if minutes is None else minutes * 60, float("nan") if mib is None else mib
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/data/airbus", help="the real shared subset (images/ + masks.csv)")
@@ -109,8 +116,7 @@ def main() -> None:
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}  # the record so far
     if args.reuse_model:
         run_measured(train_cmd + ["--calibrate-only"])
-        train_s = (previous.get("train_minutes_wall") or float("nan")) * 60
-        train_mib = previous.get("peak_memory_mib", {}).get("train", float("nan"))
+        train_s, train_mib = reused_training(previous)
     else:
         train_s, train_mib = run_measured(train_cmd)
     test_s, test_mib = run_measured([py, str(HERE / "test.py"), "--data", str(data), "--csv", str(test_csv),
@@ -150,7 +156,7 @@ def main() -> None:
     }
     result = merge_record(previous, result)
     write_json(args.json, result)
-    print(json.dumps({k: result[k] for k in ("kaggle_score", "dice_ship_images_mean", "ship_no_ship_accuracy",
+    print(dumps_json({k: result[k] for k in ("kaggle_score", "dice_ship_images_mean", "ship_no_ship_accuracy",
                                              "train_minutes_wall", "test_images_per_second")}, indent=1))
     print(f"wrote {args.json}")
 

@@ -273,6 +273,16 @@ def test_bench_record_keeps_every_top_level_entry():
     assert merged["history"][1:] == previous["history"]
 
 
+def test_bench_reused_model_takes_unknown_training_figures_as_unknown():
+    """--reuse-model takes the training figures from the previous record, which holds null for one it did not
+    know; round(None) of the peak memory raised a TypeError after the whole test run."""
+    from airbus_ships.bench import reused_training
+    seconds, mib = reused_training({"train_minutes_wall": None, "peak_memory_mib": {"train": None, "test": 900}})
+    assert seconds != seconds and mib != mib  # NaN: written as null again
+    assert reused_training({"train_minutes_wall": 2.5, "peak_memory_mib": {"train": 1200}}) == (150.0, 1200)
+    assert all(v != v for v in reused_training({}))
+
+
 def raising_at_call(n: int, exc, real, calls: list):
     """``real`` (predict_probs), counting its calls in ``calls``, that raises ``exc`` at the ``n``-th."""
     def predict(*args, **kwargs):
