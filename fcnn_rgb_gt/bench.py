@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from common.demo import is_demo
-from common.io import read_rgb, write_json
+from common.io import dumps_json, read_rgb, write_json
 from common.metrics import iou, segmentation_report
 from common.tiling import MAX_TILE, pad_to_grid, tile_grid
 from fcnn_rgb_gt.data import REPO_ROOT, load_pair, read_gt, spatial_split
@@ -157,7 +157,7 @@ def score_run(run: Path, pairs: list[Path], strip: tuple[np.ndarray, np.ndarray]
         image = read_rgb(d / "rgb.png")
         gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
         res["pairs"][d.name] = scores(model, image, gt, thresholds)
-    print(f"  {run.name}: {json.dumps(res)}", flush=True)
+    print(f"  {run.name}: {dumps_json(res)}", flush=True)
     return res
 
 
@@ -433,7 +433,7 @@ def main(argv=None) -> int:
         p.error(f"--ablate: unknown variant(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
     if args.measure_predict:
         ckpt, image, repeat, *batch = args.measure_predict
-        print(json.dumps(measure_predict(ckpt, image, int(repeat), int(batch[0]) if batch else 1)))
+        print(dumps_json(measure_predict(ckpt, image, int(repeat), int(batch[0]) if batch else 1)))
         return 0
 
     if args.markdown:
