@@ -47,6 +47,7 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -297,6 +298,53 @@ def read_partial(path: Path) -> tuple[OrderedDict, set[str]]:
     return done, scored
 
 
+@dataclass
+class ImageResult:
+    """What one image gave: its submission rows (one empty row when it has no ship or could not be predicted),
+    its problems (worded for the report), and when it was predicted, its ship instances and the seconds the
+    prediction took; ``true_ships`` only when it is scored (ground truth known, 768x768)."""
+    rows: list[tuple[str, str]]
+    problems: list[str] = field(default_factory=list)
+    ships: list[np.ndarray] | None = None
+    seconds: float = 0.0
+    true_ships: list[np.ndarray] | None = None
+
+
+def predict_image(images_dir: Path, image_id: str, true_rles: list[str] | None, model: keras.Model,
+                  args: argparse.Namespace, input_mode: str, input_size: int, rule: ShipRule,
+                  overlay_path: Path | None) -> ImageResult:
+    """Read one image, predict its ship probabilities (``--how``, ``--tta``), apply the ship rule, and make its
+    submission rows and, when ``overlay_path`` is given, its overlay. An unreadable image or a failed prediction
+    gives an empty row and a problem (one image's failure must not cost the others); an image that is not
+    768x768 is predicted at its own size and not scored."""
+    try:
+        image = read_rgb(images_dir / image_id)
+    except ImageReadError as err:
+        return ImageResult([(image_id, "")], [f"{err}; empty submission row written"])  # Kaggle wants every ImageId
+    problems = []
+    if image.shape[:2] != (SIZE, SIZE):
+        problems.append(f"{images_dir / image_id}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}; "
+                        f"predicted at its own size (RLE for that shape), not scored")
+    t0 = time.perf_counter()
+    try:
+        prob = predict_probs(model, image, args.how, input_mode, input_size, args.tta)
+    except (tf.errors.OpError, ValueError) as err:
+        problems.append(f"{images_dir / image_id}: prediction failed ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0][:300]}); empty submission row written")
+        return ImageResult([(image_id, "")], problems)
+    ships = ships_from_probs(prob, rule)
+    seconds = time.perf_counter() - t0
+    rows = [(image_id, rle_encode(s)) for s in ships] or [(image_id, "")]
+    true_ships = None
+    if true_rles is not None and image.shape[:2] == (SIZE, SIZE):
+        true_ships = [rle_decode(r).astype(bool) for r in true_rles]
+    if overlay_path is not None:
+        pred = np.any(ships, axis=0) if ships else np.zeros(image.shape[:2], bool)
+        truth_mask = np.any(true_ships, axis=0) if true_ships else None
+        save_image(overlay_path, overlay(image, pred, truth_mask), quality=90)
+    return ImageResult(rows, problems, ships, seconds, true_ships)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from airbus_ships.runtime import setup_device
@@ -345,53 +393,30 @@ def main(argv=None) -> dict:
     last_save = time.perf_counter()
     try:
         for image_id in tqdm(image_ids, desc="predict", unit="img", file=sys.stdout, mininterval=5):
-            if time.perf_counter() - last_save > PARTIAL_SECONDS:
-                write_partial(partial, rows, scored)
-                last_save = time.perf_counter()
-            if image_id in done:  # --resume: predicted by the stopped run
+            if image_id in done:  # --resume: predicted by the stopped run; its rows kept, scored again
                 rows += [(image_id, rle) for rle in done[image_id]]
                 if image_id in scored and truth.get(image_id) is not None:
                     scores.add([rle_decode(r).astype(bool) for r in done[image_id] if r],
                                [rle_decode(r).astype(bool) for r in truth[image_id]], (SIZE, SIZE))
                 else:
                     scored.discard(image_id)
-                continue
-            try:
-                image = read_rgb(images_dir / image_id)
-            except ImageReadError as err:
-                problems.append(f"{err}; empty submission row written")
-                report(problems[-1])
-                rows.append((image_id, ""))  # Kaggle wants a row for every ImageId
-                continue
-            if image.shape[:2] != (SIZE, SIZE):
-                msg = (f"{images_dir / image_id}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}; "
-                       f"predicted at its own size (RLE for that shape), not scored")
-                problems.append(msg)
-                report(msg)
-            t0 = time.perf_counter()
-            try:
-                prob = predict_probs(model, image, args.how, input_mode, input_size, args.tta)
-            except (tf.errors.OpError, ValueError) as err:  # one image's failure must not cost the others
-                problems.append(f"{images_dir / image_id}: prediction failed ({type(err).__name__}: "
-                                f"{str(err).strip().splitlines()[0][:300]}); empty submission row written")
-                report(problems[-1])
-                rows.append((image_id, ""))
-                continue
-            ships = ships_from_probs(prob, rule)
-            elapsed += time.perf_counter() - t0
-            n_done += 1
-            rows += [(image_id, rle_encode(s)) for s in ships] or [(image_id, "")]
-            true_rles = truth.get(image_id)
-            true_ships = None
-            if true_rles is not None and image.shape[:2] == (SIZE, SIZE):
-                true_ships = [rle_decode(r).astype(bool) for r in true_rles]
-                scores.add(ships, true_ships, image.shape[:2])
-                scored.add(image_id)
-            if args.overlays < 0 or n_done <= args.overlays:
-                pred = np.any(ships, axis=0) if ships else np.zeros(image.shape[:2], bool)
-                truth_mask = np.any(true_ships, axis=0) if true_ships else None
-                save_image(out / "result-image" / (Path(image_id).stem + ".jpg"), overlay(image, pred, truth_mask),
-                           quality=90)
+            else:
+                overlay_path = (out / "result-image" / (Path(image_id).stem + ".jpg")
+                                if args.overlays < 0 or n_done < args.overlays else None)
+                result = predict_image(images_dir, image_id, truth.get(image_id), model, args, input_mode,
+                                       input_size, rule, overlay_path)
+                rows += result.rows
+                for msg in result.problems:
+                    problems.append(msg)
+                    report(msg)
+                if result.ships is not None:
+                    n_done, elapsed = n_done + 1, elapsed + result.seconds
+                if result.true_ships is not None:
+                    scores.add(result.ships, result.true_ships, (SIZE, SIZE))
+                    scored.add(image_id)
+            if time.perf_counter() - last_save > PARTIAL_SECONDS:
+                write_partial(partial, rows, scored)
+                last_save = time.perf_counter()
     except KeyboardInterrupt:  # Ctrl-C: keep what is done
         write_partial(partial, rows, scored)
         sys.exit(f"interrupted: the rows of {len({r[0] for r in rows})} images are in {partial}; run the same command "
