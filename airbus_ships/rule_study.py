@@ -3,9 +3,8 @@
     python -m airbus_ships.rule_study --run runs/airbus_bench --data ../shared/data/airbus
 
 Uses a benchmark run of ``bench.py`` (its split ``RUN/split/{train,test}.csv`` and model ``RUN/model/best.keras``).
-Probability maps are predicted once, tiled as in test.py, and cached (``OUT/probs.npz``; ``--out`` defaults to
-``RUN/rule_study``). Then each
-way of choosing the rule picks its parameters by maximising the Kaggle score on images of the *training part*
+Probability maps are predicted once, tiled (``test.py --how tile``, its default until 2026-12-05), and cached
+(``OUT/probs.npz``; ``--out`` defaults to ``RUN/rule_study``). Then each way of choosing the rule picks its parameters by maximising the Kaggle score on images of the *training part*
 only: train.py's own validation images (unseen by the network), or the whole training part (mostly images the
 network was trained on). The test split is only scored, never used to choose. Rules: probability threshold,
 minimum component area, minimum component peak probability (``ShipRule``) and an image-level gate (an image holds
@@ -37,7 +36,7 @@ GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 def predict_all(run: Path, data: Path, threads: int, zoom: int = 1, out: Path | None = None,
                 device: str = "auto") -> dict[str, dict]:
     """``{ImageId: {"prob": (768, 768) float16, "truth": [bool masks], "part": "train"|"test"}}`` (cached in ``out``,
-    default ``run/rule_study``), predicted tiled as test.py does, on the image upsampled ``zoom`` times
+    default ``run/rule_study``), predicted tiled (``test.py --how tile``), on the image upsampled ``zoom`` times
     (``inference.predict_probs``)."""
     from airbus_ships.data import read_mask_table, ship_instances
     cache = (out or run / "rule_study") / ("probs.npz" if zoom == 1 else f"probs_zoom{zoom}.npz")

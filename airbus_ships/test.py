@@ -4,10 +4,11 @@
     python airbus_ships/test.py --data /path/to/test_v2 --model runs/airbus/model/best.keras   # no ground truth
     python airbus_ships/test.py ... --shard 0/4      # worker 0 of 4 (then: python -m common.shard merge OUT/submission.csv --key ImageId)
 
-For every image: ship probabilities from the common 256x256 tiler (``--how tile``, default: the network sees
-inputs like its training crops; with the former scratch model +0.024 Kaggle and +0.03 dice on ship images over
-``--how full``, which runs the fully-convolutional net once on the whole image padded to a multiple of its
-stride: 1.21 against 0.71 images/s with the default model on the demo images, README: Inference), a threshold,
+For every image: ship probabilities from the fully-convolutional net run once on the whole image, padded to a
+multiple of its stride (``--how auto``, default: whole images up to 1024x1024 px, larger ones through the common
+256x256 tiler so memory stays bounded; ``--how full`` / ``--how tile`` force one way). With the default pretrained
+model the whole image scored +0.026 and +0.033 Kaggle over tiling on two benchmark models and runs ~1.7x faster;
+with the former scratch model tiling scored better (README: Inference). Then a threshold,
 8-connected components as ship instances, the ship / no-ship rule chosen at training time
 (``model/postprocess.json``: minimum component size and peak probability). Writes into ``--out``:
 
@@ -59,7 +60,8 @@ from scipy import ndimage  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from airbus_ships.data import SIZE, check_rle, find_layout, overlapping_rows  # noqa: E402
-from airbus_ships.inference import POSTPROCESS_FILE, ShipRule, network_stride, predict_probs, ships_from_probs  # noqa: E402
+from airbus_ships.inference import (HOWS, POSTPROCESS_FILE, ShipRule, network_stride, predict_probs,  # noqa: E402
+                                    ships_from_probs)
 from airbus_ships.losses import CUSTOM_OBJECTS  # noqa: E402
 from common.io import ImageReadError, atomic_write, list_images, read_rgb, rle_decode, rle_encode, save_image, write_json  # noqa: E402
 from common.metrics import f2_from_ious, instance_ious  # noqa: E402
@@ -74,9 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-gt", action="store_true", help="ignore ground truth: predict every image in the folder")
     p.add_argument("--model", default="runs/airbus/model/best.keras", help="trained .keras model")
     p.add_argument("--out", default="runs/airbus/test", help="output folder")
-    p.add_argument("--how", choices=("full", "tile"), default="tile",
-                   help="tile: 256x256 tiles, as trained (scored better with the scratch model); full: the whole "
-                        "image at once (~1.7x faster: 1.21 vs 0.71 images/s, default model, demo images; README)")
+    p.add_argument("--how", choices=HOWS, default="auto",
+                   help="full: the whole image at once (with the default model +0.03 Kaggle over tile and ~1.7x "
+                        "faster; README); tile: 256x256 tiles, bounded memory for any image size (scored better "
+                        "with the former scratch model); auto: full up to 1024x1024 px, tile above")
     p.add_argument("--tta", action="store_true",
                    help="average the image and its 3 flips (4x slower; no gain with the default pretrained model: "
                         "Kaggle 0.570 vs 0.567, dice 0.672 vs 0.682; +0.025 Kaggle with the former scratch model; "
@@ -244,6 +247,12 @@ def load_rule(model_dir: Path, args: argparse.Namespace) -> tuple[ShipRule, str]
             print(f"WARNING: {err}. Using the default rule {rule} for what --threshold / --min-size / "
                   f"--min-confidence do not give: scores will be lower than with the rule chosen for this model.",
                   file=sys.stderr)
+    else:
+        chosen_on = json.loads((model_dir / POSTPROCESS_FILE).read_text()).get("how")
+        if chosen_on and chosen_on != args.how:
+            print(f"warning: the ship rule was chosen on '{chosen_on}' predictions and this run predicts '--how "
+                  f"{args.how}': scores may be lower (--how {chosen_on}, or choose the rule again with train.py "
+                  f"--out RUN --calibrate-only --predict-how {args.how})", file=sys.stderr)
     given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key, value in given.items():
         setattr(rule, key, value)

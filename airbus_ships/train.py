@@ -51,7 +51,7 @@ from airbus_ships.callbacks import (AtomicModelCheckpoint, ResumableCSVLogger, R
                                     ResumableReduceLROnPlateau, SaveTrainState, TimeBudget)
 from airbus_ships.data import (SIZE, find_layout, make_dataset, read_mask_table, ship_instances,  # noqa: E402
                                split_by_image)
-from airbus_ships.inference import ShipRule, calibrate_rule, calibration_rows, predict_probs  # noqa: E402
+from airbus_ships.inference import HOWS, ShipRule, calibrate_rule, calibration_rows, predict_probs  # noqa: E402
 from airbus_ships.losses import (CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef,  # noqa: E402
                                   iou_coef)
 from airbus_ships.model import LITE0_PREFIX, build_unet  # noqa: E402
@@ -100,7 +100,8 @@ class Config:
     calib_val_only: bool = False    # choose the rule on validation images only (no top-up with training images)
     check_images: bool = True       # open every image's header once before training (size, readable, JPEG end):
     #                                 bad images are named and left out (~0.1 ms an image)
-    predict_how: str = "tile"       # how the rule's probabilities are predicted: tile (256x256, as test.py) | full
+    predict_how: str = "auto"       # how the rule's probabilities are predicted, as test.py --how: auto (the whole
+    #                                 image up to 1024x1024 px, else tiled) | full | tile (256x256 tiles)
     resume: bool = False            # continue from out/model/last.keras, train_state.json and train_log.csv, with the
     #                                 run's config.json (options given now override it, not the locked ones)
     calibrate_only: bool = False    # no training: re-choose the ship rule for out/model/best.keras (config as --resume)
@@ -112,7 +113,7 @@ class Config:
 
 CHOICES = {"device": ("auto", "cpu", "cuda"), "strategy": ("default", "mirrored", "multiworker"),
            "input_mode": ("crop", "resize"), "ship_sampling": ("pixel", "instance"),
-           "encoder": ("efficientnet_lite0", "scratch"), "predict_how": ("tile", "full")}
+           "encoder": ("efficientnet_lite0", "scratch"), "predict_how": HOWS}
 # what --resume / --calibrate-only may not change: the network, its input, its loss and optimiser (both inside
 # last.keras) and the train / validation split (seed, val_fraction)
 LOCKED_ON_RESUME = ("encoder", "widths", "bottleneck_rates", "input_mode", "input_size", "small_ship_weight", "lr",

@@ -338,3 +338,32 @@ def test_rows_are_saved_during_the_run(demo_dir, trained_run, tmp_path, monkeypa
     with open(out / "submission.partial.csv", newline="") as f:
         assert len({r["ImageId"] for r in csv.DictReader(f)}) == 2
     assert not list(out.glob("*.tmp*"))
+
+
+def test_auto_prediction_is_whole_image_up_to_1024_squared_then_tiled():
+    """--how auto (the default): Kaggle's 768x768 images and anything up to 1024x1024 px in one pass, larger
+    images tiled (bounded memory); full / tile as asked; anything else refused."""
+    from airbus_ships.inference import resolve_how
+    assert resolve_how("auto", (768, 768, 3)) == "full"
+    assert resolve_how("auto", (1024, 1024, 3)) == "full"
+    assert resolve_how("auto", (1025, 1024, 3)) == "tile"
+    assert resolve_how("auto", (4000, 3000, 3)) == "tile"
+    assert resolve_how("tile", (768, 768, 3)) == "tile" and resolve_how("full", (4000, 3000, 3)) == "full"
+    with pytest.raises(ValueError, match="how must be one of"):
+        resolve_how("whole", (768, 768, 3))
+
+
+def test_rule_chosen_on_other_predictions_is_warned_about(tmp_path, capsys):
+    """A ship rule chosen on tiled maps (postprocess.json's "how", e.g. a run trained before 'auto' became the
+    default) used with --how auto: a warning saying how to match them; none when they match."""
+    import argparse
+    from airbus_ships.test import load_rule
+    (tmp_path / "postprocess.json").write_text(json.dumps({"threshold": 0.4, "min_size": 80,
+                                                           "min_confidence": 0.9, "how": "tile"}))
+    args = argparse.Namespace(how="auto", threshold=None, min_size=None, min_confidence=None)
+    rule, _ = load_rule(tmp_path, args)
+    assert (rule.threshold, rule.min_size, rule.min_confidence) == (0.4, 80, 0.9)
+    err = capsys.readouterr().err
+    assert "chosen on 'tile' predictions" in err and "--calibrate-only --predict-how auto" in err
+    load_rule(tmp_path, argparse.Namespace(how="tile", threshold=None, min_size=None, min_confidence=None))
+    assert "warning" not in capsys.readouterr().err
