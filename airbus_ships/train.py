@@ -467,7 +467,7 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from common.io import atomic_path
+    from common.io import save_figure
 
     log = pd.read_csv(log_csv)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -479,10 +479,7 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
         ax.set_title(key)
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=100)
 
 
 def main(argv=None) -> None:

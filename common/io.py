@@ -268,6 +268,18 @@ def save_image(path: str | os.PathLike, array: np.ndarray, **pil_kwargs) -> Path
     return path
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Lay out a matplotlib figure, save it atomically (the format follows the suffix) and close it."""
+    import matplotlib.pyplot as plt  # here, not at the top: common itself needs no matplotlib
+
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or None)
+    plt.close(fig)
+    return path
+
+
 def json_safe(obj):
     """``obj`` made of plain JSON values: numpy integers, floats and arrays become Python numbers and lists, paths
     strings, tuples lists, and every non-finite float (NaN, +-inf; Python or numpy, also inside an array) becomes

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.config import add_config_args, resumed_config
-from common.io import ImageReadError, atomic_path, atomic_write, write_json
+from common.io import ImageReadError, atomic_path, atomic_write, save_figure, write_json
 from common.metrics import segmentation_report
 from common.shard import launcher_env
 from common.tiling import MAX_TILE
@@ -363,10 +363,7 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
     ax.set_title("FCN training: loss vs epochs")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------------------- distributed

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.io import IMAGE_EXTENSIONS, atomic_path, atomic_write, write_json
+from common.io import IMAGE_EXTENSIONS, atomic_write, save_figure, write_json
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
 from minerals.decision import UNKNOWN, decide, mineral_confidence, threshold_curve
@@ -98,10 +98,7 @@ def plot_errors(errors: list[dict], path: Path, max_n: int = 36, cols: int = 6) 
         ax.set_title(f"{e['label']} ->\n{e['predicted']} ({e['confidence']:.2f})", fontsize=8)
     fig.suptitle(f"{len(errors)} misclassified mineral patches" + (f", the {len(shown)} most confident" if
                                                                    len(errors) > len(shown) else ""), fontsize=11)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
@@ -112,10 +109,7 @@ def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: st
     ConfusionMatrixDisplay(np.asarray(cm), display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False,
                                                                       xticks_rotation=45)
     ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_threshold(curve: dict, threshold: float, path: Path) -> None:
@@ -129,10 +123,7 @@ def plot_threshold(curve: dict, threshold: float, path: Path) -> None:
     ax.set(xlabel="confidence threshold", ylim=(0, 1.02), title="accuracy and coverage vs threshold")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> dict:

@@ -45,7 +45,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common.config import add_config_args, resumed_config
-from common.io import ImageReadError, atomic_path, atomic_write, dumps_json, write_json
+from common.io import ImageReadError, atomic_path, atomic_write, dumps_json, save_figure, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
 from minerals.data import AUGMENTS, CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
@@ -388,10 +388,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for a in ax:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def export_graph(model, cfg: Config, out: Path) -> None:

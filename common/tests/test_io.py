@@ -194,3 +194,25 @@ def test_list_images(tmp_path, rgb):
     for name in ["b.PNG", "a.jpg", "notes.txt"]:
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in io.list_images(tmp_path)] == ["a.jpg", "b.PNG"]
+
+
+def test_save_figure_is_atomic_and_closes_the_figure(tmp_path):
+    """save_figure writes a PNG by its suffix through a temporary file (nothing left beside it), closes the
+    figure (no pile-up of open figures in long runs), and leaves an existing file whole when saving fails."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from common.io import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "plots" / "curve.png", dpi=50)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curve.png"]
+    before = out.read_bytes()
+    fig, _ = plt.subplots()
+    with pytest.raises(ValueError):
+        save_figure(fig, out, dpi=-1)  # matplotlib refuses the dpi mid-save
+    assert out.read_bytes() == before and sorted(p.name for p in out.parent.iterdir()) == ["curve.png"]
+    plt.close("all")
