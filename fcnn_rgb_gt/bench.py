@@ -383,11 +383,23 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
+def measured(command: str) -> str:
+    """``command`` without ``--threads N`` / ``--device D``: where and how fast a run went, not what it measured
+    (:func:`shown_train` leaves them out; a stored command may name them, e.g. oracle_epochs_64's ``--threads 1``)."""
+    words = command.split()
+    for option in ("--threads", "--device"):
+        while option in words:
+            i = words.index(option)
+            del words[i:i + 2]
+    return " ".join(words)
+
+
 def kept_rows(report: dict, key: str, command: str) -> dict:
-    """The stored rows of ``report[key]`` that a rerun may join: all of them when they ran with the same command,
-    none otherwise (a table's rows share one command; the old rows stay in git history)."""
+    """The stored rows of ``report[key]`` that a rerun may join: all of them when they ran with the same command
+    (:func:`measured`: thread count and device aside), none otherwise (a table's rows share one command; the old
+    rows stay in git history)."""
     block = report.get(key, {})
-    if block and block.get("command") != command:
+    if block and measured(block.get("command", "")) != measured(command):
         print(f"{key}: the stored rows ran with `{block.get('command')}`, not `{command}`: they are replaced",
               flush=True)
         return {}

@@ -64,6 +64,18 @@ def test_rows_of_another_command_are_not_merged(capsys):
     assert bench.kept_rows(report, "oracle", "any") == {}
 
 
+def test_a_rerun_joins_rows_stored_with_a_thread_count(capsys):
+    """oracle_epochs_64's stored command names --threads 1 (how fast it ran), which bench.py never writes: a rerun
+    of one pair kept none of the table's rows. Thread count and device are set aside; any other difference is not."""
+    stored = json.loads((REPO_ROOT / "benchmarks" / "fcnn.json").read_text())["oracle_epochs_64"]
+    rerun = bench.shown_train("<data>/extra/<pair>", bench.oracle_args(0, ["--epochs", "64"]))
+    assert "--threads" in stored["command"] and "--threads" not in rerun
+    assert bench.kept_rows({"oracle_epochs_64": stored}, "oracle_epochs_64", rerun) == stored["runs"]
+    assert bench.kept_rows({"oracle_epochs_64": stored}, "oracle_epochs_64", rerun + " --device cuda") == stored["runs"]
+    assert bench.kept_rows({"oracle_epochs_64": stored}, "oracle_epochs_64", rerun.replace("64", "32")) == {}
+    assert "replaced" in capsys.readouterr().out
+
+
 def test_bench_without_test_pairs_is_one_line_before_any_training(tmp_path, capsys, monkeypatch):
     # real training data but no extra/: a FileNotFoundError traceback; an empty extra/ or pairs without gt.png:
     # a min() or ImageReadError traceback after the whole training run
@@ -120,10 +132,7 @@ def test_ablation_and_oracle_reruns_train_as_their_stored_rows_were(monkeypatch)
         return cmd[cmd.index("--out") + 2:]
 
     def settings(command: str) -> list[str]:  # a stored command's train.py arguments besides --data
-        words = command.split()[4:]  # python fcnn_rgb_gt/train.py --data <data>/...
-        if "--threads" in words:
-            del words[words.index("--threads"):words.index("--threads") + 2]
-        return words
+        return bench.measured(command).split()[4:]  # python fcnn_rgb_gt/train.py --data <data>/...
 
     ablations = report["ablations"]
     for name, row in ablations["runs"].items():
