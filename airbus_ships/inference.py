@@ -132,15 +132,16 @@ class ShipRule:
         write_json(Path(folder) / POSTPROCESS_FILE, {**asdict(self), **(extra or {})})
 
     @classmethod
-    def load(cls, folder: str | Path) -> "ShipRule":
-        """The rule train.py chose (``folder/postprocess.json``); FileNotFoundError when there is none (the caller
-        decides whether the defaults will do, and says so)."""
+    def load(cls, folder: str | Path) -> tuple["ShipRule", dict]:
+        """The rule train.py chose (``folder/postprocess.json``) and the whole record saved with it (``how`` its
+        maps were predicted, its score, the images); FileNotFoundError when there is none (the caller decides
+        whether the defaults will do, and says so)."""
         path = Path(folder) / POSTPROCESS_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: no ship rule (train.py writes it after the fit; "
                                     f"train.py --out RUN --calibrate-only chooses it again)")
         cfg = json.loads(path.read_text())
-        return cls(**{k: cfg[k] for k in ("threshold", "min_size", "min_confidence") if k in cfg})
+        return cls(**{k: cfg[k] for k in ("threshold", "min_size", "min_confidence") if k in cfg}), cfg
 
 
 def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:

@@ -240,7 +240,7 @@ def load_rule(model_dir: Path, args: argparse.Namespace) -> tuple[ShipRule, str]
     the file is missing and the options do not replace all of it."""
     keys = ("threshold", "min_size", "min_confidence")
     try:
-        rule, source = ShipRule.load(model_dir), str(model_dir / POSTPROCESS_FILE)
+        (rule, record), source = ShipRule.load(model_dir), str(model_dir / POSTPROCESS_FILE)
     except FileNotFoundError as err:
         rule, source = ShipRule(), f"defaults ({model_dir / POSTPROCESS_FILE} missing)"
         if any(getattr(args, k) is None for k in keys):
@@ -248,7 +248,7 @@ def load_rule(model_dir: Path, args: argparse.Namespace) -> tuple[ShipRule, str]
                   f"--min-confidence do not give: scores will be lower than with the rule chosen for this model.",
                   file=sys.stderr)
     else:
-        chosen_on = json.loads((model_dir / POSTPROCESS_FILE).read_text()).get("how")
+        chosen_on = record.get("how")
         if chosen_on and chosen_on != args.how:
             print(f"warning: the ship rule was chosen on '{chosen_on}' predictions and this run predicts '--how "
                   f"{args.how}': scores may be lower (--how {chosen_on}, or choose the rule again with train.py "
