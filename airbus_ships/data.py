@@ -257,18 +257,19 @@ def load_example(path: tf.Tensor, rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]
     return image, tf_rle_decode(rle)[..., None]
 
 
-def random_ship_pixel(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
+def random_ship_pixel(rle: tf.Tensor, seed: tf.Tensor, size: int = SIZE) -> tf.Tensor:
     """``(row, col)`` int64 of a random pixel of one ship, the ship drawn uniformly among the image's ships (a
     100-pixel ship as often as a 5,000-pixel one); ``(-1, -1)`` for an image without ships. Reads the RLE
-    string only (no mask)."""
+    string only (no mask). ``seed``: a stateless ``[2]`` seed (the draw is a function of it)."""
     ships = tf.strings.split(rle, SHIP_SEP)
     ships = tf.boolean_mask(ships, tf.strings.length(ships) > 0)
     n = tf.size(ships)
+    s_ship, s_pixel = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
     def pick():
-        starts, lengths = _rle_runs(ships[tf.random.uniform([], 0, n, dtype=tf.int32)])
+        starts, lengths = _rle_runs(ships[tf.random.stateless_uniform([], s_ship, 0, n, dtype=tf.int32)])
         ends = tf.cumsum(lengths)                       # a pixel uniformly within the ship: runs by their length
-        k = tf.random.uniform([], 0, ends[-1], dtype=tf.int64)
+        k = tf.random.stateless_uniform([], s_pixel, 0, ends[-1], dtype=tf.int64)
         run = tf.searchsorted(ends, k[None], side="right")[0]
         pixel = starts[run] + k - (ends[run] - lengths[run])
         return tf.stack([pixel % size, pixel // size])  # column-major numbering
@@ -276,25 +277,26 @@ def random_ship_pixel(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
     return tf.cond(n > 0, pick, lambda: tf.constant([-1, -1], tf.int64))
 
 
-def crop_around_ships(image, mask, crop: int, ship_prob: float, centre=None):
+def crop_around_ships(image, mask, crop: int, ship_prob: float, seed: tf.Tensor, centre=None):
     """A ``crop x crop`` window: with probability ``ship_prob`` (and when there is a ship) centred, with a random
     offset, on ``centre`` (a ``(row, col)`` ship pixel, e.g. from :func:`random_ship_pixel`) or, without one, on
     a random ship pixel of ``mask`` (large ships then dominate); otherwise anywhere. Keeps ship pixels at full
-    resolution."""
+    resolution. ``seed``: a stateless ``[2]`` seed (the window is a function of it)."""
     if centre is None:
         ship_pixels = tf.where(mask[..., 0] > 0)
         n = tf.shape(ship_pixels, out_type=tf.int64)[0]
     else:  # one candidate, valid unless (-1, -1)
         ship_pixels, n = centre[None], tf.cast(centre[0] >= 0, tf.int64)
-    on_ship = tf.logical_and(n > 0, tf.random.uniform([]) < ship_prob)
+    s_on, s_pixel, s_jitter, s_anywhere = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    on_ship = tf.logical_and(n > 0, tf.random.stateless_uniform([], s_on) < ship_prob)
 
     def centred():
-        c = ship_pixels[tf.random.uniform([], 0, tf.maximum(n, 1), dtype=tf.int64)]
-        jitter = tf.random.uniform([2], -crop // 3, crop // 3 + 1, dtype=tf.int64)
+        c = ship_pixels[tf.random.stateless_uniform([], s_pixel, 0, tf.maximum(n, 1), dtype=tf.int64)]
+        jitter = tf.random.stateless_uniform([2], s_jitter, -crop // 3, crop // 3 + 1, dtype=tf.int64)
         return tf.clip_by_value(c + jitter - crop // 2, 0, SIZE - crop)
 
     def anywhere():
-        return tf.random.uniform([2], 0, SIZE - crop + 1, dtype=tf.int64)
+        return tf.random.stateless_uniform([2], s_anywhere, 0, SIZE - crop + 1, dtype=tf.int64)
 
     y0x0 = tf.cond(on_ship, centred, anywhere)
     y0, x0 = y0x0[0], y0x0[1]
@@ -308,18 +310,27 @@ def downscale(image, mask, size: int):
     return image, mask
 
 
-def augment(image, mask):
-    """Random flips, 90-degree rotations and light brightness / contrast / saturation changes."""
-    k = tf.random.uniform([], 0, 4, dtype=tf.int32)
+def augment(image, mask, seed: tf.Tensor):
+    """Random flips, 90-degree rotations and light brightness / contrast / saturation changes, a function of the
+    stateless ``[2]`` ``seed``."""
+    s_rot, s_flip, s_bright, s_contrast, s_sat = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    k = tf.random.stateless_uniform([], s_rot, 0, 4, dtype=tf.int32)
     image, mask = tf.image.rot90(image, k), tf.image.rot90(mask, k)
-    flip = tf.random.uniform([]) < 0.5
+    flip = tf.random.stateless_uniform([], s_flip) < 0.5
     image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
     mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
     x = tf.cast(image, tf.float32) / 255.0
-    x = tf.image.random_brightness(x, 0.08)
-    x = tf.image.random_contrast(x, 0.85, 1.15)
-    x = tf.image.random_saturation(x, 0.85, 1.15)
+    x = tf.image.stateless_random_brightness(x, 0.08, s_bright)
+    x = tf.image.stateless_random_contrast(x, 0.85, 1.15, s_contrast)
+    x = tf.image.stateless_random_saturation(x, 0.85, 1.15, s_sat)
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8), mask
+
+
+def element_seeds(seed: int, index: tf.Tensor) -> tf.Tensor:
+    """``(3, 2)`` stateless seeds of stream element ``index`` (ship pick, crop, augmentation): the element's
+    random choices depend on ``(seed, index)`` only, not on which parallel call draws first."""
+    base = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), index)
+    return tf.random.experimental.stateless_split(base, 3)
 
 
 def _stream(frame: pd.DataFrame, seed: int) -> tf.data.Dataset:
@@ -359,8 +370,12 @@ def _balanced_stream(frame: pd.DataFrame, empty_share: float | None, seed: int) 
 
 def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mode: str = "crop",
                  empty_share: float | None = 0.25, ship_crop_prob: float = 0.8, training: bool = True,
-                 seed: int = 0, ship_sampling: str = "pixel") -> tf.data.Dataset:
+                 seed: int = 0, ship_sampling: str = "pixel", start: int = 0) -> tf.data.Dataset:
     """Endless batches ``((B, s, s, 3) uint8 images, (B, s, s, 1) float32 masks)`` of ``frame``'s images.
+
+    The stream is a function of ``seed`` (and TensorFlow's global seed, which the shuffles use): the order of the
+    images, and every crop and augmentation, whose random draws are stateless, seeded by ``(seed, element
+    number)`` (:func:`element_seeds`), so the parallel maps give the same batches whichever call runs first.
 
     Args:
         mode: "crop" (full-resolution ``input_size`` crops, biased to ships by ``ship_crop_prob``) or
@@ -369,33 +384,38 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mo
             the data's own share.
         ship_sampling: what a ship-centred crop is centred on: "pixel" (a random ship pixel: large ships more
             often) or "instance" (a ship drawn uniformly, then a pixel of it: small ships as often as large ones).
-        training: augment, and run the maps in parallel, unordered (throughput); otherwise nothing is flipped or
-            recoloured and every map runs one element at a time, in order, so that the images and crops are a
-            function of ``seed`` and TensorFlow's global seed (random ops called in parallel draw in any order:
-            the same seed gave other crops every run). train.py's fixed validation batches are then the same in
-            every run and after ``--resume``, whose best validation loss so far they are compared with. The
-            training stream is not reproducible run to run.
+        training: augment (flips, turns, colour); otherwise images are only cropped or resized.
+        start: elements of the stream to skip before the first batch, without reading them (``--resume``:
+            ``epochs done x steps x batch``, so a resumed run sees what the uninterrupted one would have seen; an
+            image dropped as unreadable shifts it by one).
     """
-    ds = _balanced_stream(frame, empty_share, seed)
-    par, load_par = (tf.data.AUTOTUNE, LOAD_WORKERS) if training else (None, None)
-    # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
-    # training consumes, see README); the 256x256 crops after them are cheap
     if ship_sampling not in ("instance", "pixel"):
         raise ValueError(f"ship_sampling must be 'instance' or 'pixel', got {ship_sampling!r}")
-    # elements: (image, mask), plus the crop centre (row, col) of a uniformly drawn ship for "instance"
-    load = ((lambda path, rle: (*load_example(path, rle), random_ship_pixel(rle))) if ship_sampling == "instance"
-            else load_example)
-    ds = ds.map(load, num_parallel_calls=load_par, deterministic=not training)
-    ds = ds.ignore_errors(log_warning=True)
-    if mode == "crop":
-        ds = ds.map(lambda i, m, *centre: crop_around_ships(i, m, input_size, ship_crop_prob, *centre),
-                    num_parallel_calls=par, deterministic=not training)
-    elif mode == "resize":
-        ds = ds.map(lambda i, m, *centre: downscale(i, m, input_size), num_parallel_calls=par,
-                    deterministic=not training)
-    else:
+    if mode not in ("crop", "resize"):
         raise ValueError(f"mode must be 'crop' or 'resize', got {mode!r}")
-    if training:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.map(lambda i, m: (i, tf.cast(m, tf.float32)))
+    # (index, (path, rle)) -> (path, rle, seeds); skipping strings is cheap: nothing is decoded before the load map
+    ds = _balanced_stream(frame, empty_share, seed).enumerate().skip(start)
+    ds = ds.map(lambda i, row: (*row, element_seeds(seed, i)))
+
+    def load(path, rle, seeds):
+        """(image, mask, seeds), plus the crop centre (row, col) of a uniformly drawn ship for "instance"."""
+        if ship_sampling == "instance":
+            return (*load_example(path, rle), seeds, random_ship_pixel(rle, seeds[0]))
+        return (*load_example(path, rle), seeds)
+
+    def shape(image, mask, seeds, *centre):
+        if mode == "resize":
+            image, mask = downscale(image, mask, input_size)
+        else:
+            image, mask = crop_around_ships(image, mask, input_size, ship_crop_prob, seeds[1], *centre)
+        if training:
+            image, mask = augment(image, mask, seeds[2])
+        return image, tf.cast(mask, tf.float32)
+
+    # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
+    # training consumes, see README); the crops and augmentation after them are cheap. Ordered maps: the batches
+    # are the same every run.
+    ds = ds.map(load, num_parallel_calls=LOAD_WORKERS)
+    ds = ds.ignore_errors(log_warning=True)
+    ds = ds.map(shape, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(2)

@@ -66,9 +66,9 @@ class Config:
     csv: str = ""                   # mask table to use instead of the one in --data (e.g. a split's rows)
     out: str = "runs/airbus"        # run folder: model/ (*.keras, config.json, postprocess.json), split.csv,
     #                                 train_log.csv, training_curves.png
-    seed: int = 0                   # split, sampling, augmentation and weight initialisation (the same split,
-    #                                 validation crops and initial weights every run; the parallel training
-    #                                 stream's order and crops vary)
+    seed: int = 0                   # split, sampling, augmentation and weight initialisation: the same split,
+    #                                 initial weights and training / validation batches every run (and after
+    #                                 --resume, the batches the uninterrupted run would have seen)
     device: str = "auto"            # auto | cpu | cuda
     strategy: str = "default"       # default (one device) | mirrored (all local GPUs) | multiworker (TF_CONFIG)
     threads: int = 0                # TensorFlow intra- and inter-op threads (0: TensorFlow's choice)
@@ -268,9 +268,10 @@ def write_split(run_dir: Path, train: pd.DataFrame, val: pd.DataFrame, problems:
         (run_dir / PROBLEMS_FILE).unlink(missing_ok=True)
 
 
-def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame,
-                  ctx: tf.distribute.InputContext) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """This input pipeline's training stream and fixed validation batches, per-replica batch size.
+def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame, ctx: tf.distribute.InputContext,
+                  epochs_done: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """This input pipeline's training stream and fixed validation batches, per-replica batch size. The training
+    stream starts after the ``epochs_done`` epochs of images this pipeline has already fed (``--resume``).
 
     The pipeline samples an endless stream from an in-memory table (no files to split), so TensorFlow's
     auto-sharding is switched off: with several workers, each one builds its own pipeline over its own
@@ -281,10 +282,12 @@ def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame,
     train, val = train.iloc[i::n], val.iloc[i::n]
     if train.empty or val.empty:
         sys.exit(f"input pipeline {i} of {n}: no training or validation image left in its share")
-    batch = ctx.get_per_replica_batch_size(cfg.batch_size * ctx.num_replicas_in_sync)
+    global_batch = cfg.batch_size * ctx.num_replicas_in_sync
+    batch = ctx.get_per_replica_batch_size(global_batch)
+    fed = epochs_done * cfg.steps_per_epoch * (global_batch // n)  # images this pipeline fed before --resume
     train_ds = make_dataset(train, batch, cfg.input_size, cfg.input_mode, cfg.empty_share,
                             cfg.ship_crop_prob, training=True, seed=cfg.seed + 1000 * i,
-                            ship_sampling=cfg.ship_sampling)
+                            ship_sampling=cfg.ship_sampling, start=fed)
     # fixed validation batches (same images and crops every epoch), kept at the data's own empty share
     val_ds = make_dataset(val, batch, cfg.input_size, cfg.input_mode, None, cfg.ship_crop_prob, training=False,
                           seed=cfg.seed + 1 + 1000 * i, ship_sampling=cfg.ship_sampling).take(cfg.val_steps).cache()
@@ -293,12 +296,13 @@ def make_datasets(cfg: Config, train: pd.DataFrame, val: pd.DataFrame,
     return train_ds.with_options(options), val_ds.with_options(options)
 
 
-def distributed_datasets(cfg: Config, strategy: tf.distribute.Strategy, train: pd.DataFrame, val: pd.DataFrame):
+def distributed_datasets(cfg: Config, strategy: tf.distribute.Strategy, train: pd.DataFrame, val: pd.DataFrame,
+                         epochs_done: int = 0):
     """Training and validation datasets for ``model.fit`` under ``strategy`` (plain datasets for one device)."""
     if cfg.strategy == "default":
-        return make_datasets(cfg, train, val, tf.distribute.InputContext())
-    return tuple(strategy.distribute_datasets_from_function(lambda ctx, k=k: make_datasets(cfg, train, val, ctx)[k])
-                 for k in (0, 1))
+        return make_datasets(cfg, train, val, tf.distribute.InputContext(), epochs_done)
+    return tuple(strategy.distribute_datasets_from_function(
+        lambda ctx, k=k: make_datasets(cfg, train, val, ctx, epochs_done)[k]) for k in (0, 1))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -506,7 +510,8 @@ def main(argv=None) -> None:
         best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
         choose_ship_rule(cfg, best_model, calib, cfg.model_dir)
         return
-    train_ds, val_ds = distributed_datasets(cfg, strategy, train, val)
+    epochs_done = saved_state(cfg)["epochs_done"] if cfg.resume else 0
+    train_ds, val_ds = distributed_datasets(cfg, strategy, train, val, epochs_done)
 
     with strategy.scope():  # variables (model, optimizer, metrics) are mirrored on every replica
         if cfg.resume:

@@ -90,6 +90,21 @@ def test_train_script_outputs_and_resume(trained_run):
     assert summary["rule_minutes_reserved"] > 0 and summary["run_minutes"] >= summary["train_minutes"]
 
 
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(trained_run, demo_dir, tmp_path):
+    """Same seed, same weights: the fixture's run (2 epochs, then --resume for a third, in two processes) and
+    one uninterrupted 3-epoch run end with identical last.keras weights. The training stream is a function of
+    the seed, and a resumed stream skips the images the first process trained on (before, two runs with one
+    seed gave other weights, and a resumed run saw its first batches again)."""
+    from airbus_ships.runtime import weights_digest
+    from airbus_ships.tests.conftest import _run_script
+    _run_script("train.py", "--data", demo_dir, "--out", tmp_path, "--encoder", "scratch",
+                "--widths", "4,8,16", "--batch-size", "2", "--steps-per-epoch", "3", "--val-steps", "1",
+                "--val-fraction", "0.25", "--calib-images", "5", "--epochs", "3")
+    digests = [weights_digest(keras.saving.load_model(run / "model" / "last.keras", custom_objects=CUSTOM_OBJECTS))
+               for run in (trained_run, tmp_path)]
+    assert digests[0] == digests[1]
+
+
 @pytest.mark.parametrize("reserve_s, stops", [(5.0, False), (15.0, True)])
 def test_time_budget_keeps_time_for_the_ship_rule(reserve_s, stops):
     """50 s into a 60 s budget, an epoch that leaves the rule's reserve no room must not start."""

@@ -138,15 +138,14 @@ def test_random_ship_pixel_draws_ships_uniformly():
     (a random ship *pixel* would hit the small one 0.3% of the time)."""
     big, small = "1000 300 1768 300 2536 300", "400000 3"
     ships = ship_instances(big + SHIP_SEP + small)
-    tf.random.set_seed(0)
     picks = [0, 0]
-    for _ in range(200):
-        r, c = random_ship_pixel(tf.constant(big + SHIP_SEP + small)).numpy()
+    for i in range(200):
+        r, c = random_ship_pixel(tf.constant(big + SHIP_SEP + small), tf.constant([0, i], tf.int64)).numpy()
         on = [i for i, ship in enumerate(ships) if ship[r, c]]
         assert len(on) == 1, (r, c)
         picks[on[0]] += 1
     assert 60 <= picks[1] <= 140, picks
-    assert random_ship_pixel(tf.constant("")).numpy().tolist() == [-1, -1]
+    assert random_ship_pixel(tf.constant(""), tf.constant([0, 0], tf.int64)).numpy().tolist() == [-1, -1]
 
 
 def test_streaming_synthetic_kaggle_table(demo_dir, tmp_path):
@@ -165,22 +164,40 @@ def test_streaming_synthetic_kaggle_table(demo_dir, tmp_path):
     assert result["pipeline_batches_per_second"] > 1
 
 
-@pytest.mark.parametrize("sampling", ["pixel", "instance"])
-def test_validation_batches_are_a_function_of_the_seed(demo_dir, sampling):
-    """train.py's fixed validation batches must be the same images and crops in every run with the same seed,
-    and after --resume, whose best validation loss so far they are compared with (the parallel, unordered maps
-    drew their random crops in any order: other batches each time)."""
+def _stream_digest(frame, n_batches: int, **kwargs) -> str:
     import hashlib
 
+    h = hashlib.sha256()
+    for x, y in make_dataset(frame, batch_size=4, input_size=128, **kwargs).take(n_batches):
+        h.update(x.numpy().tobytes())
+        h.update(y.numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("sampling", ["pixel", "instance"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batches_are_a_function_of_the_seed(demo_dir, sampling, training):
+    """The same seed gives the same images, crops and augmentation in every run (train.py's training stream and
+    its fixed validation batches, which --resume compares its best loss with), although the maps run in
+    parallel: the random draws are stateless, seeded by the element's number (random ops called in parallel drew
+    in any order before: other batches each time). Another seed gives other batches."""
     import keras
     frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
-    digests = set()
-    for _ in range(3):
+    digests = []
+    for seed in (1, 1, 1, 2):
         keras.utils.set_random_seed(0)
-        h = hashlib.sha256()
-        for x, y in make_dataset(frame, batch_size=4, input_size=128, empty_share=None, training=False, seed=1,
-                                 ship_sampling=sampling).take(3):
-            h.update(x.numpy().tobytes())
-            h.update(y.numpy().tobytes())
-        digests.add(h.hexdigest())
-    assert len(digests) == 1
+        digests.append(_stream_digest(frame, 3, empty_share=0.25, training=training, seed=seed,
+                                      ship_sampling=sampling))
+    assert digests[0] == digests[1] == digests[2] != digests[3]
+
+
+def test_start_skips_what_a_resumed_run_has_seen(demo_dir):
+    """``start=k * batch`` gives the batches of the uninterrupted stream from batch k on (train.py --resume)."""
+    import keras
+    frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
+    keras.utils.set_random_seed(0)
+    whole = [x.numpy() for x, _ in make_dataset(frame, batch_size=4, input_size=128, seed=3).take(5)]
+    keras.utils.set_random_seed(0)
+    rest = [x.numpy() for x, _ in make_dataset(frame, batch_size=4, input_size=128, seed=3, start=3 * 4).take(2)]
+    assert all((a == b).all() for a, b in zip(whole[3:], rest))
+    assert not (whole[0] == rest[0]).all()
