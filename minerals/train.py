@@ -75,6 +75,8 @@ class Config:
     drop_path: float = -1.0  # stochastic depth rate of the deepest block (-1: 0.1 for orenet, 0 for efficientnet_lite0)
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
     backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
+    head_epochs: int = 0  # efficientnet_lite0: the first N epochs train the new classifier only (pretrained layers at
+    #                       lr 0: linear probing, then fine-tuning, LP-FT, https://arxiv.org/abs/2202.10054)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (https://arxiv.org/abs/1512.00567)
     mix: float = -1.0  # share of batches mixed by MixUp (https://arxiv.org/abs/1710.09412) or CutMix
@@ -135,6 +137,9 @@ def config_problems(cfg: Config) -> list[str]:
         "drop_path": (0 <= cfg.drop_path < 1, "a rate in [0, 1) (-1: the backbone's default)"),
         "lr": (cfg.lr > 0, "a positive rate (0: the backbone's default)"),
         "backbone_lr_scale": (cfg.backbone_lr_scale > 0, "a positive factor (0: the backbone's default)"),
+        "head_epochs": (cfg.head_epochs == 0 or (cfg.backbone == "efficientnet_lite0"
+                                                  and 0 < cfg.head_epochs < cfg.epochs),
+                        "0, or fewer than --epochs with --backbone efficientnet_lite0 (orenet has no pretrained layers)"),
         "weight_decay": (cfg.weight_decay >= 0, "0 or more"),
         "label_smoothing": (0 <= cfg.label_smoothing < 1, "a share in [0, 1)"),
         "mix": (0 <= cfg.mix <= 1, "a share of batches in [0, 1] (-1: the backbone's default)"),
@@ -205,7 +210,7 @@ def param_groups(model, cfg: Config) -> list[dict]:
     """Trainable parameters; for the transfer model the new classifier trains at ``lr`` and the pretrained
     layers at ``lr * backbone_lr_scale`` (discriminative learning rates, https://arxiv.org/abs/1801.06146)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.backbone != "efficientnet_lite0" or cfg.backbone_lr_scale == 1.0:
+    if cfg.backbone != "efficientnet_lite0" or (cfg.backbone_lr_scale == 1.0 and not cfg.head_epochs):
         return [{"params": [p for _, p in params], "lr": cfg.lr}]
     head = [p for n, p in params if n.startswith("net.classifier.")]
     body = [p for n, p in params if not n.startswith("net.classifier.")]
@@ -299,6 +304,8 @@ def plan_epochs(model, train_dl, val_dl, weights, cfg: Config, device, world: in
     log(f"an epoch takes about {epoch_seconds:.1f} s here: {cfg.epochs} epochs ~ {cfg.epochs * epoch_seconds / 60:.1f}"
         f" min; budget {cfg.time_budget_min:g} min for the whole run"
         + ("" if fits == cfg.epochs else f": planning {fits} epochs instead (--time-budget-min 0 for all)"))
+    if cfg.head_epochs >= fits:
+        log(f"warning: --head-epochs {cfg.head_epochs} of {fits} planned epochs: the pretrained layers never train")
     return fits, epoch_seconds
 
 
@@ -311,7 +318,10 @@ def past_budget(projected_seconds: float, budget_seconds: float, world: int, dev
 
 
 def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, rank: int = 0,
-                    ema: AveragedModel | None = None) -> tuple[float, int]:
+                    ema: AveragedModel | None = None, head_only: bool = False) -> tuple[float, int]:
+    """One pass over ``loader``; ``head_only``: the pretrained layers' group (``param_groups``' first) steps at
+    learning rate 0 (linear probing; OneCycle sets every step's rate from its own count, so the hold does not
+    shift the schedule). Returns (mean training loss, optimizer steps so far)."""
     model.train()
     total, n = 0.0, 0
     mixer = v2.RandomChoice([v2.MixUp(num_classes=len(CLASSES)), v2.CutMix(num_classes=len(CLASSES))])
@@ -323,6 +333,8 @@ def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, 
         loss = F.cross_entropy(model(x), y, weight=weights, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if head_only:
+            opt.param_groups[0]["lr"] = 0.0
         opt.step()
         sched.step()
         if ema is not None:
@@ -500,7 +512,8 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
                 + f"the last one took {last_seconds:.1f} s)")
             break
         train_dl.sampler.set_epoch(epoch)
-        train_loss, step = train_one_epoch(net, train_dl, opt, sched, weights, cfg, device, step, rank, ema)
+        train_loss, step = train_one_epoch(net, train_dl, opt, sched, weights, cfg, device, step, rank, ema,
+                                           head_only=epoch <= cfg.head_epochs)
         if world > 1:  # DDP copies rank 0's buffers before each forward; once more after the last one, so that
             for b in model.buffers():  # every rank holds the BatchNorm statistics of the checkpoint
                 dist.broadcast(b, 0)

@@ -55,6 +55,34 @@ def test_transfer_defaults_use_discriminative_learning_rates():
     assert len(train.param_groups(build_model("orenet", 8, 0.5), scratch)) == 1
 
 
+def test_head_epochs_hold_the_pretrained_layers_and_keep_the_schedule():
+    """--head-epochs (linear probing, then fine-tuning): in a held epoch the pretrained layers do not move while
+    the new classifier does; the learning rates afterwards are the ones of a run without the hold."""
+    from minerals import train
+
+    def steps(head_only_epochs: int):
+        torch.manual_seed(0)
+        cfg = train.parse_args(["--backbone", "efficientnet_lite0", "--head-epochs", "1", "--epochs", "2",
+                                "--img-size", "32", "--batch-size", "4", "--mix", "0"])
+        m = build_model("efficientnet_lite0", 8, pretrained=False, freeze=3).to(memory_format=torch.channels_last)
+        groups = train.param_groups(m, cfg)
+        assert [g["lr"] for g in groups] == [5e-4, 2e-3]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=4)
+        loader = [(torch.rand(4, 3, 32, 32), torch.arange(4)) for _ in range(2)]
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        for epoch in range(2):
+            train.train_one_epoch(m, loader, opt, sched, None, cfg, torch.device("cpu"), 0,
+                                  head_only=epoch < head_only_epochs)
+            if epoch == 0:
+                moved = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+        return moved, [g["lr"] for g in opt.param_groups]
+
+    moved, lrs = steps(1)
+    assert moved == {"net.classifier.weight", "net.classifier.bias"}
+    assert len(steps(0)[0]) > 2 and lrs == steps(0)[1]  # without the hold the pretrained layers move too
+
+
 def test_flip_tta_averages_the_mirror_image_probabilities():
     from minerals.model import FlipTTA
 

@@ -246,7 +246,7 @@ def test_time_budget_also_stops_a_resumed_run(samples, tmp_path, monkeypatch):
                                            ("--n-folds", "1"), ("--batch-size", "0"), ("--threads", "0"),
                                            ("--time-budget-min", "-1"), ("--ema-decay", "1"), ("--mix", "nan"),
                                            ("--crop-scale", "0"), ("--img-size", "-8"), ("--width", "0"),
-                                           ("--seed", "-1"), ("--split-seed", "-2")])
+                                           ("--seed", "-1"), ("--split-seed", "-2"), ("--head-epochs", "3")])
 def test_option_values_that_cannot_train_are_refused(option, value, capsys):
     with pytest.raises(SystemExit) as exc:
         train.parse_args([option, value])
