@@ -1,5 +1,5 @@
 """Scale-out: 2 MultiWorkerMirroredStrategy workers on 127.0.0.1 train in lock-step; --resume restores the
-early-stopping state."""
+early-stopping state; with 2 replicas a resumed training stream skips the global batches already trained on."""
 from __future__ import annotations
 
 import json
