@@ -364,29 +364,32 @@ def saved_state(cfg: Config) -> dict:
             "early_stopping": {"best": best}, "reduce_lr": {"best": best}}
 
 
-def check_resume(cfg: Config) -> None:
-    """Before any data is read: ``--resume`` needs epochs left to train, ``--calibrate-only`` the best model."""
+def check_resume(cfg: Config) -> dict:
+    """Before any data is read: ``--resume`` needs epochs left to train, ``--calibrate-only`` the best model.
+    Returns the training state to continue from (:func:`saved_state`; ``{"epochs_done": 0}`` for a new run)."""
     if cfg.calibrate_only:
         best = cfg.model_dir / "best.keras"
         if not best.is_file():
             sys.exit(f"--calibrate-only: {best} not found (the run's best checkpoint; is --out the run folder?)")
     elif cfg.resume:
-        done = saved_state(cfg)["epochs_done"]
+        state = saved_state(cfg)
+        done = state["epochs_done"]
         if done >= cfg.epochs:
             sys.exit(f"--resume: {cfg.out}: {done} epochs done, --epochs {cfg.epochs}: nothing left to train "
                      f"(--epochs counts from the run's start: give more; --calibrate-only chooses the ship rule again)")
+        return state
+    return {"epochs_done": 0}
 
 
-def resume_state(cfg: Config) -> tuple[keras.Model, dict]:
-    """(model with optimizer state, saved training state: :func:`saved_state`) from the run folder (``--out``,
-    the chief's)."""
-    state = saved_state(cfg)
+def resumed_model(cfg: Config, state: dict) -> keras.Model:
+    """The model with its optimizer state from the run folder (``--out``, the chief's), ``state`` its saved training
+    state (:func:`saved_state`)."""
     last = cfg.model_dir / "last.keras"
     model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
     lr = float(ops.convert_to_numpy(model.optimizer.learning_rate))
     print(f"resuming from {last}: {state['epochs_done']} epochs done, learning rate {lr:g}, "
           f"early stopping {state['early_stopping']}")
-    return model, state
+    return model
 
 
 def make_callbacks(cfg: Config, run_dir: Path, state: dict, strategy: tf.distribute.Strategy, chief: bool,
@@ -497,7 +500,7 @@ def main(argv=None) -> None:
     run_dir = Path(cfg.out) if chief else Path(tempfile.mkdtemp(prefix=f"airbus_worker{task_id}_"))
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    check_resume(cfg)
+    state = check_resume(cfg)
     if chief and not (cfg.resume or cfg.calibrate_only):
         warn_if_earlier_run(run_dir)
 
@@ -510,14 +513,10 @@ def main(argv=None) -> None:
         best_model = keras.saving.load_model(cfg.model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS)
         choose_ship_rule(cfg, best_model, calib, cfg.model_dir)
         return
-    epochs_done = saved_state(cfg)["epochs_done"] if cfg.resume else 0
-    train_ds, val_ds = distributed_datasets(cfg, strategy, train, val, epochs_done)
+    train_ds, val_ds = distributed_datasets(cfg, strategy, train, val, state["epochs_done"])
 
     with strategy.scope():  # variables (model, optimizer, metrics) are mirrored on every replica
-        if cfg.resume:
-            model, state = resume_state(cfg)
-        else:
-            model, state = build_model(cfg, strategy.num_replicas_in_sync), {"epochs_done": 0}
+        model = resumed_model(cfg, state) if cfg.resume else build_model(cfg, strategy.num_replicas_in_sync)
     write_json(model_dir / "config.json", {**asdict(cfg), "params": model.count_params(),
                                            "replicas": strategy.num_replicas_in_sync})
     print(f"model: U-Net, {cfg.encoder} encoder, widths {cfg.widths}, {model.count_params():,} parameters; "

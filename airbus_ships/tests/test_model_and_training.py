@@ -130,7 +130,7 @@ def test_a_learning_rate_cut_in_the_last_epoch_survives_resume(tmp_path):
 
     import tensorflow as tf
 
-    from airbus_ships.train import Config, make_callbacks, resume_state
+    from airbus_ships.train import Config, make_callbacks, resumed_model, saved_state
 
     cfg = Config(out=str(tmp_path), time_budget_min=0)
     (tmp_path / "model").mkdir()
@@ -148,7 +148,8 @@ def test_a_learning_rate_cut_in_the_last_epoch_survives_resume(tmp_path):
     fit(model, cfg, {"epochs_done": 0}, 4)
     state = json.loads((tmp_path / "model" / "train_state.json").read_text())
     assert state["learning_rate"] == pytest.approx(5e-3) and state["reduce_lr"]["wait"] == 0
-    resumed, state = resume_state(Config(out=str(tmp_path), resume=True))
+    state = saved_state(Config(out=str(tmp_path), resume=True))
+    resumed = resumed_model(Config(out=str(tmp_path), resume=True), state)
     assert float(resumed.optimizer.learning_rate) == pytest.approx(5e-3)
     fit(resumed, Config(out=str(tmp_path), resume=True, time_budget_min=0), state, 5)
     log = pd.read_csv(tmp_path / "train_log.csv")  # the rate each epoch trained at
