@@ -385,9 +385,9 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mo
         ship_sampling: what a ship-centred crop is centred on: "pixel" (a random ship pixel: large ships more
             often) or "instance" (a ship drawn uniformly, then a pixel of it: small ships as often as large ones).
         training: augment (flips, turns, colour); otherwise images are only cropped or resized.
-        start: elements of the stream to skip before the first batch, without reading them (``--resume``:
-            ``epochs done x steps x batch``, so a resumed run sees what the uninterrupted one would have seen; an
-            image dropped as unreadable shifts it by one).
+        start: elements of the stream to skip before the first batch, without reading them (``--resume``: the
+            images this pipeline fed the stopped run, see ``train.make_datasets``, so a resumed run sees what the
+            uninterrupted one would have seen; an image dropped as unreadable shifts it by one).
     """
     if ship_sampling not in ("instance", "pixel"):
         raise ValueError(f"ship_sampling must be 'instance' or 'pixel', got {ship_sampling!r}")
