@@ -167,7 +167,7 @@ SHIP_SIZE_BINS = (0, 100, 300, 1000, 3000)  # pixels; a true ship falls in the l
 
 class Scores:
     """Accumulates dice / IoU (all pixels and per ship image), Kaggle F2, ship / no-ship accuracy, and per true
-    ship its area and best IoU with a predicted one (for the breakdown by ship size)."""
+    ship its area, its best IoU with a predicted one and that one's area (for the breakdown by ship size)."""
 
     def __init__(self):
         self.tp = self.fp = self.fn = 0
@@ -175,6 +175,7 @@ class Scores:
         self.has_ships = []                     # per image, beside f2 and correct
         self.true_ships = self.pred_ships_on_ship_images = 0
         self.ship_area, self.ship_best_iou = [], []  # per true ship
+        self.ship_match_ratio = []  # per true ship: area of its best-IoU predicted ship / its area (nan: untouched)
 
     def add(self, pred_ships: list[np.ndarray], true_ships: list[np.ndarray], shape) -> None:
         pred = np.any(pred_ships, axis=0) if pred_ships else np.zeros(shape, bool)
@@ -192,18 +193,27 @@ class Scores:
             self.pred_ships_on_ship_images += len(pred_ships)
             self.ship_area += [int(t.sum()) for t in true_ships]
             self.ship_best_iou += ious.max(axis=0, initial=0.0).tolist()
+            pred_area = np.array([p.sum() for p in pred_ships], float)
+            for j, t in enumerate(true_ships):
+                touched = ious.shape[0] and ious[:, j].max() > 0
+                self.ship_match_ratio.append(pred_area[ious[:, j].argmax()] / t.sum() if touched else np.nan)
 
     def by_ship_size(self) -> list[dict]:
-        """Per size bin of the true ships: how many, how many found at IoU > 0.5 (the lowest Kaggle threshold)
-        and the median best IoU (0 for a ship no prediction touches)."""
+        """Per size bin of the true ships: how many, how many found at IoU > 0.5 (the lowest Kaggle threshold),
+        the median best IoU (0 for a ship no prediction touches) and, over the ships a prediction touches, the
+        median area of the best-IoU predicted ship relative to the true one (above 1: predicted too large, e.g.
+        with the ship's wake or merged with its neighbours; None when none is touched)."""
         area, best = np.array(self.ship_area), np.array(self.ship_best_iou)
+        ratio = np.array(self.ship_match_ratio, float)
         edges = SHIP_SIZE_BINS + (np.inf,)
         rows = []
         for lo, hi in zip(edges[:-1], edges[1:]):
             inside = (area >= lo) & (area < hi)
             rows.append({"pixels": f"{lo}-{hi - 1}" if np.isfinite(hi) else f">={lo}", "ships": int(inside.sum()),
                          "found_iou_0.5": int((best[inside] > 0.5).sum()),
-                         "median_best_iou": float(np.median(best[inside])) if inside.any() else None})
+                         "median_best_iou": float(np.median(best[inside])) if inside.any() else None,
+                         "median_area_ratio": (float(np.nanmedian(ratio[inside]))
+                                               if np.isfinite(ratio[inside]).any() else None)})
         return rows
 
     def summary(self) -> dict:
@@ -464,7 +474,9 @@ def main(argv=None) -> dict:
                   f"{d['predicted_ships_on_ship_images']} ships predicted for {d['true_ships']}; "
                   f"{d['ship_free_images_with_a_false_ship']} ship-free images with a false ship")
             print("true ships found (IoU > 0.5) by size: " + ", ".join(
-                f"{r['pixels']} px {r['found_iou_0.5']}/{r['ships']}" for r in s["ships_by_size"] if r["ships"]))
+                f"{r['pixels']} px {r['found_iou_0.5']}/{r['ships']}"
+                + (f" ({r['median_area_ratio']:.1f}x area)" if r["median_area_ratio"] is not None else "")
+                for r in s["ships_by_size"] if r["ships"]))
     return result
 
 

@@ -62,6 +62,29 @@ def test_small_ship_loss_weighs_small_ships_more():
     assert (again.small_ship_weight, again.window) == (5.0, 15)
 
 
+def test_border_loss_weighs_the_sea_next_to_ships_more():
+    """A false ship of 12 pixels right beside a ship (a wake's head) costs more than the same 12 pixels far out at
+    sea under the border weight, the boost falls off with the distance, and with weight 0 it is the plain loss; the
+    settings survive a config round trip (checkpoints)."""
+    y = np.zeros((1, 64, 64, 1), np.float32)
+    y[0, 20:30, 20:40] = 1  # a 200-pixel ship
+    good = np.where(y > 0, 0.9, 0.1).astype(np.float32)
+
+    def false_ship(rows):  # 12 sea pixels predicted as ship: 2 rows x 6 columns
+        pred = good.copy()
+        pred[0, rows, 25:31] = 0.9
+        return pred
+
+    beside, near, far = false_ship(slice(30, 32)), false_ship(slice(33, 35)), false_ship(slice(50, 52))
+    plain, border = bce_dice_loss, SmallShipBceDiceLoss(0.0, border_weight=5.0, border_width=6)
+    assert abs(float(plain(y, beside)) - float(plain(y, far))) < 1e-6  # the plain loss cannot tell
+    assert float(border(y, beside)) > float(border(y, near)) + 1e-3 > float(border(y, far)) + 2e-3
+    assert abs(float(SmallShipBceDiceLoss(0.0, border_weight=0.0)(y, beside)) - float(plain(y, beside))) < 1e-6
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(border),
+                                                  custom_objects=CUSTOM_OBJECTS)
+    assert (again.small_ship_weight, again.border_weight, again.border_width) == (0.0, 5.0, 6)
+
+
 def test_few_training_steps_lower_the_loss(demo_dir):
     keras.utils.set_random_seed(0)
     frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame

@@ -212,14 +212,17 @@ def test_per_image_breakdown_on_a_hand_made_case():
                               "ship_images_predicted_empty": 1, "ship_free_images_with_a_false_ship": 1,
                               "true_ships": 3, "predicted_ships_on_ship_images": 1}
     assert s["ship_no_ship_accuracy"] == 0.5
-    # the three true ships (24 px each) all fall in the smallest bin: one found exactly, two untouched
-    assert s["ships_by_size"][0] == {"pixels": "0-99", "ships": 3, "found_iou_0.5": 1, "median_best_iou": 0.0}
+    # the three true ships (24 px each) all fall in the smallest bin: one found exactly, two untouched (which the
+    # area ratio leaves out)
+    assert s["ships_by_size"][0] == {"pixels": "0-99", "ships": 3, "found_iou_0.5": 1, "median_best_iou": 0.0,
+                                     "median_area_ratio": 1.0}
     assert [r["ships"] for r in s["ships_by_size"][1:]] == [0, 0, 0, 0]
 
 
 def test_ship_size_breakdown_counts_a_match_by_iou():
     """A large ship half covered (IoU 0.5: not found, the threshold is strict) and one covered at IoU 0.75 land in
-    their size bins with those IoUs; a small ship next to them is missed."""
+    their size bins with those IoUs and the predicted ships' relative areas; a small ship next to them is missed;
+    a ship whose prediction takes in its wake is found too large."""
     from airbus_ships.test import Scores
 
     big, half, small = (np.zeros((64, 64), bool) for _ in range(3))
@@ -233,10 +236,21 @@ def test_ship_size_breakdown_counts_a_match_by_iou():
     scores = Scores()
     scores.add([half, part], [big, small, bigger], (64, 64))
     rows = {r["pixels"]: r for r in scores.summary()["ships_by_size"]}
-    assert rows["300-999"] == {"pixels": "300-999", "ships": 1, "found_iou_0.5": 0, "median_best_iou": 0.5}
+    assert rows["300-999"] == {"pixels": "300-999", "ships": 1, "found_iou_0.5": 0, "median_best_iou": 0.5,
+                               "median_area_ratio": 0.5}
     assert rows["1000-2999"]["found_iou_0.5"] == 1 and rows["1000-2999"]["median_best_iou"] == pytest.approx(0.75)
-    assert rows["0-99"] == {"pixels": "0-99", "ships": 1, "found_iou_0.5": 0, "median_best_iou": 0.0}
+    assert rows["1000-2999"]["median_area_ratio"] == pytest.approx(0.75)
+    assert rows["0-99"] == {"pixels": "0-99", "ships": 1, "found_iou_0.5": 0, "median_best_iou": 0.0,
+                            "median_area_ratio": None}
     assert rows[">=3000"]["ships"] == 0 and rows[">=3000"]["median_best_iou"] is None
+
+    ship, with_wake = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    ship[10:16, 10:30] = True         # 120 px
+    with_wake[10:16, 10:46] = True    # the same ship and its wake: 216 px, IoU 0.56
+    wake = Scores()
+    wake.add([with_wake], [ship], (64, 64))
+    row = wake.summary()["ships_by_size"][1]
+    assert (row["found_iou_0.5"], row["median_area_ratio"]) == (1, pytest.approx(1.8))
 
 
 def test_zoom_study_scores_each_map_variant(tmp_path):

@@ -159,14 +159,7 @@ def test_atomic_writes_leave_nothing_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
 
 
-def strict_json(text: str):
-    """``json.loads`` as a strict parser (JavaScript's JSON.parse, jq) reads: NaN / Infinity refused."""
-    def refuse(name):
-        raise ValueError(f"not JSON: {name}")
-    return json.loads(text, parse_constant=refuse)
-
-
-def test_write_json_undefined_metrics_are_null(tmp_path):
+def test_write_json_undefined_metrics_are_null(tmp_path, strict_json):
     """NaN / inf (Python, numpy, inside an array) were written as bare NaN / Infinity, which strict parsers reject."""
     target = io.write_json(tmp_path / "metrics.json", {"auroc": float("nan"), "ratio": np.float32("inf"),
                                                         "curve": np.array([0.5, np.nan, -np.inf]),

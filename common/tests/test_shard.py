@@ -65,18 +65,15 @@ def test_merge_json_equals_single_worker(tmp_path):
     assert out.read_text() == json.dumps({k: results[k] for k in sorted(results)}, indent=2) + "\n"
 
 
-def test_merge_json_writes_undefined_values_as_null(tmp_path):
+def test_merge_json_writes_undefined_values_as_null(tmp_path, strict_json):
     """A shard written before write_json/dumps_json made NaN null held a bare NaN; the merge copied it, which
     strict JSON parsers (JSON.parse, jq) reject."""
     out = tmp_path / "results.json"
     shard_path(out, (0, 2)).write_text('{"a.png": {"confidence": NaN, "result": "unknown"}}\n')
     shard_path(out, (1, 2)).write_text('{"b.png": {"confidence": 0.5, "result": "quartz"}}\n')
     assert main(["merge", str(out)]) == 0
-
-    def refuse(name):
-        raise ValueError(f"not JSON: {name}")
-    assert json.loads(out.read_text(), parse_constant=refuse) == {"a.png": {"confidence": None, "result": "unknown"},
-                                                                  "b.png": {"confidence": 0.5, "result": "quartz"}}
+    assert strict_json(out.read_text()) == {"a.png": {"confidence": None, "result": "unknown"},
+                                        "b.png": {"confidence": 0.5, "result": "quartz"}}
 
 
 def test_merge_refuses_missing_overlapping_and_mixed(tmp_path, capsys):

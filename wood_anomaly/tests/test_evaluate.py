@@ -80,17 +80,14 @@ def test_cli_writes_json(tmp_path):
     assert str(exc.value.code).startswith(f"--json {tmp_path}: cannot write the metrics")
 
 
-def test_cli_json_holds_null_for_an_undefined_metric(tmp_path, capsys):
+def test_cli_json_holds_null_for_an_undefined_metric(tmp_path, capsys, strict_json):
     """Every photo labelled anomalous: the image AUROC is undefined (NaN), which the printed and the written JSON
     held as a bare NaN, not JSON (JSON.parse, jq reject the whole file); both hold null."""
     masks, maps = masks_and_maps()
     pred, data = make_run(tmp_path, maps, masks, ["1", "1", "1"])
     evaluate.main(["--pred", str(pred), "--data", str(data), "--json", str(tmp_path / "m.json")])
-
-    def refuse(name):
-        raise ValueError(f"not JSON: {name}")
-    printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
-    written = json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse)
+    printed = strict_json(capsys.readouterr().out)
+    written = strict_json((tmp_path / "m.json").read_text())
     assert printed == written and written["image_auroc"] is None and written["pixel_auroc"] == pytest.approx(1.0)
 
 
