@@ -25,6 +25,29 @@ def _bce_dice(y_true, y_pred, pixel_weight=None):
     return bce + 1.0 - _dice(y_true, y_pred)
 
 
+def lovasz_hinge(y_true, y_pred):
+    """Lovasz hinge loss, per image and averaged: a convex surrogate of ``1 - IoU`` of each image's thresholded
+    prediction, whose gradient weighs each pixel's hinge error by how much it changes that image's IoU (Berman et
+    al. 2018, https://arxiv.org/abs/1705.08790; after the authors' reference code,
+    https://github.com/bermanmaxim/LovaszSoftmax). Works on logits, recovered from the probabilities."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    batch = ops.shape(y_pred)[0]
+    labels = ops.reshape(y_true, (batch, -1))
+    p = ops.clip(ops.reshape(y_pred, (batch, -1)), 1e-6, 1.0 - 1e-6)
+    logits = ops.log(p) - ops.log(1.0 - p)
+    errors = 1.0 - logits * (2.0 * labels - 1.0)
+    order = ops.argsort(-errors, axis=-1)  # largest error first
+    errors_sorted = ops.take_along_axis(errors, order, axis=-1)
+    gt_sorted = ops.take_along_axis(labels, order, axis=-1)
+    # gradient of the Lovasz extension of the Jaccard loss at the sorted errors (no gradient flows through it)
+    gts = ops.sum(gt_sorted, axis=-1, keepdims=True)
+    intersection = gts - ops.cumsum(gt_sorted, axis=-1)
+    union = gts + ops.cumsum(1.0 - gt_sorted, axis=-1)
+    jaccard = 1.0 - intersection / union
+    grad = ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=-1)
+    return ops.mean(ops.sum(ops.relu(errors_sorted) * ops.stop_gradient(grad), axis=-1))
+
+
 @keras.saving.register_keras_serializable(package="airbus_ships")
 def bce_dice_loss(y_true, y_pred):
     """Binary cross-entropy (pixel-wise) + (1 - soft dice): BCE keeps gradients everywhere, dice counters the
@@ -47,14 +70,16 @@ class SmallShipBceDiceLoss(keras.losses.Loss):
       weighs the narrow gaps between touching objects the same way (Ronneberger et al. 2015, section 3,
       https://arxiv.org/abs/1505.04597).
 
-    With both weights 0 it is :func:`bce_dice_loss`.
+    ``lovasz_weight`` adds that many times :func:`lovasz_hinge` (each image's IoU). With all weights 0 it is
+    :func:`bce_dice_loss`.
     """
 
     def __init__(self, small_ship_weight: float = 5.0, window: int = 15, border_weight: float = 0.0,
-                 border_width: int = 6, name: str = "small_ship_bce_dice", **kwargs):
+                 border_width: int = 6, lovasz_weight: float = 0.0, name: str = "small_ship_bce_dice", **kwargs):
         super().__init__(name=name, **kwargs)
         self.small_ship_weight, self.window = float(small_ship_weight), int(window)
         self.border_weight, self.border_width = float(border_weight), int(border_width)
+        self.lovasz_weight = float(lovasz_weight)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)  # the weights need it float; _bce_dice's cast is then a no-op
@@ -68,11 +93,13 @@ class SmallShipBceDiceLoss(keras.losses.Loss):
             rings = sum(ops.max_pool(y_true, 2 * r + 1, strides=1, padding="same") - y_true
                         for r in range(1, self.border_width + 1))
             weight = weight + self.border_weight / self.border_width * rings
-        return _bce_dice(y_true, y_pred, None if isinstance(weight, float) else weight)
+        loss = _bce_dice(y_true, y_pred, None if isinstance(weight, float) else weight)
+        return loss + self.lovasz_weight * lovasz_hinge(y_true, y_pred) if self.lovasz_weight else loss
 
     def get_config(self):
         return {**super().get_config(), "small_ship_weight": self.small_ship_weight, "window": self.window,
-                "border_weight": self.border_weight, "border_width": self.border_width}
+                "border_weight": self.border_weight, "border_width": self.border_width,
+                "lovasz_weight": self.lovasz_weight}
 
 
 @keras.saving.register_keras_serializable(package="airbus_ships")

@@ -92,6 +92,7 @@ class Config:
     border_weight: float = 0.0      # extra BCE weight of the sea right around ships (the wake's head, the water
     #                                 between moored ships), falling off linearly over --border-width (0: none)
     border_width: int = 6           # px from a ship that --border-weight reaches
+    lovasz_weight: float = 0.0      # adds this x the Lovasz hinge loss (a surrogate of each image's 1 - IoU; 0: none)
     epochs: int = 40                # upper bound; early stopping and the time budget usually end sooner
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
@@ -120,7 +121,7 @@ CHOICES = {"device": ("auto", "cpu", "cuda"), "strategy": ("default", "mirrored"
 # what --resume / --calibrate-only may not change: the network, its input, its loss and optimiser (both inside
 # last.keras) and the train / validation split (seed, val_fraction)
 LOCKED_ON_RESUME = ("encoder", "widths", "bottleneck_rates", "input_mode", "input_size", "small_ship_weight",
-                    "border_weight", "border_width", "lr", "encoder_lr_scale", "seed", "val_fraction")
+                    "border_weight", "border_width", "lovasz_weight", "lr", "encoder_lr_scale", "seed", "val_fraction")
 
 
 def parse_args(argv=None) -> Config:
@@ -144,7 +145,7 @@ def config_problem(cfg: Config) -> str | None:
     (``--calib-images 0`` used to fail after the fit, ``--epochs 0`` in the curve plot)."""
     at_least = {"epochs": 1, "steps_per_epoch": 1, "val_steps": 1, "batch_size": 1, "calib_images": 1, "threads": 0,
                 "patience": 0, "time_budget_min": 0, "encoder_lr_scale": 0, "small_ship_weight": 0, "border_weight": 0,
-                "border_width": 1}
+                "border_width": 1, "lovasz_weight": 0}
     for name, low in at_least.items():
         if getattr(cfg, name) < low:
             return f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name):g}"
@@ -343,8 +344,8 @@ def build_model(cfg: Config, replicas: int = 1) -> keras.Model:
     optimizer = (EncoderScaledAdam(cfg.encoder_lr_scale, learning_rate=cfg.lr) if cfg.encoder != "scratch"
                  else keras.optimizers.Adam(cfg.lr))
     loss = (SmallShipBceDiceLoss(cfg.small_ship_weight, border_weight=cfg.border_weight,
-                                 border_width=cfg.border_width)
-            if cfg.small_ship_weight or cfg.border_weight else bce_dice_loss)
+                                 border_width=cfg.border_width, lovasz_weight=cfg.lovasz_weight)
+            if cfg.small_ship_weight or cfg.border_weight or cfg.lovasz_weight else bce_dice_loss)
     model.compile(optimizer=optimizer, loss=loss, metrics=[dice_coef, iou_coef])
     return model
 

@@ -85,6 +85,44 @@ def test_border_loss_weighs_the_sea_next_to_ships_more():
     assert (again.small_ship_weight, again.border_weight, again.border_width) == (0.0, 5.0, 6)
 
 
+def test_lovasz_hinge_matches_the_reference_and_weighs_each_image_iou():
+    """The Lovasz hinge equals the authors' algorithm (written out in numpy below), is 0 for a confident exact
+    prediction, and, averaged per image, losing a small ship costs more than losing as many pixels of a large
+    one; the loss option survives a config round trip (checkpoints)."""
+    from airbus_ships.losses import lovasz_hinge
+
+    def reference(logits, labels):  # lovasz_hinge_flat of github.com/bermanmaxim/LovaszSoftmax, one image
+        errors = 1 - logits * (2 * labels - 1)
+        order = np.argsort(-errors, kind="stable")
+        gt = labels[order]
+        jaccard = 1 - (gt.sum() - np.cumsum(gt)) / (gt.sum() + np.cumsum(1 - gt))
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+        return float(np.dot(np.maximum(errors[order], 0), jaccard))
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((3, 16, 16, 1)) > 0.8).astype(np.float32)
+    y[2] = 0  # a ship-free image: only its largest error counts
+    z = rng.normal(size=y.shape) * 3
+    expected = np.mean([reference(z[i].ravel(), y[i].ravel()) for i in range(3)])
+    assert float(lovasz_hinge(y, (1 / (1 + np.exp(-z))).astype(np.float32))) == pytest.approx(expected, rel=1e-4)
+    assert float(lovasz_hinge(y, np.where(y > 0, 0.999, 0.001).astype(np.float32))) == 0.0
+
+    y = np.zeros((2, 64, 64, 1), np.float32)
+    y[0, 5:8, 5:9] = 1        # image 0: a 12-pixel ship
+    y[1, 20:50, 20:60] = 1    # image 1: a 1,200-pixel ship
+    good = np.where(y > 0, 0.95, 0.05).astype(np.float32)
+    miss_small, miss_large = good.copy(), good.copy()
+    miss_small[0, 5:8, 5:9] = 0.05
+    miss_large[1, 34:37, 38:42] = 0.05
+    assert float(lovasz_hinge(y, miss_small)) > float(lovasz_hinge(y, miss_large)) + 0.1
+    loss = SmallShipBceDiceLoss(5.0, lovasz_weight=1.0)
+    assert float(loss(y, miss_small)) == pytest.approx(
+        float(SmallShipBceDiceLoss(5.0)(y, miss_small)) + float(lovasz_hinge(y, miss_small)), rel=1e-5)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss),
+                                                  custom_objects=CUSTOM_OBJECTS)
+    assert again.lovasz_weight == 1.0
+
+
 def test_few_training_steps_lower_the_loss(demo_dir):
     keras.utils.set_random_seed(0)
     frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
