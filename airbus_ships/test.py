@@ -17,6 +17,8 @@ with the former scratch model tiling scored better (README: Inference). Then a t
 * ``result-image/<ImageId>.jpg``: the image with predicted ships in red and true ship outlines in green;
 * ``metrics.json`` (and a printed summary) when ground truth is available: dice and IoU (over all pixels and
   per ship image), the Kaggle score (F2 over IoU 0.50:0.95), ship / no-ship accuracy, images/s;
+* ``scores.csv`` when ground truth is available: one row per image (its F2, true and predicted ships, each true
+  ship's area and best IoU), to sort for the images that lose the score;
 * ``test_config.json``: the resolved settings of this run (options, the model's input mode and stride, the
   ship rule and where it came from).
 
@@ -163,6 +165,9 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np
 
 
 SHIP_SIZE_BINS = (0, 100, 300, 1000, 3000)  # pixels; a true ship falls in the last bin whose lower edge it reaches
+# scores.csv: an image's Kaggle F2, its true and predicted ship counts, and per true ship (space-separated, in the
+# order of the mask table) its area in pixels and its best IoU with a predicted ship
+SCORE_COLUMNS = ("ImageId", "f2", "true_ships", "predicted_ships", "true_ship_pixels", "best_iou")
 
 
 class Scores:
@@ -176,8 +181,9 @@ class Scores:
         self.true_ships = self.pred_ships_on_ship_images = 0
         self.ship_area, self.ship_best_iou = [], []  # per true ship
         self.ship_match_ratio = []  # per true ship: area of its best-IoU predicted ship / its area (nan: untouched)
+        self.image_rows = []        # per image: the row of scores.csv (SCORE_COLUMNS)
 
-    def add(self, pred_ships: list[np.ndarray], true_ships: list[np.ndarray], shape) -> None:
+    def add(self, pred_ships: list[np.ndarray], true_ships: list[np.ndarray], shape, image_id: str = "") -> None:
         pred = np.any(pred_ships, axis=0) if pred_ships else np.zeros(shape, bool)
         true = np.any(true_ships, axis=0) if true_ships else np.zeros(shape, bool)
         tp, fp, fn = int((pred & true).sum()), int((pred & ~true).sum()), int((~pred & true).sum())
@@ -186,13 +192,16 @@ class Scores:
         self.f2.append(f2_from_ious(ious))
         self.correct.append(bool(pred_ships) == bool(true_ships))
         self.has_ships.append(bool(true_ships))
+        best_iou = ious.max(axis=0, initial=0.0) if true_ships else np.zeros(0)
+        self.image_rows.append([image_id, f"{self.f2[-1]:.4f}", len(true_ships), len(pred_ships),
+                                " ".join(str(int(t.sum())) for t in true_ships), " ".join(f"{v:.3f}" for v in best_iou)])
         if true_ships:
             self.dice_ship.append(2 * tp / (2 * tp + fp + fn))
             self.iou_ship.append(tp / (tp + fp + fn))
             self.true_ships += len(true_ships)
             self.pred_ships_on_ship_images += len(pred_ships)
             self.ship_area += [int(t.sum()) for t in true_ships]
-            self.ship_best_iou += ious.max(axis=0, initial=0.0).tolist()
+            self.ship_best_iou += best_iou.tolist()
             pred_area = np.array([p.sum() for p in pred_ships], float)
             for j, t in enumerate(true_ships):
                 touched = ious.shape[0] and ious[:, j].max() > 0
@@ -416,7 +425,7 @@ def main(argv=None) -> dict:
                 rows += [(image_id, rle) for rle in done[image_id]]
                 if image_id in scored and truth.get(image_id) is not None:
                     scores.add([rle_decode(r).astype(bool) for r in done[image_id] if r],
-                               [rle_decode(r).astype(bool) for r in truth[image_id]], (SIZE, SIZE))
+                               [rle_decode(r).astype(bool) for r in truth[image_id]], (SIZE, SIZE), image_id)
                 else:
                     scored.discard(image_id)
             else:
@@ -431,7 +440,7 @@ def main(argv=None) -> dict:
                 if result.ships is not None:
                     n_done, elapsed = n_done + 1, elapsed + result.seconds
                 if result.true_ships is not None:
-                    scores.add(result.ships, result.true_ships, (SIZE, SIZE))
+                    scores.add(result.ships, result.true_ships, (SIZE, SIZE), image_id)
                     scored.add(image_id)
             if time.perf_counter() - last_save > PARTIAL_SECONDS:
                 write_partial(partial, rows, scored)
@@ -451,6 +460,8 @@ def main(argv=None) -> dict:
               "prediction": args.how, "tta": args.tta, "rule": vars(rule), "problems": problems}
     if truth:
         result.update(scores.summary())
+        with atomic_write(shard_path(out / "scores.csv", args.shard), "w", newline="") as f:
+            csv.writer(f).writerows([SCORE_COLUMNS, *scores.image_rows])
     write_json(shard_path(out / "metrics.json", args.shard), result)
     write_json(shard_path(out / "test_config.json", args.shard),
                {**{k: v for k, v in vars(args).items() if k != "shard"},

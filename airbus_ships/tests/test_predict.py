@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -39,6 +40,15 @@ def test_submission_is_valid(demo_dir, trained_run, tmp_path, run_test_script):
     assert metrics["images_scored"] == len(images)
     assert "Kaggle score" in proc.stdout
     assert len(list((out / "result-image").glob("*.jpg"))) == len(images)
+    # scores.csv: one row per image, whose F2 average to the Kaggle score and whose ship counts match the files
+    scores = pd.read_csv(out / "scores.csv", keep_default_na=False)
+    assert sorted(scores.ImageId) == images
+    assert scores.f2.mean() == pytest.approx(metrics["kaggle_score"], abs=1e-3)
+    truth = pd.read_csv(demo_dir / "masks.csv").dropna().groupby("ImageId").size()
+    for row in scores.itertuples():
+        assert row.true_ships == truth.get(row.ImageId, 0)
+        assert row.predicted_ships == sum(1 for r in rows if r[0] == row.ImageId and r[1])
+        assert len(str(row.best_iou).split()) == row.true_ships == len(str(row.true_ship_pixels).split())
 
 
 def test_tiled_prediction_matches_whole_image(demo_dir, trained_run):
