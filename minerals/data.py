@@ -50,6 +50,20 @@ def split_rows(rows: list[dict], n_folds: int = 5, fold: int = 0, seed: int = 0)
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
+def subsample_rows(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """The rows of about ``share`` of the photos (in steps of 0.1), stratified and group-aware as
+    :func:`split_rows`: the first ``round(10 * share)`` of ten ``StratifiedGroupKFold`` folds. For learning curves
+    (how accuracy grows with the training data); ``share`` 1 returns ``rows``."""
+    keep = round(10 * share)
+    if keep >= 10:
+        return rows
+    y = [CLASSES.index(r["label"]) for r in rows]
+    folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
+    kept = set(np.concatenate([idx for _, idx in list(folds.split(np.zeros(len(rows)), y,
+                                                                 [r["group"] for r in rows]))[:keep]]).tolist())
+    return [r for i, r in enumerate(rows) if i in kept]
+
+
 def rot90(img: torch.Tensor) -> torch.Tensor:
     """A quarter turn of a ``(..., H, W)`` image: exact and as cheap as a copy, unlike ``v2.RandomRotation``."""
     return torch.rot90(img, 1, dims=(-2, -1))

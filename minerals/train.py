@@ -48,7 +48,8 @@ from common.config import add_config_args, resumed_config
 from common.io import ImageReadError, atomic_path, atomic_write, dumps_json, save_figure, write_json
 from common.shard import launcher_env
 from common.metrics import classification_summary
-from minerals.data import AUGMENTS, CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows, train_transform
+from minerals.data import (AUGMENTS, CLASSES, MINERALS, PatchDataset, eval_transform, read_index, split_rows,
+                           subsample_rows, train_transform)
 from minerals.decision import choose_threshold, mineral_confidence, open_set_correct
 from minerals.model import BACKBONES, FlipTTA, build_model
 
@@ -88,6 +89,8 @@ class Config:
     tta: bool = False  # validate (and predict by default) on the mean of each patch and its mirror image
     class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
     n_folds: int = 5  # the validation set is one fold of a stratified group k-fold
+    train_share: float = 1.0  # train on this share of the training folds' photos (0.1-1 in steps of 0.1; stratified,
+    #                          group-aware; for learning curves: the validation fold stays whole)
     val_fold: int = 0  # which fold (0 .. n_folds-1) validates and chooses the threshold; the others train
     split_seed: int = -1  # seed of the fold assignment (-1: --seed); give it to compare training seeds on one split
     seed: int = 0  # training seed (initial weights, batch order, augmentation) and, by default, the split's
@@ -130,6 +133,7 @@ def config_problems(cfg: Config) -> list[str]:
         "threads": (cfg.threads >= 1, "at least 1"),
         "n_folds": (cfg.n_folds >= 2, "at least 2 (one fold validates, the others train)"),
         "val_fold": (0 <= cfg.val_fold < cfg.n_folds, f"a fold 0..{cfg.n_folds - 1} of --n-folds {cfg.n_folds}"),
+        "train_share": (0.1 <= cfg.train_share <= 1, "a share in [0.1, 1] (steps of 0.1)"),
         "width": (cfg.width > 0, "a positive multiplier"),
         "freeze": (cfg.freeze >= 0, "0 or more stages"),
         "time_budget_min": (cfg.time_budget_min >= 0, "minutes >= 0 (0: no limit)"),
@@ -184,6 +188,7 @@ def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
     rows = read_index(cfg.data)
     split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
     train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, split_seed)
+    train_rows = subsample_rows(train_rows, cfg.train_share, split_seed)
     cache = int(cfg.img_size * 1.25)
     train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale, cfg.quarter_turns, cfg.augment), cache)
     val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)

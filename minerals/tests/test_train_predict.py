@@ -279,6 +279,26 @@ def test_split_seed_keeps_the_split_while_the_training_seed_changes(samples):
     assert val_patches("--seed", "1") != default
 
 
+@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")  # 10 folds of a few demo photos
+def test_train_share_keeps_whole_photos_of_every_class(samples):
+    """--train-share 0.5 trains on about half of the training photos, every patch of a kept photo and every class
+    kept, the same half every time; validation stays whole; a share under 0.1 is refused."""
+    def loaders(*flags):
+        cfg = train.parse_args(["--data", str(samples), "--img-size", "32", *flags])
+        train_rows, val_rows = train.make_loaders(cfg)[:2]
+        return train_rows, sorted(r["patch"] for r in val_rows)
+
+    (full, val_full), (half, val_half) = loaders(), loaders("--train-share", "0.5")
+    assert val_half == val_full
+    groups = {r["group"] for r in half}
+    assert 0.3 < len(groups) / len({r["group"] for r in full}) < 0.7
+    assert [r for r in full if r["group"] in groups] == half  # whole photos: every patch of a kept photo
+    assert {r["label"] for r in half} == {r["label"] for r in full}
+    assert loaders("--train-share", "0.5")[0] == half
+    with pytest.raises(SystemExit):
+        train.parse_args(["--data", str(samples), "--train-share", "0.05"])
+
+
 def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path):
     """make docs-minerals on a tiny run: every page of the PDF, the box finder's IoU measured on demo photos."""
     import shutil
