@@ -192,20 +192,20 @@ class Scores:
         self.f2.append(f2_from_ious(ious))
         self.correct.append(bool(pred_ships) == bool(true_ships))
         self.has_ships.append(bool(true_ships))
-        best_iou = ious.max(axis=0, initial=0.0) if true_ships else np.zeros(0)
+        best_iou = ious.max(axis=0, initial=0.0) if true_ships else np.zeros(0)  # 0 for a ship nothing touches
+        areas = [int(t.sum()) for t in true_ships]
         self.image_rows.append([image_id, f"{self.f2[-1]:.4f}", len(true_ships), len(pred_ships),
-                                " ".join(str(int(t.sum())) for t in true_ships), " ".join(f"{v:.3f}" for v in best_iou)])
+                                " ".join(map(str, areas)), " ".join(f"{v:.3f}" for v in best_iou)])
         if true_ships:
             self.dice_ship.append(2 * tp / (2 * tp + fp + fn))
             self.iou_ship.append(tp / (tp + fp + fn))
             self.true_ships += len(true_ships)
             self.pred_ships_on_ship_images += len(pred_ships)
-            self.ship_area += [int(t.sum()) for t in true_ships]
+            self.ship_area += areas
             self.ship_best_iou += best_iou.tolist()
-            pred_area = np.array([p.sum() for p in pred_ships], float)
-            for j, t in enumerate(true_ships):
-                touched = ious.shape[0] and ious[:, j].max() > 0
-                self.ship_match_ratio.append(pred_area[ious[:, j].argmax()] / t.sum() if touched else np.nan)
+            pred_area = [int(p.sum()) for p in pred_ships]
+            self.ship_match_ratio += [pred_area[ious[:, j].argmax()] / area if best_iou[j] > 0 else np.nan
+                                      for j, area in enumerate(areas)]
 
     def by_ship_size(self) -> list[dict]:
         """Per size bin of the true ships: how many, how many found at IoU > 0.5 (the lowest Kaggle threshold),

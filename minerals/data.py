@@ -42,12 +42,15 @@ def split_rows(rows: list[dict], n_folds: int = 5, fold: int = 0, seed: int = 0)
     Groups are the source photo (or its duplicate group from manifest.csv), so every patch of a photo, its
     negatives and its near-duplicates stay on one side; each fold keeps the class proportions.
     """
-    y = [CLASSES.index(r["label"]) for r in rows]
-    groups = [r["group"] for r in rows]
-    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    _, val_idx = list(folds.split(np.zeros(len(rows)), y, groups))[fold]
-    val = set(val_idx.tolist())
+    val = set(_fold_indices(rows, n_folds, seed)[fold].tolist())
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def _fold_indices(rows: list[dict], n_folds: int, seed: int) -> list[np.ndarray]:
+    """The row indices of each fold of a seeded ``StratifiedGroupKFold`` over the rows' labels and groups."""
+    y = [CLASSES.index(r["label"]) for r in rows]
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [idx for _, idx in folds.split(np.zeros(len(rows)), y, [r["group"] for r in rows])]
 
 
 def subsample_rows(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
@@ -57,10 +60,7 @@ def subsample_rows(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
     keep = round(10 * share)
     if keep >= 10:
         return rows
-    y = [CLASSES.index(r["label"]) for r in rows]
-    folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
-    kept = set(np.concatenate([idx for _, idx in list(folds.split(np.zeros(len(rows)), y,
-                                                                 [r["group"] for r in rows]))[:keep]]).tolist())
+    kept = set(np.concatenate(_fold_indices(rows, 10, seed)[:keep]).tolist())
     return [r for i, r in enumerate(rows) if i in kept]
 
 
