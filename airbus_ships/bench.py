@@ -51,10 +51,18 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     return time.time() - start, peak / 2 ** 20
 
 
-def write_split(data: Path, out: Path, test_fraction: float, seed: int) -> tuple[Path, Path, int, int]:
+def write_split(data: Path, out: Path, test_fraction: float, seed: int,
+                train_share: float = 1.0) -> tuple[Path, Path, int, int]:
+    """``out/split/{train,test}.csv`` (rows of ``data/masks.csv``): a seeded split by image, stratified ship / no
+    ship; with ``train_share`` < 1 only that stratified share of the training images is kept (learning curves),
+    the test split stays the same. Returns the two paths and the numbers of training and test images."""
     from airbus_ships.data import read_mask_table, split_by_image
+    if not 0 < train_share <= 1:
+        raise ValueError(f"train_share must be in (0, 1], got {train_share}")
     table = read_mask_table(data / "masks.csv", data / "images")
     train, test = split_by_image(table.frame, test_fraction, seed)
+    if train_share < 1:
+        train, _ = split_by_image(train, 1 - train_share, seed)
     with open(data / "masks.csv", newline="") as f:
         rows = list(csv.reader(f))
     paths = []
@@ -94,6 +102,8 @@ def main() -> None:
     p.add_argument("--json", default=str(HERE.parent / "benchmarks" / "airbus.json"), help="result file")
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0, help="split seed (fixed: keep 0 for comparable numbers)")
+    p.add_argument("--train-share", type=float, default=1.0,
+                   help="train on this stratified share of the training images (learning curves; test split unchanged)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="passed to train.py and test.py (the recorded runs: CPU)")
     p.add_argument("--reuse-model", action="store_true",
@@ -109,7 +119,7 @@ def main() -> None:
         print(f"bench-ships: {data} is generated demo data; benchmarks need the real set; skipping")
         return
     load_start = os.getloadavg()
-    train_csv, test_csv, n_train, n_test = write_split(data, out, args.test_fraction, args.seed)
+    train_csv, test_csv, n_train, n_test = write_split(data, out, args.test_fraction, args.seed, args.train_share)
     py = sys.executable
     train_cmd = [py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv), "--out", str(out),
                  "--seed", str(args.seed), "--device", args.device] + args.train_args.split()
@@ -129,7 +139,8 @@ def main() -> None:
     result = {
         "task": "airbus_ships",
         "data": str(data),
-        "split": {"seed": args.seed, "test_fraction": args.test_fraction, "train_images": n_train,
+        "split": {"seed": args.seed, "test_fraction": args.test_fraction, "train_share": args.train_share,
+                  "train_images": n_train,
                   "test_images": n_test, "test_ship_images": metrics.get("ship_images")},
         "kaggle_score": metrics["kaggle_score"],
         "dice_ship_images_mean": metrics["dice_ship_images_mean"],

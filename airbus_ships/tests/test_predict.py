@@ -307,6 +307,27 @@ def test_bench_reused_model_takes_unknown_training_figures_as_unknown():
     assert all(v != v for v in reused_training({}))
 
 
+def test_bench_train_share_keeps_a_stratified_part_and_the_same_test_split(demo_dir, tmp_path):
+    """bench.py --train-share (learning curves): fewer training images, ship / no-ship kept in proportion, the
+    test split unchanged; every row of a kept image is copied."""
+    from airbus_ships.bench import write_split
+
+    def images(path):
+        frame = pd.read_csv(path)
+        return frame.groupby("ImageId")["EncodedPixels"].apply(lambda rles: rles.notna().any())
+
+    full_train, full_test, n_train, n_test = write_split(demo_dir, tmp_path / "full", 0.3, seed=0)
+    half_train, half_test, n_half, n_test_half = write_split(demo_dir, tmp_path / "half", 0.3, seed=0, train_share=0.5)
+    assert n_test_half == n_test and half_test.read_bytes() == full_test.read_bytes()
+    full, half = images(full_train), images(half_train)
+    assert n_half == len(half) == round(full.sum() / 2) + round((~full).sum() / 2) and n_train == len(full)
+    assert set(half.index) < set(full.index) and half.sum() == round(full.sum() / 2)
+    rows = pd.read_csv(full_train)
+    assert len(pd.read_csv(half_train)) == rows.ImageId.isin(half.index).sum()
+    with pytest.raises(ValueError, match="train_share"):
+        write_split(demo_dir, tmp_path / "bad", 0.3, seed=0, train_share=0)
+
+
 def raising_at_call(n: int, exc, real, calls: list):
     """``real`` (predict_probs), counting its calls in ``calls``, that raises ``exc`` at the ``n``-th."""
     def predict(*args, **kwargs):
