@@ -6,7 +6,8 @@ The 210 images are split by image (stratified ship / no ship, seed 0) into 70% t
 its own 15% of these for validation and for choosing the ship / no-ship rule) and 30% test. train.py runs
 with its default settings; test.py predicts the test images. Reported: Kaggle score, dice on ship images,
 ship / no-ship accuracy, training time, images/s of test.py, peak memory of each step, machine load.
-Skips (exit 0) when the folder is missing or holds generated demo data.
+Skips (exit 0) when the folder is missing or holds generated demo data. ``--train-share 0.5`` trains on a
+stratified half of the training images, same test images (a learning curve; README: Limits).
 """
 from __future__ import annotations
 

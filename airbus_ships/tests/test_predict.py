@@ -320,8 +320,9 @@ def test_bench_train_share_keeps_a_stratified_part_and_the_same_test_split(demo_
     half_train, half_test, n_half, n_test_half = write_split(demo_dir, tmp_path / "half", 0.3, seed=0, train_share=0.5)
     assert n_test_half == n_test and half_test.read_bytes() == full_test.read_bytes()
     full, half = images(full_train), images(half_train)
-    assert n_half == len(half) == round(full.sum() / 2) + round((~full).sum() / 2) and n_train == len(full)
-    assert set(half.index) < set(full.index) and half.sum() == round(full.sum() / 2)
+    kept = {has_ships: n - round(n * 0.5) for has_ships, n in full.value_counts().items()}  # per stratum
+    assert n_train == len(full) and n_half == len(half) == sum(kept.values())
+    assert set(half.index) < set(full.index) and half.value_counts().to_dict() == kept
     rows = pd.read_csv(full_train)
     assert len(pd.read_csv(half_train)) == rows.ImageId.isin(half.index).sum()
     with pytest.raises(ValueError, match="train_share"):
