@@ -1,12 +1,6 @@
-# Four computer-vision task packages, two environments.
-#
-#   make demo    build both venvs, make synthetic demo data, short train + predict of every task
-#   make test    unit and end-to-end tests of common/ and every task (what CI runs)
-#   make bench   benchmarks on real data: make bench DATA_ROOT=../shared/data
-#
-# Each task folder adds its own targets (train-<task>, predict-<task>, bench-<task>, demo-<task>,
-# check-<task> = its pytest, demo-data-<task>) in <task>/task.mk, included below.
-# Task short names: wood, minerals, ships, fcnn.
+# Four computer-vision task packages, two environments. `make help` lists every target.
+# Each task folder adds its own targets in <task>/task.mk (included below); task short names: wood,
+# minerals, ships, fcnn. A target's help line is the `## ...` comment on its rule line.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -32,12 +26,16 @@ DEMO_TARGETS :=
 DEMO_DATA_TARGETS :=
 TEST_TORCH := common
 # the TensorFlow venv also checks that common/ imports no framework there
-TEST_TF := common/tests/test_demo_data.py::test_common_imports_no_framework
+TEST_TF := common/tests/test_demo.py::test_common_imports_no_framework
 
-.PHONY: help setup venv-torch venv-tf demo-data demo test test-torch test-tf bench clean
+FIGURE_TARGETS :=
 
-help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+.PHONY: help setup venv-torch venv-tf demo-data demo test test-torch test-tf test-fast lint figures bench clean
+
+help:  ## this list
+	@echo "usage: make TARGET [DATA_ROOT=data] [RUNS=runs] [PYTEST_ARGS=...]"
+	@sed -E 's/\$$\(1\)/<task>/g; s/\$$\$$/$$/g' $(MAKEFILE_LIST) | grep -E '^[a-zA-Z0-9_<>-]+:.*## ' | \
+	  sed -E 's/^([^:]+):.*## (.*)/\1|\2/' | awk -F'|' '{printf "  %-20s %s\n", $$1, $$2}'
 
 # ------------------------------------------------------------------------------------------------ venvs
 # A venv is rebuilt from scratch when the content of one of its requirement files (or pyproject.toml)
@@ -62,7 +60,7 @@ $(TF_VENV)/.stamp: $(TF_REQS) pyproject.toml
 
 venv-torch: $(TORCH_VENV)/.stamp
 venv-tf: $(TF_VENV)/.stamp
-setup: venv-torch venv-tf
+setup: venv-torch venv-tf  ## build both virtualenvs (.venv-torch, .venv-tf) from the pinned requirement files
 
 # ------------------------------------------------------------------------------------------- task targets
 # What every task has alike; a task.mk calls it: $(eval $(call task_rules,SHORT,PACKAGE,DATA_DIR,VENV,PY)).
@@ -70,9 +68,9 @@ setup: venv-torch venv-tf
 #   demo-data-SHORT  synthetic demo data in $(DATA_ROOT)/DATA_DIR, only where that folder is missing or empty
 define task_rules
 .PHONY: check-$(1) demo-data-$(1)
-check-$(1): $(4)
+check-$(1): $(4)  ## this task's tests only (PYTEST_ARGS="-k name -x" narrows)
 	$$($(5)) -m pytest $(2) $$(PYTEST_ARGS) || [ $$$$? -eq 5 ]
-demo-data-$(1): venv-torch
+demo-data-$(1): venv-torch  ## synthetic demo data in $$(DATA_ROOT)/<task>/ when that folder is empty
 	$$(TORCH_PY) -m $(2).demo_data --out $$(DATA_ROOT)/$(3)
 DEMO_DATA_TARGETS += demo-data-$(1)
 endef
@@ -82,25 +80,34 @@ include $(sort $(wildcard */task.mk))
 # ------------------------------------------------------------------------------------------- demo data
 # Written only where data/<task>/ is missing or empty: user data is never overwritten. A task's own
 # targets need only its own folder (demo-data-<task>, in its task.mk).
-demo-data: $(DEMO_DATA_TARGETS)
+demo-data: $(DEMO_DATA_TARGETS)  ## synthetic demo data for every task where data/<task>/ is empty
 
-demo: setup demo-data $(DEMO_TARGETS)
+demo: setup demo-data $(DEMO_TARGETS)  ## build the venvs, write demo data, short train + predict of every task
 	@echo; echo "demo finished; outputs are under $(RUNS)/: wood_demo, minerals_demo, airbus_demo, fcnn_demo" \
 	  "(each task's README says what is in them)"
 
 # ------------------------------------------------------------------------------------------------ tests
 # pytest exits 5 when a selection holds no test: that is not a failure here.
-test: test-torch test-tf
+test: lint test-torch test-tf  ## lint, then every test of both venvs (what CI runs)
 
-test-torch: venv-torch
+test-torch: venv-torch  ## the tests of common/ and the PyTorch tasks
 	$(TORCH_PY) -m pytest $(TEST_TORCH) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-test-tf: venv-tf
+test-tf: venv-tf  ## the tests of airbus_ships (TensorFlow venv)
 	$(TF_PY) -m pytest $(TEST_TF) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-bench: $(addprefix bench-,$(TASKS))
+test-fast: venv-torch venv-tf  ## unit tests only (no training, no processes, no notebooks): under 2 minutes
+	$(TORCH_PY) -m pytest -q -m "not slow" $(TEST_TORCH) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(TF_PY) -m pytest -q -m "not slow" $(TEST_TF) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-clean:
+lint: venv-torch  ## ruff over the tree (rules in pyproject.toml)
+	$(abspath $(TORCH_VENV))/bin/ruff check .
+
+figures: $(FIGURE_TARGETS)  ## every task's README figures into <task>/docs/
+
+bench: $(addprefix bench-,$(TASKS))  ## every benchmark on real data: make bench DATA_ROOT=../shared/data
+
+clean:  ## remove venvs, runs and caches (never data/)
 	rm -rf $(TORCH_VENV) $(TF_VENV) $(RUNS) .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	@echo "data/ was left alone (it may hold your real data): remove it by hand if you mean to"

@@ -1,5 +1,9 @@
 """Fixtures shared by the test suites of every package (both environments load this file: standard library only)."""
+import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,3 +19,33 @@ def _strict_json(text: str):
 def strict_json():
     """The strict JSON reader: files the tools write must parse where Python's lenient ``json`` is not used."""
     return _strict_json
+
+
+def _generate(module: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"{module}.demo_data", "--out", str(out), *extra],
+                          capture_output=True, text=True, check=True)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def demo_generator(tmp_path):
+    """``generate(module) -> folder``: runs ``python -m <module>.demo_data`` and checks the rules every
+    generator shares (same bytes on a second run, the demo marker written, a folder of user data left alone
+    even with ``--force``), then returns the generated folder for the task's own format checks."""
+    def generate(module: str) -> Path:
+        first, again, user = tmp_path / "demo", tmp_path / "again", tmp_path / "mine"
+        _generate(module, first)
+        _generate(module, again)
+        assert _digest(first) == _digest(again)
+        assert (first / "DEMO_DATA.txt").is_file()
+        user.mkdir()
+        (user / "precious.txt").write_text("real data")
+        result = _generate(module, user, "--force")  # --force rewrites demo data only
+        assert "leaving it alone" in result.stderr
+        assert [p.name for p in user.iterdir()] == ["precious.txt"]
+        return first
+    return generate
