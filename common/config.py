@@ -55,7 +55,8 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls, choices: dict[s
         elif typ in (int, float, str):
             parser.add_argument(flag, type=typ, default=f.default, choices=choices.get(f.name), help=help_)
         else:
-            raise TypeError(f"{config_cls.__name__}.{f.name}: type {typ} has no command-line form (bool, int, float, str)")
+            raise TypeError(f"{config_cls.__name__}.{f.name}: type {typ} has no command-line form "
+                            "(bool, int, float, str)")
 
 
 def resumed_config(cfg, saved: dict, may_change) -> tuple[typing.Any, list[tuple[str, typing.Any, typing.Any]]]:

@@ -21,8 +21,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

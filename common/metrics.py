@@ -11,7 +11,7 @@ Empty-mask conventions (binary metrics)
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -23,8 +23,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 from common.io import atomic_write, dumps_json
 

@@ -18,8 +18,8 @@ With ``overlap == 0`` every pixel comes from exactly one tile: the round trip is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 

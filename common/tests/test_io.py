@@ -195,6 +195,7 @@ def test_save_figure_is_atomic_and_closes_the_figure(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from common.io import save_figure
 
     fig, ax = plt.subplots()

@@ -48,7 +48,8 @@ def test_f2_image_score_hand_computed():
     gt = [_box(0, 0, 4, 4), _box(10, 10, 14, 14)]
     # prediction 1: exact (IoU 1); prediction 2: shifted by one column -> IoU 12/20 = 0.6; prediction 3: false positive
     preds = [_box(0, 0, 4, 4), _box(10, 11, 14, 15), _box(16, 0, 18, 2)]
-    # thresholds 0.50, 0.55 (IoU 0.6 > t): tp 2, fp 1, fn 0 -> 10/11; thresholds 0.60..0.95 (8 of them): tp 1, fp 2, fn 1 -> 5/11
+    # thresholds 0.50, 0.55 (IoU 0.6 > t): tp 2, fp 1, fn 0 -> 10/11;
+    # thresholds 0.60..0.95 (8 of them): tp 1, fp 2, fn 1 -> 5/11
     expected = (2 * 10 / 11 + 8 * 5 / 11) / 10
     assert M.f2_image_score(preds, gt) == pytest.approx(expected)
 
@@ -140,9 +141,10 @@ def test_classification_summary():
 
 
 def test_instance_ious():
-    a = np.zeros((8, 8), bool); a[:4, :4] = True          # 16 px
-    b = np.zeros((8, 8), bool); b[:4, :2] = True          # covers half of a
-    c = np.zeros((8, 8), bool); c[6:, 6:] = True
+    a, b, c = np.zeros((3, 8, 8), bool)
+    a[:4, :4] = True  # 16 px
+    b[:4, :2] = True  # covers half of a
+    c[6:, 6:] = True
     np.testing.assert_allclose(M.instance_ious([b], [a, c]), [[0.5, 0.0]])
     np.testing.assert_allclose(M.instance_ious([b], [a, c]).max(axis=0, initial=0), [0.5, 0.0])
     assert M.instance_ious([], [a]).shape == (0, 1) and M.instance_ious([a], []).shape == (1, 0)
