@@ -38,18 +38,21 @@ help:  ## this list
 	  sed -E 's/^([^:]+):.*## (.*)/\1|\2/' | awk -F'|' '{printf "  %-20s %s\n", $$1, $$2}'
 
 # ------------------------------------------------------------------------------------------------ venvs
-# A venv is rebuilt from scratch when the content of one of its requirement files (or pyproject.toml)
-# changes; the stamp holds a hash of that content, so a mere touch (git checkout) costs nothing.
+# A venv is rebuilt from scratch when the content of one of its requirement files or of pyproject.toml's
+# packaging sections changes (the [tool.ruff] and [tool.pytest] settings do not count); the stamp holds a hash
+# of that content, so a mere touch (git checkout) costs nothing. pip prints each package as it goes.
 # $(1) venv folder, $(2) its requirement files
+VENV_HASH = (cat $(2); awk '/^\[/ { skip = /^\[tool\.(ruff|pytest)/ } !skip' pyproject.toml) | sha256sum | cut -d' ' -f1
 define build_venv
-	@hash=$$(cat $(2) pyproject.toml | sha256sum | cut -d' ' -f1); \
+	@hash=$$( $(VENV_HASH)); \
 	if [ -f $(1)/.stamp ] && [ "$$(cat $(1)/.stamp)" = "$$hash" ]; then touch $(1)/.stamp; exit 0; fi; \
-	echo "building $(1) from $(2)"; set -x; \
+	echo "building $(1) from $(2): a few minutes on 2 cores, several GB of wheels"; \
 	rm -rf $(1); \
 	$(PYTHON) -m venv $(1); \
-	$(1)/bin/python -m pip install -q --disable-pip-version-check $(addprefix -r ,$(2)); \
+	$(1)/bin/python -m pip install --disable-pip-version-check --progress-bar on $(addprefix -r ,$(2)) \
+	  | { grep --line-buffered -E '^(Collecting|Installing|Successfully)' || true; }; \
 	$(1)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .; \
-	echo "$$hash" > $(1)/.stamp
+	echo "$$hash" > $(1)/.stamp; echo "$(1) ready"
 endef
 
 $(TORCH_VENV)/.stamp: $(TORCH_REQS) pyproject.toml
