@@ -43,6 +43,13 @@ def load_pair(rgb_path: str | Path, gt_path: str | Path, min_side: int = 1) -> t
     return image, read_gt(gt_path, image.shape[:2], rgb_path)
 
 
+def load_training_pair(rgb_path: str | Path, gt_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_pair` of a pair large enough to train on, holding both classes."""
+    image, mask = load_pair(rgb_path, gt_path, min_side=MIN_TRAIN_SIDE)
+    check_both_classes(mask, gt_path)
+    return image, mask
+
+
 def check_both_classes(mask: np.ndarray, gt_path: str | Path) -> None:
     """A training mask must hold buildings and background: with one class the net learns nothing, yet the
     validation IoU is 1.0 (empty prediction, empty truth). Raises ImageReadError naming ``gt_path``."""
@@ -140,7 +147,10 @@ class CropSampler:
 
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        f = lambda: (1 + self.color * (2 * self._rand(n, 1, 1, 1) - 1))  # noqa: E731
+
+        def f() -> torch.Tensor:  # one random factor per image in 1 +- color
+            return 1 + self.color * (2 * self._rand(n, 1, 1, 1) - 1)
+
         gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = gray + (x - gray) * f()  # saturation
         mean = x.mean((1, 2, 3), keepdim=True)

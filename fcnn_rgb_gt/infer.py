@@ -28,8 +28,7 @@ def over_memory_limit(batch_size: int, tile: int) -> str:
         return ""
     return (f"--batch-size {batch_size} x --tile {tile} feeds {batch_size * tile * tile:,} pixels per forward pass, "
             f"more than one {MAX_TILE}x{MAX_TILE} input ({MAX_TILE * MAX_TILE:,}), the brief's memory limit; use "
-            f"--batch-size {max(1, MAX_TILE * MAX_TILE // (tile * tile))} at most at this tile, "
-            f"or --exceed-memory-limit on purpose")
+            f"--batch-size {max(1, MAX_TILE * MAX_TILE // (tile * tile))} at most at this tile")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -93,7 +92,7 @@ def read_checkpoint(path: str | Path, keys: tuple[str, ...] = ("model", "model_c
 def build_model(path: str | Path, ckpt: dict) -> FCN:
     """The FCN described by ``ckpt`` with its weights; :class:`CheckpointError` when they do not fit."""
     try:
-        model = FCN(ModelConfig(**ckpt["model_config"]))
+        model = FCN(ModelConfig.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError, ValueError, NotImplementedError) as err:
         raise CheckpointError(f"{path}: not a valid fcnn_rgb_gt checkpoint ({_first_line(err)})") from None
@@ -116,14 +115,10 @@ def _even_tile(tile: int, height: int, width: int) -> int:
     return max(2, min(tile, MAX_TILE, need + need % 2) // 2 * 2)
 
 
-FLIPS = ((), (3,), (2,), (2, 3))  # test-time augmentation: identity, left-right, up-down, both (= 180 degrees)
-
-
 @torch.inference_mode()
 def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = None, tile: int = MAX_TILE,
-                  overlap: int = 32, batch_size: int = 1, progress=None, tta: bool = False) -> np.ndarray:
+                  overlap: int = 32, batch_size: int = 1, progress=None) -> np.ndarray:
     """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles.
-    ``tta``: average the probabilities of each tile and its three flips (4x the compute, same tile size).
     ``tile`` and ``overlap`` are rounded down to even numbers: with an odd stride between tiles the 2x2 max-pool
     of neighbouring tiles pairs different pixels, and their blend differs from one untiled pass (measured: up to
     0.47 in probability at overlap 15 of 64 px tiles, against 0.06 at overlap 16)."""
@@ -135,12 +130,8 @@ def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = N
     def fn(batch: np.ndarray) -> np.ndarray:
         assert batch.shape[1] <= MAX_TILE and batch.shape[2] <= MAX_TILE, batch.shape  # the brief's GPU limit
         x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-        x = x.contiguous(memory_format=torch.channels_last)
-        prob = 0
-        for dims in FLIPS if tta else FLIPS[:1]:
-            logits = model(x.flip(dims)).flip(dims) if dims else model(x)
-            # (B, t, t) building probability: softmax over two logits == sigmoid of their difference
-            prob = prob + torch.sigmoid((logits[:, 1] - logits[:, 0]).float())
-        return (prob / (len(FLIPS) if tta else 1)).cpu().numpy()
+        logits = model(x.contiguous(memory_format=torch.channels_last))
+        # (B, t, t) building probability: softmax over two logits == sigmoid of their difference
+        return torch.sigmoid((logits[:, 1] - logits[:, 0]).float()).cpu().numpy()
 
     return predict_tiled(image, fn, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)[..., 0]

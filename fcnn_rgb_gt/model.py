@@ -3,13 +3,12 @@
     Input -> Conv1(3x3, 16, pad 1) -> ReLU -> Conv2(3x3, 32, pad 1) -> ReLU -> MaxPool(2x2)
           -> Conv3(3x3, 16, pad 1) -> ReLU -> UpSample(x2) -> Conv4(5x5, 2, pad 2) -> Output (2 channels)
 
-The four convolutions are fixed. The brief allows extra *non-convolutional* layers; each one is an option that
-is off in the plain network (``FCN()`` == ``FCNConfig(plain)``):
+The four convolutions are fixed. The brief allows extra *non-convolutional* layers; two are options, both off in
+the plain network (``FCN()``) and both on in train.py's default:
 
 * ``normalize``: per-channel input standardisation ``(x - mean) / std`` with fixed statistics (buffers, set
   from the training image by train.py) instead of the plain ``x / 255``.
 * ``batch_norm``: BatchNorm2d after Conv1, Conv2 and Conv3 (before each ReLU).
-* ``dropout``: Dropout2d (whole feature maps) before Conv4.
 
 Input: ``(B, 3, H, W)`` float in [0, 1] (RGB / 255), H and W even. Output: ``(B, 2, H, W)`` logits; channel 1
 is "building". Receptive field of one output pixel: 14x14 input pixels (3, 5, 6, 10, 14 through the layers).
@@ -28,11 +27,25 @@ NUM_CLASSES = 2  # 0 = background, 1 = building
 class ModelConfig:
     normalize: bool = False  # fixed per-channel input standardisation (non-convolutional)
     batch_norm: bool = False  # BatchNorm2d after conv1..conv3
-    dropout: float = 0.0  # Dropout2d probability before conv4; 0 = none
-    upsample: str = "nearest"  # "nearest" or "bilinear" (both parameter-free)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> ModelConfig:
+        """The config a checkpoint stores. Options that older versions had are accepted at the value that is now
+        built in (no dropout, nearest-neighbour upsampling); at another value ValueError says which."""
+        stored = dict(stored)
+        for name, builtin in LEGACY_OPTIONS.items():
+            value = stored.pop(name, builtin)
+            if value != builtin:
+                raise ValueError(f"model option {name}={value!r} no longer exists (this version builds "
+                                 f"{name}={builtin!r} only)")
+        return cls(**stored)
+
+
+# options of older versions and the value now built in (a checkpoint holding another value is refused)
+LEGACY_OPTIONS = {"dropout": 0.0, "upsample": "nearest"}
 
 
 class FCN(nn.Module):
@@ -40,7 +53,10 @@ class FCN(nn.Module):
         super().__init__()
         cfg = cfg or ModelConfig()
         self.cfg = cfg
-        bn = (lambda c: nn.BatchNorm2d(c)) if cfg.batch_norm else (lambda c: nn.Identity())
+
+        def bn(channels: int) -> nn.Module:
+            return nn.BatchNorm2d(channels) if cfg.batch_norm else nn.Identity()
+
         # mean/std are buffers so they travel with the checkpoint; identity (0, 1) unless `normalize`
         self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
         self.register_buffer("std", torch.ones(1, 3, 1, 1))
@@ -51,8 +67,7 @@ class FCN(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.conv3 = nn.Conv2d(32, 16, 3, padding=1)
         self.bn3 = bn(16)
-        self.up = nn.Upsample(scale_factor=2, mode=cfg.upsample)
-        self.drop = nn.Dropout2d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.conv4 = nn.Conv2d(16, NUM_CLASSES, 5, padding=2)
         self.relu = nn.ReLU(inplace=True)
 
@@ -70,7 +85,7 @@ class FCN(nn.Module):
         x = self.pool(x)
         x = self.relu(self.bn3(self.conv3(x)))
         x = self.up(x)
-        return self.conv4(self.drop(x))
+        return self.conv4(x)
 
 
 def count_parameters(model: nn.Module) -> int:

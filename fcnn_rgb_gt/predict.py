@@ -40,8 +40,15 @@ from common.metrics import segmentation_report
 from common.shard import add_shard_argument, select_shard, shard_path
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt.data import DEFAULT_RUNS, read_gt
-from fcnn_rgb_gt.infer import DEVICES, CheckpointError, load_checkpoint, over_memory_limit, predict_probs, \
-    resolve_device, set_threads
+from fcnn_rgb_gt.infer import (
+    DEVICES,
+    CheckpointError,
+    load_checkpoint,
+    over_memory_limit,
+    predict_probs,
+    resolve_device,
+    set_threads,
+)
 
 CSV_COLUMNS = ["image", "name", "width", "height", "threshold", "building_fraction", "gt", "iou", "f1",
                "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
@@ -65,17 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pixels shared by neighbouring tiles (blended), at most half the tile; default 32, or half "
                         "the tile below 64 px; odd values are rounded down to even (2x2 pooling alignment)")
     p.add_argument("--batch-size", type=int, default=1,
-                   help="tiles per forward pass; batch-size x tile^2 must stay within 256^2 pixels (the brief's "
-                        "memory limit: one 256x256x3 input; as fast on CPU as batches)")
-    p.add_argument("--exceed-memory-limit", action="store_true",
-                   help="accept batch-size x tile^2 above 256^2 pixels per pass (breaks the brief's memory limit)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time flip averaging: each tile and its 3 flips (4x the time; see README for its gain)")
+                   help="tiles per forward pass, for smaller tiles on an accelerator; batch-size x tile^2 must stay "
+                        "within 256^2 pixels (the brief's memory limit: one 256x256x3 input); on a CPU 1 is fastest")
     p.add_argument("--threshold", type=float, default=-1.0,
                    help="building probability threshold; < 0: the one stored in the checkpoint")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = min(2, CPU count)")
-    p.add_argument("--seed", type=int, default=0, help="unused by inference (deterministic); kept for symmetry")
     args = p.parse_args(argv)
     if not 2 <= args.tile <= MAX_TILE:
         p.error(f"--tile must be in 2..{MAX_TILE}, got {args.tile}")
@@ -89,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--threads must be >= 0 (0 = automatic), got {args.threads}")
     if not args.threshold <= 1:  # NaN too: it was silently the checkpoint's threshold
         p.error(f"--threshold must be <= 1 (< 0: the checkpoint's), got {args.threshold}")
-    if not args.exceed_memory_limit and over_memory_limit(args.batch_size, args.tile):
+    if over_memory_limit(args.batch_size, args.tile):
         p.error(over_memory_limit(args.batch_size, args.tile))
     if args.gt and (args.data or len(args.gt) != len(args.image) or any(Path(i).is_dir() for i in args.image)):
         p.error("--gt needs one file per --image file (not with folders or --data)")
@@ -177,7 +179,7 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
     gt = read_gt(item.gt, image.shape[:2], item.key).astype(bool) if item.gt else None
     t0 = time.perf_counter()
     bar = partial(tqdm, desc="tiles", leave=False, disable=not sys.stderr.isatty())
-    prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar, tta=args.tta)
+    prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar)
     seconds = time.perf_counter() - t0
     pred = prob >= threshold
     result = {"image": item.key, "size": [image.shape[1], image.shape[0]], "threshold": threshold,

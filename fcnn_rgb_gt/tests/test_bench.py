@@ -1,46 +1,45 @@
-"""bench.py's bookkeeping on hand-made reports (no training): seed grouping, the seed table, the skip rule; the training
-commands of the ablation and oracle rows against the stored benchmarks/fcnn.json."""
+"""bench.py: the skip rule, the checks before any training, the record's shape (no training), and one end-to-end
+run on a small synthetic "real" layout (slow)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from fcnn_rgb_gt import bench, demo_data
-from fcnn_rgb_gt.data import REPO_ROOT
+from fcnn_rgb_gt import bench, demo_data, train
+from fcnn_rgb_gt.train import TrainConfig
 
-
-def _row(strip: float, a: float, b: float) -> dict:
-    cell = lambda v: {"iou_0.5": v, "iou_strip": v, "iou_0.5_tta": v}  # noqa: E731
-    return {"flags": "--x", "strip_threshold": 0.5, "train_seconds": 1.0, "val_strip": cell(strip),
-            "pairs": {"p1": cell(a), "p2": cell(b)}}
+RECORD_KEYS = {"task", "what", "command", "config", "data", "machine", "load", "date_utc", "metrics", "timings"}
 
 
-def _report() -> dict:
-    runs = {"v": _row(0.3, 0.2, 0.4), "v_seed1": _row(0.5, 0.4, 0.6), "w": _row(0.1, 0.1, 0.1)}
-    oracle = {"p1": {**_row(0.6, 0.5, 0.5), "fit": {
-        "best": {"epoch": 3, "iou_training_region": 0.45, "iou_own_strip": 0.61},
-        "last": {"epoch": 9, "iou_training_region": 0.56, "iou_own_strip": 0.55}}}}
-    for r in oracle.values():
-        r["pairs"] = {"p1": r["pairs"]["p1"]}
-    return {"machine": "m", "load_avg_at_start": [1], "train": {"command": "c", "epochs_run": 1, "best_epoch": 1,
-            "val_iou_at_0.5": 0.1, "val_iou_at_threshold": 0.1, "threshold": 0.5}, "extra": {},
-            "ablations": {"command": "c", "note": "n", "runs": runs},
-            "oracle_epochs_64": {"command": "c", "what": "w", "runs": oracle}}
+def _report(iou: float) -> dict:
+    return {"iou": iou, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9}
 
 
-def test_seed_groups_and_spread():
-    groups = bench.seed_groups(_report()["ablations"]["runs"])
-    assert {k: len(v) for k, v in groups.items()} == {"v": 2, "w": 1}
-    assert bench.spread([0.2, 0.4]) == "0.300 [0.200-0.400]"
+def _score(val: float, a: float, b: float, epoch: int = 3) -> dict:
+    return {"best_epoch": epoch, "val_iou": val, "epochs_run": 16, "train_loop_seconds": 10.0,
+            "pairs": {"p1": _report(a), "p2": _report(b)}}
 
 
-def test_markdown_has_seed_table_and_fit_columns():
-    md = bench.markdown(_report())
-    assert "| v | 2 | 0.400 [0.300-0.500] | 0.300 [0.200-0.400] | 0.500 [0.400-0.600] |" in md
-    assert "| w | 1 |" not in md  # single-seed variants stay out of the seed table
-    assert "0.56 / 0.55 (epoch 9)" in md and "0.45 / 0.61 (epoch 3)" in md
+def test_the_record_has_one_shape_and_the_seed_means(tmp_path):
+    from dataclasses import asdict
+
+    scores = {0: _score(0.5, 0.3, 0.5), 1: _score(0.4, 0.4, 0.6, epoch=5), 2: _score(0.6, 0.2, 0.4)}
+    predict = {"1x": {"threads": 2, "seconds": 1.0}, "4x_area": {"threads": 2, "seconds": 4.0}}
+    r = bench.record(asdict(TrainConfig()), tmp_path, scores, {0: 100.0, 1: 110.0, 2: 120.0}, predict,
+                     {"start": [1.0], "end": [2.0]})
+    assert set(r) == RECORD_KEYS
+    assert "data" not in r["config"] and "out" not in r["config"] and r["config"]["lr"] == TrainConfig.lr
+    m = r["metrics"]
+    assert m["iou_at_0.5"]["p1"] == {"mean": 0.3, "min": 0.2, "max": 0.4, "per_seed": [0.3, 0.4, 0.2]}
+    assert m["iou_at_0.5"]["p2"]["mean"] == 0.5 and m["best_epoch_per_seed"] == [3, 5, 3]
+    assert m["val_strip_iou_at_0.5"]["mean"] == 0.5 and m["target_met_on_every_pair"] is False
+    assert set(m["seed0_report"]) == {"p1", "p2"}
+    assert r["timings"]["train_seconds_per_seed"] == [100.0, 110.0, 120.0]
+    json.dumps(r)  # JSON as it is
 
 
 def test_bench_skips_demo_data(tmp_path, capsys):
@@ -49,39 +48,7 @@ def test_bench_skips_demo_data(tmp_path, capsys):
     assert "skipped" in capsys.readouterr().out and not (tmp_path / "b.json").exists()
 
 
-def test_seam_check_compares_tiles_with_one_untiled_pass(trained_run, pair_dir):
-    r = bench.seam_check(trained_run / "best.pt", pair_dir / "rgb.png", tile=64, overlap=16)
-    assert r["size"] == [200, 160] and r["blended"]["pixels"] == r["plain"]["pixels"] == 200 * 160
-    assert r["plain"]["max_abs_diff"] > 0.3  # zero padding at plain tile borders, with trained weights
-    assert r["blended"]["max_abs_diff"] < r["plain"]["max_abs_diff"] / 6
-    assert r["blended"]["pixels_changed_class"] <= r["plain"]["pixels_changed_class"]
-
-
-def test_rows_of_another_command_are_not_merged(capsys):
-    report = {"ablations": {"command": "old", "runs": {"v": {"x": 1}}}}
-    assert bench.kept_rows(report, "ablations", "old") == {"v": {"x": 1}}
-    assert bench.kept_rows(report, "ablations", "new") == {} and "replaced" in capsys.readouterr().out
-    assert bench.kept_rows(report, "oracle", "any") == {}
-
-
-def test_a_rerun_joins_rows_stored_with_a_thread_count(capsys):
-    """oracle_epochs_64's stored command names --threads 1 (how fast it ran), which bench.py never writes: a rerun
-    of one pair kept none of the table's rows. Thread count and device are set aside; any other difference is not."""
-    stored = json.loads((REPO_ROOT / "benchmarks" / "fcnn.json").read_text())["oracle_epochs_64"]
-    rerun = bench.shown_train("<data>/extra/<pair>", bench.oracle_args(0, ["--epochs", "64"]))
-    assert "--threads" in stored["command"] and "--threads" not in rerun
-    assert bench.kept_rows({"oracle_epochs_64": stored}, "oracle_epochs_64", rerun) == stored["runs"]
-    assert bench.kept_rows({"oracle_epochs_64": stored}, "oracle_epochs_64", rerun + " --device cuda") == stored["runs"]
-    assert bench.kept_rows({"oracle_epochs_64": stored}, "oracle_epochs_64", rerun.replace("64", "32")) == {}
-    assert "replaced" in capsys.readouterr().out
-
-
 def test_bench_without_test_pairs_is_one_line_before_any_training(tmp_path, capsys, monkeypatch):
-    # real training data but no extra/: a FileNotFoundError traceback; an empty extra/ or pairs without gt.png:
-    # a min() or ImageReadError traceback after the whole training run
-    import numpy as np
-    from PIL import Image
-
     train_dir = tmp_path / "fcnn" / "train_substitute"
     train_dir.mkdir(parents=True)
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(train_dir / "rgb.png")
@@ -98,50 +65,28 @@ def test_bench_without_test_pairs_is_one_line_before_any_training(tmp_path, caps
     assert not (tmp_path / "b.json").exists()
 
 
-def test_unknown_ablation_or_oracle_names_are_refused_before_any_training(tmp_path, capsys, monkeypatch):
-    # a mistyped --ablate / --oracle name was silently skipped: nothing trained, exit 0, the report rewritten
-    import numpy as np
-    from PIL import Image
+@pytest.mark.slow
+def test_bench_end_to_end_writes_the_record_and_figures(pair_dir, tmp_path, monkeypatch):
+    """Two seeds of a 1-epoch training (train_run shortened in-process) on a copy of the demo pair laid out as the
+    real data (no demo marker), predict timed in fresh processes, the record and both figures written."""
+    data = tmp_path / "fcnn"
+    for sub, src in (("train_substitute", pair_dir), ("extra/p1", pair_dir / "extra" / "demo_val")):
+        (data / sub).mkdir(parents=True)
+        for name in ("rgb.png", "gt.png"):
+            shutil.copy(src / name, data / sub / name)
 
-    with pytest.raises(SystemExit) as exit_:
-        bench.main(["--ablate", "plain_wce_lr1e3"])
-    assert exit_.value.code == 2 and "plain_wce_lr1e3" in capsys.readouterr().err
-    for sub in ("train_substitute", "extra/p1"):
-        (tmp_path / "fcnn" / sub).mkdir(parents=True)
-        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "fcnn" / sub / "rgb.png")
-        Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "fcnn" / sub / "gt.png")
-    monkeypatch.setattr(bench, "train_run", lambda *a, **k: pytest.fail("trained"))
-    assert bench.main(["--data", str(tmp_path / "fcnn"), "--out", str(tmp_path / "b.json"), "--oracle", "p2"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --oracle: no test pair p2") and "p1" in err[0], err
-    assert not (tmp_path / "b.json").exists()
+    def short_run(train_dir, out, seed, threads=0):
+        assert train.main(["--data", str(train_dir), "--out", str(out), "--seed", str(seed), "--epochs", "1",
+                           "--tile", "64"]) == 0
+        return 1.0
 
-
-def test_ablation_and_oracle_reruns_train_as_their_stored_rows_were(monkeypatch):
-    """The stored ablation and oracle rows were measured at 8 crops per step (before 2026-12-04); bench.py trained
-    a rerun at train.py's default (4 now) and wrote a command without the batch, so rerunning one variant dropped
-    the stored rows. The train.py arguments it runs for every stored row are those of the row's stored command
-    (``--threads``, how fast a run went, aside: bench.py leaves it out of its commands)."""
-    report = json.loads((REPO_ROOT / "benchmarks" / "fcnn.json").read_text())
-    ran = []
-    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kwargs: ran.append(cmd))
-
-    def train_args(data: str, args: list[str]) -> list[str]:  # what train_run gives train.py besides --data, --out
-        bench.train_run(Path(data), Path("runs"), args)
-        cmd = ran.pop()
-        return cmd[cmd.index("--out") + 2:]
-
-    def settings(command: str) -> list[str]:  # a stored command's train.py arguments besides --data
-        return bench.measured(command).split()[4:]  # python fcnn_rgb_gt/train.py --data <data>/...
-
-    ablations = report["ablations"]
-    for name, row in ablations["runs"].items():
-        variant, _, seed = name.partition("_seed")
-        flags, row_name = bench.ablation_flags(variant, int(seed or 0))
-        assert (row_name, " ".join(flags)) == (name, row["flags"])
-        stored = ablations["command"].replace("<flags>", row["flags"])
-        assert train_args("<data>/train_substitute", bench.ABLATION_BUDGET + flags) == settings(stored), name
-    assert ablations["command"] == bench.shown_train("<data>/train_substitute", [*bench.ABLATION_BUDGET, "<flags>"])
-    for key, extra in (("oracle", []), ("oracle_epochs_64", ["--epochs", "64"])):
-        assert train_args("<data>/extra/<pair>", bench.oracle_args(0, extra)) == settings(report[key]["command"]), key
-    assert report["oracle"]["command"] == bench.shown_train("<data>/extra/<pair>", bench.oracle_args(0, []))
+    monkeypatch.setattr(bench, "train_run", short_run)
+    out, docs = tmp_path / "fcnn.json", tmp_path / "docs"
+    assert bench.main(["--data", str(data), "--runs", str(tmp_path / "runs"), "--out", str(out),
+                       "--docs", str(docs), "--seeds", "0", "1"]) == 0
+    r = json.loads(out.read_text())
+    assert set(r) == RECORD_KEYS and r["metrics"]["seeds"] == [0, 1]
+    assert 0 <= r["metrics"]["iou_at_0.5"]["p1"]["mean"] <= 1 and set(r["timings"]["predict"]) == {"1x", "4x_area"}
+    assert r["timings"]["predict"]["4x_area"]["size"] == [400, 320]
+    for name in ("dubai_loss_vs_epochs.png", "dubai_prediction.png"):
+        assert (docs / name).stat().st_size < 150_000, name

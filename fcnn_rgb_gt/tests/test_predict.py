@@ -26,18 +26,7 @@ def test_tiled_prediction_returns_the_input_size_and_never_feeds_more_than_256(s
     assert seen and all(s[2] <= MAX_TILE and s[3] <= MAX_TILE and s[1] == 3 for s in seen)
 
 
-def test_flip_averaging_keeps_tiles_within_256_and_is_the_mean_of_the_flips():
-    torch.manual_seed(0)
-    net = FCN().eval()
-    seen = []
-    net.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
-    image = np.random.default_rng(1).integers(0, 256, (300, 280, 3), dtype=np.uint8)
-    plain, tta = predict_probs(net, image), predict_probs(net, image, tta=True)
-    assert tta.shape == plain.shape and all(s[2] <= MAX_TILE and s[3] <= MAX_TILE for s in seen)
-    flipped = predict_probs(net, np.ascontiguousarray(image[:, ::-1]))[:, ::-1]  # one of the four views
-    assert np.abs(tta - plain).max() > 1e-4 and np.abs(tta - (plain + flipped) / 2).max() < np.abs(tta - plain).max()
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("overlap", [16, 32])
 def test_blending_leaves_no_seam(trained_run, pair_dir, overlap):
     """Overlapping, blended tiles come close to one untiled forward pass over the same padded image, with a
@@ -60,6 +49,7 @@ def test_blending_leaves_no_seam(trained_run, pair_dir, overlap):
     assert blended < seams / 6, (blended, seams)
 
 
+@pytest.mark.slow
 def test_an_odd_overlap_leaves_no_seam(trained_run, pair_dir):
     """An odd overlap (predict.py --overlap 15, or train.py's validation at --tile 70: overlap 17) made the stride
     between tiles odd, so neighbouring tiles max-pooled different pixel pairs: blended tiles differed from one
@@ -80,12 +70,12 @@ def test_an_odd_overlap_leaves_no_seam(trained_run, pair_dir):
         assert diff(overlap) < seams / 6, (overlap, diff(overlap), seams)
 
 
-def test_predict_cli_writes_outputs_and_prints_metrics(trained_run, pair_dir, tmp_path, capsys):
+def test_predict_cli_writes_outputs_and_prints_metrics(untrained_run, pair_dir, tmp_path, capsys):
     val = pair_dir / "extra" / "demo_val"
     out = tmp_path / "pred"
     rgba = np.asarray(Image.open(val / "rgb.png"))
     assert rgba.shape[2] == 4  # the exercise's RGBA convention
-    code = predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(val / "rgb.png"),
+    code = predict.main(["--checkpoint", str(untrained_run / "best.pt"), "--image", str(val / "rgb.png"),
                          "--gt", str(val / "gt.png"), "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
@@ -98,26 +88,26 @@ def test_predict_cli_writes_outputs_and_prints_metrics(trained_run, pair_dir, tm
     assert 0 <= metrics["iou"] <= 1 and 0 <= metrics["f1"] <= 1
 
 
-def test_predict_any_size_image(trained_run, tmp_path):
+def test_predict_any_size_image(untrained_run, tmp_path):
     img = tmp_path / "odd.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (255, 257, 4), dtype=np.uint8)).save(img)
-    assert predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(img),
+    assert predict.main(["--checkpoint", str(untrained_run / "best.pt"), "--image", str(img),
                          "--out", str(tmp_path / "o")]) == 0
     assert Image.open(tmp_path / "o" / "predictions_mask.png").size == (257, 255)
 
 
-def test_checkpoint_loads_with_config(trained_run):
-    model, ckpt = load_checkpoint(trained_run / "best.pt", torch.device("cpu"))
+def test_checkpoint_loads_with_config(untrained_run):
+    model, ckpt = load_checkpoint(untrained_run / "best.pt", torch.device("cpu"))
     assert not model.training and ckpt["model_config"]["batch_norm"] is True
 
 
 @pytest.mark.parametrize("case", ["missing_image", "corrupt_image", "size_mismatch", "bad_gt_values",
                                   "missing_checkpoint", "text_checkpoint", "cut_checkpoint", "unsafe_checkpoint"])
-def test_bad_predict_input_is_one_line_error(case, trained_run, pair_dir, tmp_path, capsys):
+def test_bad_predict_input_is_one_line_error(case, untrained_run, pair_dir, tmp_path, capsys):
     img, gt = tmp_path / "img.png", tmp_path / "gt.png"
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(img)
     Image.fromarray(np.full((40, 50), 255, np.uint8)).save(gt)
-    ckpt = trained_run / "best.pt"
+    ckpt = untrained_run / "best.pt"
     bad = {"missing_image": img, "corrupt_image": img, "size_mismatch": gt, "bad_gt_values": gt}.get(
         case, tmp_path / "bad.pt")
     if case == "missing_image":
@@ -133,7 +123,7 @@ def test_bad_predict_input_is_one_line_error(case, trained_run, pair_dir, tmp_pa
         if case == "text_checkpoint":
             bad.write_text("not a checkpoint\n")
         elif case == "cut_checkpoint":
-            bad.write_bytes((trained_run / "best.pt").read_bytes()[:5000])
+            bad.write_bytes((untrained_run / "best.pt").read_bytes()[:5000])
         elif case == "unsafe_checkpoint":  # a pickled object outside torch's weights-only allowlist
             torch.save({"model": {}, "model_config": argparse.Namespace(a=1)}, bad)
     out = tmp_path / "out"
@@ -157,10 +147,10 @@ def pair_folders(pair_dir, tmp_path_factory):
     return sorted(root.iterdir())
 
 
-def test_two_shards_merge_into_what_one_worker_writes(trained_run, pair_folders, tmp_path, capsys):
+def test_two_shards_merge_into_what_one_worker_writes(untrained_run, pair_folders, tmp_path, capsys):
     from common import shard
 
-    base = ["--checkpoint", str(trained_run / "best.pt"), "--data", *map(str, reversed(pair_folders))]
+    base = ["--checkpoint", str(untrained_run / "best.pt"), "--data", *map(str, reversed(pair_folders))]
     assert predict.main(base + ["--out", str(tmp_path / "one")]) == 0
     for i in range(2):
         assert predict.main(base + ["--out", str(tmp_path / "two"), "--shard", f"{i}/2"]) == 0
@@ -179,13 +169,13 @@ def test_two_shards_merge_into_what_one_worker_writes(trained_run, pair_folders,
             (tmp_path / "one" / f"pair_{i}" / "predictions_mask.png").read_bytes()
 
 
-def test_several_images_and_a_folder_with_a_bad_file(trained_run, pair_folders, tmp_path, capsys):
+def test_several_images_and_a_folder_with_a_bad_file(untrained_run, pair_folders, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for d in pair_folders[:2]:
         Image.open(d / "rgb.png").save(folder / f"{d.name}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    code = predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(folder),
+    code = predict.main(["--checkpoint", str(untrained_run / "best.pt"), "--image", str(folder),
                          str(pair_folders[4] / "rgb.png"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "broken.png" in err[0]  # named, and the others still ran
@@ -195,13 +185,13 @@ def test_several_images_and_a_folder_with_a_bad_file(trained_run, pair_folders, 
         assert Image.open(tmp_path / "out" / r["name"] / "predictions.jpg").size == (int(r["width"]), int(r["height"]))
 
 
-def test_images_sharing_a_stem_keep_their_own_outputs(trained_run, pair_folders, tmp_path):
+def test_images_sharing_a_stem_keep_their_own_outputs(untrained_run, pair_folders, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.open(pair_folders[0] / "rgb.png").convert("RGB").save(folder / "a.png")
     Image.open(pair_folders[1] / "rgb.png").convert("RGB").save(folder / "a.jpg", quality=95)
     Image.open(pair_folders[2] / "rgb.png").convert("RGB").save(folder / "b.png")
-    assert predict.main(["--checkpoint", str(trained_run / "best.pt"), "--image", str(folder),
+    assert predict.main(["--checkpoint", str(untrained_run / "best.pt"), "--image", str(folder),
                          "--out", str(tmp_path / "out")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", newline="")))
     assert [r["name"] for r in rows] == ["a.jpg", "a.png", "b"]  # the stem alone where it is unique
@@ -237,11 +227,11 @@ def test_a_small_tile_alone_is_accepted_and_out_as_a_file_is_refused(tmp_path, c
     assert exit_.value.code == 2 and f"--out {tmp_path / 'f'}: is a file" in capsys.readouterr().err
 
 
-def test_no_stale_metrics_beside_a_new_prediction(trained_run, pair_dir, tmp_path):
+def test_no_stale_metrics_beside_a_new_prediction(untrained_run, pair_dir, tmp_path):
     """A prediction without --gt into a folder that holds an earlier one with --gt: the earlier image's
     predictions_metrics.json stayed beside the new image's files, as if it were theirs."""
     val, out = pair_dir / "extra" / "demo_val", tmp_path / "out"
-    ckpt = str(trained_run / "best.pt")
+    ckpt = str(untrained_run / "best.pt")
     assert predict.main(["--checkpoint", ckpt, "--image", str(val / "rgb.png"), "--gt", str(val / "gt.png"),
                          "--out", str(out)]) == 0
     assert (out / "predictions_metrics.json").is_file()
@@ -249,10 +239,10 @@ def test_no_stale_metrics_beside_a_new_prediction(trained_run, pair_dir, tmp_pat
     assert (out / "predictions_mask.png").is_file() and not (out / "predictions_metrics.json").exists()
 
 
-def test_a_checkpoint_without_training_config_is_one_line(trained_run, pair_dir, tmp_path, capsys):
+def test_a_checkpoint_without_training_config_is_one_line(untrained_run, pair_dir, tmp_path, capsys):
     # bare weights + model config (no 'config'): a KeyError traceback even with --image; now --image works and
     # the default input (the training image, which it does not name) is one line naming the file
-    ckpt = torch.load(trained_run / "best.pt", weights_only=True)
+    ckpt = torch.load(untrained_run / "best.pt", weights_only=True)
     bare = tmp_path / "bare.pt"
     torch.save({"model": ckpt["model"], "model_config": ckpt["model_config"]}, bare)
     assert predict.main(["--checkpoint", str(bare), "--image", str(pair_dir / "rgb.png"),
@@ -263,10 +253,10 @@ def test_a_checkpoint_without_training_config_is_one_line(trained_run, pair_dir,
     assert len(err) == 1 and err[0].startswith(f"error: {bare}: names no training image"), err
 
 
-def test_a_stopped_batch_leaves_no_earlier_table(trained_run, pair_folders, tmp_path, monkeypatch):
+def test_a_stopped_batch_leaves_no_earlier_table(untrained_run, pair_folders, tmp_path, monkeypatch):
     """A batch stopped after its first image (a kill, Ctrl-C) kept the earlier run's predictions.csv beside
     the new outputs, describing other predictions as if they were these."""
-    args = ["--checkpoint", str(trained_run / "best.pt"), "--data", *map(str, pair_folders[:3]),
+    args = ["--checkpoint", str(untrained_run / "best.pt"), "--data", *map(str, pair_folders[:3]),
             "--out", str(tmp_path / "out")]
     assert predict.main(args) == 0 and (tmp_path / "out" / "predictions.csv").is_file()
     real, calls = predict.predict_one, []

@@ -11,6 +11,7 @@ from fcnn_rgb_gt.data import CropSampler, load_pair, spatial_split, to_tensor
 from fcnn_rgb_gt.model import FCN
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(pair_dir):
     torch.manual_seed(0)
     image, mask = load_pair(pair_dir / "rgb.png", pair_dir / "gt.png")
@@ -61,6 +62,7 @@ def test_spatial_split_keeps_a_gap_and_a_representative_strip():
     assert 0 < va.mean() < 1  # not the empty right strip, not the all-building left strip
 
 
+@pytest.mark.slow
 def test_training_run_writes_checkpoint_plot_and_log(trained_run):
     for name in ("best.pt", "last.pt", "log.csv", "loss_vs_epochs.png", "config.json"):
         assert (trained_run / name).is_file(), name
@@ -76,10 +78,11 @@ def _log_without_times(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(run / "log.csv"))]
 
 
+@pytest.mark.slow
 def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(pair_dir, tmp_path, monkeypatch):
     """Stopped during epoch 2 (after epoch 1's last.pt) and resumed: the same weights, bit for bit, and the same
-    log as a run that was never stopped (crop stream and dropout masks continue where they were)."""
-    args = ["--data", str(pair_dir), "--epochs", "2", "--tile", "64", "--batch-size", "4", "--dropout", "0.2"]
+    log as a run that was never stopped (the crop stream continues where it was)."""
+    args = ["--data", str(pair_dir), "--epochs", "2", "--tile", "64", "--batch-size", "4"]
     assert train.main(args + ["--out", str(tmp_path / "whole")]) == 0
 
     real_epoch = train.train_one_epoch
@@ -107,6 +110,7 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(pair_dir, tm
     assert _log_without_times(tmp_path / "cut") == _log_without_times(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_runs_options_and_the_saved_config_is_resolved(pair_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(pair_dir.parent)  # a relative --data, stored absolute
     run = tmp_path / "run"
@@ -138,6 +142,7 @@ def test_resume_keeps_the_runs_options_and_the_saved_config_is_resolved(pair_dir
     assert len(err) == 1 and err[0].startswith(f"error: {last}: "), err
 
 
+@pytest.mark.slow
 def test_a_bare_resume_names_no_option(trained_run, tmp_path, capsys):
     # the run has --tile 64: a bare --resume said 'keeps its own options: --tile 64 (not 128)', naming a
     # value the user never gave
@@ -150,6 +155,7 @@ def test_a_bare_resume_names_no_option(trained_run, tmp_path, capsys):
     assert torch.load(run / "last.pt", weights_only=True)["config"]["tile"] == 64
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_images(pair_dir, trained_run, tmp_path, capsys):
     import shutil
 
@@ -173,12 +179,12 @@ def test_default_step_fits_the_memory_limit_and_larger_ones_are_refused(capsys):
         with pytest.raises(SystemExit) as exit_:
             train.parse_args(args)
         assert exit_.value.code == 2 and "memory limit" in capsys.readouterr().err
-    assert train.parse_args(["--batch-size", "8", "--exceed-memory-limit"]).batch_size == 8
+    assert train.parse_args(["--batch-size", "16", "--tile", "64"]).batch_size == 16
 
 
-@pytest.mark.parametrize("args", [["--device", "gpu"], ["--upsample", "foo"], ["--batch-size", "0"],
-                                  ["--loss", "dice"], ["--val-fraction", "1.5"], ["--seed", "-1"],
-                                  ["--seed", str(2 ** 32)], ["--lr", "inf"], ["--weight-decay", "nan"]])
+@pytest.mark.parametrize("args", [["--device", "gpu"], ["--batch-size", "0"], ["--val-fraction", "1.5"],
+                                  ["--seed", "-1"], ["--seed", str(2 ** 32)], ["--lr", "inf"],
+                                  ["--weight-decay", "nan"]])
 def test_bad_options_are_refused_before_anything_runs(args, capsys):
     # a --seed outside numpy's range was 'error: Seed must be between 0 and 2**32 - 1' (no option named) after
     # the data were read; --lr inf trained NaN weights and reported success
@@ -195,6 +201,7 @@ def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys)
     assert exit_.value.code == 2 and f"--out {tmp_path / 'run'}: is a file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_that_has_done_its_epochs_is_refused(trained_run, tmp_path, capsys):
     # it trained nothing, rewrote config.json with the smaller --epochs and reported success (exit 0)
     import shutil
@@ -244,3 +251,27 @@ def test_bad_training_input_is_one_line_error(case, pair_dir, tmp_path, capsys):
     assert code != 0
     assert len(err) == 1 and str(bad) in err[0], err
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_no_training_pair_says_where_it_belongs_and_writes_nothing(tmp_path, capsys):
+    """train.py without data wrote a synthetic demo pair into data/fcnn and trained on it without a word of
+    consent; now it names the missing file, where the pair belongs and how to make the demo pair."""
+    empty, out = tmp_path / "data", tmp_path / "run"
+    empty.mkdir()
+    assert train.main(["--data", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {empty / 'rgb.png'}: no such file"), err
+    assert "make demo-data-fcnn" in err[0] and "rgb.png and gt.png" in err[0]
+    assert not any(empty.iterdir()) and (not out.exists() or not any(out.iterdir()))
+
+
+def test_a_stored_config_of_an_older_version_resumes_at_the_built_in_values(tmp_path):
+    from fcnn_rgb_gt.checkpoint import stored_options
+
+    old = {"lr": 0.01, "loss": "wce", "dropout": 0.0, "upsample": "nearest", "threshold": 0.5,
+           "exceed_memory_limit": False, "normalize": True, "batch_norm": True}
+    assert stored_options(tmp_path / "last.pt", old) == {"lr": 0.01, "plain": False}
+    assert stored_options(tmp_path / "last.pt", {**old, "normalize": False, "batch_norm": False})["plain"] is True
+    for change in ({"loss": "ce_dice"}, {"threshold": -1.0}, {"exceed_memory_limit": True}, {"batch_norm": False}):
+        with pytest.raises(ValueError, match="start a new run"):
+            stored_options(tmp_path / "last.pt", {**old, **change})
