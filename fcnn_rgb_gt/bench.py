@@ -41,8 +41,9 @@ from fcnn_rgb_gt.train import TrainConfig
 TRAIN_PY = Path(__file__).with_name("train.py")
 TARGET_IOU = 0.60  # the building IoU asked for on every test pair
 FIGURE_PAIR = "dubai_t8_p5"  # the test pair of the prediction figure (CC0), when present
-# the training choices of the record's config: paths, device, threads and --resume say where and how a run went
-RUN_FIELDS = ("data", "rgb", "gt", "out", "device", "threads", "resume")
+# left out of the record's config, which holds the training choices: paths, device, threads and --resume say
+# where and how a run went, and the seeds are the metrics' own
+RUN_FIELDS = ("data", "rgb", "gt", "out", "device", "threads", "resume", "seed")
 
 
 class BenchError(ValueError):
