@@ -9,12 +9,8 @@ at full size and computed like the model's map (same scale and smoothing).
 Image ranking: image AUROC of the photo scores (majority label of image_labels.csv), and whether every
 unanimously anomalous photo scores above every unanimously normal one. Training never sees masks or labels.
 
-Fusion weights (``--weights``): the same trained model's deep and colour maps fused with other weights
-(0: the colour map alone, 1: the deep map alone), scored the same way; what the deep features add.
-Other seeds (``--extra-seeds``): train + predict again with other training seeds (bank, calibration and
-colour-reference samples), to show how much the figures move with the random samples alone.
-The JSON stores the command line as typed, the train/predict commands as run, and the load average.
-Skips (exit 0) when the folder is missing or holds generated demo data.
+The JSON is one record of the run: ``task, what, command, steps, config, data, machine, load, date_utc,
+metrics, timings``. Skips (exit 0) when the folder is missing or holds generated demo data.
 """
 from __future__ import annotations
 
@@ -39,15 +35,43 @@ from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
 from common.metrics import image_auroc
 from wood_anomaly.data import resize, resize_map
 from wood_anomaly.evaluate import evaluate, pixel_metrics
-from wood_anomaly.model import fuse
 
 HERE = Path(__file__).resolve().parent
+PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou", "mask_f1", "mask_iou")
+WHAT = ("train on every unlabeled photo, predict them, score the maps against masks/consensus at full resolution "
+        "(all photos pooled) and the photo scores against the majority labels of image_labels.csv; the "
+        "median-colour baseline scored the same way")
 
 
-def median_colour_distance(image: np.ndarray) -> np.ndarray:
-    """The classical baseline: ``(H, W)`` distance of every pixel's RGB from the photo's median colour."""
-    med = np.median(image.reshape(-1, 3), axis=0)
-    return np.linalg.norm(image.astype(np.float32) - med.astype(np.float32), axis=2)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Run from the repository root.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="../shared/data/wood", help="real wood folder (images/, masks/consensus/)")
+    p.add_argument("--runs", default="runs/wood_bench", help="where the run's model and predictions go")
+    p.add_argument("--out", default="benchmarks/wood.json", help="benchmark JSON")
+    p.add_argument("--train-args", default="", help="extra train.py options, to benchmark another configuration, "
+                                                     "e.g. '--k 50' or '--seed 1'")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="device of train.py and predict.py")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
+    p.add_argument("--reuse", action="store_true",
+                   help="score the model and predictions already in --runs again, in seconds (no timings)")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------ train + predict
+def shown(cmd: list[str]) -> str:
+    """A child's command line as a user would type it (``python`` for this interpreter, paths as given)."""
+    return shlex.join(["python", *(os.path.relpath(c) if c.startswith(str(HERE)) else c for c in cmd[1:])])
+
+
+def commands(data: Path, runs: Path, train_args: list[str], device: str) -> tuple[list[str], list[str]]:
+    """The train and predict command lines of the benchmark run into ``runs``."""
+    train = [sys.executable, str(HERE / "train.py"), "--data", str(data), "--out", str(runs), "--device", device,
+             *train_args]
+    predict = [sys.executable, str(HERE / "predict.py"), "--data", str(data), "--model", str(runs / "model.pt"),
+               "--out", str(runs / "pred"), "--device", device]
+    return train, predict
 
 
 def run(cmd: list[str]) -> float:
@@ -62,13 +86,32 @@ def rnd(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-def child_cpu_s() -> float:
+def children() -> tuple[float, float]:
+    """CPU seconds and peak memory (MiB) of the finished child processes so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime, r.ru_maxrss / 1024  # Linux: ru_maxrss in KiB
 
 
-def peak_child_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+def train_and_predict(train_cmd: list[str], predict_cmd: list[str], pred: Path) -> dict:
+    """Run both commands; their timings (wall, CPU, peak memory) and predict's per-photo means from timings.csv."""
+    train_s = run(train_cmd)
+    train_cpu, train_peak = children()
+    predict_s = run(predict_cmd)
+    with open(pred / "timings.csv", newline="") as f:
+        per_photo = list(csv.DictReader(f))
+    mean = {k: round(float(np.mean([float(r[k]) for r in per_photo])), 2) if per_photo else None
+            for k in ("seconds", "cpu_seconds")}
+    return {"reused_run": False, "train_seconds_incl_model_load": rnd(train_s), "train_cpu_seconds": rnd(train_cpu),
+            "predict_seconds_per_photo": mean["seconds"], "predict_cpu_seconds_per_photo": mean["cpu_seconds"],
+            "predict_seconds_total_incl_writing": rnd(predict_s),
+            "peak_memory_mib": {"train": rnd(train_peak), "train_and_predict": rnd(children()[1])}}
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def median_colour_distance(image: np.ndarray) -> np.ndarray:
+    """The classical baseline: ``(H, W)`` distance of every pixel's RGB from the photo's median colour."""
+    med = np.median(image.reshape(-1, 3), axis=0)
+    return np.linalg.norm(image.astype(np.float32) - med.astype(np.float32), axis=2)
 
 
 def vote_groups(labels_csv: Path) -> tuple[dict[str, int], list[str], list[str]]:
@@ -81,86 +124,61 @@ def vote_groups(labels_csv: Path) -> tuple[dict[str, int], list[str], list[str]]
     return majority, pos, neg
 
 
-def shown(cmd: list[str]) -> str:
-    """A child's command line as a user would type it (``python`` for this interpreter, paths as given)."""
-    return shlex.join(["python", *(os.path.relpath(c) if c.startswith(str(HERE)) else c for c in cmd[1:])])
+def ranking(scores: dict[str, float], votes: tuple[dict[str, int], list[str], list[str]]) -> dict:
+    """Image AUROC of ``stem -> photo score`` against the majority labels, and whether every unanimously
+    anomalous photo scores above every unanimously normal one (``votes``: :func:`vote_groups`)."""
+    majority, pos, neg = votes
+    stems = [s for s in majority if s in scores]
+    above = (min(scores[s] for s in pos if s in scores) > max(scores[s] for s in neg if s in scores)
+             if any(s in scores for s in pos) and any(s in scores for s in neg) else None)
+    return {"image_auroc_majority": image_auroc([scores[s] for s in stems], [majority[s] for s in stems]),
+            "unanimous_anomalous_above_clean": above, "scores": {s: round(scores[s], 4) for s in stems}}
 
 
-def train_predict(py: str, data: Path, runs: Path, train_args: list[str]) -> tuple[list[str], list[str]]:
-    """The train and predict command lines of one benchmark run into ``runs``."""
-    train = [py, str(HERE / "train.py"), "--data", str(data), "--out", str(runs), *train_args]
-    predict = [py, str(HERE / "predict.py"), "--data", str(data), "--model", str(runs / "model.pt"),
-               "--out", str(runs / "pred")]
-    if "--device" in train_args:
-        predict += ["--device", train_args[train_args.index("--device") + 1]]
-    return train, predict
+def baseline(data: Path, scale: float, sigma: float, votes) -> dict:
+    """The median-colour baseline twice: raw full-size distances, and computed like the model's map (at the
+    model's ``scale``, Gaussian ``sigma``, resized back), which removes JPEG noise and is the fairer comparison."""
+    maps: dict[str, list] = {"raw": [], "smoothed": []}
+    scores: dict[str, dict] = {"raw": {}, "smoothed": {}}
+    masks = []
+    for path in list_images(data / "images"):
+        img = read_rgb(path)
+        smooth = ndimage.gaussian_filter(median_colour_distance(resize(img, scale)), sigma)
+        for kind, m in (("raw", median_colour_distance(img)), ("smoothed", resize_map(smooth, img.shape[:2]))):
+            maps[kind].append(m)
+            scores[kind][path.stem] = float(m.max())
+        masks.append(read_mask(data / "masks" / "consensus" / f"{path.stem}.png", {0: 0}, default=1).astype(bool))
+    return {kind: {"pixel": pixel_metrics(maps[kind], masks), "image": ranking(scores[kind], votes)}
+            for kind in ("raw", "smoothed")}
 
 
-def labels_and_scores(rows: dict[str, dict]) -> tuple[dict[str, str], dict[str, float]]:
-    return ({s: r["label"] for s, r in rows.items()},
-            {s: float(r["score"]) for s, r in rows.items() if r["status"] == "ok"})
-
-
-def read_rows(pred: Path) -> dict[str, dict]:
+def metrics(data: Path, pred: Path, config: dict) -> dict:
+    """The model's pixel and image figures on ``pred`` (predict.py's outputs), the baseline's, and on which
+    pixel metrics the model beats both forms of the baseline."""
     with open(pred / "predictions.csv", newline="") as f:
-        return {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+    votes = vote_groups(data / "image_labels.csv")
+    model = evaluate(pred, data / "masks" / "consensus", None)
+    image = ranking({s: float(r["score"]) for s, r in rows.items() if r["status"] == "ok"}, votes)
+    base = baseline(data, config["scale"], config["sigma"], votes)
+    beats = {k: model[k] > max(base["raw"]["pixel"][k], base["smoothed"]["pixel"][k])
+             for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1")}
+    return {"pixel": {k: model.get(k) for k in PIXEL_KEYS},
+            "image": {**image, "labels": {s: r["label"] for s, r in rows.items()}},
+            "baseline_median_colour": base, "model_beats_baseline": beats}
 
 
-def fusion_weights(model_path: Path, data: Path, masks_dir: Path, weights: list[float], device: str,
-                   ranking) -> dict:
-    """Pixel and image metrics of the trained model's two standardised maps fused with each of ``weights``
-    (0: colour map alone, 1: deep map alone), computed by predict.score_maps exactly as predict.py does, at
-    full size; the label-free threshold and area rule of the checkpoint apply to every fused map."""
+# ---------------------------------------------------------------------------------------------- record
+def machine(device: str) -> dict:
     import torch
 
-    from wood_anomaly import predict
-
-    dev = predict.resolve_device(device)
-    model, cfg, ckpt = predict.load_model(model_path, dev)
-    if cfg.colour_stride <= 0:
-        return {"note": "the model has no colour channel (--colour-stride 0): no fusion to vary"}
-    threshold = ckpt["threshold"]
-    parts, masks, shapes, stems = [], [], [], []
-    with torch.no_grad():
-        for path in list_images(data / "images"):
-            image = read_rgb(path)
-            parts.append(predict.score_maps(model, image, cfg, dev, ckpt))
-            shapes.append(image.shape[:2])
-            stems.append(path.stem)
-            masks.append(read_mask(masks_dir / f"{path.stem}.png", {0: 0}, default=1).astype(bool))
-    out = {}
-    for w in weights:
-        maps = [resize_map(fuse(deep, colour, w), shape) for (deep, colour), shape in zip(parts, shapes)]
-        binary = [m > threshold for m in maps]
-        scores = {s: float(m.max() / threshold) for s, m in zip(stems, maps)}
-        out[f"deep_weight={w:g}"] = {
-            "pixel": pixel_metrics(maps, masks, binary),
-            "image_ranking": ranking(scores),
-            "labels": {s: predict.photo_label(int(b.sum()), b.mean(), cfg.min_area) for s, b in zip(stems, binary)}}
-        del maps, binary
-    return out
+    gpu = torch.cuda.get_device_name(0) if device != "cpu" and torch.cuda.is_available() else None
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu}
 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Run from the repository root.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="../shared/data/wood", help="real wood folder (images/, masks/consensus/)")
-    p.add_argument("--runs", default="runs/wood_bench", help="where the run's model and predictions go")
-    p.add_argument("--out", default="benchmarks/wood.json", help="benchmark JSON")
-    p.add_argument("--train-args", default="", help="extra train.py arguments, e.g. '--k 50'")
-    p.add_argument("--seed", type=int, default=0, help="training seed (train.py --seed; predict uses the checkpoint's)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="device of train.py, predict.py and the fusion-weight maps")
-    p.add_argument("--weights", default="0,1",
-                   help="comma-separated fusion weights to score on the same model besides its own "
-                        "(0: colour map alone, 1: deep map alone; empty: none)")
-    p.add_argument("--extra-seeds", default="",
-                   help="comma-separated other training seeds: train + predict again with each (into <runs>/seed<N>)")
-    p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
-    p.add_argument("--reuse", action="store_true",
-                   help="score the model and predictions already in --runs again (no train/predict timings)")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     data, runs = Path(args.data), Path(args.runs)
     if not (data / "images").is_dir() or not (data / "masks" / "consensus").is_dir():
         print(f"bench-wood: {data} has no images/ and masks/consensus/ (real data); skipping. "
@@ -170,108 +188,30 @@ def main(argv=None) -> None:
         print(f"bench-wood: {data} holds generated demo data, not the real photos; skipping")
         return
 
-    py = sys.executable
+    train_cmd, predict_cmd = commands(data, runs, shlex.split(args.train_args), args.device)
     load_before = os.getloadavg()
-    train_args = ["--seed", str(args.seed), "--device", args.device, *shlex.split(args.train_args)]
-    train_cmd, predict_cmd = train_predict(py, data, runs, train_args)
-    if args.reuse:
-        train_s, train_cpu, train_peak, predict_s, peak = (None,) * 5
-    else:
-        train_s = run(train_cmd)
-        train_peak, train_cpu = peak_child_mib(), child_cpu_s()
-        predict_s = run(predict_cmd)
-        peak = peak_child_mib()
+    timings = {"reused_run": True} if args.reuse else train_and_predict(train_cmd, predict_cmd, runs / "pred")
     load_after = os.getloadavg()
-
-    rows = read_rows(runs / "pred")
-    masks_dir = data / "masks" / "consensus"
-    deep = evaluate(runs / "pred", masks_dir, None)
-    majority, unanimous_pos, unanimous_neg = vote_groups(data / "image_labels.csv")
-
-    # the baseline twice: raw full-size distances, and computed like the model's map (at the model's scale,
-    # same Gaussian smoothing, resized back), which removes JPEG noise and is the fairer comparison
-    cfg = json.loads((runs / "config.json").read_text())
-    base_maps, smooth_maps, masks, base_scores, smooth_scores = [], [], [], {}, {}
-    for path in list_images(data / "images"):
-        img = read_rgb(path)
-        m = median_colour_distance(img)
-        sm = ndimage.gaussian_filter(median_colour_distance(resize(img, cfg["scale"])), cfg["sigma"])
-        sm = resize_map(sm, img.shape[:2])
-        base_maps.append(m)
-        smooth_maps.append(sm)
-        masks.append(read_mask(masks_dir / f"{path.stem}.png", {0: 0}, default=1).astype(bool))
-        base_scores[path.stem], smooth_scores[path.stem] = float(m.max()), float(sm.max())
-    baseline = pixel_metrics(base_maps, masks)
-    del base_maps
-    baseline_smooth = pixel_metrics(smooth_maps, masks)
-
-    def ranking(scores: dict[str, float]) -> dict:
-        stems = [s for s in majority if s in scores]
-        return {"image_auroc_majority": image_auroc([scores[s] for s in stems], [majority[s] for s in stems]),
-                "unanimous_anomalous_above_clean": min(scores[s] for s in unanimous_pos)
-                > max(scores[s] for s in unanimous_neg),
-                "scores": {s: round(scores[s], 4) for s in stems}}
-
-    deep_scores = {s: float(r["score"]) for s, r in rows.items() if r["status"] == "ok"}
-    with open(runs / "pred" / "timings.csv", newline="") as f:
-        timings = list(csv.DictReader(f))
-    seconds = [float(r["seconds"]) for r in timings]
-    cpu = [float(r["cpu_seconds"]) for r in timings]
-    result = {
-        "data": str(data), "photos": len(rows), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    config = json.loads((runs / "config.json").read_text())
+    record = {
+        "task": "wood_anomaly", "what": WHAT,
         "command": shlex.join(["python", "wood_anomaly/bench.py", *argv]),
-        "train_command": shown(train_cmd), "predict_command": shown(predict_cmd), "reused_runs": args.reuse,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
-                    "load_avg_1_5_15_after": [round(x, 2) for x in load_after],
-                    "note": args.note or "cpu_seconds / cores estimates the wall time on an idle machine"},
-        "model": {"method": "PatchCore-style k-NN memory bank on EfficientNet-Lite0 (ImageNet) features, "
-                            "fused (weighted geometric mean) with a colour-rarity map vs the photo's own cells",
-                  "config": json.loads((runs / "config.json").read_text()),
-                  "pixel": {k: deep[k] for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou",
-                                                 "mask_f1", "mask_iou")},
-                  "image_ranking": ranking(deep_scores),
-                  "labels": {s: r["label"] for s, r in rows.items()},
-                  "train_seconds_incl_model_load": rnd(train_s),
-                  "train_cpu_seconds": rnd(train_cpu),
-                  "predict_seconds_per_photo": round(float(np.mean(seconds)), 2) if seconds else None,
-                  "predict_cpu_seconds_per_photo": round(float(np.mean(cpu)), 2) if cpu else None,
-                  "predict_seconds_total_incl_writing": rnd(predict_s),
-                  "peak_memory_mib": {"train": rnd(train_peak), "train_and_predict": rnd(peak)}},
-        "baseline_median_colour_distance": {"pixel": baseline, "image_ranking": ranking(base_scores),
-                                            "pixel_smoothed": baseline_smooth,
-                                            "image_ranking_smoothed": ranking(smooth_scores)},
+        "steps": {"train": shown(train_cmd), "predict": shown(predict_cmd)},
+        "config": config,
+        "data": {"path": str(data), "photos": len(list_images(data / "images")), "masks": "masks/consensus"},
+        "machine": machine(args.device),
+        "load": {"avg_1_5_15_before": [round(x, 2) for x in load_before],
+                 "avg_1_5_15_after": [round(x, 2) for x in load_after],
+                 "note": args.note or "cpu_seconds / cores estimates the wall time on an idle machine"},
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "metrics": metrics(data, runs / "pred", config),
+        "timings": timings,
     }
-    result["model_beats_baseline"] = {k: result["model"]["pixel"][k] > max(baseline[k], baseline_smooth[k])
-                                      for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1")}
-    weights = [float(w) for w in args.weights.split(",") if w.strip()]
-    if weights:
-        own = float(cfg["deep_weight"])
-        t0 = time.perf_counter()
-        result["fusion_weights"] = fusion_weights(runs / "model.pt", data, masks_dir,
-                                                  sorted({*weights, own}), args.device, ranking)
-        result["fusion_weights"]["note"] = (f"the trained model's maps fused with other weights (its own: {own:g}, "
-                                            "which reproduces the model's figures up to float16 storage); "
-                                            f"{time.perf_counter() - t0:.0f} s")
-    extra = {}
-    for seed in [int(v) for v in args.extra_seeds.split(",") if v.strip()]:
-        seed_runs = runs / f"seed{seed}"
-        seed_args = ["--seed", str(seed), "--device", args.device, *shlex.split(args.train_args)]
-        seed_train, seed_predict = train_predict(py, data, seed_runs, seed_args)
-        run(seed_train)
-        run(seed_predict)
-        seed_rows = read_rows(seed_runs / "pred")
-        seed_labels, seed_scores = labels_and_scores(seed_rows)
-        seed_eval = evaluate(seed_runs / "pred", masks_dir, None)
-        extra[str(seed)] = {"train_command": shown(seed_train), "predict_command": shown(seed_predict),
-                            "pixel": {k: seed_eval[k] for k in result["model"]["pixel"]},
-                            "image_ranking": ranking(seed_scores), "labels": seed_labels}
-    if extra:
-        result["other_seeds"] = extra
-        result["machine"]["load_avg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
-    write_json(args.out, result)
-    print(dumps_json({k: result[k] for k in ("model_beats_baseline",)}, indent=1))
-    print(f"model {result['model']['pixel']}\nbaseline {baseline}\nbaseline smoothed {baseline_smooth}\n-> {args.out}")
+    write_json(args.out, record)
+    m = record["metrics"]
+    print(dumps_json({"model": m["pixel"], "baseline_smoothed": m["baseline_median_colour"]["smoothed"]["pixel"],
+                      "model_beats_baseline": m["model_beats_baseline"]}, indent=1))
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
 from scipy import ndimage
 
 from common.tiling import MAX_TILE, Stitcher, TileGrid, iter_tile_batches, tile_grid

@@ -41,7 +41,8 @@ def fabric_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return base * (0.8 + 0.3 * weave[..., None]) + 6 * smooth_noise((h, w), rng, scale=30)[..., None]
 
 
-def add_defects(img: np.ndarray, rng: np.random.Generator, n_knots: int, n_cracks: int) -> tuple[np.ndarray, np.ndarray]:
+def add_defects(img: np.ndarray, rng: np.random.Generator, n_knots: int,
+                n_cracks: int) -> tuple[np.ndarray, np.ndarray]:
     """Paint dark knots (ellipses with rings) and thin cracks; return ``(image, mask (H, W) uint8 0/255)``."""
     h, w = img.shape[:2]
     mask = Image.new("L", (w, h), 0)

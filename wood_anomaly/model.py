@@ -38,7 +38,8 @@ def load_backbone() -> nn.Module:
 
 class PatchFeatures(nn.Module):
     """Frozen multi-scale patch features: the outputs of ``stages``, each averaged over a ``pool`` x ``pool``
-    neighbourhood (PatchCore's local aggregation), resized to the finest stage's stride and concatenated along channels."""
+    neighbourhood (PatchCore's local aggregation), resized to the finest stage's stride and concatenated along
+    channels."""
 
     def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3):
         super().__init__()

@@ -11,9 +11,10 @@ stem (``board.jpg``, ``board.png``) each get a folder named by the whole file na
 score, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds,
 cpu_seconds`` (kept apart so that the predictions are the same bytes on every run). A photo that cannot be
 read or processed gets a row with label ``error`` and ``status`` = the file and the reason, and no outputs in
-its folder (those of an earlier run are removed, so none pass for its result); the others are processed. The tables are written even when the run stops early (an error, Ctrl-C, SIGTERM): the photos not
-reached get the status ``not processed: ...``; they are also saved during the run (before the first photo, then
-at most every 10 s, each time atomically), so that after a SIGKILL they hold the photos done by the last save.
+its folder (those of an earlier run are removed, so none pass for its result); the others are processed. The
+tables are written even when the run stops early (an error, Ctrl-C, SIGTERM): the photos not reached get the
+status ``not processed: ...``; they are also saved during the run (before the first photo, then at most every
+10 s, each time atomically), so that after a SIGKILL they hold the photos done by the last save.
 Exit status: 0 when at least one photo was scored (or this shard has no photo), 1 when none could be or the
 outputs cannot be written, 2 for a wrong path or option.
 
@@ -35,6 +36,8 @@ its smoothed map divided by the threshold (> 1 means some pixel passed the thres
 A training photo is scored like any other photo, except that its own memory-bank rows are left out (it is
 recognised by its pixels, data.image_id, whatever its file name): its own cells enter only through the
 self-reference sample, as for a new photo.
+The random self-reference and colour-reference cells of each photo are drawn with the training seed stored in
+the checkpoint, so a model gives the same outputs on every run (train with another ``--seed`` for others).
 """
 from __future__ import annotations
 
@@ -61,7 +64,15 @@ from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_image
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
 from wood_anomaly.data import colour_map, feature_map, image_id, resize, resize_map
 from wood_anomaly.model import PatchCore, fuse, knn_distance, standardise
-from wood_anomaly.train import DEFAULT_RUNS, DEVICES, TrainConfig, build_model, check_config, image_folder, resolve_device
+from wood_anomaly.train import (
+    DEFAULT_RUNS,
+    DEVICES,
+    TrainConfig,
+    build_model,
+    check_config,
+    image_folder,
+    resolve_device,
+)
 
 FIELDS = ["image", "score", "label", "anomalous_area_px", "anomalous_area_frac", "status"]  # predictions.csv
 TIMING_FIELDS = ["image", "seconds", "cpu_seconds"]  # timings.csv
@@ -313,9 +324,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.0,
                    help="pixel threshold on the fused map, in training spreads (the model's own is its "
                         "--threshold-spreads, 10 by default); 0: the one stored at training")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the random self-reference cells and colour-reference cells drawn from each photo "
-                        "(default: the training seed stored in the checkpoint, so a run reproduces the benchmark)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch (0: PyTorch's default)")
     add_shard_argument(p)
@@ -352,8 +360,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device, args.threads, local_rank=launcher_env()[2])
     model, cfg, ckpt = load_model(args.model, device)
-    if args.seed is not None:
-        cfg.seed = args.seed
     threshold = args.threshold or ckpt["threshold"]
     try:
         with exit_on_sigterm():

@@ -2,44 +2,25 @@
 
     python wood_anomaly/train.py                                  # data/wood/images -> runs/wood/
     python wood_anomaly/train.py --data ../shared/data/wood --out runs/wood_real
+    torchrun --nproc_per_node=N wood_anomaly/train.py ...         # N processes (README.md: more machines)
 
-Method (see README.md): every photo is resized by ``--scale``, cut into 256x256 tiles and passed through a
-frozen ImageNet EfficientNet-Lite0; the locally averaged features of two early stages describe each patch.
-The tiles' feature maps are blended into one map of the photo (``data.feature_map``, the very map predict
-scores: each cell once, no tile-overlap duplicates, no reflect-padding cells), and a uniform random sample of
-``--patches-per-image`` of its cells per photo forms the memory bank. The
-training photos may contain defects: a uniform sample keeps the bank's density faithful (a greedy coreset
-would pick exactly the rare, defective patches), and the score of a patch is its mean distance to its
-``--k`` nearest bank features, so a defect seen a few times in training (the same board photographed twice)
-still scores high as long as ``k`` exceeds the number of its copies.
+Reads top to bottom: config -> device and processes -> per-photo features (data) -> memory bank (model) ->
+calibration -> checkpoint. Each photo is resized by ``--scale``, featurised tile by tile by a frozen ImageNet
+EfficientNet-Lite0 into one feature map (``data.feature_map``, the very map predict scores), and a uniform
+random sample of ``--patches-per-image`` of its cells joins the memory bank (uniform, not a greedy coreset: the
+training photos may contain defects, and a coreset would keep exactly those). Held-out cells of every photo,
+scored as predict scores them, give the training spread of the deep and colour scores that standardises both
+maps, and the label-free pixel threshold (``--threshold-spreads`` spreads above the median). The design is in
+README.md.
 
-Each photo is compared with the bank rows of the ``--neighbours`` training photos whose mean feature is closest
-to its own (SPADE-style retrieval: pine with pine, walnut with walnut; a training photo never with its own bank
-rows: it is recognised by its pixels, ``data.image_id``, whatever its file name),
-plus ``--self-patches`` random patches of the photo itself (self-reference: a new species is compared with
-itself too).
+Training is one pass with no optimiser and no trained weights (the backbone is frozen; only the bank is filled):
+no epochs, no loss curve, nothing to resume. Outputs in ``--out``: ``model.pt`` (bank, config, threshold, score
+statistics, training photos' names and identities), ``config.json`` and ``log.csv`` (one row per photo). Every
+option is checked before any work (``check_config``), so a setting predict.py could not use stops here.
 
-A colour channel sharpens the map: the mean colour of every ``--colour-stride`` square cell (at ``--scale``) scored by its mean
-distance to the ``--k`` nearest of ``--colour-patches`` random cells of the same photo (how rare the colour is
-in its own photo). Both maps are standardised by their spread over the training photos, ``(s - q50) / (q95 -
-q50)``, and fused by a weighted geometric mean, ``deep^w * colour^(1-w)`` (``--deep-weight``): a pixel is
-anomalous only where its texture *and* its colour are unusual.
-
-The pixel threshold is set without labels: ``--threshold-spreads`` training spreads above the median.
-
-Outputs in ``--out``: ``model.pt`` (memory bank, config, threshold, score statistics, training photos' names and
-identities), ``config.json`` and ``log.csv`` (one row per training photo). Training is a single pass with no
-optimiser and no trained weights (the backbone is frozen; only the bank is filled), so there are no epochs, no
-loss curve and nothing to resume: a run takes about a minute on the 7 photos and is simply run again.
-Every option is checked before any work (``check_config``), so a setting that predict.py could not use stops
-here with the option named.
-
-More than one process or machine: ``torchrun --nproc_per_node=N wood_anomaly/train.py ...`` (plus torchrun's
-``--nnodes/--node-rank/--rdzv-*`` arguments across machines). Each rank reads and featurises its
-DistributedSampler share of the photos; the per-photo bank samples are all-gathered (torch.distributed, gloo
-on CPU, nccl on CUDA), so every rank ends with the same memory bank and threshold as a single process (the
-random sample of each photo is seeded by the photo's index, not by the order the photos are processed in).
-Rank 0 alone writes the log and the checkpoint.
+Under torchrun each rank featurises its DistributedSampler share of the photos and the per-photo samples are
+all-gathered (gloo on CPU, nccl on CUDA): every rank ends with the bank and threshold of a single process (each
+photo's sample is seeded by its index in the sorted folder). Rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
@@ -66,15 +47,18 @@ DEFAULT_DATA = Path("data/wood")
 DEFAULT_RUNS = Path("runs/wood")
 
 
+# ------------------------------------------------------------------------------------------------------------ config
 @dataclass
 class TrainConfig:
     data: str = str(DEFAULT_DATA)  # folder of photos, or a folder holding images/ (the real set's layout)
     out: str = str(DEFAULT_RUNS)  # run folder: model.pt, config.json, log.csv
-    scale: float = 0.5  # photos are resized by this before tiling (2592x1952 -> 1296x976)
+    scale: float = 0.5  # photos are resized by this before tiling (2592x1952 -> 1296x976; 1.0: smaller defects,
+    #                     4x the work)
     stages: str = "1,2"  # EfficientNet-Lite0 stages used as patch features (1: stride 4, 2: 8, 3: 16)
     pool: int = 3  # local averaging of features over pool x pool neighbours (PatchCore aggregation)
     patches_per_image: int = 2000  # uniform random patch features per photo kept in the memory bank
-    self_patches: int = 500  # at predict: random patches of the scored photo itself added to the bank
+    self_patches: int = 500  # at predict: random patches of the scored photo itself added to its reference
+    #                          (an unseen surface is compared with itself too)
     calib_patches: int = 4000  # held-out patches per photo whose scores set the threshold
     k: int = 30  # score = mean distance to the k nearest bank features (k > copies of any one defect)
     neighbours: int = 3  # score against the bank rows of the most similar other training photos (0: all)
@@ -82,8 +66,10 @@ class TrainConfig:
     colour_stride: int = 2  # colour channel: mean RGB of stride x stride cells of the resized photo (0: off)
     colour_patches: int = 2000  # colour reference: random cells of the scored photo itself (k nearest: --k)
     colour_sigma: float = 1.5  # Gaussian smoothing of the colour map, in pixels of the resized photo
-    deep_weight: float = 0.2  # map = deep^w * colour^(1-w), both standardised by their training spread (1: deep only)
-    threshold_spreads: float = 10.0  # label-free pixel threshold: this many training spreads (q95 - q50) above the median
+    deep_weight: float = 0.2  # map = deep^w * colour^(1-w) of the standardised maps (1: the deep map alone, for
+    #                           surfaces whose defects are no colour change; lower --threshold-spreads with it)
+    threshold_spreads: float = 10.0  # label-free pixel threshold: training spreads (q95 - q50) above the median
+    #                                  (lower: larger masks, more photos called anomalous)
     tile: int = 256  # network input tile (<= 256)
     overlap: int = 32  # overlap of neighbouring tiles, blended by common.tiling
     pad: int = 32  # reflect padding around each tile before the network (hides tile-border effects)
@@ -91,7 +77,7 @@ class TrainConfig:
     min_area: float = 2e-5  # predict: a photo is anomalous when its mask covers at least this fraction (0: any pixel)
     seed: int = 0  # random seed of the bank, calibration and colour-reference samples (predict reuses it)
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the GPU of LOCAL_RANK)
-    threads: int = 2  # CPU threads of PyTorch, 0: its default (the shared development machine has 2 cores)
+    threads: int = 2  # CPU threads of PyTorch (0: PyTorch's default, every core)
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -147,12 +133,7 @@ def parse_args(argv=None) -> TrainConfig:
     return cfg
 
 
-def image_folder(data: str | Path) -> Path:
-    """``data/images`` when it exists (the real set's layout), else ``data`` itself."""
-    data = Path(data)
-    return data / "images" if (data / "images").is_dir() else data
-
-
+# ---------------------------------------------------------------------------------------------- device and processes
 def resolve_device(name: str, threads: int = 2, local_rank: int = 0) -> torch.device:
     """``auto | cpu | cuda`` -> a device; under torchrun each process of a machine takes GPU ``local_rank``."""
     if threads > 0:
@@ -167,7 +148,7 @@ def resolve_device(name: str, threads: int = 2, local_rank: int = 0) -> torch.de
     return torch.device(name)
 
 
-def init_distributed(cfg: "TrainConfig") -> tuple[int, int, torch.device]:
+def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     """``(rank, world_size, device)``. Under torchrun (WORLD_SIZE > 1) join its process group from the
     environment it sets (MASTER_ADDR/PORT, RANK, WORLD_SIZE): nccl on CUDA, gloo on CPU."""
     rank, world, local_rank = launcher_env()
@@ -178,7 +159,16 @@ def init_distributed(cfg: "TrainConfig") -> tuple[int, int, torch.device]:
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> PatchCore:
-    return PatchCore(parse_stages(cfg.stages), cfg.pool, cfg.k, cfg.neighbours).to(device).eval().to(memory_format=torch.channels_last)
+    """The frozen feature extractor with an empty memory bank, on ``device`` (channels_last: faster convolutions)."""
+    model = PatchCore(parse_stages(cfg.stages), cfg.pool, cfg.k, cfg.neighbours)
+    return model.to(device).eval().to(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------------------------- data -> memory bank
+def image_folder(data: str | Path) -> Path:
+    """``data/images`` when it exists (the real set's layout), else ``data`` itself."""
+    data = Path(data)
+    return data / "images" if (data / "images").is_dir() else data
 
 
 def photo_features(model: PatchCore, index: int, path: Path, cfg: TrainConfig, device: torch.device) -> dict:
@@ -238,6 +228,7 @@ def fit_bank(model: PatchCore, paths: list[Path], cfg: TrainConfig, device: torc
     return parts
 
 
+# ------------------------------------------------------------------------------------------------------- calibration
 def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig) -> dict:
     """Training spread of each score: its median and 95th percentile over the training photos, from which the
     maps are standardised, ``(s - q50) / (q95 - q50)``; and the label-free pixel threshold on the fused,
@@ -265,6 +256,7 @@ def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------- outputs
 def save_checkpoint(path: Path, model: PatchCore, cfg: TrainConfig, calib: dict, names: list[str]) -> None:
     ckpt = {"bank": model.bank.cpu(), "bank_image": model.bank_image.cpu(), "image_desc": model.image_desc.cpu(),
             "config": asdict(cfg), **calib, "train_images": names, "train_ids": model.train_ids}
@@ -279,6 +271,7 @@ def write_log(path: Path, parts: list[dict]) -> None:
         log.writerows(p["log"] for p in parts if "error" not in p)
 
 
+# ----------------------------------------------------------------------------------------------------------- the run
 def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
     """Fit the model on ``cfg.data`` (this process's share when started by torchrun); rank 0 writes the run
     folder. Returns the model and its calibration (threshold, score quantiles), identical on every rank."""
@@ -310,7 +303,8 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
     seconds = time.perf_counter() - t0
     if rank == 0:
         write_log(out / "log.csv", parts)
-        save_checkpoint(out / "model.pt", model, cfg, calib, [paths[p["index"]].name for p in parts if "error" not in p])
+        names = [paths[p["index"]].name for p in parts if "error" not in p]
+        save_checkpoint(out / "model.pt", model, cfg, calib, names)
         write_json(out / "config.json", {**asdict(cfg), "bank_size": int(model.bank.shape[0]), "world_size": world,
                                          "threshold": calib["threshold"], "train_seconds": round(seconds, 1)})
         print(f"memory bank {tuple(model.bank.shape)}, score spreads {calib}, "

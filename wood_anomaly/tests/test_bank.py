@@ -13,6 +13,8 @@ from common.io import list_images, read_rgb
 from wood_anomaly import predict
 from wood_anomaly.data import feature_map, image_id
 
+pytestmark = pytest.mark.slow  # every test here uses a trained model
+
 CPU = torch.device("cpu")
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,8 @@ import torch
 from common.io import read_mask
 from common.metrics import pixel_auroc
 from wood_anomaly import predict
+
+pytestmark = pytest.mark.slow  # trains and predicts on demo photos
 
 
 def rows_of(folder, name="predictions.csv"):
@@ -89,19 +90,3 @@ def test_constant_image_flat_without_self_reference(trained_run):
     m = predict.anomaly_map(model, np.full((200, 300, 3), 128, np.uint8), cfg, torch.device("cpu"), ckpt)
     threshold = torch.load(trained_run / "model.pt", weights_only=True)["threshold"]
     assert m.shape == (200, 300) and m.max() - m.min() < 0.05 * threshold
-
-
-def test_bench_fusion_weights_reproduce_the_model_and_vary(trained_run, demo_dir, predicted):
-    """bench.fusion_weights scores the trained model's maps fused with other weights; its own weight gives the
-    figures of predict.py's maps (float16 apart), colour alone and deep alone give other maps."""
-    from wood_anomaly import bench, evaluate
-
-    own = torch.load(trained_run / "model.pt", weights_only=True)["config"]["deep_weight"]
-    masks = demo_dir / "masks" / "consensus"
-    out = bench.fusion_weights(trained_run / "model.pt", demo_dir, masks, [0.0, own, 1.0], "cpu", lambda s: s)
-    model = evaluate.evaluate(predicted, masks, None)
-    mine = out[f"deep_weight={own:g}"]
-    for key in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1"):
-        assert mine["pixel"][key] == pytest.approx(model[key], abs=2e-3), key
-    assert mine["labels"] == {Path(n).stem: r["label"] for n, r in rows_of(predicted).items() if "demo" in n}
-    assert out["deep_weight=0"]["pixel"]["pixel_ap"] != mine["pixel"]["pixel_ap"] != out["deep_weight=1"]["pixel"]["pixel_ap"]

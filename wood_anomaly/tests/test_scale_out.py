@@ -1,4 +1,4 @@
-"""Scale-out (issue 7): two gloo processes build the same model as one process; two predict shards merged
+"""Scale-out: two gloo processes build the same model as one process; two predict shards merged
 give the very bytes of an unsharded run."""
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from common.shard import main as shard_main
 from wood_anomaly import predict, train
-from wood_anomaly.tests.test_pipeline import rows_of
 from wood_anomaly.tests.conftest import TINY
+from wood_anomaly.tests.test_pipeline import rows_of
+
+pytestmark = pytest.mark.slow  # trains in two processes, predicts
 
 STATE = ("bank", "bank_image", "image_desc")
 
