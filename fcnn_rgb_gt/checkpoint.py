@@ -12,6 +12,7 @@ from common.io import atomic_path
 from fcnn_rgb_gt.data import CropSampler
 from fcnn_rgb_gt.ddp import gather, rank0_decides
 from fcnn_rgb_gt.infer import CheckpointError, read_checkpoint
+from fcnn_rgb_gt.model import drop_legacy
 
 THRESHOLD = 0.5  # building probability threshold of validation, stored in the checkpoint for predict.py
 
@@ -43,11 +44,9 @@ def stored_options(path: Path, stored: dict) -> dict:
     """A checkpoint's config in this version's options: older options at the value now built in are dropped,
     ``normalize`` / ``batch_norm`` become ``plain``; another value is a CheckpointError naming it."""
     stored = dict(stored)
-    for name, builtin in LEGACY_OPTIONS.items():
-        value = stored.pop(name, builtin)
-        if value != builtin:
-            raise CheckpointError(f"{path}: trained with --{name.replace('_', '-')} {value}, an option this "
-                                  f"version no longer has (it trains as {builtin!r} only); start a new run")
+    other = drop_legacy(stored, LEGACY_OPTIONS)
+    if other:
+        raise CheckpointError(f"{path}: its option {other}; start a new run")
     extras = {stored.pop("normalize", None), stored.pop("batch_norm", None)} - {None}
     if len(extras) > 1:
         raise CheckpointError(f"{path}: trained with only one of input standardisation and batch norm, which this "

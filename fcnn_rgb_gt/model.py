@@ -36,16 +36,25 @@ class ModelConfig:
         """The config a checkpoint stores. Options that older versions had are accepted at the value that is now
         built in (no dropout, nearest-neighbour upsampling); at another value ValueError says which."""
         stored = dict(stored)
-        for name, builtin in LEGACY_OPTIONS.items():
-            value = stored.pop(name, builtin)
-            if value != builtin:
-                raise ValueError(f"model option {name}={value!r} no longer exists (this version builds "
-                                 f"{name}={builtin!r} only)")
+        other = drop_legacy(stored, LEGACY_OPTIONS)
+        if other:
+            raise ValueError(f"model option {other}")
         return cls(**stored)
 
 
 # options of older versions and the value now built in (a checkpoint holding another value is refused)
 LEGACY_OPTIONS = {"dropout": 0.0, "upsample": "nearest"}
+
+
+def drop_legacy(stored: dict, legacy: dict) -> str:
+    """Remove the ``legacy`` options (name: the value now built in) from a stored config, in place; return
+    ``"name=value (...)"`` for the first one stored at another value, or ""."""
+    other = ""
+    for name, builtin in legacy.items():
+        value = stored.pop(name, builtin)
+        if value != builtin and not other:
+            other = f"{name}={value!r} no longer exists (this version has {name}={builtin!r} built in)"
+    return other
 
 
 class FCN(nn.Module):
