@@ -8,6 +8,9 @@ Conventions
   grayscale, palette, 16-bit, EXIF-rotated).
 * Masks are returned as ``(H, W)`` ``uint8`` arrays whose values come from an explicit mapping of the raw
   file values (e.g. ``{0: 1, 255: 0}`` for "0 = building, 255 = background").
+* An image is decoded only when its header declares at most :func:`max_pixels` pixels (200 Mpx unless the
+  ``VISION_MAX_PIXELS`` environment variable says otherwise): a 200 KB PNG can declare 40000 x 40000 pixels
+  and take gigabytes to decode.
 * Every read error is an :class:`ImageReadError` whose message starts with the file path, so that a user can
   act on it, and a batch loop can catch it, report it and carry on.
 * Every write goes to a temporary file in the target folder first and is renamed into place, so a crash
@@ -20,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,8 +33,35 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
-# Pillow refuses images above ~179 Mpx by default ("decompression bomb"); aerial mosaics can be larger.
-Image.MAX_IMAGE_PIXELS = 1_000_000_000
+# The largest image a reader decodes, checked from the header in _open (aerial mosaics can be large, a
+# decompression bomb is larger). Pillow's own guard would only refuse at twice its limit, so _open checks.
+MAX_PIXELS_ENV = "VISION_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = None  # the limit is _open's, so that VISION_MAX_PIXELS can raise it
+
+
+def max_pixels() -> int:
+    """The pixel limit of every reader here: ``$VISION_MAX_PIXELS`` if set (a positive number), else 200 Mpx.
+
+    A value that is not a positive number is reported on stderr (once) and the default is used.
+    """
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(value))
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        if value not in _warned:
+            _warned.add(value)
+            print(f"warning: {MAX_PIXELS_ENV}={value!r} is not a positive number of pixels; using "
+                  f"{DEFAULT_MAX_PIXELS}", file=sys.stderr)
+        return DEFAULT_MAX_PIXELS
+    return limit
+
+
+_warned: set[str] = set()
 
 
 class ImageReadError(ValueError):
@@ -48,7 +79,10 @@ class RLEError(ValueError):
 
 # --------------------------------------------------------------------------------------------------- reading
 def _open(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode ``path``; raise :class:`ImageReadError` with a reason a user can act on."""
+    """Open and fully decode ``path``; raise :class:`ImageReadError` with a reason a user can act on.
+
+    The header is read first: an image over :func:`max_pixels` is refused before any decoding.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file not found")
@@ -57,13 +91,21 @@ def _open(path: str | os.PathLike) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
     try:
-        img = Image.open(path)
-        img.load()  # force the decode so that truncated files fail here, not later
+        img = Image.open(path)  # reads the header only
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a readable image (unknown or unsupported format)") from None
-    except Image.DecompressionBombError as err:  # not an OSError: a small crafted header stopped whole batches
-        raise ImageReadError(path, f"image too large to decode ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:  # a corrupt header
+        raise ImageReadError(path, f"corrupt or truncated image ({err})") from None
+    width, height, limit = *img.size, max_pixels()
+    if width * height > limit:
+        img.close()
+        raise ImageReadError(path, f"image too large to decode: {width} x {height} = {width * height / 1e6:.0f} Mpx, "
+                                   f"over the limit of {limit / 1e6:.0f} Mpx (the {MAX_PIXELS_ENV} environment "
+                                   "variable raises it)")
+    try:
+        img.load()  # force the decode so that truncated files fail here, not later
     except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
+        img.close()
         raise ImageReadError(path, f"corrupt or truncated image ({err})") from None
     return img
 

@@ -93,6 +93,24 @@ def test_corrupt_empty_missing_and_folder(tmp_path, rgb):
         assert str(tmp_path / name) in str(err.value) and reason in str(err.value)
 
 
+def test_pixel_limit_is_checked_from_the_header(tmp_path, rgb, monkeypatch, capsys):
+    """A 40000 x 40000 PNG of a few hundred bytes is refused before decoding; the limit can be raised."""
+    (tmp_path / "bomb.png").write_bytes(png_claiming(40000, 40000))  # 1.6 Gpx: under Pillow's own 2x refusal
+    for read in (io.read_rgb, lambda p: io.read_mask(p, default=0)):
+        with pytest.raises(io.ImageReadError, match="1600 Mpx, over the limit of 200 Mpx"):
+            read(tmp_path / "bomb.png")
+    io.save_image(tmp_path / "ok.png", rgb)
+    h, w = rgb.shape[:2]
+    monkeypatch.setenv("VISION_MAX_PIXELS", str(h * w - 1))
+    with pytest.raises(io.ImageReadError, match="VISION_MAX_PIXELS"):
+        io.read_rgb(tmp_path / "ok.png")
+    monkeypatch.setenv("VISION_MAX_PIXELS", str(h * w))
+    np.testing.assert_array_equal(io.read_rgb(tmp_path / "ok.png"), rgb)
+    monkeypatch.setenv("VISION_MAX_PIXELS", "lots")
+    assert io.max_pixels() == io.DEFAULT_MAX_PIXELS
+    assert "VISION_MAX_PIXELS='lots' is not a positive number" in capsys.readouterr().err
+
+
 def test_read_mask_mapping(tmp_path):
     gt = np.array([[0, 255], [255, 0]], np.uint8)
     io.save_image(tmp_path / "gt.png", np.repeat(gt[..., None], 3, axis=2))  # RGB with identical channels
