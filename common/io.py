@@ -85,6 +85,9 @@ def _open(path: str | os.PathLike) -> Image.Image:
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise ImageReadError(path, f"symbolic link to a file that does not exist ({os.readlink(path)}): "
+                                       "file not found")
         raise ImageReadError(path, "file not found")
     if path.is_dir():
         raise ImageReadError(path, "is a folder, not an image file")
@@ -204,10 +207,15 @@ def _gray(path: str | os.PathLike, arr: np.ndarray) -> np.ndarray:
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (by extension, case-insensitive), sorted by name."""
+    """Entries of ``folder`` named like images (by extension, case-insensitive), sorted by name.
+
+    A folder or a symbolic link to nothing that carries an image name is listed too, so that the reader
+    names it with its reason (:func:`read_rgb` raises :class:`ImageReadError`) instead of leaving it out
+    without a word.
+    """
     folder = Path(folder)
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 # ------------------------------------------------------------------------------------------------ Kaggle RLE
