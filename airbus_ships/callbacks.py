@@ -1,18 +1,24 @@
 """Keras callbacks of train.py's fit: atomic checkpoints, the time budget, and early stopping / learning-rate
-plateau / CSV log that continue where a run stopped (``--resume``), with the state file that makes that possible."""
+plateau / CSV log that continue where a run stopped (``--resume``), with the state file that makes that possible
+(:func:`make_callbacks` puts them in order, :func:`saved_state` reads the state back)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import keras
+import pandas as pd
 import tensorflow as tf
 from keras import ops
 
 from airbus_ships.runtime import vote_to_stop
 from common.io import write_json
+
+STATE_FILE = "train_state.json"  # in model/, next to last.keras
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -110,3 +116,44 @@ class SaveTrainState(keras.callbacks.Callback):
             "learning_rate": float(ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "stop_training": bool(self.model.stop_training),
         })
+
+
+def saved_state(model_dir: Path, log_csv: Path) -> dict:
+    """The training state of the run whose checkpoints are in ``model_dir``: ``epochs_done`` and the
+    early-stopping / plateau counters (``train_state.json``); runs from before that file existed fall back to
+    the log: epochs done and the best validation loss. Exits with the reason when ``last.keras`` or a readable
+    state is missing."""
+    last, path = model_dir / "last.keras", model_dir / STATE_FILE
+    if not last.exists():
+        sys.exit(f"--resume: {last} not found")
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            sys.exit(f"--resume: {path}: cannot read the training state ({err})")
+    history = pd.read_csv(log_csv) if log_csv.exists() else pd.DataFrame()
+    best = float(history["val_loss"].min()) if "val_loss" in history else None
+    return {"epochs_done": int(history["epoch"].max()) + 1 if len(history) else 0,
+            "early_stopping": {"best": best}, "reduce_lr": {"best": best}}
+
+
+def make_callbacks(cfg, run_dir: Path, state: dict, strategy: tf.distribute.Strategy, chief: bool,
+                   run_start: float, reserve: float) -> list[keras.callbacks.Callback]:
+    """The fit's callbacks for the settings ``cfg`` (train.py's Config), in the order they run at the end of an
+    epoch: the ones that decide (early stopping, a learning-rate cut) before the ones that save, so that
+    last.keras and train_state.json hold the state after that epoch's decisions (a cut in the last epoch before
+    a stop survives --resume)."""
+    model_dir = run_dir / "model"
+    early = ResumableEarlyStopping(state.get("early_stopping"), monitor="val_loss", patience=cfg.patience)
+    plateau = ResumableReduceLROnPlateau(state.get("reduce_lr"), monitor="val_loss", factor=0.5, patience=3,
+                                         min_lr=1e-5)
+    return [
+        early,
+        plateau,
+        AtomicModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss", save_best_only=True,
+                              initial_value_threshold=state.get("early_stopping", {}).get("best")),
+        AtomicModelCheckpoint(str(model_dir / "last.keras")),
+        ResumableCSVLogger(str(run_dir / "train_log.csv"), append=cfg.resume and chief),
+        TimeBudget(cfg.time_budget_min, strategy, run_start, reserve),
+        SaveTrainState(model_dir / STATE_FILE, early, plateau),
+    ]

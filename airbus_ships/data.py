@@ -1,4 +1,5 @@
-"""Kaggle Airbus data: find the files, read and check the mask table, split it, stream it with ``tf.data``.
+"""Kaggle Airbus data: find the files, read and check the mask table, split it by image (numpy / pandas only;
+``pipeline.py`` streams the split with ``tf.data``).
 
 On-disk layouts accepted (``--data DIR``):
 
@@ -7,24 +8,24 @@ On-disk layouts accepted (``--data DIR``):
 
 The mask table has one row per ship (``ImageId,EncodedPixels``; 1-indexed, column-major runs over a 768x768
 image) and one row with an empty ``EncodedPixels`` per image without ships. It is read once into a small
-per-image table of RLE *strings* (about 100 MB for the full 231,723-row Kaggle CSV); masks are decoded on the
-fly, inside the ``tf.data`` graph, one image at a time: the pipeline never holds more masks than the images
-it is preparing.
+per-image table of RLE *strings* (about 100 MB for the full 231,723-row Kaggle CSV); ``pipeline.py`` decodes
+the masks on the fly, one image at a time.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+
+from common.io import atomic_write, rle_decode
 
 SIZE = 768  # Kaggle image side; RLE pixel numbers refer to a SIZE x SIZE image
-LOAD_WORKERS = min(4, os.cpu_count() or 1)  # parallel JPEG + RLE decodes in the training pipeline
 SHIP_SEP = ";"  # separates the RLE strings of the ships of one image in MaskTable.frame["rle"]
 
 LAYOUTS = (("images", "masks.csv"), ("train_v2", "train_ship_segmentations_v2.csv"))
@@ -210,7 +211,6 @@ def _overlapping_ships(df: pd.DataFrame, bad_ids: set[str], csv_path: Path) -> l
 
 def ship_instances(rle: str, size: int = SIZE) -> list[np.ndarray]:
     """The ships of one image as ``(size, size)`` bool masks, from a ``MaskTable.frame["rle"]`` value."""
-    from common.io import rle_decode
     return [rle_decode(r, (size, size)).astype(bool) for r in rle.split(SHIP_SEP) if r]
 
 
@@ -227,195 +227,57 @@ def split_by_image(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple
     return frame.drop(index=val.index), val
 
 
-# ------------------------------------------------------------------------------------------------ tf.data
-def _rle_runs(rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """``(0-based starts, lengths)`` int64 of the runs of one checked RLE string (``"start length ..."``)."""
-    values = tf.strings.to_number(tf.strings.split(rle), tf.int64)
-    return values[0::2] - 1, values[1::2]
+SPLIT_FILE = "split.csv"              # in a run folder: ImageId, subset (train / val); test.py --split reads it
+PROBLEMS_FILE = "data_problems.txt"   # in a run folder: every CSV row / image left out, one per line
 
 
-def tf_rle_decode(rle: tf.Tensor, size: int = SIZE) -> tf.Tensor:
-    """Decode checked Kaggle RLE strings (several ships joined by ``SHIP_SEP``) to one ``(size, size)`` uint8
-    mask in the TF graph."""
-    starts, lengths = _rle_runs(tf.strings.regex_replace(rle, SHIP_SEP, " "))
-    index = tf.ragged.range(starts, starts + lengths).flat_values
-    flat = tf.scatter_nd(index[:, None], tf.ones_like(index, tf.uint8), [size * size])
-    return tf.transpose(tf.reshape(tf.minimum(flat, 1), [size, size]))  # column-major numbering
+def split_table(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """``ImageId, subset`` rows: the training images, then the validation images."""
+    return pd.DataFrame({"ImageId": list(train["ImageId"]) + list(val["ImageId"]),
+                         "subset": ["train"] * len(train) + ["val"] * len(val)})
 
 
-def load_example(path: tf.Tensor, rle: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Read one JPEG and decode its mask: ``(768, 768, 3)`` uint8 and ``(768, 768, 1)`` uint8.
-
-    :func:`read_mask_table` has already dropped (and named) the images whose header, size or end it found
-    wrong; a file that still fails to decode raises here and the pipeline's ``ignore_errors`` skips it (its log
-    line, hidden by ``TF_CPP_MIN_LOG_LEVEL=2``, does not name the file); one damaged inside its data decodes.
-    """
-    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
-    tf.debugging.assert_equal(tf.shape(image)[:2], [SIZE, SIZE],
-                              message=tf.strings.join([path, ": image is not 768x768; skipped"]))
-    image = tf.ensure_shape(image, [SIZE, SIZE, 3])
-    return image, tf_rle_decode(rle)[..., None]
+def write_split(run_dir: Path, train: pd.DataFrame, val: pd.DataFrame, problems: list[str]) -> None:
+    """``split.csv`` (which image is in which subset; test.py --split) and ``data_problems.txt`` (all of them,
+    not only the first ones printed)."""
+    with atomic_write(run_dir / SPLIT_FILE, "w", newline="") as f:
+        split_table(train, val).to_csv(f, index=False)
+    if problems:
+        with atomic_write(run_dir / PROBLEMS_FILE, "w") as f:
+            f.write("\n".join(problems) + "\n")
+    else:  # none this time: no stale list from an earlier run into the same folder
+        (run_dir / PROBLEMS_FILE).unlink(missing_ok=True)
 
 
-def random_ship_pixel(rle: tf.Tensor, seed: tf.Tensor, size: int = SIZE) -> tf.Tensor:
-    """``(row, col)`` int64 of a random pixel of one ship, the ship drawn uniformly among the image's ships (a
-    100-pixel ship as often as a 5,000-pixel one); ``(-1, -1)`` for an image without ships. Reads the RLE
-    string only (no mask). ``seed``: a stateless ``[2]`` seed (the draw is a function of it)."""
-    ships = tf.strings.split(rle, SHIP_SEP)
-    ships = tf.boolean_mask(ships, tf.strings.length(ships) > 0)
-    n = tf.size(ships)
-    s_ship, s_pixel = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-
-    def pick():
-        starts, lengths = _rle_runs(ships[tf.random.stateless_uniform([], s_ship, 0, n, dtype=tf.int32)])
-        ends = tf.cumsum(lengths)                       # a pixel uniformly within the ship: runs by their length
-        k = tf.random.stateless_uniform([], s_pixel, 0, ends[-1], dtype=tf.int64)
-        run = tf.searchsorted(ends, k[None], side="right")[0]
-        pixel = starts[run] + k - (ends[run] - lengths[run])
-        return tf.stack([pixel % size, pixel // size])  # column-major numbering
-
-    return tf.cond(n > 0, pick, lambda: tf.constant([-1, -1], tf.int64))
-
-
-def crop_around_ships(image, mask, crop: int, ship_prob: float, seed: tf.Tensor, centre=None):
-    """A ``crop x crop`` window: with probability ``ship_prob`` (and when there is a ship) centred, with a random
-    offset, on ``centre`` (a ``(row, col)`` ship pixel, e.g. from :func:`random_ship_pixel`) or, without one, on
-    a random ship pixel of ``mask`` (large ships then dominate); otherwise anywhere. Keeps ship pixels at full
-    resolution. ``seed``: a stateless ``[2]`` seed (the window is a function of it)."""
-    if centre is None:
-        ship_pixels = tf.where(mask[..., 0] > 0)
-        n = tf.shape(ship_pixels, out_type=tf.int64)[0]
-    else:  # one candidate, valid unless (-1, -1)
-        ship_pixels, n = centre[None], tf.cast(centre[0] >= 0, tf.int64)
-    s_on, s_pixel, s_jitter, s_anywhere = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    on_ship = tf.logical_and(n > 0, tf.random.stateless_uniform([], s_on) < ship_prob)
-
-    def centred():
-        c = ship_pixels[tf.random.stateless_uniform([], s_pixel, 0, tf.maximum(n, 1), dtype=tf.int64)]
-        jitter = tf.random.stateless_uniform([2], s_jitter, -crop // 3, crop // 3 + 1, dtype=tf.int64)
-        return tf.clip_by_value(c + jitter - crop // 2, 0, SIZE - crop)
-
-    def anywhere():
-        return tf.random.stateless_uniform([2], s_anywhere, 0, SIZE - crop + 1, dtype=tf.int64)
-
-    y0x0 = tf.cond(on_ship, centred, anywhere)
-    y0, x0 = y0x0[0], y0x0[1]
-    return image[y0:y0 + crop, x0:x0 + crop], mask[y0:y0 + crop, x0:x0 + crop]
-
-
-def downscale(image, mask, size: int):
-    """Whole image and mask downscaled to ``size x size`` (area averaging; the mask becomes a soft target)."""
-    image = tf.cast(tf.round(tf.image.resize(tf.cast(image, tf.float32), [size, size], method="area")), tf.uint8)
-    mask = tf.image.resize(tf.cast(mask, tf.float32), [size, size], method="area")
-    return image, mask
-
-
-def augment(image, mask, seed: tf.Tensor):
-    """Random flips, 90-degree rotations and light brightness / contrast / saturation changes, a function of the
-    stateless ``[2]`` ``seed``."""
-    s_rot, s_flip, s_bright, s_contrast, s_sat = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
-    k = tf.random.stateless_uniform([], s_rot, 0, 4, dtype=tf.int32)
-    image, mask = tf.image.rot90(image, k), tf.image.rot90(mask, k)
-    flip = tf.random.stateless_uniform([], s_flip) < 0.5
-    image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-    mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
-    x = tf.cast(image, tf.float32) / 255.0
-    x = tf.image.stateless_random_brightness(x, 0.08, s_bright)
-    x = tf.image.stateless_random_contrast(x, 0.85, 1.15, s_contrast)
-    x = tf.image.stateless_random_saturation(x, 0.85, 1.15, s_sat)
-    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8), mask
-
-
-def element_seeds(seed: int, index: tf.Tensor) -> tf.Tensor:
-    """``(3, 2)`` stateless seeds of stream element ``index`` (ship pick, crop, augmentation): the element's
-    random choices depend on ``(seed, index)`` only, not on which parallel call draws first."""
-    base = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), index)
-    return tf.random.experimental.stateless_split(base, 3)
-
-
-def _stream(frame: pd.DataFrame, seed: int) -> tf.data.Dataset:
-    """Endless ``(path, rle)`` strings of ``frame`` in a new random order every pass.
-
-    The shuffle buffer holds row numbers (8 bytes each), not the strings: 200,000 rows cost 1.6 MB. The strings
-    go to TensorFlow as a list (a fixed-width numpy ``str`` array would pad every RLE to the longest one:
-    gigabytes on the Kaggle CSV).
-    """
-    paths, rles = tf.constant(frame["path"].tolist()), tf.constant(frame["rle"].tolist())
-    order = tf.data.Dataset.range(len(frame)).shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
-    return order.repeat().map(lambda i: (tf.gather(paths, i), tf.gather(rles, i)))
-
-
-def _balanced_stream(frame: pd.DataFrame, empty_share: float | None, seed: int) -> tf.data.Dataset:
-    """``(path, rle)`` stream with ``empty_share`` ship-free images: 0 -> ship images only, 1 -> ship-free images
-    only, None -> the data's own share. A share asks for images the frame lacks: ValueError for 0 and 1; in
-    between, a warning, and the images there are."""
-    if empty_share is None:
-        return _stream(frame, seed)
-    if not 0.0 <= empty_share <= 1.0:
-        raise ValueError(f"empty_share must be within 0..1, got {empty_share}")
-    has_ship = frame["n_ships"] > 0
-    parts = [(frame[has_ship], 1.0 - empty_share, "ship"), (frame[~has_ship], empty_share, "ship-free")]
-    wanted = [(f, w, kind) for f, w, kind in parts if w > 0]
-    for f, w, kind in wanted:
-        if f.empty:
-            if len(wanted) == 1:
-                raise ValueError(f"empty_share {empty_share:g} asks for {kind} images only, and there are none")
-            _warn(f"empty_share {empty_share:g}: no {kind} images in the training data; sampling the others only")
-    wanted = [(f, w) for f, w, _ in wanted if not f.empty]
-    if len(wanted) == 1:
-        return _stream(wanted[0][0], seed)
-    return tf.data.Dataset.sample_from_datasets([_stream(f, seed + i) for i, (f, _) in enumerate(wanted)],
-                                                weights=[w for _, w in wanted], seed=seed)
-
-
-def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, mode: str = "crop",
-                 empty_share: float | None = 0.25, ship_crop_prob: float = 0.8, training: bool = True,
-                 seed: int = 0, ship_sampling: str = "pixel", start: int = 0) -> tf.data.Dataset:
-    """Endless batches ``((B, s, s, 3) uint8 images, (B, s, s, 1) float32 masks)`` of ``frame``'s images.
-
-    The stream is a function of ``seed`` (and TensorFlow's global seed, which the shuffles use): the order of the
-    images, and every crop and augmentation, whose random draws are stateless, seeded by ``(seed, element
-    number)`` (:func:`element_seeds`), so the parallel maps give the same batches whichever call runs first.
-
-    Args:
-        mode: "crop" (full-resolution ``input_size`` crops, biased to ships by ``ship_crop_prob``) or
-            "resize" (whole image downscaled to ``input_size``).
-        empty_share: share of sampled images without ships: 0 ship images only, 1 ship-free images only, None
-            the data's own share.
-        ship_sampling: what a ship-centred crop is centred on: "pixel" (a random ship pixel: large ships more
-            often) or "instance" (a ship drawn uniformly, then a pixel of it: small ships as often as large ones).
-        training: augment (flips, turns, colour); otherwise images are only cropped or resized.
-        start: elements of the stream to skip before the first batch, without reading them (``--resume``: the
-            images this pipeline fed the stopped run, see ``train.make_datasets``, so a resumed run sees what the
-            uninterrupted one would have seen; an image dropped as unreadable shifts it by one).
-    """
-    if ship_sampling not in ("instance", "pixel"):
-        raise ValueError(f"ship_sampling must be 'instance' or 'pixel', got {ship_sampling!r}")
-    if mode not in ("crop", "resize"):
-        raise ValueError(f"mode must be 'crop' or 'resize', got {mode!r}")
-    # (index, (path, rle)) -> (path, rle, seeds); skipping strings is cheap: nothing is decoded before the load map
-    ds = _balanced_stream(frame, empty_share, seed).enumerate().skip(start)
-    ds = ds.map(lambda i, row: (*row, element_seeds(seed, i)))
-
-    def load(path, rle, seeds):
-        """(image, mask, seeds), plus the crop centre (row, col) of a uniformly drawn ship for "instance"."""
-        if ship_sampling == "instance":
-            return (*load_example(path, rle), seeds, random_ship_pixel(rle, seeds[0]))
-        return (*load_example(path, rle), seeds)
-
-    def shape(image, mask, seeds, *centre):
-        if mode == "resize":
-            image, mask = downscale(image, mask, input_size)
-        else:
-            image, mask = crop_around_ships(image, mask, input_size, ship_crop_prob, seeds[1], *centre)
-        if training:
-            image, mask = augment(image, mask, seeds[2])
-        return image, tf.cast(mask, tf.float32)
-
-    # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
-    # training consumes, see README); the crops and augmentation after them are cheap. Ordered maps: the batches
-    # are the same every run.
-    ds = ds.map(load, num_parallel_calls=LOAD_WORKERS)
-    ds = ds.ignore_errors(log_warning=True)
-    ds = ds.map(shape, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(2)
+def load_split(cfg, continuing: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``(train, val, problems)`` for train.py's settings ``cfg`` (``data``, ``csv``, ``check_images``,
+    ``val_fraction``, ``seed``, ``out``): the checked mask table split by image, exiting with a message a user
+    can act on when there is none; a ``continuing`` run must get the split it was trained with (the
+    ``split.csv`` in ``cfg.out``)."""
+    try:
+        images_dir, csv_path = find_layout(cfg.data)
+    except FileNotFoundError as err:  # the message names the folder and the layouts expected
+        sys.exit(str(err))
+    csv_path = Path(cfg.csv) if cfg.csv else csv_path
+    if csv_path is None:
+        sys.exit(f"{cfg.data}: no mask table found (masks.csv or train_ship_segmentations_v2.csv); give --csv")
+    start = time.time()
+    try:
+        table = read_mask_table(csv_path, images_dir, check_images=cfg.check_images)
+    except ValueError as err:  # unreadable CSV or wrong columns: the message names the file and the reason
+        sys.exit(str(err))
+    train, val = split_by_image(table.frame, cfg.val_fraction, cfg.seed)
+    if train.empty or val.empty:
+        sys.exit(f"{csv_path}: {len(train)} training / {len(val)} validation images: not enough usable images")
+    print(f"data: {len(table.frame)} images ({int((table.frame.n_ships > 0).sum())} with ships) from {csv_path}; "
+          f"train {len(train)}, val {len(val)}; {len(table.problems)} problem(s), their rows / images skipped"
+          f"{' (all in ' + str(Path(cfg.out) / PROBLEMS_FILE) + ')' if table.problems else ''}; "
+          f"read{' and checked' if cfg.check_images else ''} and split in {time.time() - start:.1f} s")
+    saved = Path(cfg.out) / SPLIT_FILE
+    if continuing and saved.is_file():
+        before = pd.read_csv(saved, dtype=str, keep_default_na=False)
+        now = split_table(train, val)
+        if sorted(map(tuple, before.values)) != sorted(map(tuple, now.values)):
+            sys.exit(f"{saved}: this run's train / validation split differs from the one computed now from "
+                     f"{csv_path} (images added, removed or skipped since?); continue it on the same data")
+    return train, val, table.problems

@@ -1,12 +1,14 @@
 """From a trained U-Net to ship instances: whole-image prediction, the ship / no-ship rule, its calibration.
 
 Shared by train.py (which chooses the rule on its validation images, topped up with training images when they
-are too few) and test.py (which applies it).
+are too few: :func:`choose_ship_rule`) and test.py (which applies it).
 """
 from __future__ import annotations
 
 import itertools
 import json
+import sys
+import time
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from airbus_ships.data import SIZE, ship_instances
+from common.io import ImageReadError, read_rgb
 from common.metrics import f2_from_ious
 from common.tiling import predict_tiled
 
@@ -43,9 +47,9 @@ _FORWARD = weakref.WeakKeyDictionary()  # model -> its compiled forward pass
 def compiled_forward(model):
     """``batch -> numpy probabilities`` through one ``tf.function`` per model (traced once per input shape family).
 
-    Measured: 1.43 s per 768x768 image tiled (0.70 s whole) against 2.54 s for eager ``model(batch)`` calls,
-    outputs equal to 1e-6 (2 CPU threads, the benchmark model; README: Speed). Not ``model.predict_on_batch``:
-    under a multi-worker strategy it gathers across workers, and only the chief predicts here.
+    About 1.8x faster than eager ``model(batch)`` calls on a CPU, same outputs (EXPERIMENTS.md: Speed). Not
+    ``model.predict_on_batch``: under a multi-worker strategy it gathers across workers, and only the chief
+    predicts here.
     """
     import tensorflow as tf
 
@@ -71,44 +75,16 @@ def resolve_how(how: str, shape: tuple[int, ...]) -> str:
     return "full" if shape[0] * shape[1] <= FULL_MAX_PIXELS else "tile"
 
 
-def predict_probs(model, image: np.ndarray, how: str = "auto", input_mode: str = "crop",
-                  input_size: int = 256, tta: bool = False, zoom: int = 1) -> np.ndarray:
+def predict_probs(model, image: np.ndarray, how: str = "auto") -> np.ndarray:
     """``(H, W)`` float32 ship probabilities of one ``(H, W, 3)`` uint8 image of any size.
 
-    Args:
-        how: "full" runs the fully-convolutional net once on the whole image (reflect-padded to a multiple of
-            the network stride); "tile" uses :func:`common.tiling.predict_tiled` (256x256 tiles, 32 px
-            overlap, raised-cosine blending); "auto" (default) is full up to :data:`FULL_MAX_PIXELS` pixels and
-            tile above (:func:`resolve_how`). With the pretrained encoder full scored better than tile on the
-            benchmark (README: Inference); with the former scratch encoder tile did.
-        input_mode: how the model was trained: "crop" (full resolution) or "resize" (the whole image was
-            downscaled to ``input_size``: predict on the downscaled image, upsample the probabilities).
-        tta: test-time augmentation: average the predictions of the image and its three flips (4x slower).
-        zoom: test-time zoom: predict on the image upsampled ``zoom`` times (bilinear), so that small ships look
-            larger, and average the probabilities back over ``zoom x zoom`` blocks (``zoom ** 2`` x slower).
-
-    The net runs through :func:`compiled_forward`.
+    ``how``: "full" runs the fully-convolutional net once on the whole image (reflect-padded to a multiple of the
+    network stride); "tile" uses :func:`common.tiling.predict_tiled` (256x256 tiles, 32 px overlap,
+    raised-cosine blending, bounded memory); "auto" (default) is full up to :data:`FULL_MAX_PIXELS` pixels and
+    tile above (:func:`resolve_how`). The net runs through :func:`compiled_forward`.
     """
-    if zoom > 1:
-        import tensorflow as tf
-        h, w = image.shape[:2]
-        big = tf.image.resize(image[None], [h * zoom, w * zoom], method="bilinear").numpy()[0]
-        big = np.clip(np.rint(big), 0, 255).astype(image.dtype)
-        prob = predict_probs(model, big, how, input_mode, input_size, tta)
-        return prob.reshape(h, zoom, w, zoom).mean(axis=(1, 3))
-    if tta:
-        flips = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]]  # self-inverse
-        return np.mean([f(predict_probs(model, np.ascontiguousarray(f(image)), how, input_mode, input_size))
-                        for f in flips], axis=0)
-    import tensorflow as tf  # local: keeps this module importable for numpy-only helpers
-
     h, w = image.shape[:2]
-    how = resolve_how(how, image.shape)
-    if input_mode == "resize":
-        small = tf.image.resize(image[None].astype(np.float32), [input_size, input_size], method="area")
-        prob = compiled_forward(model)(small)
-        return tf.image.resize(prob, [h, w], method="bilinear").numpy()[0, ..., 0]
-    if how == "tile":
+    if resolve_how(how, image.shape) == "tile":
         return predict_tiled(image, compiled_forward(model), tile=256, overlap=32, batch_size=16)[..., 0]
     s = network_stride(model)
     ph, pw = (-h) % s, (-w) % s
@@ -132,7 +108,7 @@ class ShipRule:
         write_json(Path(folder) / POSTPROCESS_FILE, {**asdict(self), **(extra or {})})
 
     @classmethod
-    def load(cls, folder: str | Path) -> tuple["ShipRule", dict]:
+    def load(cls, folder: str | Path) -> tuple[ShipRule, dict]:
         """The rule train.py chose (``folder/postprocess.json``) and the whole record saved with it (``how`` its
         maps were predicted, its score, the images); FileNotFoundError when there is none (the caller decides
         whether the defaults will do, and says so)."""
@@ -156,8 +132,8 @@ def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:
     return [labels == i for i in keep]
 
 
-# grid of calibrate_rule: measured with rule_study.py (EXPERIMENTS.md): areas up to 300 px and peaks up to 0.99 scored
-# +0.02 Kaggle on the benchmark's test split over the former grid (thresholds 0.4-0.6, areas <= 80, peaks <= 0.95)
+# the grid calibrate_rule searches: probability thresholds, smallest ship areas (px), smallest peak probabilities
+# (why these ranges: EXPERIMENTS.md, Post-processing)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_SIZES = (0, 10, 20, 40, 80, 150, 300)
 CONFIDENCES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -222,14 +198,68 @@ def calibrate_rule(probs: list[np.ndarray], truths: list[list[np.ndarray]], thre
     return best, best_score
 
 
-def calibration_rows(val, train, n: int, seed: int, val_only: bool = False):
+def calibration_rows(val, train, n: int, seed: int):
     """The images the ship rule is chosen on: ``(val_rows, train_rows)``, at most ``n`` in all.
 
     Validation images first (a seeded sample of ``n`` when there are more); only when they are fewer than ``n``
-    (and not ``val_only``) a seeded sample of training images tops them up. On full Kaggle data validation alone
-    fills the default 200; on the small benchmark split (22 validation images) the rule chosen on validation
-    alone overfits, and the network hardly overfits its training images (EXPERIMENTS.md: Post-processing).
+    a seeded sample of training images tops them up. On full Kaggle data validation alone fills the default 200;
+    on a small data set the rule chosen on a few validation images overfits them, and the network hardly
+    overfits its training images (EXPERIMENTS.md: Post-processing).
     """
     val_rows = val.sample(min(len(val), n), random_state=seed)
-    top_up = 0 if val_only else min(len(train), n - len(val_rows))
-    return val_rows, train.sample(top_up, random_state=seed)
+    return val_rows, train.sample(min(len(train), n - len(val_rows)), random_state=seed)
+
+
+def calibration_image(path: str) -> tuple[np.ndarray | None, str | None]:
+    """``(image, None)`` for a readable 768x768 image, else ``(None, "<path>: why")``."""
+    try:
+        image = read_rgb(path)
+    except ImageReadError as err:
+        return None, str(err)
+    if image.shape[:2] != (SIZE, SIZE):
+        return None, f"{path}: image is {image.shape[1]}x{image.shape[0]}, not {SIZE}x{SIZE}"
+    return image, None
+
+
+def rule_seconds(model, calib: tuple, how: str) -> float:
+    """Estimated seconds of :func:`choose_ship_rule` on ``calib`` (``(validation rows, training rows)``): one
+    image's prediction (timed on the second call: the first traces the graph) x the number of images, +10% and
+    15 s for loading and the plot. The first readable image is timed (choose_ship_rule reports the others)."""
+    for path in itertools.chain(*(rows["path"] for rows in calib)):
+        image, _ = calibration_image(path)
+        if image is not None:
+            break
+    else:
+        return 15.0  # no readable image: choose_ship_rule will stop with the reasons
+    predict_probs(model, image, how)
+    start = time.time()
+    predict_probs(model, image, how)
+    return (time.time() - start) * sum(map(len, calib)) * 1.1 + 15
+
+
+def choose_ship_rule(model, calib: tuple, how: str, model_dir: Path) -> ShipRule:
+    """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on ``calib``:
+    ``(validation rows, training rows)`` from :func:`calibration_rows`, predicted ``how`` (as test.py --how),
+    and save it as ``model_dir/postprocess.json``. An image that cannot be read or is not 768x768 is reported by
+    name and left out (recorded in postprocess.json)."""
+    val_rows, train_rows = calib
+    probs, truths, skipped, used = [], [], [], {"val": 0, "train": 0}
+    for part, rows in (("val", val_rows), ("train", train_rows)):
+        for row in rows.itertuples():
+            image, why = calibration_image(row.path)
+            if image is None:
+                print(f"warning: ship rule: {why}; image skipped", file=sys.stderr)
+                skipped.append(why)
+                continue
+            probs.append(predict_probs(model, image, how))
+            truths.append(ship_instances(row.rle))
+            used[part] += 1
+    if not probs:
+        sys.exit(f"ship rule: none of the {len(skipped)} calibration images is usable (reasons above); "
+                 f"{model_dir / POSTPROCESS_FILE} not written")
+    rule, score = calibrate_rule(probs, truths)
+    rule.save(model_dir, {"kaggle_score_on_calib": score, "n_images": len(probs), "n_val_images": used["val"],
+                          "n_train_images": used["train"], "how": how, "skipped_images": skipped})
+    print(f"ship rule on {used['val']} validation + {used['train']} training images: {rule} -> "
+          f"Kaggle score {score:.3f}" + (f"; {len(skipped)} image(s) skipped" if skipped else ""))
+    return rule

@@ -94,7 +94,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def read_legacy_state_dict(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
+def read_legacy_state_dict(path: str | Path) -> collections.OrderedDict[str, np.ndarray]:
     """``{name: float32/... numpy array}`` in file order, from a legacy-format ``torch.save(state_dict)`` file.
 
     Raises ``ValueError`` naming the file when it is not such a file (e.g. the newer zip format).

@@ -22,13 +22,11 @@ model, so callers feed raw pixels.
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
-import numpy as np
+from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import layers
-
 
 BN_MOMENTUM = 0.9  # faster-moving BN statistics than Keras' 0.99: validation is usable after ~50 steps, not ~500
 

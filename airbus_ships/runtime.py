@@ -1,6 +1,6 @@
 """Where and how TensorFlow runs: device choice and thread pools, the ``tf.distribute`` strategy, which process
-writes the run folder, and the Keras 3.15 workarounds distributed ``fit`` needs (train.py; test.py, rule_study.py
-and stream_check.py use :func:`setup_device`)."""
+writes the run folder, and the Keras 3.15 workarounds distributed ``fit`` needs (train.py; test.py and the studies
+use :func:`setup_device`)."""
 from __future__ import annotations
 
 import hashlib

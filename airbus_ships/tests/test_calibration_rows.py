@@ -32,7 +32,3 @@ def test_no_training_rows_when_validation_suffices():
     assert len(val_rows) == 200 and len(set(ids(val_rows))) == 200 and train_rows.empty
     assert ids(val_rows) == ids(val.sample(200, random_state=0))  # what train.py chose before the top-up
 
-
-def test_val_only_switch():
-    val_rows, train_rows = calibration_rows(frame("v", 22), frame("t", 125), 200, seed=0, val_only=True)
-    assert len(val_rows) == 22 and train_rows.empty

@@ -2,10 +2,12 @@
 import csv
 
 import numpy as np
+import pytest
 
 from common import io
 
 
+@pytest.mark.slow
 def test_demo_images_format(demo_generator):
     folder = demo_generator("airbus_ships")
     rows = list(csv.DictReader(open(folder / "masks.csv")))

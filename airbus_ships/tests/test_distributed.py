@@ -12,6 +12,7 @@ import sys
 import keras
 import numpy as np
 import pandas as pd
+import pytest
 
 from airbus_ships.tests.conftest import PKG, ROOT
 
@@ -27,6 +28,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_in_lock_step(demo_dir, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     out = tmp_path / "run"
@@ -63,6 +65,7 @@ def test_two_workers_train_in_lock_step(demo_dir, tmp_path):
     assert list(pd.read_csv(out / "train_log.csv")["epoch"]) == [0, 1]
 
 
+@pytest.mark.slow
 def test_resume_restores_early_stopping_state(trained_run):
     """The resumed run (see conftest) continued the patience counter and best value of the first one."""
     from airbus_ships.callbacks import ResumableEarlyStopping
@@ -83,6 +86,7 @@ def test_resume_restores_early_stopping_state(trained_run):
         assert model.stop_training is stops
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_and_resumes(demo_dir, tmp_path):
     """MirroredStrategy over the local devices (one CPU replica here), then --resume inside its scope."""
     from airbus_ships.tests.conftest import _run_script
@@ -104,7 +108,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from airbus_ships.data import read_mask_table
-from airbus_ships.train import Config, distributed_datasets
+from airbus_ships.pipeline import distributed_datasets
+from airbus_ships.train import Config
 
 demo = sys.argv[1]
 frame = read_mask_table(demo + "/masks.csv", demo + "/images").frame
@@ -124,6 +129,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_resumed_stream_skips_global_batches_with_two_replicas(demo_dir):
     """MirroredStrategy over 2 logical CPU devices: one input pipeline feeds both replicas (a global batch a
     step), so a run resumed after 1 epoch must start its stream 1 epoch x steps x global batch in; its batches

@@ -148,7 +148,7 @@ def test_lite0_unet_output_shape(size):
 def test_encoder_learning_rate_scale(tmp_path):
     """EncoderScaledAdam: encoder_lr_scale 0 leaves the encoder's weights alone, the rest learns; a saved model
     reloads with it (train.py --resume) and goes on training the same way."""
-    from airbus_ships.train import EncoderScaledAdam
+    from airbus_ships.losses import EncoderScaledAdam
 
     inp = keras.Input((4,))
     model = keras.Model(inp, keras.layers.Dense(1, name="head")(keras.layers.Dense(3, name=f"{LITE0_PREFIX}x")(inp)))

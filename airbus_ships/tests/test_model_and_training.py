@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from airbus_ships.data import make_dataset, read_mask_table
-from airbus_ships.losses import CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef, iou_coef
+from airbus_ships.data import read_mask_table
 from airbus_ships.inference import network_stride
+from airbus_ships.losses import CUSTOM_OBJECTS, SmallShipBceDiceLoss, bce_dice_loss, dice_coef, iou_coef
 from airbus_ships.model import LITE0_PREFIX, build_unet
+from airbus_ships.pipeline import make_dataset
 
 
 @pytest.mark.parametrize("size", [256, 768])
@@ -62,67 +63,31 @@ def test_small_ship_loss_weighs_small_ships_more():
     assert (again.small_ship_weight, again.window) == (5.0, 15)
 
 
-def test_border_loss_weighs_the_sea_next_to_ships_more():
-    """A false ship of 12 pixels right beside a ship (a wake's head) costs more than the same 12 pixels far out at
-    sea under the border weight, the boost falls off with the distance, and with weight 0 it is the plain loss; the
-    settings survive a config round trip (checkpoints)."""
-    y = np.zeros((1, 64, 64, 1), np.float32)
-    y[0, 20:30, 20:40] = 1  # a 200-pixel ship
-    good = np.where(y > 0, 0.9, 0.1).astype(np.float32)
-
-    def false_ship(rows):  # 12 sea pixels predicted as ship: 2 rows x 6 columns
-        pred = good.copy()
-        pred[0, rows, 25:31] = 0.9
-        return pred
-
-    beside, near, far = false_ship(slice(30, 32)), false_ship(slice(33, 35)), false_ship(slice(50, 52))
-    plain, border = bce_dice_loss, SmallShipBceDiceLoss(0.0, border_weight=5.0, border_width=6)
-    assert abs(float(plain(y, beside)) - float(plain(y, far))) < 1e-6  # the plain loss cannot tell
-    assert float(border(y, beside)) > float(border(y, near)) + 1e-3 > float(border(y, far)) + 2e-3
-    assert abs(float(SmallShipBceDiceLoss(0.0, border_weight=0.0)(y, beside)) - float(plain(y, beside))) < 1e-6
-    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(border),
-                                                  custom_objects=CUSTOM_OBJECTS)
-    assert (again.small_ship_weight, again.border_weight, again.border_width) == (0.0, 5.0, 6)
+def test_checkpoints_of_removed_loss_terms_load_when_they_were_off():
+    """A checkpoint's loss config from before the border and Lovasz terms were removed holds them at 0: it loads;
+    one that used them is refused with the reason."""
+    old = {**SmallShipBceDiceLoss(5.0).get_config(), "border_weight": 0.0, "border_width": 6, "lovasz_weight": 0.0}
+    assert SmallShipBceDiceLoss.from_config(old).small_ship_weight == 5.0
+    with pytest.raises(ValueError, match="lovasz_weight.*no longer has"):
+        SmallShipBceDiceLoss.from_config({**old, "lovasz_weight": 1.0})
 
 
-def test_lovasz_hinge_matches_the_reference_and_weighs_each_image_iou():
-    """The Lovasz hinge equals the authors' algorithm (written out in numpy below), is 0 for a confident exact
-    prediction, and, averaged per image, losing a small ship costs more than losing as many pixels of a large
-    one; the loss option survives a config round trip (checkpoints)."""
-    from airbus_ships.losses import lovasz_hinge
-
-    def reference(logits, labels):  # lovasz_hinge_flat of github.com/bermanmaxim/LovaszSoftmax, one image
-        errors = 1 - logits * (2 * labels - 1)
-        order = np.argsort(-errors, kind="stable")
-        gt = labels[order]
-        jaccard = 1 - (gt.sum() - np.cumsum(gt)) / (gt.sum() + np.cumsum(1 - gt))
-        jaccard[1:] = jaccard[1:] - jaccard[:-1]
-        return float(np.dot(np.maximum(errors[order], 0), jaccard))
-
-    rng = np.random.default_rng(0)
-    y = (rng.random((3, 16, 16, 1)) > 0.8).astype(np.float32)
-    y[2] = 0  # a ship-free image: only its largest error counts
-    z = rng.normal(size=y.shape) * 3
-    expected = np.mean([reference(z[i].ravel(), y[i].ravel()) for i in range(3)])
-    assert float(lovasz_hinge(y, (1 / (1 + np.exp(-z))).astype(np.float32))) == pytest.approx(expected, rel=1e-4)
-    assert float(lovasz_hinge(y, np.where(y > 0, 0.999, 0.001).astype(np.float32))) == 0.0
-
-    y = np.zeros((2, 64, 64, 1), np.float32)
-    y[0, 5:8, 5:9] = 1        # image 0: a 12-pixel ship
-    y[1, 20:50, 20:60] = 1    # image 1: a 1,200-pixel ship
-    good = np.where(y > 0, 0.95, 0.05).astype(np.float32)
-    miss_small, miss_large = good.copy(), good.copy()
-    miss_small[0, 5:8, 5:9] = 0.05
-    miss_large[1, 34:37, 38:42] = 0.05
-    assert float(lovasz_hinge(y, miss_small)) > float(lovasz_hinge(y, miss_large)) + 0.1
-    loss = SmallShipBceDiceLoss(5.0, lovasz_weight=1.0)
-    assert float(loss(y, miss_small)) == pytest.approx(
-        float(SmallShipBceDiceLoss(5.0)(y, miss_small)) + float(lovasz_hinge(y, miss_small)), rel=1e-5)
-    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss),
-                                                  custom_objects=CUSTOM_OBJECTS)
-    assert again.lovasz_weight == 1.0
+def test_a_run_trained_with_a_removed_option_is_not_continued(tmp_path):
+    """--resume reads the run's config.json: removed options at the value that made them do nothing are
+    ignored, another value is refused with the option named."""
+    from airbus_ships.train import parse_args
+    (tmp_path / "model").mkdir()
+    saved = {"encoder": "scratch", "widths": "4,8", "epochs": 2, "input_mode": "crop", "ship_sampling": "pixel",
+             "border_weight": 0.0, "border_width": 6, "lovasz_weight": 0.0, "calib_val_only": False}
+    (tmp_path / "model" / "config.json").write_text(json.dumps(saved))
+    cfg = parse_args(["--out", str(tmp_path), "--resume", "--epochs", "3"])
+    assert (cfg.encoder, cfg.widths, cfg.epochs) == ("scratch", "4,8", 3)
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**saved, "input_mode": "resize"}))
+    with pytest.raises(SystemExit, match="trained with {'input_mode': 'resize'}, which this code no longer has"):
+        parse_args(["--out", str(tmp_path), "--resume", "--epochs", "3"])
 
 
+@pytest.mark.slow
 def test_few_training_steps_lower_the_loss(demo_dir):
     keras.utils.set_random_seed(0)
     frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
@@ -133,6 +98,7 @@ def test_few_training_steps_lower_the_loss(demo_dir):
     assert min(losses[-3:]) < losses[0] - 0.1, losses
 
 
+@pytest.mark.slow
 def test_train_script_outputs_and_resume(trained_run):
     model_dir = trained_run / "model"
     for name in ("best.keras", "last.keras", "config.json", "postprocess.json"):
@@ -151,6 +117,7 @@ def test_train_script_outputs_and_resume(trained_run):
     assert summary["rule_minutes_reserved"] > 0 and summary["run_minutes"] >= summary["train_minutes"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(trained_run, demo_dir, tmp_path):
     """Same seed, same weights: the fixture's run (2 epochs, then --resume for a third, in two processes) and
     one uninterrupted 3-epoch run end with identical last.keras weights. The training stream is a function of
@@ -191,7 +158,8 @@ def test_a_learning_rate_cut_in_the_last_epoch_survives_resume(tmp_path):
 
     import tensorflow as tf
 
-    from airbus_ships.train import Config, make_callbacks, resumed_model, saved_state
+    from airbus_ships.callbacks import make_callbacks, saved_state
+    from airbus_ships.train import Config, load_checkpoint
 
     cfg = Config(out=str(tmp_path), time_budget_min=0)
     (tmp_path / "model").mkdir()
@@ -209,8 +177,8 @@ def test_a_learning_rate_cut_in_the_last_epoch_survives_resume(tmp_path):
     fit(model, cfg, {"epochs_done": 0}, 4)
     state = json.loads((tmp_path / "model" / "train_state.json").read_text())
     assert state["learning_rate"] == pytest.approx(5e-3) and state["reduce_lr"]["wait"] == 0
-    state = saved_state(Config(out=str(tmp_path), resume=True))
-    resumed = resumed_model(Config(out=str(tmp_path), resume=True), state)
+    state = saved_state(tmp_path / "model", tmp_path / "train_log.csv")
+    resumed = load_checkpoint(tmp_path / "model" / "last.keras")
     assert float(resumed.optimizer.learning_rate) == pytest.approx(5e-3)
     fit(resumed, Config(out=str(tmp_path), resume=True, time_budget_min=0), state, 5)
     log = pd.read_csv(tmp_path / "train_log.csv")  # the rate each epoch trained at
@@ -218,6 +186,7 @@ def test_a_learning_rate_cut_in_the_last_epoch_survives_resume(tmp_path):
     assert log["learning_rate"].tolist() == pytest.approx([1e-2] * 4 + [5e-3])
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_runs_config(trained_run):
     """conftest resumed the run with --out, --resume and --epochs only: the scratch encoder, its widths and the
     25% validation split come from the run's config.json; changing a locked option is refused."""
@@ -233,8 +202,7 @@ def test_resume_keeps_the_runs_config(trained_run):
     assert parse_args(["--out", str(trained_run), "--resume", "--widths", "4, 8, 16"]).widths == "4, 8, 16"
 
 
-@pytest.mark.parametrize("option", ["--predict-how", "--encoder", "--input-mode", "--ship-sampling", "--strategy",
-                                    "--device"])
+@pytest.mark.parametrize("option", ["--predict-how", "--encoder", "--strategy", "--device"])
 def test_a_typo_in_a_choice_is_refused_at_once(option, capsys):
     from airbus_ships.train import parse_args
     with pytest.raises(SystemExit):
@@ -242,6 +210,7 @@ def test_a_typo_in_a_choice_is_refused_at_once(option, capsys):
     assert "invalid choice: 'tiles'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_survives_bad_images_in_the_calibration_set(demo_dir, tmp_path):
     """Without the up-front image check (--no-check-images), a truncated and a 700x500 image reach the training
     stream and the ship-rule images (all 14 images here): the run skips them there, names them, and writes
@@ -344,6 +313,7 @@ def test_exactly_one_process_writes_the_run_folder(cluster, task, chief):
     assert worker_role(tf.distribute.get_strategy()) == (True, 0)
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_left_to_train_says_so(trained_run, tmp_path):
     """The fixture's run did 3 of its --epochs 3: --resume without a larger --epochs used to train nothing, choose
     the ship rule again and report success; --calibrate-only without best.keras and a damaged config.json were
@@ -374,3 +344,35 @@ def test_training_into_an_earlier_run_warns(tmp_path, capsys):
     (tmp_path / "model" / "last.keras").write_bytes(b"")
     warn_if_earlier_run(tmp_path)
     assert "holds an earlier run (model/last.keras)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_help_and_a_wrong_option_answer_without_tensorflow():
+    """train.py and test.py parse their options before importing TensorFlow: --help and an option error come back
+    without loading it."""
+    import subprocess
+    import sys
+
+    from airbus_ships.tests.conftest import ROOT
+    check = ("import sys, runpy; sys.argv = [{script!r}, {arg!r}]\n"
+             "try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('tensorflow' in sys.modules)")
+    for script in ("airbus_ships/train.py", "airbus_ships/test.py"):
+        for arg in ("--help", "--how=tiles" if script.endswith("test.py") else "--encoder=tiles"):
+            proc = subprocess.run([sys.executable, "-c", check.format(script=script, arg=arg)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+            lines = proc.stdout.strip().splitlines()
+            assert lines and lines[-1] == "False", (script, arg, proc.stdout[-500:], proc.stderr[-500:])
+
+
+def test_train_and_test_import_nothing_from_studies():
+    """The product (every module of the package) does not depend on the one-off studies in studies/."""
+    import ast
+
+    from airbus_ships.tests.conftest import PKG
+    for path in PKG.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("airbus_ships.studies") for n in names), path.name

@@ -1,15 +1,16 @@
 """The EDA notebook executes top to bottom on demo data (pointed at by DATA_ROOT)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "Exploratory_data_analysis.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_executes(demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_ROOT", str(demo_dir.parent))  # the notebook reads $DATA_ROOT/airbus
     monkeypatch.delenv("MPLBACKEND", raising=False)  # a forced Agg backend would hide the kernel's inline figures

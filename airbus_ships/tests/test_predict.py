@@ -21,6 +21,7 @@ def read_submission(path):
     return rows[1:]
 
 
+@pytest.mark.slow
 def test_submission_is_valid(demo_dir, trained_run, tmp_path, run_test_script):
     out = tmp_path / "test"
     proc = run_test_script(demo_dir, trained_run, out)
@@ -51,8 +52,10 @@ def test_submission_is_valid(demo_dir, trained_run, tmp_path, run_test_script):
         assert len(str(row.best_iou).split()) == row.true_ships == len(str(row.true_ship_pixels).split())
 
 
+@pytest.mark.slow
 def test_tiled_prediction_matches_whole_image(demo_dir, trained_run):
     import keras
+
     from airbus_ships.inference import predict_probs
     from airbus_ships.losses import CUSTOM_OBJECTS
     from common.io import read_rgb
@@ -64,11 +67,13 @@ def test_tiled_prediction_matches_whole_image(demo_dir, trained_run):
 
 
 def test_zoomed_prediction_comes_back_at_the_image_size():
-    """zoom=2 predicts on the 2x upsampled image and averages back: for a per-pixel network on a smooth image the
-    result is the unzoomed prediction, at the image's own size (also an odd one)."""
+    """rule_study's test-time zoom 2 predicts on the 2x upsampled image and averages back: for a per-pixel
+    network on a smooth image the result is the unzoomed prediction, at the image's own size (also an odd one)."""
     import keras
     from scipy import ndimage
+
     from airbus_ships.inference import predict_probs
+    from airbus_ships.studies.rule_study import predict_zoomed
     inputs = keras.Input(shape=(None, None, 3))
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(2.0),
@@ -76,12 +81,13 @@ def test_zoomed_prediction_comes_back_at_the_image_size():
     model = keras.Model(inputs, outputs)
     rng = np.random.default_rng(0)
     image = ndimage.gaussian_filter(rng.uniform(0, 255, (75, 98, 3)), (4, 4, 0)).clip(0, 255).astype(np.uint8)
-    plain, zoomed = predict_probs(model, image, "full"), predict_probs(model, image, "full", zoom=2)
+    plain, zoomed = predict_probs(model, image, "full"), predict_zoomed(model, image, 2, "full")
     assert plain.shape == zoomed.shape == (75, 98)
     assert np.abs(plain - zoomed).max() < 0.01
-    assert np.abs(plain - predict_probs(model, image, "tile", zoom=2)).max() < 0.01
+    assert np.abs(plain - predict_zoomed(model, image, 2, "tile")).max() < 0.01
 
 
+@pytest.mark.slow
 def test_bad_input_is_reported_and_the_run_continues(demo_dir, trained_run, tmp_path, run_test_script):
     data = tmp_path / "bad"
     shutil.copytree(demo_dir / "images", data / "images")
@@ -129,6 +135,7 @@ def test_full_prediction_pads_to_the_stride_of_the_pretrained_encoder():
     assert predict_probs(model, image, "full").shape == (70, 100)
 
 
+@pytest.mark.slow
 def test_failed_prediction_split_subset_and_missing_rule(demo_dir, trained_run, tmp_path, monkeypatch, capsys):
     """In one test.py run (in-process): the model folder has no postprocess.json (a clear warning, the default
     rule, said so in test_config.json); --split keeps the run's validation images; the prediction of one of them
@@ -166,6 +173,7 @@ def test_failed_prediction_split_subset_and_missing_rule(demo_dir, trained_run, 
     assert settings["network_stride"] == 8  # the tiny 3-level scratch model of conftest
 
 
+@pytest.mark.slow
 def test_two_shards_merge_to_the_single_worker_submission(demo_dir, trained_run, tmp_path, run_test_script):
     import subprocess
     import sys
@@ -188,6 +196,7 @@ def test_two_shards_merge_to_the_single_worker_submission(demo_dir, trained_run,
 def test_fast_rule_scores_match_the_kaggle_metric():
     """calibrate_rule's per-threshold component statistics give the same F2 as common.metrics on the masks."""
     from scipy import ndimage
+
     from airbus_ships.inference import ShipRule, component_stats, rule_scores, ships_from_probs
     from common.metrics import f2_image_score
     rng = np.random.default_rng(0)
@@ -203,8 +212,8 @@ def test_fast_rule_scores_match_the_kaggle_metric():
 
 
 def test_per_image_breakdown_on_a_hand_made_case():
-    """test.py's Scores: where the Kaggle score is lost, counted on four hand-made images."""
-    from airbus_ships.test import Scores
+    """metrics.Scores (test.py's scores): where the Kaggle score is lost, counted on four hand-made images."""
+    from airbus_ships.metrics import Scores
 
     def box(y, x, h=4, w=6):
         m = np.zeros((32, 32), bool)
@@ -233,7 +242,7 @@ def test_ship_size_breakdown_counts_a_match_by_iou():
     """A large ship half covered (IoU 0.5: not found, the threshold is strict) and one covered at IoU 0.75 land in
     their size bins with those IoUs and the predicted ships' relative areas; a small ship next to them is missed;
     a ship whose prediction takes in its wake is found too large."""
-    from airbus_ships.test import Scores
+    from airbus_ships.metrics import Scores
 
     big, half, small = (np.zeros((64, 64), bool) for _ in range(3))
     big[0:20, 0:20] = True            # 400 px
@@ -266,7 +275,7 @@ def test_ship_size_breakdown_counts_a_match_by_iou():
 def test_zoom_study_scores_each_map_variant(tmp_path):
     """rule_study's zoom comparison on hand-made maps: zoom 1 exact, zoom 2 blank: zoom 1 and the pixelwise max
     score 1, zoom 2 only the ship-free images."""
-    from airbus_ships.rule_study import zoom_study
+    from airbus_ships.studies.rule_study import zoom_study
     ship = np.zeros((64, 64), bool)
     ship[10:20, 30:36] = True
     images = {f"{i}.jpg": [ship] if i % 2 else [] for i in range(8)}
@@ -283,50 +292,57 @@ def test_zoom_study_scores_each_map_variant(tmp_path):
     assert kaggle[("zoom 2", "whole training part")] == 0.5  # the two ship-free test images only
 
 
-def test_bench_record_keeps_every_top_level_entry():
-    """A new benchmark result moves the previous run into history and keeps the studies the README points to
-    (e.g. default_repeat_run_Q) at the top level."""
-    from airbus_ships.bench import merge_record
-    from airbus_ships.tests.conftest import ROOT
-    previous = json.loads((ROOT / "benchmarks" / "airbus.json").read_text())
-    merged = merge_record(previous, {"task": "airbus_ships", "kaggle_score": 0.5})
-    studies = {"rule_study_run_a", "small_ship_weight_5", "default_repeat_run_Q", "slow_machine_run_P"}
-    assert studies <= set(merged) and all(merged[k] == previous[k] for k in studies)
-    assert merged["kaggle_score"] == 0.5 and merged["history"][0]["kaggle_score"] == previous["kaggle_score"]
-    assert merged["history"][0]["label"] == previous["label"] and not studies & set(merged["history"][0])
-    assert merged["history"][1:] == previous["history"]
+def test_bench_record_is_one_run_of_the_default(tmp_path, strict_json):
+    """bench.py's record from a finished run folder (train.py's and test.py's files, made up here): one run, the
+    keys of every benchmark record, no history, strict JSON."""
+    from airbus_ships.bench import make_record
+    from common.io import write_json
+    run = tmp_path / "run"
+    ships_by_size = [{"pixels": "0-99", "ships": 2, "found_iou_0.5": 1, "median_best_iou": 0.5,
+                      "median_area_ratio": None}]
+    write_json(run / "test" / "metrics.json", {
+        "kaggle_score": 0.6, "dice_ship_images_mean": 0.7, "dice_pixels": 0.8, "iou_pixels": 0.7,
+        "iou_ship_images_mean": 0.6, "ship_no_ship_accuracy": 0.9, "per_image": {"true_ships": 2},
+        "ships_by_size": ships_by_size, "images_per_second": 3.0, "ship_images": 4, "problems": []})
+    write_json(run / "train_summary.json", {"epochs_logged": 40, "train_minutes": 24.0})
+    write_json(run / "model" / "config.json", {"encoder": "efficientnet_lite0", "seed": 0})
+    write_json(run / "model" / "postprocess.json", {"threshold": 0.7, "min_size": 0, "min_confidence": 0.99})
+    record = make_record(run, {"path": "data", "train_images": 7, "test_images": 3}, "python airbus_ships/bench.py",
+                         {"average_at_start": [1, 1, 1], "average_at_end": [2, 2, 2], "note": ""},
+                         (1500.0, 2600.4), (23.6, 924.0))
+    assert list(record) == ["task", "what", "command", "config", "data", "machine", "load", "date_utc", "metrics",
+                            "timings"]
+    assert record["metrics"]["kaggle_score"] == 0.6 and record["metrics"]["ships_by_size"] == ships_by_size
+    assert record["metrics"]["ship_rule"]["threshold"] == 0.7 and record["data"]["test_ship_images"] == 4
+    assert record["timings"] == {"epochs": 40, "train_minutes_fit": 24.0, "train_minutes_wall": 25.0,
+                                 "test_wall_seconds": 23.6, "test_images_per_second": 3.0,
+                                 "peak_memory_mib": {"train": 2600, "test": 924}}
+    write_json(tmp_path / "bench.json", record)
+    assert strict_json((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(record))
 
 
-def test_bench_reused_model_takes_unknown_training_figures_as_unknown():
-    """--reuse-model takes the training figures from the previous record, which holds null for one it did not
-    know; round(None) of the peak memory raised a TypeError after the whole test run."""
-    from airbus_ships.bench import reused_training
-    seconds, mib = reused_training({"train_minutes_wall": None, "peak_memory_mib": {"train": None, "test": 900}})
-    assert seconds != seconds and mib != mib  # NaN: written as null again
-    assert reused_training({"train_minutes_wall": 2.5, "peak_memory_mib": {"train": 1200}}) == (150.0, 1200)
-    assert all(v != v for v in reused_training({}))
-
-
-def test_bench_train_share_keeps_a_stratified_part_and_the_same_test_split(demo_dir, tmp_path):
-    """bench.py --train-share (learning curves): fewer training images, ship / no-ship kept in proportion, the
-    test split unchanged; every row of a kept image is copied."""
+def test_learning_curve_keeps_a_stratified_share_and_the_same_test_split(demo_dir, tmp_path):
+    """studies/learning_curve.py: fewer training images, ship / no-ship kept in proportion, the benchmark's test
+    split unchanged; every row of a kept image is copied."""
     from airbus_ships.bench import write_split
+    from airbus_ships.studies.learning_curve import keep_share
 
     def images(path):
         frame = pd.read_csv(path)
         return frame.groupby("ImageId")["EncodedPixels"].apply(lambda rles: rles.notna().any())
 
-    full_train, full_test, n_train, n_test = write_split(demo_dir, tmp_path / "full", 0.3, seed=0)
-    half_train, half_test, n_half, n_test_half = write_split(demo_dir, tmp_path / "half", 0.3, seed=0, train_share=0.5)
-    assert n_test_half == n_test and half_test.read_bytes() == full_test.read_bytes()
+    full_train, full_test, n_train, n_test = write_split(demo_dir, tmp_path / "full")
+    half_train, half_test, _, _ = write_split(demo_dir, tmp_path / "half")
+    n_half = keep_share(half_train, demo_dir / "images", 0.5)
+    assert half_test.read_bytes() == full_test.read_bytes()
     full, half = images(full_train), images(half_train)
     kept = {has_ships: n - round(n * 0.5) for has_ships, n in full.value_counts().items()}  # per stratum
     assert n_train == len(full) and n_half == len(half) == sum(kept.values())
     assert set(half.index) < set(full.index) and half.value_counts().to_dict() == kept
     rows = pd.read_csv(full_train)
     assert len(pd.read_csv(half_train)) == rows.ImageId.isin(half.index).sum()
-    with pytest.raises(ValueError, match="train_share"):
-        write_split(demo_dir, tmp_path / "bad", 0.3, seed=0, train_share=0)
+    with pytest.raises(ValueError, match="share"):
+        keep_share(half_train, demo_dir / "images", 0)
 
 
 def raising_at_call(n: int, exc, real, calls: list):
@@ -339,6 +355,7 @@ def raising_at_call(n: int, exc, real, calls: list):
     return predict
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_its_rows_and_resume_completes_it(demo_dir, trained_run, tmp_path, monkeypatch,
                                                                  capsys):
     """Ctrl-C during the third image: the rows of the first two are in submission.partial.csv; --resume predicts
@@ -367,6 +384,7 @@ def test_interrupted_run_keeps_its_rows_and_resume_completes_it(demo_dir, traine
     assert not partial.exists()
 
 
+@pytest.mark.slow
 def test_rows_are_saved_during_the_run(demo_dir, trained_run, tmp_path, monkeypatch):
     """A run killed without warning (here: an exception test.py does not catch, during the third image) has left
     the rows done so far on disk, saved every PARTIAL_SECONDS (0 here: before each image)."""
@@ -403,6 +421,7 @@ def test_rule_chosen_on_other_predictions_is_warned_about(tmp_path, capsys):
     """A ship rule chosen on tiled maps (postprocess.json's "how", e.g. a run trained before 'auto' became the
     default) used with --how auto: a warning saying how to match them; none when they match."""
     import argparse
+
     from airbus_ships.test import load_rule
     (tmp_path / "postprocess.json").write_text(json.dumps({"threshold": 0.4, "min_size": 80,
                                                            "min_confidence": 0.9, "how": "tile"}))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from airbus_ships.data import (SHIP_SEP, check_rle, make_dataset, overlapping_rows, random_ship_pixel, read_mask_table,
-                               ship_instances, tf_rle_decode)
+from airbus_ships.data import SHIP_SEP, check_rle, overlapping_rows, read_mask_table, ship_instances
+from airbus_ships.pipeline import make_dataset, tf_rle_decode
 from common.io import rle_decode
 
 # "1 3": pixels 1..3 = rows 0..2 of column 0 (column-major, 1-indexed); "770 2": pixel 770 = row 1 of column 1
@@ -86,13 +86,14 @@ def test_bad_images_are_named_and_left_out_when_the_table_is_read(demo_dir, tmp_
 
 def test_pipeline_skips_an_image_it_cannot_decode(demo_dir, tmp_path):
     """What the table check cannot see is skipped by the pipeline: a frame of one good image and one truncated
-    file (bypassing the check) yields only the good image, so every pass met the bad file and dropped it."""
+    file (bypassing the check) yields only the good image (768 px crops: the whole image), so every pass met the
+    bad file and dropped it."""
     table = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
     good = table[table.n_ships == 0].iloc[:1]
     bad = tmp_path / "truncated.jpg"
     bad.write_bytes(Path(good["path"].iloc[0]).read_bytes()[:3000])
     frame = pd.concat([good, good.assign(ImageId="truncated.jpg", path=str(bad))], ignore_index=True)
-    ds = make_dataset(frame, batch_size=1, input_size=64, mode="resize", empty_share=None, training=False)
+    ds = make_dataset(frame, batch_size=1, input_size=768, empty_share=None, training=False)
     expected = None
     for x, y in ds.take(6):  # 6 elements: 6 passes over the 2 rows, the bad one met in each
         expected = x.numpy() if expected is None else expected
@@ -123,39 +124,24 @@ def test_overlapping_ships_of_one_image_are_reported_with_both_lines(demo_dir, t
     assert empty not in set(table.frame["ImageId"])
 
 
-@pytest.mark.parametrize("sampling", ["instance", "pixel"])
-def test_crops_are_centred_on_ships(demo_dir, sampling):
+def test_crops_are_centred_on_ships(demo_dir):
     frame = read_mask_table(demo_dir / "masks.csv", demo_dir / "images").frame
     ships = frame[frame.n_ships > 0]
-    ds = make_dataset(ships, batch_size=8, input_size=128, empty_share=None, ship_crop_prob=1.0, training=False,
-                      ship_sampling=sampling)
+    ds = make_dataset(ships, batch_size=8, input_size=128, empty_share=None, ship_crop_prob=1.0, training=False)
     x, y = next(iter(ds))
     assert (tf.reduce_max(y, axis=[1, 2, 3]).numpy() > 0).all()  # every crop holds ship pixels
 
 
-def test_random_ship_pixel_draws_ships_uniformly():
-    """A 900-pixel and a 3-pixel ship: every drawn pixel lies on a ship, each ship is drawn about half the time
-    (a random ship *pixel* would hit the small one 0.3% of the time)."""
-    big, small = "1000 300 1768 300 2536 300", "400000 3"
-    ships = ship_instances(big + SHIP_SEP + small)
-    picks = [0, 0]
-    for i in range(200):
-        r, c = random_ship_pixel(tf.constant(big + SHIP_SEP + small), tf.constant([0, i], tf.int64)).numpy()
-        on = [i for i, ship in enumerate(ships) if ship[r, c]]
-        assert len(on) == 1, (r, c)
-        picks[on[0]] += 1
-    assert 60 <= picks[1] <= 140, picks
-    assert random_ship_pixel(tf.constant(""), tf.constant([0, 0], tf.int64)).numpy().tolist() == [-1, -1]
-
-
+@pytest.mark.slow
 def test_streaming_synthetic_kaggle_table(demo_dir, tmp_path):
-    """20,000 synthetic rows (Kaggle balance): table and pipeline stay small and fast (200k: see README). Run as
+    """studies/stream_check.py on 20,000 synthetic rows (Kaggle balance): table and pipeline stay small and fast
+    (200k: EXPERIMENTS.md). Run as
     a user would, in a fresh process: its peak memory is the whole process's, which earlier tests in this one
     would inflate."""
     import json
 
     from airbus_ships.tests.conftest import _run_script
-    _run_script("stream_check.py", "--data", demo_dir, "--out", tmp_path, "--rows", 20_000, "--batches", 10,
+    _run_script("studies/stream_check.py", "--data", demo_dir, "--out", tmp_path, "--rows", 20_000, "--batches", 10,
                 "--batch-size", 4, "--train-steps", 0, "--seed", 0)
     result = json.loads((tmp_path / "stream_check.json").read_text())
     assert result["rows_dropped"] == 0
@@ -174,9 +160,8 @@ def _stream_digest(frame, n_batches: int, **kwargs) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("sampling", ["pixel", "instance"])
 @pytest.mark.parametrize("training", [True, False])
-def test_batches_are_a_function_of_the_seed(demo_dir, sampling, training):
+def test_batches_are_a_function_of_the_seed(demo_dir, training):
     """The same seed gives the same images, crops and augmentation in every run (train.py's training stream and
     its fixed validation batches, which --resume compares its best loss with), although the maps run in
     parallel: the random draws are stateless, seeded by the element's number (random ops called in parallel drew
@@ -186,8 +171,7 @@ def test_batches_are_a_function_of_the_seed(demo_dir, sampling, training):
     digests = []
     for seed in (1, 1, 1, 2):
         keras.utils.set_random_seed(0)
-        digests.append(_stream_digest(frame, 3, empty_share=0.25, training=training, seed=seed,
-                                      ship_sampling=sampling))
+        digests.append(_stream_digest(frame, 3, empty_share=0.25, training=training, seed=seed))
     assert digests[0] == digests[1] == digests[2] != digests[3]
 
 

@@ -1,6 +1,6 @@
 """Check that the training pipeline streams: a Kaggle-sized mask table, bounded memory, enough batches/s.
 
-    python -m airbus_ships.stream_check --data data/airbus --rows 200000 --out runs/airbus_stream
+    python -m airbus_ships.studies.stream_check --data data/airbus --rows 200000 --out runs/airbus_stream
 
 Writes a synthetic mask CSV of ``--rows`` rows with Kaggle's class balance (78% of images without ships;
 ship images hold 1-15 ships, 1.9 on average) whose ship RLE strings are copied from real-format rows of
@@ -20,10 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import psutil
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
+from airbus_ships import quiet_tensorflow
 
 KAGGLE_EMPTY_SHARE = 150_000 / 192_556  # images without ships in train_v2
 SHIPS_PER_SHIP_IMAGE = np.array([27104, 7674, 2954, 1622, 925, 657, 406, 318, 243, 168, 144, 124, 75, 76, 66],
@@ -103,10 +103,10 @@ class PeakMemory:
 
 
 def measure(images: Path, csv_path: Path, batches: int, batch_size: int, train_steps: int, seed: int = 0) -> dict:
-    import keras
-    from airbus_ships.data import make_dataset, read_mask_table
+    from airbus_ships.data import read_mask_table
     from airbus_ships.losses import bce_dice_loss
     from airbus_ships.model import build_unet
+    from airbus_ships.pipeline import make_dataset
 
     result = {}
     with PeakMemory() as mem:
@@ -152,6 +152,7 @@ def main(argv=None) -> None:
                    help="for the training steps: cpu hides the GPUs; cuda stops when TensorFlow sees none")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra- and inter-op threads (0: its choice)")
     args = p.parse_args(argv)
+    quiet_tensorflow()
     from airbus_ships.data import find_layout
     from airbus_ships.runtime import setup_device
     from common.io import write_json

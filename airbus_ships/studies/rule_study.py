@@ -1,18 +1,19 @@
 """Which ship / no-ship rule generalises? Choose the post-processing on the training part, score it on the test split.
 
-    python -m airbus_ships.rule_study --run runs/airbus_bench --data ../shared/data/airbus
+    python -m airbus_ships.studies.rule_study --run runs/airbus_bench --data ../shared/data/airbus
 
 Uses a benchmark run of ``bench.py`` (its split ``RUN/split/{train,test}.csv`` and model ``RUN/model/best.keras``).
-Probability maps are predicted once, tiled (``test.py --how tile``, its default until 2026-12-05), and cached
-(``OUT/probs.npz``; ``--out`` defaults to ``RUN/rule_study``). Then each way of choosing the rule picks its parameters by maximising the Kaggle score on images of the *training part*
-only: train.py's own validation images (unseen by the network), or the whole training part (mostly images the
-network was trained on). The test split is only scored, never used to choose. Rules: probability threshold,
-minimum component area, minimum component peak probability (``ShipRule``) and an image-level gate (an image holds
-ships only if its highest probability reaches the gate). Prints a table and writes ``OUT/results.json``.
+Probability maps are predicted once, tiled (``test.py --how tile``), and cached (``OUT/probs.npz``; ``--out``
+defaults to ``RUN/rule_study``). Then each way of choosing the rule picks its parameters by
+maximising the Kaggle score on images of the *training part* only: train.py's own validation images (unseen by
+the network), or the whole training part (mostly images the network was trained on). The test split is only
+scored, never used to choose. Rules: probability threshold, minimum component area, minimum component peak
+probability (``ShipRule``) and an image-level gate (an image holds ships only if its highest probability reaches
+the gate). Prints a table and writes ``OUT/results.json``.
 
-    python -m airbus_ships.rule_study --run runs/airbus_bench --data ../shared/data/airbus --zooms 1,2
+    python -m airbus_ships.studies.rule_study --run runs/airbus_bench --data ../shared/data/airbus --zooms 1,2
 
-compares test-time zooms instead (``predict_probs(..., zoom=z)``: the image upsampled z times, so small ships look
+compares test-time zooms instead (:func:`predict_zoomed`: the image upsampled z times, so small ships look
 larger; maps cached as ``probs_zoom2.npz``): each zoom alone and the pixelwise max / mean of their maps, each with
 train.py's rule grid chosen on the training part, scored on the test split (``OUT/zoom_results.json``).
 """
@@ -20,24 +21,36 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from airbus_ships.inference import CONFIDENCES, MIN_SIZES, THRESHOLDS, ComponentStats, component_stats, rule_scores  # noqa: E402
+from airbus_ships import quiet_tensorflow
+from airbus_ships.inference import CONFIDENCES, MIN_SIZES, THRESHOLDS, ComponentStats, component_stats, rule_scores
 
 GATES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def predict_zoomed(model, image: np.ndarray, zoom: int, how: str = "tile") -> np.ndarray:
+    """Test-time zoom: ``predict_probs`` on the image upsampled ``zoom`` times (bilinear), so that small ships look
+    larger, averaged back over ``zoom x zoom`` blocks to the image's own size (``zoom ** 2`` x slower)."""
+    import tensorflow as tf
+
+    from airbus_ships.inference import predict_probs
+    if zoom == 1:
+        return predict_probs(model, image, how)
+    h, w = image.shape[:2]
+    big = tf.image.resize(image[None], [h * zoom, w * zoom], method="bilinear").numpy()[0]
+    big = np.clip(np.rint(big), 0, 255).astype(image.dtype)
+    return predict_probs(model, big, how).reshape(h, zoom, w, zoom).mean(axis=(1, 3))
 
 
 def predict_all(run: Path, data: Path, threads: int, zoom: int = 1, out: Path | None = None,
                 device: str = "auto") -> dict[str, dict]:
     """``{ImageId: {"prob": (768, 768) float16, "truth": [bool masks], "part": "train"|"test"}}`` (cached in ``out``,
     default ``run/rule_study``), predicted tiled (``test.py --how tile``), on the image upsampled ``zoom`` times
-    (``inference.predict_probs``)."""
+    (:func:`predict_zoomed`)."""
     from airbus_ships.data import read_mask_table, ship_instances
     cache = (out or run / "rule_study") / ("probs.npz" if zoom == 1 else f"probs_zoom{zoom}.npz")
     tables = {part: read_mask_table(run / "split" / f"{part}.csv", data / "images").frame
@@ -46,7 +59,7 @@ def predict_all(run: Path, data: Path, threads: int, zoom: int = 1, out: Path | 
         probs = dict(np.load(cache))
     else:
         import keras
-        from airbus_ships.inference import predict_probs
+
         from airbus_ships.losses import CUSTOM_OBJECTS
         from airbus_ships.runtime import setup_device
         from common.io import read_rgb
@@ -55,7 +68,7 @@ def predict_all(run: Path, data: Path, threads: int, zoom: int = 1, out: Path | 
         probs, t0 = {}, time.time()
         for frame in tables.values():
             for row in frame.itertuples():
-                probs[row.ImageId] = predict_probs(model, read_rgb(row.path), "tile", zoom=zoom).astype(np.float16)
+                probs[row.ImageId] = predict_zoomed(model, read_rgb(row.path), zoom).astype(np.float16)
         print(f"predicted {len(probs)} images in {time.time() - t0:.0f} s")
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **probs)
@@ -88,8 +101,9 @@ def zoom_study(by_zoom: dict[int, dict], sets: dict[str, set], out: Path) -> Non
     """Each zoom's maps and their pixelwise max / mean: train.py's rule grid chosen on each part of the training
     set, scored on the test split (with test.py's ``Scores``: Kaggle, dice, ships found by size)."""
     import pandas as pd
+
     from airbus_ships.inference import ShipRule, ships_from_probs
-    from airbus_ships.test import Scores
+    from airbus_ships.metrics import Scores
     from common.io import write_json
 
     zooms = list(by_zoom)
@@ -136,7 +150,9 @@ def main() -> None:
     p.add_argument("--zooms", default="1", help="comma-separated test-time zooms, e.g. 1,2: compare each zoom and "
                    "the pixelwise max / mean of their maps under train.py's rule grid instead of the rule families")
     args = p.parse_args()
+    quiet_tensorflow()
     import pandas as pd
+
     from airbus_ships.data import split_by_image
     from common.io import write_json
 
@@ -163,8 +179,8 @@ def main() -> None:
         "threshold only": [(t, 0, t, 0.0) for t in THRESHOLDS],
         "threshold + min area": [(t, m, t, 0.0) for t, m in itertools.product(THRESHOLDS, MIN_SIZES)],
         "threshold + image gate": [(t, 0, t, g) for t, g in itertools.product(THRESHOLDS, GATES)],
-        "threshold + area + peak (train.py's grid now)": [(t, m, c, 0.0) for t, m, c in itertools.product(THRESHOLDS, MIN_SIZES, CONFIDENCES)
-                                    if c >= t],
+        "threshold + area + peak (train.py's grid now)": [
+            (t, m, c, 0.0) for t, m, c in itertools.product(THRESHOLDS, MIN_SIZES, CONFIDENCES) if c >= t],
         "threshold + area + image gate": [(t, m, t, g) for t, m, g in itertools.product(THRESHOLDS, MIN_SIZES, GATES)],
     }
     rows = []

@@ -1,0 +1,106 @@
+"""The README's figures: training curves and example predictions of a run, ships found by size in the benchmark.
+
+    python -m airbus_ships.figures --run runs/airbus_figures --bench benchmarks/airbus.json --out airbus_ships/docs
+
+(``make figures-ships`` trains a short run on the synthetic demo data first.) Writes into ``--out``:
+
+* ``training_curves.png``: loss, dice and IoU per epoch of ``RUN/train_log.csv`` (train.py draws the same plot
+  into every run folder);
+* ``examples.png``: the overlays ``test.py`` wrote into ``RUN/test/result-image/`` (predicted ships red, true
+  outlines green), side by side;
+* ``ships_by_size.png``: from the benchmark record, the test split's true ships per size and how many were found
+  at IoU > 0.5 (numbers only: no Kaggle image is drawn).
+
+matplotlib, pandas and Pillow only (no TensorFlow).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from common.io import read_rgb, save_figure
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(log_csv: Path, out_png: Path) -> None:
+    """Loss, dice and IoU per epoch (train and validation) of a Keras CSV log."""
+    plt = _pyplot()
+    log = pd.read_csv(log_csv)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key in zip(axes, ("loss", "dice_coef", "iou_coef")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in log:
+                ax.plot(log["epoch"] + 1, log[prefix + key], style, marker=".", label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    save_figure(fig, out_png, dpi=100)
+
+
+def plot_examples(overlays: list[Path], out_png: Path, size: int = 256) -> None:
+    """The overlays side by side, each downscaled to ``size`` px."""
+    from PIL import Image
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(overlays), figsize=(3.2 * len(overlays), 3.4), squeeze=False)
+    for ax, path in zip(axes[0], overlays):
+        ax.imshow(Image.fromarray(read_rgb(path)).resize((size, size), Image.Resampling.LANCZOS))
+        ax.set_title(path.stem, fontsize=9)
+        ax.axis("off")
+    fig.suptitle("predicted ships red, true outlines green (synthetic demo images)", fontsize=10)
+    save_figure(fig, out_png, dpi=90)
+
+
+def plot_ships_by_size(record: dict, out_png: Path) -> None:
+    """Bars of the true ships per size bin and those found at IoU > 0.5 (``metrics.ships_by_size``)."""
+    plt = _pyplot()
+    rows = record["metrics"]["ships_by_size"]
+    labels = [r["pixels"] for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.bar(x, [r["ships"] for r in rows], color="0.8", label="true ships")
+    ax.bar(x, [r["found_iou_0.5"] for r in rows], color="tab:blue", label="found (IoU > 0.5)")
+    ax.set_xticks(list(x), labels)
+    ax.set_xlabel("true ship area (pixels)")
+    ax.set_ylabel("ships")
+    score = record["metrics"]["kaggle_score"]
+    ax.set_title(f"benchmark test split: ships found by size (Kaggle score {score:.3f})", fontsize=10)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, out_png, dpi=90)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="a train.py run folder with test.py's output in RUN/test")
+    p.add_argument("--bench", default="", help="a bench.py record (benchmarks/airbus.json) for ships_by_size.png")
+    p.add_argument("--out", default="airbus_ships/docs", help="folder for the PNGs")
+    args = p.parse_args(argv)
+    run, out = Path(args.run), Path(args.out)
+    log = run / "train_log.csv"
+    overlays = sorted((run / "test" / "result-image").glob("*.jpg"))[:3]
+    if not log.is_file() or not overlays:
+        sys.exit(f"{run}: needs train_log.csv (train.py --out {run}) and test/result-image/*.jpg (test.py --out "
+                 f"{run / 'test'})")
+    plot_curves(log, out / "training_curves.png")
+    plot_examples(overlays, out / "examples.png")
+    written = ["training_curves.png", "examples.png"]
+    if args.bench:
+        plot_ships_by_size(json.loads(Path(args.bench).read_text()), out / "ships_by_size.png")
+        written.append("ships_by_size.png")
+    print(f"wrote {', '.join(written)} into {out}")
+
+
+if __name__ == "__main__":
+    main()
