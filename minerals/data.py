@@ -42,52 +42,27 @@ def split_rows(rows: list[dict], n_folds: int = 5, fold: int = 0, seed: int = 0)
     Groups are the source photo (or its duplicate group from manifest.csv), so every patch of a photo, its
     negatives and its near-duplicates stay on one side; each fold keeps the class proportions.
     """
-    val = set(_fold_indices(rows, n_folds, seed)[fold].tolist())
+    val = set(fold_indices(rows, n_folds, seed)[fold].tolist())
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
-def _fold_indices(rows: list[dict], n_folds: int, seed: int) -> list[np.ndarray]:
+def fold_indices(rows: list[dict], n_folds: int, seed: int) -> list[np.ndarray]:
     """The row indices of each fold of a seeded ``StratifiedGroupKFold`` over the rows' labels and groups."""
     y = [CLASSES.index(r["label"]) for r in rows]
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [idx for _, idx in folds.split(np.zeros(len(rows)), y, [r["group"] for r in rows])]
 
 
-def subsample_rows(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
-    """The rows of about ``share`` of the photos (in steps of 0.1), stratified and group-aware as
-    :func:`split_rows`: the first ``round(10 * share)`` of ten ``StratifiedGroupKFold`` folds. For learning curves
-    (how accuracy grows with the training data); ``share`` 1 returns ``rows``."""
-    keep = round(10 * share)
-    if keep >= 10:
-        return rows
-    kept = set(np.concatenate(_fold_indices(rows, 10, seed)[:keep]).tolist())
-    return [r for i, r in enumerate(rows) if i in kept]
-
-
-def rot90(img: torch.Tensor) -> torch.Tensor:
-    """A quarter turn of a ``(..., H, W)`` image: exact and as cheap as a copy, unlike ``v2.RandomRotation``."""
-    return torch.rot90(img, 1, dims=(-2, -1))
-
-
-AUGMENTS = ("basic", "trivial")
-
-
-def train_transform(size: int, min_scale: float = 0.25, quarter_turns: bool = False,
-                    augment: str = "basic") -> v2.Compose:
+def train_transform(size: int, min_scale: float = 0.25) -> v2.Compose:
     """Strong but CPU-cheap augmentation for training from few photos: scale/crop, flips, photometric changes.
 
     No hue change: colour is one of the strongest cues between these minerals (and hue jitter is the most
     expensive v2 op on CPU). Free-angle rotations are left out for the same cost reason; the flips cover 4
-    orientations and ``quarter_turns`` (a 90-degree turn half of the time, exact on the square crops) all 8.
-    ``augment="trivial"`` adds TrivialAugmentWide (one op of random kind and strength per crop, on uint8).
+    orientations.
     """
-    if augment not in AUGMENTS:
-        raise ValueError(f"augment {augment!r}: choose from {AUGMENTS}")
-    turn = [v2.RandomApply([v2.Lambda(rot90)], p=0.5)] if quarter_turns else []
-    trivial = [v2.TrivialAugmentWide()] if augment == "trivial" else []
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.75, 1.333), antialias=True),
-        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *turn, *trivial,
+        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
         v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.25),
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomErasing(p=0.2, scale=(0.02, 0.12)),

@@ -1,4 +1,4 @@
-"""The decision rule shared by training (threshold choice), prediction and evaluation.
+"""The decision rule shared by training (threshold choice), prediction and evaluation, and their metrics.
 
 The network outputs softmax probabilities over the 7 minerals and ``negative``. A patch's *confidence* is
 the probability of its most likely mineral; the answer is that mineral when the confidence reaches the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE
 
 UNKNOWN = "unknown"
@@ -18,6 +19,13 @@ def mineral_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``probs`` (N, 8) -> (confidence (N,), index of the most likely mineral (N,))."""
     m = probs[:, : len(MINERALS)]
     return m.max(axis=1), m.argmax(axis=1)
+
+
+def mineral_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Closed-set metrics on the mineral patches (``labels`` < 7): the most likely mineral against the true one
+    (accuracy, macro-F1, per class, confusion matrix: ``common.metrics.classification_summary``)."""
+    pos = labels < len(MINERALS)
+    return classification_summary(labels[pos].tolist(), mineral_confidence(probs[pos])[1].tolist(), MINERALS)
 
 
 def decide(probs: np.ndarray, threshold: float, decimals: int | None = None) -> tuple[np.ndarray, list[str]]:

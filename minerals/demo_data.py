@@ -74,7 +74,8 @@ def make_photo(label: str, rng: np.random.Generator, size: tuple[int, int]) -> t
     img = img * (1 - m) + tex * light * m
     img += rng.normal(0, 3, img.shape)
     xs, ys = [x for x, _ in poly], [y for _, y in poly]
-    box = (max(int(min(xs)), 0), max(int(min(ys)), 0), min(int(np.ceil(max(xs))) + 1, w), min(int(np.ceil(max(ys))) + 1, h))
+    box = (max(int(min(xs)), 0), max(int(min(ys)), 0),
+           min(int(np.ceil(max(xs))) + 1, w), min(int(np.ceil(max(ys))) + 1, h))
     return img.clip(0, 255).astype(np.uint8), box
 
 

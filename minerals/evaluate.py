@@ -23,9 +23,9 @@ import torch
 from common.io import IMAGE_EXTENSIONS, atomic_write, save_figure, write_json
 from common.metrics import classification_summary
 from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
-from minerals.decision import UNKNOWN, decide, mineral_confidence, threshold_curve
+from minerals.decision import UNKNOWN, decide, mineral_confidence, mineral_metrics, threshold_curve
 from minerals.predict import load_classifier, option_problems, predict_probs
-from minerals.train import DEVICES, mineral_metrics, pick_device
+from minerals.runtime import DEVICES, pick_device
 
 
 def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all") -> list[tuple[Path, str]]:
@@ -39,7 +39,8 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
                 keep = {r["patch"] for r in csv.DictReader(f) if r.get("split") == split}
             rows = [r for r in rows if r["patch"] in keep]
             if len(rows) < len(keep):  # the samples were extracted again (other photos) since the run
-                lost = f"{len(keep) - len(rows)} of the {len(keep)} {split} patches of {split_csv} are not in {data}/index.csv"
+                lost = (f"{len(keep) - len(rows)} of the {len(keep)} {split} patches of {split_csv} are not in "
+                        f"{data}/index.csv")
                 if not rows:
                     raise SystemExit(f"error: {lost}: evaluate the samples the run was trained on (or --split all)")
                 print(f"warning: {lost}; scoring the {len(rows)} found", file=sys.stderr)
@@ -101,7 +102,7 @@ def plot_errors(errors: list[dict], path: Path, max_n: int = 36, cols: int = 6) 
     save_figure(fig, path, dpi=100)
 
 
-def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str, dpi: int = 120) -> None:
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -109,10 +110,10 @@ def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: st
     ConfusionMatrixDisplay(np.asarray(cm), display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False,
                                                                       xticks_rotation=45)
     ax.set_title(title)
-    save_figure(fig, path, dpi=120)
+    save_figure(fig, path, dpi=dpi)
 
 
-def plot_threshold(curve: dict, threshold: float, path: Path) -> None:
+def plot_threshold(curve: dict, threshold: float, path: Path, dpi: int = 120) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -123,11 +124,12 @@ def plot_threshold(curve: dict, threshold: float, path: Path) -> None:
     ax.set(xlabel="confidence threshold", ylim=(0, 1.02), title="accuracy and coverage vs threshold")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save_figure(fig, path, dpi=120)
+    save_figure(fig, path, dpi=dpi)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="runs/minerals/train/best.pt")
     p.add_argument("--data", default="runs/minerals/samples", help="samples folder (index.csv) or class folders")
     p.add_argument("--split", default="val", choices=["val", "train", "all"],
@@ -135,12 +137,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence threshold in [0, 1] for the open-set figures (default: the checkpoint's)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="mirror-image averaging (default: as the checkpoint was validated)")
-    p.add_argument("--img-size", type=int, default=None, help="test-time input side (default: the checkpoint's)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (at least 1)")
-    p.add_argument("--seed", type=int, default=0, help="unused (deterministic); uniform CLI")
     args = p.parse_args(argv)
     for problem in option_problems(args):
         p.error(problem)
@@ -148,13 +146,13 @@ def main(argv=None) -> dict:
         p.error(f"--out {args.out} is a file; give the folder to write into")
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    model, meta = load_classifier(args.checkpoint, device, args.tta)
+    model, meta = load_classifier(args.checkpoint, device)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
     data = Path(args.data)
     split = args.split if (data / "index.csv").exists() else "all"
     pairs = labelled_patches(data, Path(args.checkpoint).parent / "split.csv", split)
     probs, labels, files = [], [], []
-    for i, pr, err in predict_probs(model, [f for f, _ in pairs], args.img_size or meta["img_size"], device):
+    for i, pr, err in predict_probs(model, [f for f, _ in pairs], meta["img_size"], device):
         if err:
             print(f"skipped {err}", file=sys.stderr)
             continue
@@ -187,8 +185,8 @@ def main(argv=None) -> dict:
           f"{report['open_set']['accuracy']:.4f}, coverage {report['coverage_at_threshold']:.3f}; wrote {out}",
           file=sys.stderr)
     for name, m in (c["per_class"].items() if c is not None else []):
-        print(f"  {name:<12} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1-score']:.3f}  n {int(m['support'])}",
-              file=sys.stderr)
+        print(f"  {name:<12} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1-score']:.3f}  "
+              f"n {int(m['support'])}", file=sys.stderr)
     return report
 
 

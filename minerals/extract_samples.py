@@ -55,16 +55,16 @@ class Box:
     y1: float
     norm: bool = False
 
-    def to_pixels(self, w: int, h: int) -> "Box":
+    def to_pixels(self, w: int, h: int) -> Box:
         b = Box(self.x0 * w, self.y0 * h, self.x1 * w, self.y1 * h) if self.norm else self
         x0, x1 = sorted((int(round(b.x0)), int(round(b.x1))))
         y0, y1 = sorted((int(round(b.y0)), int(round(b.y1))))
         return Box(min(max(x0, 0), w - 1), min(max(y0, 0), h - 1), min(max(x1, 1), w), min(max(y1, 1), h))
 
-    def disjoint(self, other: "Box") -> bool:
+    def disjoint(self, other: Box) -> bool:
         return self.x1 <= other.x0 or other.x1 <= self.x0 or self.y1 <= other.y0 or other.y1 <= self.y0
 
-    def iou(self, other: "Box") -> float:
+    def iou(self, other: Box) -> float:
         """Intersection over union of two pixel boxes."""
         inter = max(0, min(self.x1, other.x1) - max(self.x0, other.x0)) * \
             max(0, min(self.y1, other.y1) - max(self.y0, other.y0))
@@ -224,9 +224,11 @@ def resize_patch(patch: np.ndarray, size: int, max_aspect: float = 2.0) -> Image
     h, w = patch.shape[:2]
     if max(h, w) > max_aspect * min(h, w):
         if h > w:
-            c = int(max_aspect * w); patch = patch[(h - c) // 2:(h - c) // 2 + c]
+            c = int(max_aspect * w)
+            patch = patch[(h - c) // 2:(h - c) // 2 + c]
         else:
-            c = int(max_aspect * h); patch = patch[:, (w - c) // 2:(w - c) // 2 + c]
+            c = int(max_aspect * h)
+            patch = patch[:, (w - c) // 2:(w - c) // 2 + c]
     im = Image.fromarray(patch)
     s = min(1.0, size / min(im.size))
     return im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS) if s < 1 else im
@@ -313,7 +315,8 @@ def contact_sheets(entries: list[tuple[np.ndarray, list[tuple[Box, str]], str]],
             ox, oy = (k % cols) * thumb, (k // cols) * (thumb + 14)
             sheet.paste(Image.fromarray(img).resize((max(1, int(w * s)), max(1, int(h * s)))), (ox, oy))
             for b, colour in boxes:
-                d.rectangle([ox + b.x0 * s, oy + b.y0 * s, ox + b.x1 * s - 1, oy + b.y1 * s - 1], outline=colour, width=2)
+                d.rectangle([ox + b.x0 * s, oy + b.y0 * s, ox + b.x1 * s - 1, oy + b.y1 * s - 1], outline=colour,
+                            width=2)
             d.text((ox + 2, oy + thumb), caption[:26], fill="black")
         path = out / f"contact_sheet_{p0 // per_page:02d}.jpg"
         with atomic_write(path, "wb") as f:
@@ -326,11 +329,43 @@ def contact_sheets(entries: list[tuple[np.ndarray, list[tuple[Box, str]], str]],
 def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 160, neg_per_image: int = 1,
             synthetic: float = 0.2, seed: int = 0, sheets: bool = True, sheet_max: int = 10_000) -> list[dict]:
     """Extract all patches of ``data`` into ``out``; returns the index rows (also written to index.csv)."""
-    if not data.is_dir():
-        raise SystemExit(f"error: {data}: no such folder (expected <data>/<class>/<image> photos)")
     if patch_size < 1 or neg_per_image < 0 or not synthetic >= 0 or seed < 0:  # (NaN fails `>= 0` too)
         raise SystemExit(f"error: --patch-size {patch_size} (at least 1 px), --neg-per-image {neg_per_image}, "
                          f"--synthetic {synthetic} and --seed {seed} (0 or more) cannot all be used")
+    images, table = list_photos(data, boxes)
+    groups = read_manifest_groups(data)
+    rows, box_rows, review = [], [], []
+    for i, (label, path) in enumerate(tqdm(images, desc="extract", file=sys.stderr)):
+        rel = f"{label}/{path.name}"
+        try:
+            img = read_rgb(path)
+        except ImageReadError as err:
+            print(f"skipped {err}", file=sys.stderr)
+            continue
+        found, method = photo_boxes(img, rel, table, boxes)
+        rng = np.random.default_rng([seed, zlib.crc32(rel.encode())])
+        photo_rows, drawn = extract_photo(img, rel, label, groups.get(rel, rel), safe_name(rel, i), found, method,
+                                          out, patch_size, neg_per_image, rng)
+        rows += photo_rows
+        box_rows += [dict(path=rel, xmin=r["x0"], ymin=r["y0"], xmax=r["x1"], ymax=r["y1"], label=label,
+                          method=method) for r in photo_rows if r["kind"] == "positive"]
+        if sheets and len(review) < sheet_max:
+            h, w = img.shape[:2]
+            s = 320 / max(h, w)
+            thumb = np.asarray(Image.fromarray(img).resize((max(1, int(w * s)), max(1, int(h * s)))))
+            review.append((thumb, [(Box(b.x0 * s, b.y0 * s, b.x1 * s, b.y1 * s), col) for b, col in drawn], rel))
+    rows += synthetic_rows(out, int(round(synthetic * len(images))), patch_size, seed)
+    write_csv(out / "index.csv", rows, INDEX_FIELDS)
+    write_csv(out / "boxes.csv", box_rows, ["path", "xmin", "ymin", "xmax", "ymax", "label", "method"])
+    remove_stale(out, {out / "patches" / r["patch"] for r in rows}, contact_sheets(review, out) if sheets else None)
+    return rows
+
+
+def list_photos(data: Path, boxes: Path | None) -> tuple[list[tuple[str, Path]], dict[str, list[Box]] | None]:
+    """(``[(class, photo)]`` of ``<data>/<class>/<image>``, the box table of ``boxes`` or None); every problem a
+    user can fix (no folder, foreign class folders, an unreadable or ambiguous box file) is one error line."""
+    if not data.is_dir():
+        raise SystemExit(f"error: {data}: no such folder (expected <data>/<class>/<image> photos)")
     if boxes is not None and not boxes.exists():
         raise SystemExit(f"error: --boxes {boxes}: no such file or folder")
     try:
@@ -344,8 +379,6 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
         raise SystemExit(f"error: {data}: class folders {foreign} are not among {CLASSES} (rename or move them)")
     if missing := [c for c in MINERALS if c not in classes]:
         print(f"warning: {data}: no folder for {missing}; the model will never answer them", file=sys.stderr)
-    groups = read_manifest_groups(data)
-    rows, box_rows, review = [], [], []
     images = [(c, p) for c in classes for p in list_images(data / c)]
     if not images:
         raise SystemExit(f"{data}: no images in class folders <data>/<class>/")
@@ -354,54 +387,57 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
         k, rels = next(iter(clash.items()))
         raise SystemExit(f"error: {boxes}: {len(clash)} image names match several images (e.g. {k!r}: "
                          f"{', '.join(rels[:3])}): name the images as <class>/<file> in the box file")
-    colours = {"given": "blue", "foreground": "lime", "full": "orange"}
-    for i, (label, path) in enumerate(tqdm(images, desc="extract", file=sys.stderr)):
-        rel = f"{label}/{path.name}"
-        try:
-            img = read_rgb(path)
-        except ImageReadError as err:
-            print(f"skipped {err}", file=sys.stderr)
-            continue
+    return images, table
+
+
+def photo_boxes(img: np.ndarray, rel: str, table: dict[str, list[Box]] | None,
+                boxes: Path | None) -> tuple[list[Box], str]:
+    """(the specimen boxes of one photo, how they were found): given in the box table, else found."""
+    if table is not None:
         h, w = img.shape[:2]
-        rng = np.random.default_rng([seed, zlib.crc32(rel.encode())])
-        if table is not None:
-            found = [b.to_pixels(w, h) for b in boxes_for(table, rel)]
-            found = [b for b in found if b.x1 - b.x0 >= 4 and b.y1 - b.y0 >= 4]
-            method = "given"
-            if not found:
-                print(f"{rel}: no box in {boxes}; using the automatic box", file=sys.stderr)
-        if table is None or not found:
-            box, method = find_specimen_box(img)
-            found = [box]
-        group = groups.get(rel, rel)
-        stem = safe_name(rel, i)
-        drawn = []
-        for k, b in enumerate(found):
-            name = f"{label}/{stem}_p{k}.jpg"
-            save_jpeg(resize_patch(img[b.y0:b.y1, b.x0:b.x1], patch_size), out / "patches" / name)
-            rows.append(dict(patch=name, label=label, kind="positive", source=rel, group=group, method=method,
-                             x0=b.x0, y0=b.y0, x1=b.x1, y1=b.y1, src_w=w, src_h=h))
-            box_rows.append(dict(path=rel, xmin=b.x0, ymin=b.y0, xmax=b.x1, ymax=b.y1, label=label, method=method))
-            drawn.append((b, colours[method]))
-        for k, c in enumerate(negative_crops(w, h, found, neg_per_image, rng)):
-            name = f"{NEGATIVE}/{stem}_n{k}.jpg"
-            save_jpeg(resize_patch(img[c.y0:c.y1, c.x0:c.x1], patch_size), out / "patches" / name)
-            rows.append(dict(patch=name, label=NEGATIVE, kind="background", source=rel, group=group, method="outside",
-                             x0=c.x0, y0=c.y0, x1=c.x1, y1=c.y1, src_w=w, src_h=h))
-            drawn.append((c, "red"))
-        if sheets and len(review) < sheet_max:
-            s = 320 / max(h, w)
-            thumb = np.asarray(Image.fromarray(img).resize((max(1, int(w * s)), max(1, int(h * s)))))
-            review.append((thumb, [(Box(b.x0 * s, b.y0 * s, b.x1 * s, b.y1 * s), col) for b, col in drawn], rel))
+        found = [b.to_pixels(w, h) for b in boxes_for(table, rel)]
+        found = [b for b in found if b.x1 - b.x0 >= 4 and b.y1 - b.y0 >= 4]
+        if found:
+            return found, "given"
+        print(f"{rel}: no box in {boxes}; using the automatic box", file=sys.stderr)
+    box, method = find_specimen_box(img)
+    return [box], method
+
+
+BOX_COLOURS = {"given": "blue", "foreground": "lime", "full": "orange"}  # on the contact sheets; negatives red
+
+
+def extract_photo(img: np.ndarray, rel: str, label: str, group: str, stem: str, found: list[Box], method: str,
+                  out: Path, patch_size: int, neg_per_image: int, rng: np.random.Generator):
+    """Save one photo's positive patches (one per box) and negative crops; returns (their index rows, the boxes to
+    draw on the contact sheet with their colours)."""
+    h, w = img.shape[:2]
+    rows, drawn = [], []
+    for k, b in enumerate(found):
+        name = f"{label}/{stem}_p{k}.jpg"
+        save_jpeg(resize_patch(img[b.y0:b.y1, b.x0:b.x1], patch_size), out / "patches" / name)
+        rows.append(dict(patch=name, label=label, kind="positive", source=rel, group=group, method=method,
+                         x0=b.x0, y0=b.y0, x1=b.x1, y1=b.y1, src_w=w, src_h=h))
+        drawn.append((b, BOX_COLOURS[method]))
+    for k, c in enumerate(negative_crops(w, h, found, neg_per_image, rng)):
+        name = f"{NEGATIVE}/{stem}_n{k}.jpg"
+        save_jpeg(resize_patch(img[c.y0:c.y1, c.x0:c.x1], patch_size), out / "patches" / name)
+        rows.append(dict(patch=name, label=NEGATIVE, kind="background", source=rel, group=group, method="outside",
+                         x0=c.x0, y0=c.y0, x1=c.x1, y1=c.y1, src_w=w, src_h=h))
+        drawn.append((c, "red"))
+    return rows, drawn
+
+
+def synthetic_rows(out: Path, n: int, patch_size: int, seed: int) -> list[dict]:
+    """Save ``n`` synthetic non-mineral patches; returns their index rows."""
     rng = np.random.default_rng([seed, 7])
-    for k in range(int(round(synthetic * len(images)))):
+    rows = []
+    for k in range(n):
         name = f"{NEGATIVE}/synthetic_{k:04d}.jpg"
         save_jpeg(synthetic_negative(rng, patch_size), out / "patches" / name)
         rows.append(dict(patch=name, label=NEGATIVE, kind="synthetic", source="", group=f"synthetic_{k}",
-                         method="synthetic", x0=0, y0=0, x1=patch_size, y1=patch_size, src_w=patch_size, src_h=patch_size))
-    write_csv(out / "index.csv", rows, INDEX_FIELDS)
-    write_csv(out / "boxes.csv", box_rows, ["path", "xmin", "ymin", "xmax", "ymax", "label", "method"])
-    remove_stale(out, {out / "patches" / r["patch"] for r in rows}, contact_sheets(review, out) if sheets else None)
+                         method="synthetic", x0=0, y0=0, x1=patch_size, y1=patch_size, src_w=patch_size,
+                         src_h=patch_size))
     return rows
 
 
@@ -432,7 +468,8 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/minerals", help="folder of <class>/<image> photos")
     p.add_argument("--out", default="runs/minerals/samples", help="output folder (patches/, index.csv, sheets)")
     p.add_argument("--boxes", default=None, help="box file/folder: CSV, Pascal VOC XML or YOLO txt (default: find)")
@@ -441,7 +478,6 @@ def main() -> None:
     p.add_argument("--synthetic", type=float, default=0.2, help="synthetic non-mineral patches per image")
     p.add_argument("--no-sheets", action="store_true", help="skip the contact sheets")
     p.add_argument("--seed", type=int, default=0, help="random seed (the output is deterministic)")
-    p.add_argument("--device", default="cpu", help="unused (classical method); kept for a uniform CLI")
     args = p.parse_args()
     rows = extract(Path(args.data), Path(args.out), Path(args.boxes) if args.boxes else None, args.patch_size,
                    args.neg_per_image, args.synthetic, args.seed, not args.no_sheets)

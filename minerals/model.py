@@ -25,8 +25,6 @@ Concepts borrowed from other architectures (as the brief asks, each with its ref
 * zero-initialised last BN of each residual branch ("Bag of Tricks"): https://arxiv.org/abs/1812.01187
 * concatenated average + max global pooling (fast.ai's AdaptiveConcatPool2d):
   https://docs.fast.ai/layers.html#adaptiveconcatpool2d
-* test-time augmentation by averaging the predictions of an image and its mirror image (``FlipTTA``), as in
-  AlexNet's test-time averaging of reflections: https://papers.nips.cc/paper/4824
 
 The way they are combined, the widths/depths and the rest are this project's own.
 
@@ -73,8 +71,8 @@ class ResidualBlock(nn.Module):
         if stride == 1 and cin == cout:
             self.shortcut = nn.Identity()
         else:  # ResNet-D style shortcut: average-pool then 1x1 conv (https://arxiv.org/abs/1812.01187)
-            self.shortcut = nn.Sequential(nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity(),
-                                          conv_bn(cin, cout, 1, act=False))
+            pool = nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+            self.shortcut = nn.Sequential(pool, conv_bn(cin, cout, 1, act=False))
         nn.init.zeros_(self.branch[-1][-1].weight)  # last BN of the branch starts at 0: block = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +112,9 @@ class OreNet(nn.Module):
 
     def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.3, drop_path: float = 0.1):
         super().__init__()
-        c = lambda n: max(8, int(round(n * width / 8)) * 8)  # noqa: E731 (channel widths stay multiples of 8)
+        def c(n: int) -> int:  # channel widths stay multiples of 8
+            return max(8, int(round(n * width / 8)) * 8)
+
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1), persistent=False)
         self.stem = conv_bn(3, c(24), 3, 2)
@@ -162,7 +162,7 @@ class EfficientNetLite0(nn.Module):
         """The frozen modules, looked up each time (SyncBatchNorm conversion replaces BN modules)."""
         return [self.net.conv_stem, self.net.bn1, *self.net.blocks[:self.freeze]] if self.freeze > 0 else []
 
-    def train(self, mode: bool = True) -> "EfficientNetLite0":
+    def train(self, mode: bool = True) -> EfficientNetLite0:
         super().train(mode)
         for m in self.frozen():
             m.eval()
@@ -170,19 +170,6 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x * 255.0 - 127.0) / 128.0)
-
-
-class FlipTTA(nn.Module):
-    """Inference wrapper: the log of the mean softmax of ``x`` and its left-right mirror image (so a softmax of
-    the output gives the averaged probabilities). Specimens have no canonical orientation."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.net(x).float().softmax(1) + self.net(x.flip(3)).float().softmax(1)
-        return (p / 2).clamp_min(1e-12).log()
 
 
 def load_lite0_imagenet(net: nn.Module) -> None:
@@ -196,7 +183,8 @@ def load_lite0_imagenet(net: nn.Module) -> None:
     new = {}
     for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
         if vs.shape != vd.shape:
-            raise RuntimeError(f"efficientnet_lite0 weights: {ks} {tuple(vs.shape)} does not fit {kd} {tuple(vd.shape)}")
+            raise RuntimeError(f"efficientnet_lite0 weights: {ks} {tuple(vs.shape)} does not fit {kd} "
+                               f"{tuple(vd.shape)}")
         new[kd] = vs
     net.load_state_dict(new)
 

@@ -36,8 +36,8 @@ from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, dumps_json
 from common.shard import add_shard_argument, launcher_env, select_shard, shard_path
 from minerals.data import CLASSES, eval_transform, to_tensor
 from minerals.decision import UNKNOWN, decide, threshold_problem
-from minerals.model import FlipTTA, build_model
-from minerals.train import DEVICES, pick_device
+from minerals.model import build_model
+from minerals.runtime import DEVICES, pick_device
 
 DEFAULT_CHECKPOINT = "runs/minerals/train/best.pt"
 DEFAULT_INPUT = "runs/minerals/samples/patches"  # what `make train-minerals` extracted
@@ -47,28 +47,26 @@ CHECKPOINT_KEYS = ("model", "classes", "backbone", "img_size", "threshold", "con
 def frozen_for_cpu(model: torch.nn.Module, img_size: int) -> torch.nn.Module:
     """The eval-mode network traced and frozen by TorchScript for CPU inference
     (https://pytorch.org/docs/stable/generated/torch.jit.freeze.html: weights inlined as constants, BatchNorm
-    folded into the convolutions). Same outputs to about 1e-6, any batch size; the forward pass of a batch of 32
-    measured 1.6x faster on 2 cores for both networks (``optimize_for_inference`` on top: as fast for
-    EfficientNet-Lite0, slower than eager for OreNet; README: Results)."""
+    folded into the convolutions). Same outputs to about 1e-6, any batch size, faster on CPU than eager PyTorch
+    (the measurements: minerals/EXPERIMENTS.md)."""
     x = torch.rand(2, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's maintenance-mode notices
         return torch.jit.freeze(torch.jit.trace(model.eval(), x))
 
 
-def load_classifier(path: str | Path, device: torch.device, tta: bool | None = None,
-                    jit: bool = True) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, checkpoint metadata: threshold, img_size, classes, backbone, config, tta).
+def load_classifier(path: str | Path, device: torch.device, jit: bool = True) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, checkpoint metadata: threshold, img_size, classes, backbone, config).
 
-    ``tta``: average the predictions of each patch and its mirror image (default: as the checkpoint was
-    validated, its config's ``tta``). ``jit``: on CPU, the network frozen by ``frozen_for_cpu``."""
+    ``jit``: on CPU, the network frozen by ``frozen_for_cpu``."""
     path = Path(path)
     if not path.exists():
         raise SystemExit(f"{path}: checkpoint not found (train first: make train-minerals)")
     try:  # a truncated, foreign or directory path is one line naming the file, not a traceback
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        raise SystemExit(f"error: {path}: not a checkpoint of minerals/train.py ({type(err).__name__}: {err})") from None
+        raise SystemExit(f"error: {path}: not a checkpoint of minerals/train.py "
+                         f"({type(err).__name__}: {err})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise SystemExit(f"error: {path}: not a checkpoint of minerals/train.py (no {', '.join(missing)})")
@@ -78,11 +76,13 @@ def load_classifier(path: str | Path, device: torch.device, tta: bool | None = N
         model = build_model(ck["backbone"], len(CLASSES), ck.get("width", 1.0), pretrained=False)
         model.load_state_dict(ck["model"])
     except (ValueError, RuntimeError) as err:  # an unknown backbone, weights of another shape
-        raise SystemExit(f"error: {path}: its weights do not fit {ck['backbone']!r} ({str(err).splitlines()[0]})") from None
+        raise SystemExit(f"error: {path}: its weights do not fit {ck['backbone']!r} "
+                         f"({str(err).splitlines()[0]})") from None
     model = model.to(device, memory_format=torch.channels_last).eval()
     meta = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "scheduler", "train_model", "ema")}
-    meta["tta"] = ck["config"].get("tta", False) if tta is None else tta
-    model = FlipTTA(model) if meta["tta"] else model
+    if ck["config"].get("tta"):  # an earlier version's mirror averaging; the weights are the same network
+        print(f"note: {path} was validated with mirror averaging (--tta), which this version no longer does; its "
+              "threshold was chosen on those averaged probabilities", file=sys.stderr)
     return (frozen_for_cpu(model, ck["img_size"]) if jit and device.type == "cpu" else model), meta
 
 
@@ -147,28 +147,26 @@ def option_problems(args) -> list[str]:
         problems.append(f"--threads {args.threads}: give at least 1 CPU thread")
     if getattr(args, "batch_size", 1) < 1:
         problems.append(f"--batch-size {args.batch_size}: give at least 1 patch per batch")
-    if (getattr(args, "img_size", None) or 1) < 1:
-        problems.append(f"--img-size {args.img_size}: give a positive side in px (or leave it out: the checkpoint's)")
     return problems
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="*", help=f"patch files and/or folders, searched recursively (default: {DEFAULT_INPUT})")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*",
+                   help=f"patch files and/or folders, searched recursively (default: {DEFAULT_INPUT})")
     p.add_argument("--data", default=None, help="a folder of patches (same as a positional input)")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="best.pt written by train.py")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence threshold in [0, 1]: a patch whose most likely mineral has a lower probability "
                         "is 'unknown'; 0 rejects nothing (default: the checkpoint's, chosen on validation)")
     p.add_argument("--out", default="-", help="JSON file to write (default: stdout)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average each patch with its mirror image (default: as validated, from the checkpoint)")
     p.add_argument("--batch-size", type=int, default=32, help="patches per forward pass")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
-                   help="on CPU, run the network traced and frozen by TorchScript (same outputs, ~1.6x faster)")
+                   help="on CPU, run the network traced and frozen by TorchScript (same outputs, faster); "
+                        "--no-jit runs plain PyTorch")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (at least 1)")
-    p.add_argument("--seed", type=int, default=0, help="unused (inference is deterministic); uniform CLI")
     add_shard_argument(p)
     args = p.parse_args(argv)
     for problem in option_problems(args):
@@ -189,14 +187,13 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     if device.type == "cuda" and launcher_env()[1] > 1:  # torchrun: one GPU per process
         device = torch.device("cuda", launcher_env()[2])
-    model, meta = load_classifier(args.checkpoint, device, args.tta, args.jit)
+    model, meta = load_classifier(args.checkpoint, device, args.jit)
     threshold = meta["threshold"] if args.threshold is None else args.threshold
     files = collect_files(inputs)  # keys are decided on the full list, so every shard names files alike
     n_all = len(files)
     files = select_shard(files, args.shard, key=lambda kf: kf[0])  # sorted by key; every N-th one of them
     part = f" (shard {args.shard[0]}/{args.shard[1]} of {n_all})" if args.shard else ""
-    print(f"{len(files)} files{part}, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}"
-          f"{', flip TTA' if meta['tta'] else ''}",
+    print(f"{len(files)} files{part}, {meta['backbone']} from {args.checkpoint}, threshold {threshold:.2f}",
           file=sys.stderr)
     results: dict[str, dict] = {}
     errors = 0
@@ -222,7 +219,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: --out {out}: cannot write the results ({err.strerror or err})") from None
         print(f"wrote {out}", file=sys.stderr)
     n_ok = len(files) - errors
-    print(f"{n_ok} classified, {errors} unreadable, {n_ok / max(time.time() - t0, 1e-9):.1f} patches/s", file=sys.stderr)
+    print(f"{n_ok} classified, {errors} unreadable, {n_ok / max(time.time() - t0, 1e-9):.1f} patches/s",
+          file=sys.stderr)
     if not files:
         return 0 if args.shard and n_all else 2  # an empty shard (more workers than files) is fine
     return 2 if n_ok == 0 else (1 if errors else 0)

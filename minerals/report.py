@@ -16,19 +16,17 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.backends.backend_pdf import PdfPages
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from common.io import read_rgb  # noqa: E402
-from minerals import demo_data, model as model_module  # noqa: E402
-from minerals.data import CLASSES, MINERALS  # noqa: E402
-from minerals.decision import decide  # noqa: E402
-from minerals.extract_samples import Box, find_specimen_box  # noqa: E402
+from common.io import read_rgb
+from minerals import demo_data
+from minerals import model as model_module
+from minerals.data import CLASSES, MINERALS
+from minerals.decision import decide
+from minerals.extract_samples import Box, find_specimen_box
 
 A4 = (8.27, 11.69)
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")  # demo_data's boxes_truth.csv, pixels
@@ -190,103 +188,109 @@ def metrics_line(m: dict) -> str:
             f"{number(m['open_set']['accuracy'], '.3f')}, coverage {number(m['coverage_at_threshold'], '.3f')}")
 
 
+def summary_lines(runs: Path, run_dirs: list[Path], index: list[dict], bench_json: Path) -> list[str]:
+    """The summary page: the data, each run's setting and validation figures, the benchmark record if any."""
+    lines = [f"Data: {len({r['source'] for r in index if r['source']})} photos -> {len(index)} patches "
+             f"({sum(r['kind'] == 'positive' for r in index)} positive, "
+             f"{sum(r['label'] == 'negative' for r in index)} negative); runs in {runs}.", ""]
+    for d in run_dirs:
+        cfg = json.loads((d / "config.json").read_text())
+        m = json.loads((d / "eval" / "metrics.json").read_text()) if (d / "eval" / "metrics.json").exists() else None
+        res = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else {}
+        lines.append(f"{d.name}: {cfg['backbone']} at {cfg['img_size']} px, {cfg['epochs']} epochs, "
+                     f"validation fold {cfg['val_fold']} of {cfg['n_folds']}, "
+                     f"trained in {res.get('train_seconds', float('nan')) / 60:.1f} min")
+        if m:
+            lines.append(metrics_line(m))
+    if bench_json.exists() and not any("demo" in str(d) for d in run_dirs):
+        b = json.loads(bench_json.read_text())
+        lines += ["", f"{bench_json} ({b['machine']}, {b['date_utc']} UTC):", f"  split: {b['config']['split']}"]
+        for k, m in b["metrics"].items():
+            met = all(m["mean"][name] >= v for name, v in m["target"].items())
+            lines.append(f"  {k}: fold 0 accuracy {m['fold0']['accuracy']}, macro-F1 {m['fold0']['macro_f1']}, "
+                         f"{b['timings'][k]['inference_patches_per_s']} patches/s, train "
+                         f"{b['timings'][k]['train_minutes']} min; mean of folds {', '.join(m['per_fold'])}: "
+                         f"{m['mean']['accuracy']:.3f} / {m['mean']['macro_f1']:.3f}; target "
+                         + " / ".join(f"{name} {v}" for name, v in m["target"].items())
+                         + (": met" if met else ": NOT met"))
+    return [textwrap.fill(s, 100) if len(s) > 100 else s for s in lines]
+
+
+def example_predictions(pdf: PdfPages, samples: Path, run: Path, rng: np.random.Generator) -> None:
+    """A page of 30 random validation patches of ``run`` with their answers (green: right, red: wrong)."""
+    preds = read_csv(run / "val_predictions.csv") if (run / "val_predictions.csv").exists() else []
+    if not preds:
+        return
+    thr = json.loads((run / "result.json").read_text())["threshold"]
+    items = []
+    for r in [preds[i] for i in rng.choice(len(preds), size=min(30, len(preds)), replace=False)]:
+        conf, res = decide(np.array([[float(r[f"p_{c}"]) for c in CLASSES]]), thr)
+        truth = r["label"] if r["label"] in MINERALS else "unknown"
+        items.append((samples / "patches" / r["patch"], f"{res[0]} {conf[0]:.2f}\n(true: {r['label']})",
+                      "green" if res[0] == truth else "red"))
+    patch_grid(pdf, f"5b. Example predictions ({run.name}, validation, threshold {thr:.2f})", items)
+
+
+def write_pages(pdf: PdfPages, runs: Path, run_dirs: list[Path], index: list[dict], bench_json: Path,
+                seed: int) -> None:
+    """Every page of the report, in order."""
+    samples, rng = runs / "samples", np.random.default_rng(seed)
+    text_page(pdf, "Minerals classification - summary", "\n".join(summary_lines(runs, run_dirs, index, bench_json)))
+    # architecture
+    summary = runs / "scratch" / "model_summary.txt"
+    summary = summary if summary.exists() else run_dirs[0] / "model_summary.txt"
+    table = ("\n".join(summary.read_text().split("\n\nfull module tree:")[0].splitlines()[:40])
+             if summary.exists() else "")
+    text_page(pdf, "1. Architecture (own, trained from scratch)", textwrap.dedent(model_module.__doc__))
+    text_page(pdf, "1b. Layer summary (from the run; graph also in model.onnx)", table)
+    # sampling
+    sheets = sorted(samples.glob("contact_sheet_*.jpg"))
+    text_page(pdf, "2. Positive and negative samples", rewrap(SAMPLING.format(demo_iou=demo_box_iou(seed))),
+              sheets[len(sheets) // 3] if sheets else None,
+              "contact sheet: boxes found (green), whole image (orange), negatives (red)")
+    pick = []
+    for label in CLASSES:
+        rows = [r for r in index if r["label"] == label]
+        for r in rng.choice(rows, size=min(3, len(rows)), replace=False) if rows else []:
+            pick.append((samples / "patches" / r["patch"], f"{label} ({r['kind']})", "black"))
+    patch_grid(pdf, "2b. Extracted patches (3 per class)", pick, cols=6)
+    # training
+    text_page(pdf, "3. Training strategy", TRAINING)
+    image_page(pdf, "3b. Training curves", [(d / "curves.png", d.name) for d in run_dirs])
+    # inference
+    main_run = runs / "scratch" if (runs / "scratch" / "best.pt").exists() else run_dirs[0]
+    text_page(pdf, "4. Inference strategy", INFERENCE, main_run / "eval" / "threshold_curve.png",
+              f"{main_run.name}: validation")
+    # results
+    for d in run_dirs:
+        image_page(pdf, f"5. Results: {d.name}", [(d / "eval" / "confusion_matrix.png", "closed set"),
+                                                  (d / "eval" / "confusion_matrix_open_set.png", "with threshold")])
+    example_predictions(pdf, samples, main_run, rng)
+    image_page(pdf, "5c. Mistakes to look at (evaluate.py's errors.png)",
+               [(d / "eval" / "errors.png", f"{d.name}: validation mineral patches whose most likely mineral is wrong")
+                for d in run_dirs])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/minerals_bench", help="folder with samples/ and run folders")
     p.add_argument("--out", default="minerals/docs/minerals_report.pdf")
     p.add_argument("--bench-json", default="benchmarks/minerals.json", help="figures for the summary, if present")
     p.add_argument("--seed", type=int, default=0, help="which validation examples are shown")
-    p.add_argument("--pages-png", default=None, help="also write each page as a PNG into this folder")
+    p.add_argument("--pages-png", default=None, help="also write each page as a PNG into this folder (to look at "
+                                                     "the layout without a PDF viewer)")
     args = p.parse_args(argv)
     runs = Path(args.runs)
-    samples = runs / "samples"
     run_dirs = [d for d in sorted(runs.iterdir()) if (d / "best.pt").exists() and (d / "config.json").exists()] \
         if runs.is_dir() else []
-    if not (samples / "index.csv").exists() or not run_dirs:
+    if not (runs / "samples" / "index.csv").exists() or not run_dirs:
         raise SystemExit(f"{runs}: needs samples/index.csv and at least one finished run; "
                          "run make bench-minerals DATA_ROOT=../shared/data (or make demo-minerals) first")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    index = read_csv(samples / "index.csv")
-    rng = np.random.default_rng(args.seed)
     tmp = out.with_suffix(".tmp.pdf")
     with Pages(tmp, Path(args.pages_png) if args.pages_png else None) as pdf:
-        # summary
-        lines = [f"Data: {len({r['source'] for r in index if r['source']})} photos -> {len(index)} patches "
-                 f"({sum(r['kind'] == 'positive' for r in index)} positive, "
-                 f"{sum(r['label'] == 'negative' for r in index)} negative); runs in {runs}.", ""]
-        for d in run_dirs:
-            cfg = json.loads((d / "config.json").read_text())
-            m = json.loads((d / "eval" / "metrics.json").read_text()) if (d / "eval" / "metrics.json").exists() else None
-            res = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else {}
-            lines.append(f"{d.name}: {cfg['backbone']} at {cfg['img_size']} px, {cfg['epochs']} epochs, "
-                         f"validation fold {cfg['val_fold']} of {cfg['n_folds']}, "
-                         f"trained in {res.get('train_seconds', float('nan')) / 60:.1f} min")
-            if m:
-                lines.append(metrics_line(m))
-        bench = Path(args.bench_json)
-        if bench.exists() and not any("demo" in str(d) for d in run_dirs):
-            b = json.loads(bench.read_text())
-            lines += ["", "benchmarks/minerals.json (CPU, shared machine):", f"  split: {b['setup']['split']}"]
-            for k in ("scratch", "transfer"):
-                if k in b:
-                    lines.append(f"  {k}: accuracy {b[k]['accuracy']}, macro-F1 {b[k]['macro_f1']}, "
-                                 f"{b[k]['inference_patches_per_s']} patches/s, train {b[k]['train_minutes']} min")
-            five = b.get("five_fold")
-            if five:
-                lines += ["", "All five validation folds (accuracy / macro-F1 of the kept checkpoints) against the targets:"]
-                for k in ("scratch", "transfer"):
-                    target = five["targets"][k]
-                    met = all(five[k]["mean"][i] >= target[m] for i, m in enumerate(("accuracy", "macro_f1"))
-                              if m in target)
-                    lines.append(f"  {k}: 5-fold mean {five[k]['mean'][0]:.3f} / {five[k]['mean'][1]:.3f}; target "
-                                 + " / ".join(f"{m} {v}" for m, v in target.items())
-                                 + (": met" if met else ": NOT met"))
-        text_page(pdf, "Minerals classification - summary", "\n".join(textwrap.fill(s, 100) if len(s) > 100 else s
-                                                                     for s in lines))
-        # architecture
-        arch = textwrap.dedent(model_module.__doc__)
-        summary = runs / "scratch" / "model_summary.txt"
-        summary = summary if summary.exists() else run_dirs[0] / "model_summary.txt"
-        table = "\n".join(summary.read_text().split("\n\nfull module tree:")[0].splitlines()[:40]) if summary.exists() else ""
-        text_page(pdf, "1. Architecture (own, trained from scratch)", arch)
-        text_page(pdf, "1b. Layer summary (from the run; graph also in model.onnx)", table)
-        # sampling
-        sheets = sorted(samples.glob("contact_sheet_*.jpg"))
-        text_page(pdf, "2. Positive and negative samples", rewrap(SAMPLING.format(demo_iou=demo_box_iou(args.seed))),
-                  sheets[len(sheets) // 3] if sheets else None, "contact sheet: boxes found (green), whole image (orange), negatives (red)")
-        pick = []
-        for label in CLASSES:
-            rows = [r for r in index if r["label"] == label]
-            for r in rng.choice(rows, size=min(3, len(rows)), replace=False) if rows else []:
-                pick.append((samples / "patches" / r["patch"], f"{label} ({r['kind']})", "black"))
-        patch_grid(pdf, "2b. Extracted patches (3 per class)", pick, cols=6)
-        # training
-        text_page(pdf, "3. Training strategy", TRAINING)
-        image_page(pdf, "3b. Training curves", [(d / "curves.png", d.name) for d in run_dirs])
-        # inference
-        main_run = runs / "scratch" if (runs / "scratch" / "best.pt").exists() else run_dirs[0]
-        text_page(pdf, "4. Inference strategy", INFERENCE, main_run / "eval" / "threshold_curve.png",
-                  f"{main_run.name}: validation")
-        # results
-        for d in run_dirs:
-            image_page(pdf, f"5. Results: {d.name}", [(d / "eval" / "confusion_matrix.png", "closed set"),
-                                                      (d / "eval" / "confusion_matrix_open_set.png", "with threshold")])
-        preds = read_csv(main_run / "val_predictions.csv") if (main_run / "val_predictions.csv").exists() else []
-        if preds:
-            thr = json.loads((main_run / "result.json").read_text())["threshold"]
-            chosen = [preds[i] for i in rng.choice(len(preds), size=min(30, len(preds)), replace=False)]
-            items = []
-            for r in chosen:
-                probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES]])
-                conf, res = decide(probs, thr)
-                truth = r["label"] if r["label"] in MINERALS else "unknown"
-                items.append((samples / "patches" / r["patch"], f"{res[0]} {conf[0]:.2f}\n(true: {r['label']})",
-                              "green" if res[0] == truth else "red"))
-            patch_grid(pdf, f"5b. Example predictions ({main_run.name}, validation, threshold {thr:.2f})", items)
-        image_page(pdf, "5c. Mistakes to look at (evaluate.py's errors.png)",
-                   [(d / "eval" / "errors.png", f"{d.name}: validation mineral patches whose most likely mineral is wrong")
-                    for d in run_dirs])
+        write_pages(pdf, runs, run_dirs, read_csv(runs / "samples" / "index.csv"), Path(args.bench_json), args.seed)
     tmp.replace(out)
     print(f"wrote {out}", file=sys.stderr)
 

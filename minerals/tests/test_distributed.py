@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from minerals import predict, train
@@ -37,6 +38,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k].cpu(), b[k].cpu()), k
 
 
+@pytest.mark.slow
 def test_two_processes_hold_identical_weights_and_resume(samples, tmp_path):
     out = tmp_path / "ddp"
     torchrun(["--data", str(samples), "--out", str(out), "--epochs", "2", "--max-steps", "3", *TINY])
@@ -53,6 +55,7 @@ def test_two_processes_hold_identical_weights_and_resume(samples, tmp_path):
     assert [h["epoch"] for h in torch.load(out / "last.pt", weights_only=True)["history"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_two_processes_plan_the_same_epochs_within_the_time_budget(samples, tmp_path):
     """The budget probe under DDP: both processes time an epoch, agree on the slowest estimate, plan the same
     epochs and end with identical weights; a budget too small for the asked epochs plans fewer."""
@@ -76,6 +79,7 @@ def test_distributed_batches_cover_the_single_process_batches(samples):
     assert perm_one[0] != sorted(perm_one[0])  # shuffled
 
 
+@pytest.mark.slow
 def test_sharded_predict_merges_to_the_single_worker_json(run, samples, tmp_path):
     files = sorted((samples / "patches").rglob("*.jpg"))[::3]
     folder = tmp_path / "in"

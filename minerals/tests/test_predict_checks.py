@@ -11,6 +11,7 @@ from minerals import predict as predict_module
 from minerals.data import CLASSES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, says", [
     (["--threshold", "nan"], "--threshold nan"), (["--threshold", "-0.1"], "--threshold -0.1"),
     (["--threshold", "1.5"], "--threshold 1.5"), (["--threads", "0"], "--threads 0"),
@@ -23,6 +24,7 @@ def test_predict_refuses_option_values_that_cannot_work(run, samples, capsys, ar
     assert exc.value.code == 2 and says in err.err and err.out == ""
 
 
+@pytest.mark.slow
 def test_predict_out_that_is_a_folder_is_refused_before_the_work(run, samples, tmp_path, capsys):
     patch = next((samples / "patches" / "pyrite").glob("*.jpg"))
     with pytest.raises(SystemExit) as exc:
@@ -31,7 +33,7 @@ def test_predict_out_that_is_a_folder_is_refused_before_the_work(run, samples, t
 
 
 @pytest.mark.parametrize("kind", ["garbage", "foreign", "folder"])
-def test_a_bad_checkpoint_is_one_line_naming_the_file(run, tmp_path, kind):
+def test_a_bad_checkpoint_is_one_line_naming_the_file(tmp_path, kind):
     path = tmp_path / "best.pt"
     if kind == "garbage":
         path.write_bytes(b"not a torch file at all")
@@ -55,6 +57,7 @@ def test_json_confidence_never_contradicts_the_result():
     assert predict_module.json_entry(probs, 0.5) == {"confidence": 0.499999, "result": "unknown"}
 
 
+@pytest.mark.slow
 def test_a_file_given_twice_is_classified_once_and_an_empty_folder_is_said(run, samples, tmp_path, capsys):
     patch = next((samples / "patches" / "pyrite").glob("*.jpg"))
     rc = predict_module.main([str(patch), str(patch), "--checkpoint", str(run / "best.pt"), "--threads", "1"])
@@ -68,14 +71,16 @@ def test_a_file_given_twice_is_classified_once_and_an_empty_folder_is_said(run, 
     assert "skipped 1 files without an image extension" in out.err and "notes.txt" in out.err
 
 
-@pytest.mark.parametrize("args, says", [(["--threshold", "nan"], "--threshold nan"), (["--threads", "0"], "--threads 0"),
-                                        (["--img-size", "-8"], "--img-size -8")])
+@pytest.mark.slow
+@pytest.mark.parametrize("args, says", [(["--threshold", "nan"], "--threshold nan"),
+                                        (["--threads", "0"], "--threads 0")])
 def test_evaluate_refuses_option_values_that_cannot_work(run, samples, capsys, args, says):
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--checkpoint", str(run / "best.pt"), "--data", str(samples), *args])
     assert exc.value.code == 2 and says in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_split_of_other_samples_is_said(run, samples, tmp_path, capsys):
     """--split val on samples extracted again since the run (other patch names) said 'no readable patch', or
     silently scored the few validation patches still found."""

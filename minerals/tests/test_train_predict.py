@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from minerals import train
-from minerals.data import CLASSES, MINERALS, to_tensor, train_transform
+from minerals import budget, train
+from minerals.data import CLASSES, MINERALS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_with_threshold(run):
     for name in ("best.pt", "last.pt", "config.json", "log.csv", "curves.png", "model.onnx", "model_summary.txt",
                  "split.csv", "val_predictions.csv", "result.json"):
@@ -27,6 +28,7 @@ def test_training_writes_checkpoints_with_threshold(run):
     onnx.checker.check_model(onnx.load(str(run / "model.onnx")))
 
 
+@pytest.mark.slow
 def test_split_keeps_groups_apart(run):
     import csv
 
@@ -44,12 +46,14 @@ def predict(args, cwd=ROOT):
     return p.returncode, p.stdout, p.stderr
 
 
+@pytest.mark.slow
 def test_predict_threshold_rule(run, samples, capsys):
     from minerals import predict as predict_module
 
     patches = sorted((samples / "patches" / "pyrite").glob("*.jpg"))[:3]
     for threshold in (0.0, 0.5, 0.99):
-        rc = predict_module.main([*map(str, patches), "--checkpoint", str(run / "best.pt"), "--threshold", str(threshold)])
+        rc = predict_module.main([*map(str, patches), "--checkpoint", str(run / "best.pt"),
+                                  "--threshold", str(threshold)])
         res = json.loads(capsys.readouterr().out)
         assert rc == 0 and list(res) == [p.name for p in patches]
         for r in res.values():
@@ -59,6 +63,7 @@ def test_predict_threshold_rule(run, samples, capsys):
             assert threshold > 0 or r["result"] != "unknown"  # a zero threshold rejects nothing
 
 
+@pytest.mark.slow
 def test_predict_cli_default_threshold_and_corrupt_file(run, samples, tmp_path):
     folder = tmp_path / "batch"
     folder.mkdir()
@@ -66,7 +71,8 @@ def test_predict_cli_default_threshold_and_corrupt_file(run, samples, tmp_path):
         (folder / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     (folder / "empty.png").write_bytes(b"")
-    rc, out, err = predict([str(folder), "--checkpoint", str(run / "best.pt"), "--threads", "1"], cwd=tmp_path)  # from any folder
+    rc, out, err = predict([str(folder), "--checkpoint", str(run / "best.pt"), "--threads", "1"],
+                           cwd=tmp_path)  # from any folder
     res = json.loads(out)  # stdout holds the JSON and nothing else
     assert rc == 1 and "broken.jpg" in err and "empty.png" in err
     assert len(res) == len(list(folder.iterdir()))
@@ -78,6 +84,7 @@ def test_predict_cli_default_threshold_and_corrupt_file(run, samples, tmp_path):
     assert all((r["result"] == "unknown") == (r["confidence"] < thr) for r in res.values())
 
 
+@pytest.mark.slow
 def test_evaluate_on_run(run, samples, tmp_path):
     from minerals import evaluate
 
@@ -94,72 +101,29 @@ def test_evaluate_on_run(run, samples, tmp_path):
     assert all(Path(e["file"]).exists() and e["label"] != e["predicted"] for e in errors)
 
 
-def test_quarter_turns_add_the_four_transposed_views():
-    """A bright 3x3 block off the diagonal of a square image lands in its 4 flip positions, and with quarter turns
-    also in their 4 transposes: all 8 dihedral views (scale 1: the crop keeps the whole image)."""
-    img = np.zeros((32, 32, 3), np.uint8)
-    img[2:5, 8:11] = 255  # centre (row 3, column 9)
-    flips = {(3, 9), (3, 22), (28, 9), (28, 22)}
-    transposes = {(c, r) for r, c in flips}
-    for turns, expected in ((False, flips), (True, flips | transposes)):
-        torch.manual_seed(0)
-        transform = train_transform(32, min_scale=1.0, quarter_turns=turns)
-        centres = set()
-        for _ in range(100):
-            out = transform(to_tensor(img))
-            assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-            rows, cols = np.nonzero(out.mean(0).numpy() > 0.5 * float(out.max()))
-            if len(rows) == 9:  # the block was not (partly) erased
-                centres.add((int(rows.mean()), int(cols.mean())))
-        assert centres == expected, (turns, centres)
-
-
-def test_trivial_augment_adds_photometric_ops_to_the_basic_transform():
-    """augment="trivial" draws one TrivialAugmentWide op per crop on top of the basic transform: with crop, flips,
-    jitter and erasing neutralised, basic leaves a grey ramp unchanged and trivial changes some of the crops."""
-    import pytest
-    from torchvision.transforms import v2
-
-    img = np.tile(np.linspace(40, 215, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))
-    x = to_tensor(img)
-    changed = {}
-    for augment in ("basic", "trivial"):
-        torch.manual_seed(0)
-        t = train_transform(32, min_scale=1.0, augment=augment)
-        keep = [op for op in t.transforms if isinstance(op, (v2.RandomResizedCrop, v2.ToDtype, v2.TrivialAugmentWide))]
-        t = v2.Compose(keep)
-        outs = [t(x) for _ in range(40)]
-        assert all(o.shape == (3, 32, 32) and o.dtype == torch.float32 for o in outs)
-        changed[augment] = sum(not torch.allclose(o, x.float() / 255, atol=1 / 255) for o in outs)
-    assert changed["basic"] == 0 and changed["trivial"] >= 10, changed
-    with pytest.raises(ValueError, match="augment"):
-        train_transform(32, augment="randaugment")
-
-
-def test_ema_mix_tta_checkpoint_and_resume(samples, tmp_path):
-    """With a weight average the checkpoint's "model" is the average (what predict uses) and --resume goes on from
-    the trained weights and the averager's state."""
-    from minerals import predict as predict_module, train
+@pytest.mark.slow
+def test_a_run_of_a_removed_option_is_refused_on_resume_and_loads_for_prediction(samples, tmp_path):
+    """A checkpoint of an earlier version holds options since removed: at their "off" value it resumes and
+    predicts as before; a run that used one (here --quarter-turns) cannot be continued and says so."""
+    from minerals import predict as predict_module
 
     args = ["--data", str(samples), "--out", str(tmp_path), "--epochs", "2", "--img-size", "32", "--width", "0.5",
-            "--batch-size", "16", "--threads", "1", "--no-export", "--ema-decay", "0.9", "--mix", "1.0", "--tta",
-            "--quarter-turns", "--augment", "trivial", "--drop-path", "0.2"]
-    train.main(args + ["--max-steps", "2"])
-    ck = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
-    assert {"model", "train_model", "ema"} <= set(ck) and ck["config"]["tta"] and ck["config"]["quarter_turns"]
-    assert (ck["config"]["augment"], ck["config"]["drop_path"]) == ("trivial", 0.2)
-    assert not torch.equal(ck["model"]["fc.weight"], ck["train_model"]["fc.weight"])
-    assert torch.equal(ck["model"]["fc.weight"], ck["ema"]["module.fc.weight"])
-    train.main(args + ["--resume", str(tmp_path / "last.pt")])
-    assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1, 2]
-    model, meta = predict_module.load_classifier(tmp_path / "best.pt", torch.device("cpu"), jit=False)
-    assert meta["tta"] and type(model).__name__ == "FlipTTA"
-    frozen, _ = predict_module.load_classifier(tmp_path / "best.pt", torch.device("cpu"))  # TTA inside the trace
-    x = torch.rand(3, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(frozen(x), model(x), atol=1e-5, rtol=1e-5)
+            "--batch-size", "16", "--threads", "1", "--no-export", "--time-budget-min", "0"]
+    train.main(args + ["--max-steps", "1"])
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    old = {"quarter_turns": False, "augment": "basic", "ema_decay": 0.0, "head_epochs": 0, "tta": False,
+           "train_share": 1.0}
+    torch.save({**ck, "config": {**ck["config"], **old}}, tmp_path / "old.pt")
+    train.main(["--resume", str(tmp_path / "old.pt"), "--data", str(samples), "--out", str(tmp_path / "on"),
+                "--threads", "1"])
+    assert [h["epoch"] for h in torch.load(tmp_path / "on" / "last.pt", weights_only=True)["history"]] == [1, 2]
+    predict_module.load_classifier(tmp_path / "old.pt", torch.device("cpu"), jit=False)
+    torch.save({**ck, "config": {**ck["config"], **old, "quarter_turns": True}}, tmp_path / "turned.pt")
+    with pytest.raises(SystemExit, match="--quarter-turns True, which this version no longer has"):
+        train.main(["--resume", str(tmp_path / "turned.pt"), "--data", str(samples), "--out", str(tmp_path / "x")])
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_with_the_runs_own_settings(samples, tmp_path, capsys):
     """A run stopped after epoch 1 and resumed ends bit for bit where an uninterrupted run ends (weights, log,
     augmentation and MixUp draws); a setting changed on the resume command line is reported and not used."""
@@ -199,11 +163,12 @@ def test_resume_continues_exactly_with_the_runs_own_settings(samples, tmp_path, 
 
 def test_epochs_within_budget():
     # 10 min left after 30 s spent and 30 s kept back, epochs of 10 s counted 11 s: 54 fit
-    assert train.epochs_within_budget(100, 10.0, 660.0, 30.0) == 54
-    assert train.epochs_within_budget(20, 10.0, 660.0, 30.0) == 20  # never more than asked
-    assert train.epochs_within_budget(100, 10.0, 60.0, 50.0) == 1  # at least one epoch
+    assert budget.epochs_within_budget(100, 10.0, 660.0, 30.0) == 54
+    assert budget.epochs_within_budget(20, 10.0, 660.0, 30.0) == 20  # never more than asked
+    assert budget.epochs_within_budget(100, 10.0, 60.0, 50.0) == 1  # at least one epoch
 
 
+@pytest.mark.slow
 def test_time_budget_probe_changes_nothing_and_plans_fewer_epochs(samples, tmp_path):
     """The timing probe leaves weights and random state as they were: the same run with and without it; a budget
     too small for the asked epochs plans fewer and records them."""
@@ -221,11 +186,12 @@ def test_time_budget_probe_changes_nothing_and_plans_fewer_epochs(samples, tmp_p
     assert json.loads((tmp_path / "c" / "config.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_time_budget_stops_a_run_that_falls_behind(samples, tmp_path, monkeypatch):
     """An epoch slower than estimated: the run stops before the epoch that would end past the budget, keeping
     its checkpoints."""
-    monkeypatch.setattr(train, "time_one_epoch", lambda *a, **k: 1e-6)  # the probe promises instant epochs
-    monkeypatch.setattr(train, "epochs_within_budget", lambda epochs, *a, **k: epochs)  # all 3 planned
+    monkeypatch.setattr(budget, "time_one_epoch", lambda *a, **k: 1e-6)  # the probe promises instant epochs
+    monkeypatch.setattr(budget, "epochs_within_budget", lambda epochs, *a, **k: epochs)  # all 3 planned
     result = train.main(["--data", str(samples), "--out", str(tmp_path), "--epochs", "3", "--img-size", "32",
                          "--width", "0.5", "--batch-size", "16", "--threads", "1", "--no-export",
                          "--time-budget-min", "0.5"])  # 30 s: all of it the final reserve
@@ -233,6 +199,7 @@ def test_time_budget_stops_a_run_that_falls_behind(samples, tmp_path, monkeypatc
     assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1]
 
 
+@pytest.mark.slow
 def test_time_budget_also_stops_a_resumed_run(samples, tmp_path, monkeypatch):
     """--time-budget-min may change on --resume; it used to be ignored there (no probe, so no stop at all)."""
     args = ["--data", str(samples), "--out", str(tmp_path), "--epochs", "3", "--img-size", "32", "--width", "0.5",
@@ -244,15 +211,16 @@ def test_time_budget_also_stops_a_resumed_run(samples, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("option, value", [("--epochs", "-1"), ("--val-fold", "5"), ("--val-fold", "-1"),
                                            ("--n-folds", "1"), ("--batch-size", "0"), ("--threads", "0"),
-                                           ("--time-budget-min", "-1"), ("--ema-decay", "1"), ("--mix", "nan"),
+                                           ("--time-budget-min", "-1"), ("--mix", "nan"),
                                            ("--crop-scale", "0"), ("--img-size", "-8"), ("--width", "0"),
-                                           ("--seed", "-1"), ("--split-seed", "-2"), ("--head-epochs", "3")])
+                                           ("--seed", "-1"), ("--split-seed", "-2")])
 def test_option_values_that_cannot_train_are_refused(option, value, capsys):
     with pytest.raises(SystemExit) as exc:
         train.parse_args([option, value])
     assert exc.value.code == 2 and f"{option} " in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_frozen_network_gives_the_eager_probabilities(run, samples):
     """predict.py's TorchScript-frozen network (the CPU default) against the plain one, on batches of 32 and a
     last batch of another size."""
@@ -279,26 +247,7 @@ def test_split_seed_keeps_the_split_while_the_training_seed_changes(samples):
     assert val_patches("--seed", "1") != default
 
 
-@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")  # 10 folds of a few demo photos
-def test_train_share_keeps_whole_photos_of_every_class(samples):
-    """--train-share 0.5 trains on about half of the training photos, every patch of a kept photo and every class
-    kept, the same half every time; validation stays whole; a share under 0.1 is refused."""
-    def loaders(*flags):
-        cfg = train.parse_args(["--data", str(samples), "--img-size", "32", *flags])
-        train_rows, val_rows = train.make_loaders(cfg)[:2]
-        return train_rows, sorted(r["patch"] for r in val_rows)
-
-    (full, val_full), (half, val_half) = loaders(), loaders("--train-share", "0.5")
-    assert val_half == val_full
-    groups = {r["group"] for r in half}
-    assert 0.3 < len(groups) / len({r["group"] for r in full}) < 0.7
-    assert [r for r in full if r["group"] in groups] == half  # whole photos: every patch of a kept photo
-    assert {r["label"] for r in half} == {r["label"] for r in full}
-    assert loaders("--train-share", "0.5")[0] == half
-    with pytest.raises(SystemExit):
-        train.parse_args(["--data", str(samples), "--train-share", "0.05"])
-
-
+@pytest.mark.slow
 def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path):
     """make docs-minerals on a tiny run: every page of the PDF, the box finder's IoU measured on demo photos."""
     import shutil
