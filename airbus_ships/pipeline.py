@@ -163,8 +163,8 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, em
         return image, tf.cast(mask, tf.float32)
 
     # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
-    # training consumes, EXPERIMENTS.md: Streaming check); the crops and augmentation after them are cheap. Ordered maps: the batches
-    # are the same every run.
+    # training consumes, EXPERIMENTS.md: Streaming check); the crops and augmentation after them are cheap.
+    # Ordered maps: the batches are the same every run.
     ds = ds.map(load, num_parallel_calls=LOAD_WORKERS)
     ds = ds.ignore_errors(log_warning=True)
     ds = ds.map(shape, num_parallel_calls=tf.data.AUTOTUNE)
