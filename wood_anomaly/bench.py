@@ -28,12 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from common.demo import is_demo
 from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
-from common.metrics import image_auroc
-from wood_anomaly.data import resize, resize_map
+from wood_anomaly.config import HelpFormatter
 from wood_anomaly.evaluate import evaluate, pixel_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +43,7 @@ WHAT = ("train on every unlabeled photo, predict them, score the maps against ma
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Run from the repository root.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", default="../shared/data/wood", help="real wood folder (images/, masks/consensus/)")
     p.add_argument("--runs", default="runs/wood_bench", help="where the run's model and predictions go")
     p.add_argument("--out", default="benchmarks/wood.json", help="benchmark JSON")
@@ -127,6 +125,8 @@ def vote_groups(labels_csv: Path) -> tuple[dict[str, int], list[str], list[str]]
 def ranking(scores: dict[str, float], votes: tuple[dict[str, int], list[str], list[str]]) -> dict:
     """Image AUROC of ``stem -> photo score`` against the majority labels, and whether every unanimously
     anomalous photo scores above every unanimously normal one (``votes``: :func:`vote_groups`)."""
+    from common.metrics import image_auroc
+
     majority, pos, neg = votes
     stems = [s for s in majority if s in scores]
     above = (min(scores[s] for s in pos if s in scores) > max(scores[s] for s in neg if s in scores)
@@ -138,6 +138,10 @@ def ranking(scores: dict[str, float], votes: tuple[dict[str, int], list[str], li
 def baseline(data: Path, scale: float, sigma: float, votes) -> dict:
     """The median-colour baseline twice: raw full-size distances, and computed like the model's map (at the
     model's ``scale``, Gaussian ``sigma``, resized back), which removes JPEG noise and is the fairer comparison."""
+    from scipy import ndimage
+
+    from wood_anomaly.data import resize, resize_map
+
     maps: dict[str, list] = {"raw": [], "smoothed": []}
     scores: dict[str, dict] = {"raw": {}, "smoothed": {}}
     masks = []

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from common.tiling import MAX_TILE, Stitcher, TileGrid, iter_tile_batches, tile_grid
+from common.tiling import Stitcher, TileGrid, iter_tile_batches, tile_grid
+from wood_anomaly.config import check_tiling
 from wood_anomaly.model import colour_cells, self_reference_distance
 
 
@@ -62,19 +63,6 @@ def tile_feature_batches(features: torch.nn.Module, image: np.ndarray, tile: int
     for batch, origins in iter_tile_batches(image, tile, overlap, batch_size):
         f = features(to_tensor(batch, device, pad))
         yield (f[..., cut:f.shape[-2] - cut, cut:f.shape[-1] - cut] if cut else f), origins
-
-
-def check_tiling(tile: int, overlap: int, pad: int, stride: int) -> None:
-    """Raise ValueError, naming the option, when ``tile``/``overlap``/``pad`` cannot give a feature map that lines
-    up with the photo's cells at feature ``stride`` (the tile outputs must cover whole cells)."""
-    if not stride <= tile <= MAX_TILE or tile % stride:
-        raise ValueError(f"--tile {tile}: must be a multiple of the feature stride {stride} in {stride}..{MAX_TILE}")
-    if not 0 <= overlap <= tile // 2 or overlap % stride:
-        raise ValueError(f"--overlap {overlap}: must be a multiple of the feature stride {stride} in 0..{tile // 2} "
-                         f"(half the tile)")
-    if not 0 <= pad < tile or pad % stride:
-        raise ValueError(f"--pad {pad}: must be a multiple of the feature stride {stride} in 0..{tile - 1} "
-                         "(reflect padding needs less than a tile)")
 
 
 @torch.no_grad()

@@ -3,18 +3,21 @@
     python wood_anomaly/evaluate.py --pred runs/wood/pred --data ../shared/data/wood
     python wood_anomaly/evaluate.py --pred runs/wood/pred --masks DIR --labels labels.csv --json metrics.json
 
-Masks: ``<masks>/<stem>.png`` (default ``<data>/masks/consensus``), anything > 0 is anomalous; photos
-without a mask file are left out of the pixel metrics. Pixel metrics pool all photos (as MVTec AD does):
-AUROC, AP, AUPRO up to FPR 0.3 and the best F1 over thresholds with its IoU (common.metrics), plus F1/IoU of
-the binary masks predict.py wrote (``preds.png``, the label-free threshold).
+Masks: ``<masks>/<stem>.png`` (default ``<data>/masks/consensus``; another image format of that stem is read
+too), anything > 0 is anomalous; photos without a mask file are left out of the pixel metrics. Pixel metrics
+pool all photos (as MVTec AD does): AUROC, AP, AUPRO up to FPR 0.3 and the best F1 over thresholds with its
+IoU (common.metrics), plus F1/IoU of the binary masks predict.py wrote (``preds.png``, the label-free
+threshold).
 Image labels: a CSV with ``stem`` and a ``majority_label`` or ``label`` column (1/0, anomalous/normal or
 true/false; any other value is an error naming the line) (default ``<data>/image_labels.csv``): image AUROC
 of the ``score`` column of ``predictions.csv``.
 
 Photos that predict.py could not score (label ``error``: unreadable, failed, or not processed because the run
 was stopped) are counted under ``photos_not_predicted`` and left out. A photo whose map or mask cannot be
-read, or whose map and mask differ in size, is named on stderr with the reason, listed under ``skipped`` and
-left out; the others are scored. Exit status 1 when there is nothing to score (no mask and no label matches a
+read (a missing, empty, truncated or foreign file, a folder or a dead link named like it, a map with NaN),
+or whose map and mask differ in size, is named on stderr with the reason, listed under ``skipped`` and left
+out; the others are scored. A predictions.csv or label CSV that cannot be used is one line naming the file
+(exit status 1). Exit status 1 when there is nothing to score (no mask and no label matches a
 predicted photo), 2 for a path given on the command line that does not exist. No --seed and no --device: the
 metrics are exact, deterministic numpy computations on the CPU.
 """
@@ -27,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common.io import dumps_json, read_mask, write_json
-from common.metrics import aupro, best_f1, image_auroc, pixel_ap, pixel_auroc, segmentation_report
-from wood_anomaly.predict import output_folders
+from common.io import dumps_json, list_images, read_mask, write_json
+from wood_anomaly.config import HelpFormatter, output_folders
 
 LABEL_WORDS = {"1": 1, "anomalous": 1, "true": 1, "0": 0, "normal": 0, "false": 0}  # image label CSV values
 
 
 def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray], binary: list[np.ndarray] | None = None) -> dict:
     """Pooled pixel metrics of ``(H, W)`` score maps against same-shape binary masks (and binary predictions)."""
+    from common.metrics import aupro, best_f1, pixel_ap, pixel_auroc, segmentation_report  # scikit-learn: 1-2 s
+
     best = best_f1(maps, masks)
     out = {"pixel_auroc": pixel_auroc(maps, masks), "pixel_ap": pixel_ap(maps, masks), "aupro_0.3": aupro(maps, masks),
            "best_f1": best["f1"], "best_iou": best["iou"]}
@@ -83,23 +87,60 @@ def read_labels(path: Path) -> dict[str, int]:
 
 def load_map(path: Path) -> np.ndarray:
     """A float ``(H, W)`` anomaly map written by predict.py; ValueError naming the file when it is unusable."""
+    if not path.exists():
+        raise ValueError(f"{path}: not found (predict.py writes it beside preds.png)")
     try:
         score = np.load(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable anomaly map ({err})") from None
-    if score.ndim != 2:
-        raise ValueError(f"{path}: an anomaly map must be 2-D, has shape {score.shape}")
+    except (OSError, ValueError, EOFError) as err:  # a folder, an empty, truncated or foreign file
+        raise ValueError(f"{path}: not a readable anomaly map ({err or type(err).__name__})") from None
+    if not isinstance(score, np.ndarray) or score.ndim != 2 or not np.issubdtype(score.dtype, np.number):
+        raise ValueError(f"{path}: an anomaly map must be a 2-D array of numbers, has shape "
+                         f"{getattr(score, 'shape', None)}")
+    if not np.isfinite(score).all():
+        raise ValueError(f"{path}: holds NaN or infinite scores")
     return score.astype(np.float32)
 
 
 def read_predictions(pred: Path) -> list[dict]:
-    """All rows of ``<pred>/predictions.csv`` (errors included)."""
+    """All rows of ``<pred>/predictions.csv`` (errors included); ValueError naming the file (and line) for a
+    table predict.py did not write: not UTF-8 text, other columns, a scored row without a numeric score."""
     table = pred / "predictions.csv"
     if not table.is_file():
         raise FileNotFoundError(f"{table}: not found; run predict.py first (with sharded workers, merge the shards: "
                                 f"python -m common.shard merge {table})")
-    with open(table, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{table}: not a UTF-8 text CSV ({err.reason} at byte {err.start})") from None
+    missing = [c for c in ("image", "score", "label", "status") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{table}: not a table of predict.py (no column {', '.join(missing)}); run predict.py again")
+    for line, r in enumerate(rows, start=2):
+        if not r["image"]:
+            raise ValueError(f"{table}:{line}: a row without an image name")
+        if r["status"] == "ok" and not _is_number(r["score"]):
+            raise ValueError(f"{table}:{line}: {r['image']!r} has status ok but the score {r['score']!r}")
+    return rows
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        return np.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def mask_paths(masks_dir: Path) -> dict[str, Path]:
+    """``stem -> mask file`` of every entry of ``masks_dir`` named like an image (a ``.png`` before another file
+    of the same stem). Folders and dead links named like images are listed too, so that reading them names
+    them with the reason instead of leaving their photo out without a word."""
+    files: dict[str, Path] = {}
+    for p in list_images(masks_dir):
+        if p.stem not in files or p.suffix.lower() == ".png":
+            files[p.stem] = p
+    return files
 
 
 def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dict:
@@ -116,17 +157,18 @@ def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dic
     skipped = []
     if masks_dir is not None and masks_dir.is_dir():
         maps, masks, binary = [], [], []
+        mask_files = mask_paths(masks_dir)
         for r in rows:
-            stem, out = Path(r["image"]).stem, pred / str(folders[r["image"]])
-            if not (masks_dir / f"{stem}.png").exists():
-                continue
+            out, mask_path = pred / str(folders[r["image"]]), mask_files.get(Path(r["image"]).stem)
+            if mask_path is None:
+                continue  # no mask for this photo
             try:
-                mask = read_mask(masks_dir / f"{stem}.png", {0: 0}, default=1).astype(bool)
+                mask = read_mask(mask_path, {0: 0}, default=1).astype(bool)
                 score = load_map(out / "anomaly_map.npy")
                 pred_mask = read_mask(out / "preds.png", {0: 0}, default=1).astype(bool)
                 if not score.shape == pred_mask.shape == mask.shape:
                     raise ValueError(f"{out}: map {score.shape}, predicted mask {pred_mask.shape} and "
-                                     f"{masks_dir / f'{stem}.png'} {mask.shape} differ in size")
+                                     f"{mask_path} {mask.shape} differ in size")
             except ValueError as err:  # read_mask's ImageReadError and load_map's errors start with the file
                 reason = str(err)
                 print(f"skipping {r['image']}: {reason}", file=sys.stderr)
@@ -141,6 +183,8 @@ def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dic
         labels = read_labels(labels_csv)
         scored = [r for r in rows if Path(r["image"]).stem in labels]
         if scored:
+            from common.metrics import image_auroc
+
             result["image_auroc"] = image_auroc([float(r["score"]) for r in scored],
                                                 [labels[Path(r["image"]).stem] for r in scored])
             result["label_accuracy"] = float(np.mean([(r["label"] == "anomalous") == bool(labels[Path(r["image"]).stem])
@@ -153,7 +197,7 @@ def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dic
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--pred", default="runs/wood/pred", help="output folder of predict.py")
     p.add_argument("--data", default="data/wood", help="data folder holding masks/consensus and image_labels.csv")
     p.add_argument("--masks", default="", help="mask folder (default <data>/masks/consensus)")

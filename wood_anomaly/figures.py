@@ -23,7 +23,7 @@ from PIL import Image
 
 from common.demo import is_demo
 from common.io import read_mask, read_rgb
-from wood_anomaly.train import image_folder
+from wood_anomaly.config import HelpFormatter, image_folder
 
 DPI = 80
 
@@ -113,7 +113,7 @@ def real_photo_scores(bench_json: Path, path: Path) -> bool:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/wood", help="generated demo photos (make demo-data-wood)")
     p.add_argument("--pred", default="runs/wood_demo/pred", help="predict.py's outputs on them (make demo-wood)")
     p.add_argument("--bench", default="benchmarks/wood.json", help="benchmark record for the real photos' scores")

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# the EfficientNet-Lite0 stages used as features: index into timm's ``blocks`` -> (channels, stride)
-STAGES = {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)}
+from wood_anomaly.config import STAGES  # stage -> (channels, stride)
 
 
 def load_backbone() -> nn.Module:

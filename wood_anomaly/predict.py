@@ -10,13 +10,19 @@ stem (``board.jpg``, ``board.png``) each get a folder named by the whole file na
 ``board.png/``) instead. ``<out>/predictions.csv`` has one row per photo, in sorted file-name order: ``image,
 score, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds,
 cpu_seconds`` (kept apart so that the predictions are the same bytes on every run). A photo that cannot be
-read or processed gets a row with label ``error`` and ``status`` = the file and the reason, and no outputs in
-its folder (those of an earlier run are removed, so none pass for its result); the others are processed. The
-tables are written even when the run stops early (an error, Ctrl-C, SIGTERM): the photos not reached get the
-status ``not processed: ...``; they are also saved during the run (before the first photo, then at most every
-10 s, each time atomically), so that after a SIGKILL they hold the photos done by the last save.
+read or processed (also a folder or a dead link named like a photo, and a photo too small to score) gets a
+row with label ``error`` and ``status`` = the file and the reason, and no outputs in its folder (those of an
+earlier run are removed, so none pass for its result); the others are processed.
+
+Stops and reruns: the tables are saved (atomically) after every photo and when the run stops early (an error,
+Ctrl-C, SIGTERM), so that even after a SIGKILL they hold every photo done and always describe what the photo
+folders hold. A photo not reached yet keeps the row and outputs of an earlier run into the same ``--out``
+(its status says so: ``not processed: ...; the row and the outputs of an earlier run are kept ...``), or is
+listed ``not processed`` with no outputs. An earlier table is not touched before the new run has a row, so a
+rerun that is stopped or killed never leaves less than there was; running the same command again ends with
+the outputs of an uninterrupted run.
 Exit status: 0 when at least one photo was scored (or this shard has no photo), 1 when none could be or the
-outputs cannot be written, 2 for a wrong path or option.
+outputs cannot be written, 2 for a wrong path or option, 130 after Ctrl-C.
 
 The brief's deliverable layout (``data/positive/<id>/preds.png``, classification in a CSV) maps onto this one:
 ``<out>/<stem>/preds.png`` is the mask, and the photos whose ``label`` in ``predictions.csv`` is
@@ -45,44 +51,42 @@ import argparse
 import contextlib
 import csv
 import math
-import pickle
 import signal
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
 from tqdm import tqdm
 
 from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_images, read_rgb, save_image
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
-from wood_anomaly.data import colour_map, feature_map, image_id, resize, resize_map
-from wood_anomaly.model import PatchCore, fuse, knn_distance, standardise
-from wood_anomaly.train import (
+from wood_anomaly.config import (
     DEFAULT_RUNS,
     DEVICES,
+    HelpFormatter,
     TrainConfig,
-    build_model,
     check_config,
     image_folder,
-    resolve_device,
+    output_folders,
+    too_small,
 )
+
+if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed
+    import torch
+
+    from wood_anomaly.model import PatchCore
 
 FIELDS = ["image", "score", "label", "anomalous_area_px", "anomalous_area_frac", "status"]  # predictions.csv
 TIMING_FIELDS = ["image", "seconds", "cpu_seconds"]  # timings.csv
 # what one photo may raise without the others being affected: unreadable file (ImageReadError is a ValueError),
 # a shape or value problem, a torch error (incl. out of memory), a failed write, no memory left
 PHOTO_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
-# the tables on disk are rewritten (atomically) at most this often during a run, so that a SIGKILL or a crash of
-# the machine keeps the rows done so far; a rewrite costs milliseconds, a photo seconds
-FLUSH_SECONDS = 10.0
 STILL_TO_COME = "not reached when this table was saved (the run is still going, or it was killed)"
+KEPT = "the row and the outputs of an earlier run are kept until this photo is done again"
 # what predict needs from model.pt besides the config (train.save_checkpoint; + colour_q50/q95 with colour on)
 CKPT_KEYS = ("bank", "bank_image", "image_desc", "train_ids", "threshold", "deep_q50", "deep_q95")
 
@@ -92,17 +96,26 @@ def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, Train
 
     Stops with a one-line message naming the file: status 2 when there is no file (a wrong path, as predict.py's
     other path options), 1 when the file is not a usable checkpoint of train.py."""
+    import pickle
+
+    import torch
+
+    from wood_anomaly.train import build_model
+
     path = Path(path)
     if not path.is_file():
         print(f"{path}: no trained model here; run wood_anomaly/train.py first (or make train-wood)", file=sys.stderr)
         sys.exit(2)
+    if path.stat().st_size == 0:
+        sys.exit(f"{path}: not a readable checkpoint (the file is empty, 0 bytes); train again with "
+                 "wood_anomaly/train.py")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's own message would advise weights_only=False, i.e. running its code
         sys.exit(f"{path}: not a PyTorch checkpoint, or one that holds more than tensors; train again with "
                  "wood_anomaly/train.py")
     except (RuntimeError, OSError, EOFError, ValueError) as err:  # truncated or corrupt (zip) archive
-        reason = (str(err).strip().split(". ") or [type(err).__name__])[0]
+        reason = str(err).strip().split(". ")[0] or f"{type(err).__name__}: the file ends too early"
         sys.exit(f"{path}: not a readable checkpoint ({reason}); train again with wood_anomaly/train.py")
     if not isinstance(ckpt, dict) or "bank" not in ckpt or not isinstance(ckpt.get("config"), dict):
         sys.exit(f"{path}: not a checkpoint of wood_anomaly/train.py (no memory bank and config in it)")
@@ -129,7 +142,6 @@ def load_model(path: str | Path, device: torch.device) -> tuple[PatchCore, Train
     return model, cfg, ckpt
 
 
-@torch.no_grad()
 def score_maps(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device,
                stats: dict) -> tuple[np.ndarray, np.ndarray | None]:
     """The two standardised maps (in training spreads) of an ``(H, W, 3)`` uint8 photo at ``cfg.scale``:
@@ -140,7 +152,15 @@ def score_maps(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: to
     cell to its k nearest among the bank rows of the ``neighbours`` most similar training photos (never the
     photo's own rows, when it is a training photo) plus ``cfg.self_patches`` random cells of the photo itself
     (self-reference); upsampled to the image and smoothed by ``cfg.sigma``. Colour map: data.colour_map.
+    No autograd graph is built: the features are computed under no_grad, the bank is a buffer.
     """
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from wood_anomaly.data import colour_map, feature_map, image_id, resize
+    from wood_anomaly.model import knn_distance, standardise
+
     small = resize(image, cfg.scale)
     cells, (y0, x0) = feature_map(model.features, small, cfg.tile, cfg.overlap, cfg.pad, cfg.batch_size, device)
     h, w, d = cells.shape
@@ -167,6 +187,9 @@ def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: t
                 stats: dict) -> np.ndarray:
     """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo: the two maps of
     :func:`score_maps` (at ``cfg.scale``) fused by model.fuse with ``cfg.deep_weight``, resized to the photo."""
+    from wood_anomaly.data import resize_map
+    from wood_anomaly.model import fuse
+
     deep, colour = score_maps(model, image, cfg, device, stats)
     return resize_map(fuse(deep, colour, cfg.deep_weight), image.shape[:2])
 
@@ -180,6 +203,8 @@ def colorize(score: np.ndarray, threshold: float) -> np.ndarray:
 
 def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Photo blended with the heatmap where it is warm, and the mask outline in cyan."""
+    from scipy import ndimage
+
     warm = (heat.astype(np.float32).mean(2, keepdims=True) / 255) ** 0.5
     out = image * (1 - 0.6 * warm) + heat * 0.6 * warm
     edge = mask & ~ndimage.binary_erosion(mask, iterations=3)
@@ -208,21 +233,6 @@ def write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
         writer.writerows(rows)
 
 
-def output_folders(names: list[str]) -> dict[str, str | None]:
-    """Output folder of each photo file name: its stem, or the whole file name when another photo has the
-    same stem (``board.jpg``, ``board.png`` -> ``board.jpg/``, ``board.png/``). None when even that name is
-    taken by another photo's folder (``a.jpg``, ``a.png`` and ``a.jpg.png``): that photo gets an error row.
-    Depends on the whole list only, so every shard and evaluate.py find the same folders."""
-    stems = Counter(Path(n).stem for n in names)
-    out: dict[str, str | None] = {}
-    taken: set[str] = set()
-    for n in sorted(names):
-        folder = Path(n).stem if stems[Path(n).stem] == 1 else n
-        out[n] = None if folder in taken else folder
-        taken.add(folder)
-    return out
-
-
 def empty_row(name: str) -> dict:
     return {"image": name, "score": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "", "status": "ok"}
 
@@ -244,13 +254,17 @@ def discard_outputs(folder: Path) -> None:
 def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, path: Path,
                   folder: Path | None, device: torch.device) -> tuple[dict, dict | None]:
     """``(predictions row, timings row or None)`` of one photo; its outputs go to ``folder``. Any of
-    ``PHOTO_ERRORS`` becomes an error row naming the file and the reason."""
+    ``PHOTO_ERRORS``, and a photo too small to score (config.too_small), becomes an error row naming the file
+    and the reason."""
     row = empty_row(path.name)
     if folder is None:
         return {**row, "label": "error", "status": f"{path}: its output folder name is taken by another photo "
                                                    "of the same name; rename the file"}, None
     try:
         image = read_rgb(path)
+        small = too_small(*image.shape[:2], cfg)
+        if small:
+            raise ImageReadError(path, small)
         t0, c0 = time.perf_counter(), time.process_time()  # the photo's processing, reading excluded
         score = anomaly_map(model, image, cfg, device, stats)
         mask = score > threshold
@@ -267,35 +281,56 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
              "cpu_seconds": f"{time.process_time() - c0:.2f}"})
 
 
+def earlier_rows(out: Path, shard: Shard | None, folders: dict[str, str | None]) -> dict[str, dict]:
+    """``image -> row`` of the photos that an earlier run into ``out`` scored and whose four outputs are still in
+    their folder: from the table this run will replace (this shard's), else ``predictions.csv``. An unreadable
+    or foreign table counts as none."""
+    for table in dict.fromkeys([shard_path(out / "predictions.csv", shard), out / "predictions.csv"]):
+        if not table.is_file():
+            continue
+        try:
+            with open(table, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return {}
+        return {r["image"]: r for r in rows if set(FIELDS) <= set(r) and r["status"] == "ok" and folders.get(r["image"])
+                and all((out / folders[r["image"]] / name).is_file() for name in OUTPUTS)}
+    return {}
+
+
 def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, folder: Path, out: Path,
                    device: torch.device, shard: Shard | None = None) -> list[dict]:
     """Process every image of ``folder`` (of its ``shard`` only, when given), in sorted name order; return one
     row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``.
 
-    The tables are written in a ``finally``: when the loop stops early (an exception that is not one photo's
-    problem, Ctrl-C, SIGTERM via main), the rows already computed are kept and the photos not reached are
-    listed with the status ``not processed``. Against what no ``finally`` survives (SIGKILL, the machine going
-    down), both tables are also saved, atomically, before the first photo and then after a photo at most every
-    ``FLUSH_SECONDS``, the photos still to come marked ``not processed`` (``STILL_TO_COME``); the last write
-    replaces them. An OSError of these writes (a full disk, an unwritable folder) is raised."""
+    The tables on disk always describe what the photo folders hold. They are rewritten (atomically) after every
+    photo, so that what no ``finally`` survives (SIGKILL, the machine going down) keeps every photo done; and in
+    a ``finally``, when the loop stops early (an exception that is not one photo's problem, Ctrl-C, SIGTERM via
+    main). A photo not reached keeps the row of an earlier run into ``out`` when its outputs are still there
+    (status ``not processed: ...; KEPT``), else it is listed ``not processed`` and any outputs left in its
+    folder, which no row describes, are removed. An earlier table is not touched before this run has a row.
+    An OSError of these writes (a full disk, an unwritable folder) is raised."""
     paths = list_images(folder)
     folders = output_folders([p.name for p in paths])
     mine = select_shard(paths, shard, key=lambda p: p.name)
-    rows, timings = [], []
     out.mkdir(parents=True, exist_ok=True)
+    earlier = {n: r for n, r in earlier_rows(out, shard, folders).items() if n in {p.name for p in mine}}
+    for p in mine:
+        if p.name not in earlier and folders[p.name]:
+            discard_outputs(out / folders[p.name])
+    rows, timings = [], []
 
     def save(reason: str) -> list[dict]:
         done = {r["image"] for r in rows}
-        table = rows + [{**empty_row(p.name), "label": "error", "status": f"not processed: {reason}"}
-                        for p in mine if p.name not in done]
+        rest = [p.name for p in mine if p.name not in done]
+        table = rows + [{**earlier[n], "status": f"not processed: {reason}; {KEPT}"} if n in earlier
+                        else {**empty_row(n), "label": "error", "status": f"not processed: {reason}"} for n in rest]
         write_csv(shard_path(out / "predictions.csv", shard), table, FIELDS)
         write_csv(shard_path(out / "timings.csv", shard), timings, TIMING_FIELDS)
         return table
 
     stopped = "the run stopped before this photo"
     try:
-        save(STILL_TO_COME)
-        saved = time.monotonic()
         for path in tqdm(mine, desc="predict", unit="photo"):
             name = folders[path.name]
             row, timing = predict_photo(model, cfg, stats, threshold, path, out / name if name else None, device)
@@ -304,20 +339,18 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: f
             rows.append(row)
             if timing is not None:
                 timings.append(timing)
-            if time.monotonic() - saved >= FLUSH_SECONDS:
-                save(STILL_TO_COME)
-                saved = time.monotonic()
+            save(STILL_TO_COME)
     except BaseException as err:  # noted in the table, then raised again
         stopped = f"the run stopped before this photo ({type(err).__name__}{f': {err}' if str(err) else ''})"
         raise
     finally:
-        rows = save(stopped)
+        if rows or not earlier:  # an earlier table stays as it is until this run has a row
+            rows = save(stopped)
     return rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/wood", help="folder of photos, or a folder holding images/")
     p.add_argument("--model", default=str(DEFAULT_RUNS / "model.pt"), help="checkpoint written by train.py")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "pred"), help="output folder")
@@ -357,20 +390,26 @@ def exit_on_sigterm():
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before PyTorch is imported: --help and a wrong option answer at once
+    from wood_anomaly.train import resolve_device
+
     device = resolve_device(args.device, args.threads, local_rank=launcher_env()[2])
     model, cfg, ckpt = load_model(args.model, device)
     threshold = args.threshold or ckpt["threshold"]
+    table = shard_path(Path(args.out) / "predictions.csv", args.shard)
     try:
         with exit_on_sigterm():
             rows = predict_folder(model, cfg, ckpt, threshold, image_folder(args.data), Path(args.out), device,
                                   shard=args.shard)
     except OSError as err:  # the output folder or a table (a photo's own write errors are rows of the table)
         sys.exit(f"--out {args.out}: cannot write the outputs ({err})")
+    except KeyboardInterrupt:
+        print(f"\nstopped by Ctrl-C: {table} lists the photos done and those not processed; run the same command "
+              "again to finish", file=sys.stderr)
+        sys.exit(130)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in rows:
         print(f"{r['image']}: {r['label']} (score {r['score'] or '-'}, area {r['anomalous_area_frac'] or '-'})")
-    table = shard_path(Path(args.out) / "predictions.csv", args.shard)
     print(f"{len(rows) - len(failed)} photos -> {args.out}/<stem>/, table {table}"
           + (f"; {len(failed)} failed (reasons in the table)" if failed else ""))
     if rows and len(failed) == len(rows):

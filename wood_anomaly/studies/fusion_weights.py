@@ -14,21 +14,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
 from wood_anomaly import predict
 from wood_anomaly.bench import ranking, vote_groups
-from wood_anomaly.data import resize_map
+from wood_anomaly.config import HelpFormatter
 from wood_anomaly.evaluate import pixel_metrics
-from wood_anomaly.model import fuse
 
 
 def fusion_weights(model_path: Path, data: Path, weights: list[float], device: str = "cpu", votes=None) -> dict:
     """``{"deep_weight=<w>": {"pixel", "image", "labels"}}`` for each of ``weights``: pixel metrics of the fused
     maps against ``<data>/masks/consensus``, the photo scores (ranked against ``votes``, bench.vote_groups, when
     given) and the photo labels of the checkpoint's threshold and ``min_area``."""
-    dev = predict.resolve_device(device)
+    import torch
+
+    from wood_anomaly.data import resize_map
+    from wood_anomaly.model import fuse
+    from wood_anomaly.train import resolve_device
+
+    dev = resolve_device(device)
     model, cfg, ckpt = predict.load_model(model_path, dev)
     if cfg.colour_stride <= 0:
         raise SystemExit(f"{model_path}: the model has no colour channel (--colour-stride 0): no fusion to vary")
@@ -56,7 +59,7 @@ def fusion_weights(model_path: Path, data: Path, weights: list[float], device: s
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", default="runs/wood_bench/model.pt", help="checkpoint written by train.py")
     p.add_argument("--data", default="../shared/data/wood", help="folder with images/, masks/consensus/ "
                                                                  "(and image_labels.csv for the image ranking)")

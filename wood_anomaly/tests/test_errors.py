@@ -11,7 +11,8 @@ import torch
 
 from common.io import list_images, read_rgb, save_image
 from common.shard import main as shard_main
-from wood_anomaly import evaluate, predict, train
+from wood_anomaly import config, evaluate, predict, train
+from wood_anomaly.data import image_id
 from wood_anomaly.tests.test_pipeline import rows_of
 
 pytestmark = pytest.mark.slow  # every test here trains a model or predicts with one
@@ -44,11 +45,11 @@ def test_one_photo_failing_keeps_the_others(trained_run, three_photos, tmp_path,
     real = predict.anomaly_map
 
     def flaky(model, image, *args, **kwargs):
-        if image_of(predict.image_id(image)) == names[1]:
+        if image_of(image_id(image)) == names[1]:
             raise RuntimeError("simulated out of memory")
         return real(model, image, *args, **kwargs)
 
-    image_of = {predict.image_id(read_rgb(three_photos / n)): n for n in names}.get
+    image_of = {image_id(read_rgb(three_photos / n)): n for n in names}.get
     monkeypatch.setattr(predict, "anomaly_map", flaky)
     rows = run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
     assert list(rows) == names
@@ -100,8 +101,9 @@ def test_interrupt_keeps_the_rows_already_computed(trained_run, three_photos, tm
         return real(*args, **kwargs)
 
     monkeypatch.setattr(predict, "anomaly_map", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exc:  # one line on stderr and status 130, no traceback
         run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
+    assert exc.value.code == 130
     rows = list(rows_of(tmp_path / "pred").values())
     assert [r["status"] for r in rows[:1]] == ["ok"] and float(rows[0]["score"]) > 0
     assert [r["label"] for r in rows[1:]] == ["error", "error"]
@@ -158,7 +160,7 @@ def test_photos_with_the_same_stem_keep_their_outputs_apart(trained_run, demo_di
     masks = tmp_path / "masks"
     save_image(masks / "board.png", np.zeros(maps["board.jpg"].shape, np.uint8))
     assert evaluate.evaluate(tmp_path / "pred", masks, None)["photos_with_masks"] == 2
-    assert predict.output_folders(["a.jpg", "a.png", "a.jpg.png", "b.jpg"]) == {
+    assert config.output_folders(["a.jpg", "a.png", "a.jpg.png", "b.jpg"]) == {
         "a.jpg": "a.jpg", "a.jpg.png": None, "a.png": "a.png", "b.jpg": "b"}
 
 
@@ -231,19 +233,19 @@ def test_predict_rejects_unusable_options(trained_run, three_photos, tmp_path, c
 
 
 def test_tables_on_disk_during_the_run_keep_the_rows_done(trained_run, three_photos, tmp_path, monkeypatch):
-    """What a SIGKILL would leave: the tables on disk while the run is going. They exist before the first photo
-    and hold every photo done at the last save, the rest marked not processed; the end of the run replaces them."""
+    """What a SIGKILL would leave: the tables on disk while the run is going. None before the first photo (no
+    earlier run), then every photo done, the rest marked not processed; the end of the run replaces them."""
     real, on_disk = predict.anomaly_map, []
 
     def snapshot(*args, **kwargs):
-        on_disk.append(rows_of(tmp_path / "pred"))
+        table = tmp_path / "pred" / "predictions.csv"
+        on_disk.append(rows_of(tmp_path / "pred") if table.exists() else None)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "FLUSH_SECONDS", 0.0, raising=False)  # save after every photo
     monkeypatch.setattr(predict, "anomaly_map", snapshot)
     final = run_predict(trained_run / "model.pt", three_photos, tmp_path / "pred")
-    assert [list(t) for t in on_disk] == [list(final)] * 3  # one row per photo, in order, from the start
-    for done, table in enumerate(on_disk):
+    assert on_disk[0] is None and [list(t) for t in on_disk[1:]] == [list(final)] * 2  # one row per photo, in order
+    for done, table in enumerate(on_disk[1:], start=1):
         rows = list(table.values())
         assert [r["status"] for r in rows[:done]] == ["ok"] * done and all(r["score"] for r in rows[:done])
         assert all(r["label"] == "error" and r["status"] == f"not processed: {predict.STILL_TO_COME}"
