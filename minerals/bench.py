@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from minerals.evaluate import labelled_patches
 from minerals.extract_samples import extract
 from minerals.figures import bench_figures, folds_figure
 from minerals.predict import load_classifier, predict_probs
+from minerals.runtime import peak_rss_mb
 
 RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"]}
 TARGETS = {"scratch": {"accuracy": 0.90, "macro_f1": 0.88}, "transfer": {"accuracy": 0.95}}  # the brief's
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         metrics[name] = model_metrics(name, fold0, results)
         saved = json.loads((out / name / "config.json").read_text())
         configs[name] = {k: v for k, v in saved.items() if k not in ("data", "out", "resume", "val_fold")}
-    timings["inference_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    timings["inference_peak_rss_mb"] = round(peak_rss_mb(), 1)
     index = (samples / "index.csv").read_text().splitlines()[1:]
     data_info = {"path": str(data), "photos": sum(len(list_images(d)) for d in data.iterdir() if d.is_dir()),
                  "patches": len(index)}

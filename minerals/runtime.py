@@ -7,6 +7,9 @@ RANK, WORLD_SIZE): nccl with one GPU per process (LOCAL_RANK) on CUDA, gloo on C
 """
 from __future__ import annotations
 
+import resource
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
@@ -62,3 +65,14 @@ def finish_distributed(device: torch.device) -> None:
         torch.cuda.synchronize()
     dist.barrier()
     dist.destroy_process_group()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM of /proc/self/status where there is one (it starts afresh at
+    exec, unlike ``getrusage``'s ru_maxrss, which a process started by a larger one inherits), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB (macOS: bytes)

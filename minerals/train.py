@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from minerals.data import CLASSES, PatchDataset, eval_transform, read_index, spl
 from minerals.decision import choose_threshold, mineral_metrics, open_set_correct
 from minerals.model import BACKBONES, build_model
 from minerals.outputs import export_graph, plot_curves, write_log, write_split, write_val_predictions
-from minerals.runtime import DEVICES, all_reduce, finish_distributed, setup_distributed, sync_batchnorm
+from minerals.runtime import DEVICES, all_reduce, finish_distributed, peak_rss_mb, setup_distributed, sync_batchnorm
 
 
 @dataclass
@@ -338,7 +337,7 @@ def save_results(model, cfg: Config, val_rows, val_dl, device, out: Path, log, r
     result = {"best_epoch": ck["epoch"], "threshold": ck["threshold"], **run,
               "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
               "open_set_accuracy": float(open_set_correct(probs, labels, ck["threshold"]).mean()),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+              "peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_json(out / "result.json", result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minerals import demo_data, train
+from minerals import bench, demo_data, train
 from minerals.extract_samples import extract
 
 # one thread: the tests are tiny, and on a busy shared machine two OpenMP threads mostly wait for each other
@@ -31,3 +31,15 @@ def run(samples, tmp_path_factory):
     train.main(["--data", str(samples), "--out", str(out), "--epochs", "2", "--img-size", "48",
                 "--batch-size", "16", "--width", "0.5", "--threads", "1"])
     return out
+
+
+@pytest.fixture
+def bench_record() -> dict:
+    """A benchmark record of made-up figures, in the shape bench.py writes (tests never read the committed one)."""
+    results = {k: {"accuracy": 0.8 + 0.01 * k, "macro_f1": 0.7 + 0.01 * k} for k in range(5)}
+    fold0 = {"accuracy": 0.8, "macro_f1": 0.7}
+    metrics = {name: bench.model_metrics(name, fold0, results) for name in bench.RUNS}
+    timings = {name: {"train_minutes": 1.0, "inference_patches_per_s": 100.0} for name in bench.RUNS}
+    return bench.record(metrics, timings, {"scratch": {}, "transfer": {}},
+                        {"path": "data/minerals", "photos": 35, "patches": 50}, 5, ["--folds", "5"],
+                        {"start": [1, 1, 1], "end": [1, 1, 1]}, "made up")

@@ -9,17 +9,8 @@ from minerals import bench, evaluate, figures
 SHAPE = {"task", "what", "command", "config", "data", "machine", "load", "date_utc", "metrics", "timings", "note"}
 
 
-def made_up_record() -> dict:
-    results = {k: {"accuracy": 0.8 + 0.01 * k, "macro_f1": 0.7 + 0.01 * k} for k in range(5)}
-    fold0 = {"accuracy": 0.8, "macro_f1": 0.7}
-    metrics = {name: bench.model_metrics(name, fold0, results) for name in bench.RUNS}
-    return bench.record(metrics, {"scratch": {}, "transfer": {}}, {"scratch": {}, "transfer": {}},
-                        {"path": "data/minerals", "photos": 35, "patches": 50}, 5, ["--folds", "5"],
-                        {"start": [1, 1, 1], "end": [1, 1, 1]}, "made up")
-
-
-def test_bench_writes_one_record_of_the_current_default(tmp_path):
-    rec = made_up_record()
+def test_bench_writes_one_record_of_the_current_default(bench_record, tmp_path):
+    rec = bench_record
     assert set(rec) == SHAPE and rec["config"]["folds"] == [0, 1, 2, 3, 4]
     m = rec["metrics"]["scratch"]
     assert set(m) == {"fold0", "per_fold", "mean", "target"} and list(m["per_fold"]) == ["0", "1", "2", "3", "4"]

@@ -248,8 +248,9 @@ def test_split_seed_keeps_the_split_while_the_training_seed_changes(samples):
 
 
 @pytest.mark.slow
-def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path):
-    """make docs-minerals on a tiny run: every page of the PDF, the box finder's IoU measured on demo photos."""
+def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path, bench_record):
+    """make docs-minerals on a tiny run: every page of the PDF (the summary quotes a benchmark record), the box
+    finder's IoU measured on demo photos."""
     import shutil
 
     from minerals import evaluate, report
@@ -260,7 +261,12 @@ def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path):
     evaluate.main(["--checkpoint", str(runs / "scratch" / "best.pt"), "--data", str(runs / "samples"),
                    "--out", str(runs / "scratch" / "eval")])
     out, pages = tmp_path / "doc" / "report.pdf", tmp_path / "pages"
-    report.main(["--runs", str(runs), "--out", str(out), "--pages-png", str(pages)])
+    (tmp_path / "bench.json").write_text(json.dumps(bench_record))
+    lines = report.summary_lines(runs, [runs / "scratch"], report.read_csv(runs / "samples" / "index.csv"),
+                                 tmp_path / "bench.json")
+    assert any("scratch: fold 0 accuracy 0.8" in s and "NOT met" in s for s in lines)
+    report.main(["--runs", str(runs), "--out", str(out), "--pages-png", str(pages),
+                 "--bench-json", str(tmp_path / "bench.json")])
     assert out.read_bytes().startswith(b"%PDF") and not list(out.parent.glob("*.tmp.pdf"))
     assert len(list(pages.glob("page_*.png"))) >= 10  # summary, architecture, sampling, training, inference, results
     iou = report.demo_box_iou(seed=0)  # the figure page 2 quotes
