@@ -3,7 +3,7 @@
     python -m fcnn_rgb_gt.figures --run runs/fcnn_demo --data data/fcnn/extra/demo_val --name demo
 
 writes ``<out>/<name>_loss_vs_epochs.png`` (the run's train / validation loss and validation IoU per epoch, from
-its ``best.pt``) and ``<out>/<name>_prediction.png`` (a crop of the pair in ``--data``: the image with hits red,
+its ``last.pt``) and ``<out>/<name>_prediction.png`` (a crop of the pair in ``--data``: the image with hits red,
 false alarms yellow and misses blue, beside the building probability). ``make figures-fcnn`` runs it on the
 demo run; ``bench.py`` writes the same two figures of the real-data run.
 """
@@ -38,6 +38,7 @@ def plot_losses(path: Path, history: list[dict], dpi: int = 110) -> Path:
     ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (augmented crops)")
     ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation loss (held-out strip, same loss)")
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
     ax2.plot(ep, [h["val_iou"] for h in history], "g--", alpha=0.6, label="validation building IoU (at 0.5)")
@@ -83,9 +84,10 @@ def plot_prediction(path: Path, image: np.ndarray, gt: np.ndarray, prob: np.ndar
 
 
 def run_figures(run: Path, pair: Path, out: Path, name: str, title: str = "") -> list[Path]:
-    """The loss curve of ``run/best.pt`` and its prediction of the pair folder ``pair`` (rgb.png + gt.png)."""
-    ckpt = read_checkpoint(run / "best.pt", keys=("model", "model_config", "history"))
-    curve = plot_losses(out / f"{name}_loss_vs_epochs.png", ckpt["history"], dpi=80)
+    """The loss curve of the whole run (``last.pt``) and the prediction of its ``best.pt`` on the pair folder
+    ``pair`` (rgb.png + gt.png)."""
+    last = read_checkpoint(run / "last.pt", keys=("history",))
+    curve = plot_losses(out / f"{name}_loss_vs_epochs.png", last["history"], dpi=80)
     model, _ = load_checkpoint(run / "best.pt", torch.device("cpu"))
     image = read_rgb(pair / "rgb.png")
     gt = read_gt(pair / "gt.png", image.shape[:2], pair / "rgb.png").astype(bool)

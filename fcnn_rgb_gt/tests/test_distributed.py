@@ -3,6 +3,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -35,6 +36,7 @@ def _assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights_and_resume(pair_dir, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(pair_dir), "--out", str(out), "--tile", "64", "--batch-size", "2", "--threads", "1"]
