@@ -6,7 +6,7 @@
         lr: float = 1e-3  # peak learning rate; a comment may go on
         #                   on lines of their own, indented past the '#'
 
-    p = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
     add_config_args(p, Config)
     cfg = Config(**vars(p.parse_args()))
 
@@ -23,6 +23,18 @@ import typing
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s?(.*))?$")  # "    name: type = default  # comment"
 _MORE = re.compile(r"^\s+#\s{2,}(\S.*)$")  # "    #        more of the comment above"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except an empty one (None, "", [], ()) and one the help text already
+    states ("(default: ...)"): argparse's own formatter prints ``(default: )`` and a second default for those."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default, help_ = action.default, action.help or ""
+        empty = default is None or (isinstance(default, (str, list, tuple)) and len(default) == 0)
+        if empty or "(default:" in help_:
+            return help_
+        return super()._get_help_string(action)
 
 
 def field_comments(config_cls) -> dict[str, str]:

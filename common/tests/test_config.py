@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from common.config import add_config_args, field_comments, resumed_config
+from common.config import HelpFormatter, add_config_args, field_comments, resumed_config
 
 
 @dataclass
@@ -73,3 +73,16 @@ def test_resumed_config_keeps_the_runs_settings_but_the_ones_that_may_change():
     run, overridden = resumed_config(Run(lr=0.5, threads=4, new="b"), {"lr": 0.1, "threads": 1}, ("threads",))
     assert run == Run(lr=0.1, threads=4, new="b")  # saved lr; threads may change; a field the run lacks stays
     assert overridden == [("lr", 0.1, 0.5)]
+
+
+def test_help_formatter_leaves_out_empty_and_already_stated_defaults():
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--epochs", type=int, default=3, help="passes")
+    p.add_argument("--note", default="", help="free text")
+    p.add_argument("--files", nargs="*", default=[], help="inputs")
+    p.add_argument("--model", default=None, help="checkpoint")
+    p.add_argument("--shard", default=None, help="one shard (default: all of it)")
+    text = " ".join(p.format_help().split())
+    assert "passes (default: 3)" in text
+    assert "(default: )" not in text and "(default: [])" not in text and "(default: None)" not in text
+    assert text.count("(default:") == 2
