@@ -151,7 +151,8 @@ def baseline(data: Path, scale: float, sigma: float, votes) -> dict:
         for kind, m in (("raw", median_colour_distance(img)), ("smoothed", resize_map(smooth, img.shape[:2]))):
             maps[kind].append(m)
             scores[kind][path.stem] = float(m.max())
-        masks.append(read_mask(data / "masks" / "consensus" / f"{path.stem}.png", {0: 0}, default=1).astype(bool))
+        masks.append(read_mask(data / "masks" / "consensus" / f"{path.stem}.png", {0: 0}, default=1,
+                               colours=True).astype(bool))
     return {kind: {"pixel": pixel_metrics(maps[kind], masks), "image": ranking(scores[kind], votes)}
             for kind in ("raw", "smoothed")}
 

@@ -6,7 +6,9 @@ that ``--help`` and a wrong option answer at once. Standard library (and common.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +150,16 @@ def output_folders(names: list[str]) -> dict[str, str | None]:
         out[n] = None if folder in taken else folder
         taken.add(folder)
     return out
+
+
+def remove_leftovers(folder: Path, names: list[str]) -> None:
+    """Remove the temporary files that a killed run (SIGKILL, a power cut) left in ``folder`` while writing one
+    of ``names`` (common.io.atomic_path: ``.<stem>.<8 random characters>.tmp<suffix>``); those of other names
+    (another worker's table) are left alone."""
+    for name in names:
+        stem, suffix = Path(name).stem, Path(name).suffix
+        pattern = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
+        for p in folder.glob(f".{stem}.*.tmp{suffix}"):
+            if pattern.fullmatch(p.name):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()

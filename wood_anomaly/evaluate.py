@@ -111,10 +111,10 @@ def read_predictions(pred: Path) -> list[dict]:
     try:
         with open(table, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
+            header, rows = reader.fieldnames or [], list(reader)
     except UnicodeDecodeError as err:
         raise ValueError(f"{table}: not a UTF-8 text CSV ({err.reason} at byte {err.start})") from None
-    missing = [c for c in ("image", "score", "label", "status") if c not in (reader.fieldnames or [])]
+    missing = [c for c in ("image", "score", "label", "status") if c not in header]
     if missing:
         raise ValueError(f"{table}: not a table of predict.py (no column {', '.join(missing)}); run predict.py again")
     for line, r in enumerate(rows, start=2):
@@ -163,7 +163,7 @@ def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dic
             if mask_path is None:
                 continue  # no mask for this photo
             try:
-                mask = read_mask(mask_path, {0: 0}, default=1).astype(bool)
+                mask = read_mask(mask_path, {0: 0}, default=1, colours=True).astype(bool)
                 score = load_map(out / "anomaly_map.npy")
                 pred_mask = read_mask(out / "preds.png", {0: 0}, default=1).astype(bool)
                 if not score.shape == pred_mask.shape == mask.shape:

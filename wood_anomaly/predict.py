@@ -72,6 +72,7 @@ from wood_anomaly.config import (
     check_config,
     image_folder,
     output_folders,
+    remove_leftovers,
     too_small,
 )
 
@@ -308,16 +309,20 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: f
     a ``finally``, when the loop stops early (an exception that is not one photo's problem, Ctrl-C, SIGTERM via
     main). A photo not reached keeps the row of an earlier run into ``out`` when its outputs are still there
     (status ``not processed: ...; KEPT``), else it is listed ``not processed`` and any outputs left in its
-    folder, which no row describes, are removed. An earlier table is not touched before this run has a row.
+    folder, which no row describes, are removed, as are the temporary files a killed run left behind. An earlier
+    table is not touched before this run has a row.
     An OSError of these writes (a full disk, an unwritable folder) is raised."""
     paths = list_images(folder)
     folders = output_folders([p.name for p in paths])
     mine = select_shard(paths, shard, key=lambda p: p.name)
     out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out, [shard_path(out / t, shard).name for t in ("predictions.csv", "timings.csv")])
     earlier = {n: r for n, r in earlier_rows(out, shard, folders).items() if n in {p.name for p in mine}}
     for p in mine:
-        if p.name not in earlier and folders[p.name]:
-            discard_outputs(out / folders[p.name])
+        if folders[p.name] and (out / folders[p.name]).is_dir():
+            remove_leftovers(out / folders[p.name], list(OUTPUTS))
+            if p.name not in earlier:
+                discard_outputs(out / folders[p.name])
     rows, timings = [], []
 
     def save(reason: str) -> list[dict]:

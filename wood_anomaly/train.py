@@ -42,7 +42,16 @@ from tqdm import tqdm
 from common.config import add_config_args
 from common.io import ImageReadError, atomic_path, atomic_write, list_images, read_rgb, write_json
 from common.shard import launcher_env
-from wood_anomaly.config import DEVICES, HelpFormatter, TrainConfig, check_config, image_folder, parse_stages, too_small
+from wood_anomaly.config import (
+    DEVICES,
+    HelpFormatter,
+    TrainConfig,
+    check_config,
+    image_folder,
+    parse_stages,
+    remove_leftovers,
+    too_small,
+)
 
 if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed
     import torch
@@ -238,6 +247,7 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
         sys.exit(f"no image in {image_folder(cfg.data)}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out, ["model.pt", "config.json", "log.csv"])  # of a run killed while writing them
         print(f"{len(paths)} training photos from {image_folder(cfg.data)}, {world} process(es), device {device}")
 
     t0 = time.perf_counter()
