@@ -30,7 +30,8 @@ class TrainConfig:
     #                     4x the work)
     stages: str = "1,2"  # EfficientNet-Lite0 stages used as patch features (1: stride 4, 2: 8, 3: 16)
     pool: int = 3  # local averaging of features over pool x pool neighbours (PatchCore aggregation)
-    patches_per_image: int = 2000  # uniform random patch features per photo kept in the memory bank
+    patches_per_image: int = 2000  # uniform random patch features per photo kept in the memory bank (a small
+    #                                photo keeps at most half of its cells there, the rest calibrates)
     self_patches: int = 500  # at predict: random patches of the scored photo itself added to its reference
     #                          (an unseen surface is compared with itself too)
     calib_patches: int = 4000  # held-out patches per photo whose scores set the threshold

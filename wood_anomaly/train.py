@@ -138,9 +138,12 @@ def photo_features(model: PatchCore, index: int, path: Path, cfg: TrainConfig, d
     feats = torch.from_numpy(cells.reshape(-1, cells.shape[-1]))
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
     order = torch.randperm(feats.shape[0], generator=gen)
-    kept = feats[order[:cfg.patches_per_image]]
+    # a small photo (fewer cells than the bank sample and the calibration sample) keeps half of its cells out of
+    # the bank for calibration, which would otherwise have no held-out cell at all
+    n_bank = min(cfg.patches_per_image, feats.shape[0] - min(cfg.calib_patches, feats.shape[0] // 2))
+    kept = feats[order[:n_bank]]
     part = {"index": index, "bank": kept, "desc": feats.mean(0), "id": image_id(img),
-            "held_out": feats[order[cfg.patches_per_image:][:cfg.calib_patches]]}
+            "held_out": feats[order[n_bank:][:cfg.calib_patches]]}
     if cfg.colour_stride > 0:  # the photo's colour map, computed as predict computes it; a random sample of it
         colour = torch.from_numpy(colour_map(small, cfg.colour_stride, cfg.colour_patches, cfg.k, cfg.colour_sigma,
                                              cfg.seed).ravel())

@@ -201,12 +201,14 @@ def test_unusable_checkpoint_is_one_line_naming_the_file(trained_run, three_phot
     good = (trained_run / "model.pt").read_bytes()
     ckpt = torch.load(trained_run / "model.pt", weights_only=True)
     (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "truncated.pt").write_bytes(good[:200])
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     torch.save({k: v for k, v in ckpt.items() if k != "deep_q95"}, tmp_path / "incomplete.pt")
     torch.save({**ckpt, "bank": ckpt["bank"][:, :10]}, tmp_path / "narrow.pt")
     expected = {"text.pt": "not a PyTorch checkpoint", "truncated.pt": "not a readable checkpoint",
+                "empty.pt": "not a readable checkpoint (the file is empty, 0 bytes)",
                 "tensor.pt": "not a checkpoint of wood_anomaly", "foreign.pt": "not a checkpoint of wood_anomaly",
                 "incomplete.pt": "deep_q95 missing", "narrow.pt": "unusable memory bank"}
     for name, reason in expected.items():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from wood_anomaly import predict, train
+from wood_anomaly import config, predict, train
+from wood_anomaly.tests.conftest import TINY
 
 
 @pytest.mark.parametrize("option, value", [("--pad", "30"), ("--tile", "300"), ("--tile", "126"),
@@ -21,3 +22,28 @@ def test_predict_has_no_seed_option(capsys):
     with pytest.raises(SystemExit) as exc:
         predict.parse_args(["--seed", "1"])
     assert exc.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_photos_too_small_to_score():
+    """A 1x1 photo got a map and the label 'normal'. The defaults need 24 px per side after halving: 48 px."""
+    default, tiny = config.TrainConfig(), train.parse_args(TINY)
+    assert "too small to score: 1 x 1 px" in config.too_small(1, 1, default)
+    assert "at least 48 x 48 px" in config.too_small(46, 400, default)
+    assert config.too_small(48, 48, default) is None and config.too_small(1952, 2592, default) is None
+    assert config.too_small(24, 24, tiny) is None and config.too_small(23, 300, tiny)
+
+
+def test_leftovers_of_a_killed_write_are_removed_and_no_other_file(tmp_path):
+    names = [".predictions.ab12cd34.tmp.csv", ".timings.x_y_z_w1.tmp.csv", ".predictions.shard-1-of-2.ab12cd34.tmp.csv",
+             "predictions.csv", ".preds.ab12cd34.tmp.png", ".predictions.notmine.tmp.csv.bak"]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    config.remove_leftovers(tmp_path, ["predictions.csv", "timings.csv"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
+def test_help_shows_no_empty_default(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: 2000)" in text and "(default: )" not in text and "(default: None)" not in text
