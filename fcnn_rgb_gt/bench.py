@@ -26,17 +26,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import read_rgb, write_json
-from common.metrics import segmentation_report
-from common.tiling import MAX_TILE, tile_grid
-from fcnn_rgb_gt.data import REPO_ROOT, read_gt
-from fcnn_rgb_gt.figures import DOCS, run_figures
-from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, read_checkpoint, set_threads
-from fcnn_rgb_gt.model import flops_per_pixel
-from fcnn_rgb_gt.train import TrainConfig
+from fcnn_rgb_gt.config import DOCS, REPO_ROOT, TrainConfig
 
 TRAIN_PY = Path(__file__).with_name("train.py")
 TARGET_IOU = 0.60  # the building IoU asked for on every test pair
@@ -78,6 +72,12 @@ def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0) -> float:
 
 def score_run(run: Path, pairs: list[Path]) -> dict:
     """A run's best epoch, its validation-strip IoU there, and its report on every pair at probability 0.5."""
+    import torch
+
+    from common.metrics import segmentation_report
+    from fcnn_rgb_gt.data import read_gt
+    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, read_checkpoint
+
     model, ckpt = load_checkpoint(run / "best.pt", torch.device("cpu"))
     last = read_checkpoint(run / "last.pt", keys=("history",))
     row = ckpt["history"][ckpt["best_epoch"] - 1]
@@ -94,6 +94,8 @@ def score_run(run: Path, pairs: list[Path]) -> dict:
 
 def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     """Best float32 torch.mm rate over a few tries with the current thread count, GFLOP per second."""
+    import torch
+
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     best = float("inf")
@@ -116,6 +118,12 @@ def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
     """(Runs in a fresh process.) Time and peak memory of predicting ``image_path`` tiled ``repeat x repeat``,
     best of two. The peak is the resident-set high-water mark reset just before (``clear_refs``), so it counts
     what predict allocates, not the image decoding; the torch.mm rate is measured just before, same load."""
+    import torch
+
+    from common.tiling import MAX_TILE, tile_grid
+    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, set_threads
+    from fcnn_rgb_gt.model import flops_per_pixel
+
     set_threads(0)
     model, _ = load_checkpoint(ckpt, torch.device("cpu"))
     image = np.tile(read_rgb(image_path), (repeat, repeat, 1))
@@ -142,6 +150,8 @@ def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
 def predict_cost(ckpt: Path, image_path: Path) -> dict:
     """:func:`measure_predict` of the image (``1x``) and of it tiled 2x2 (``4x_area``), each in a fresh process."""
     out = {}
+    print(f"timing predict on {image_path.name} and on it tiled 2x2, each in a fresh process",
+          flush=True)
     for name, repeat in (("1x", 1), ("4x_area", 2)):
         code = (f"import json; from fcnn_rgb_gt.bench import measure_predict; "
                 f"print(json.dumps(measure_predict({str(ckpt)!r}, {str(image_path)!r}, {repeat})))")
@@ -170,6 +180,8 @@ def metrics(scores: dict[int, dict]) -> dict:
 def record(config: dict, data: Path, scores: dict[int, dict], train_seconds: dict[int, float], predict: dict,
            load: dict) -> dict:
     """benchmarks/fcnn.json: one record of the current default."""
+    import torch
+
     train_dir, names = data / "train_substitute", list(scores[min(scores)]["pairs"])
     return {"task": "fcnn_rgb_gt",
             "what": "building IoU at probability 0.5 of train.py's default on the test pairs extra/* (trained on "
@@ -187,8 +199,7 @@ def record(config: dict, data: Path, scores: dict[int, dict], train_seconds: dic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default=str(REPO_ROOT / "data" / "fcnn"), help="folder with train_substitute/ and extra/")
     p.add_argument("--runs", default=str(REPO_ROOT / "runs" / "fcnn_bench"), help="where the training runs go")
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "fcnn.json"), help="the record")
@@ -201,6 +212,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from fcnn_rgb_gt.figures import run_figures
+    from fcnn_rgb_gt.infer import read_checkpoint
+
     data, runs = Path(args.data), Path(args.runs)
     try:
         found = find_pairs(data)

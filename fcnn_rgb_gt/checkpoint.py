@@ -9,12 +9,11 @@ from pathlib import Path
 import torch
 
 from common.io import atomic_path
+from fcnn_rgb_gt.config import THRESHOLD, CheckpointError
 from fcnn_rgb_gt.data import CropSampler
 from fcnn_rgb_gt.ddp import gather, rank0_decides
-from fcnn_rgb_gt.infer import CheckpointError, read_checkpoint
+from fcnn_rgb_gt.infer import read_checkpoint
 from fcnn_rgb_gt.model import drop_legacy
-
-THRESHOLD = 0.5  # building probability threshold of validation, stored in the checkpoint for predict.py
 
 # options of older versions and the value the code now has built in: a stored run at that value resumes
 LEGACY_OPTIONS = {"loss": "wce", "dropout": 0.0, "upsample": "nearest", "threshold": 0.5,

@@ -15,9 +15,6 @@ import torch.nn.functional as F
 
 from common.io import ImageReadError, read_mask, read_rgb
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT / "data" / "fcnn"
-DEFAULT_RUNS = REPO_ROOT / "runs" / "fcnn"
 GT_MAPPING = {0: 1, 255: 0}  # exercise gt.png: 0 = building -> 1, 255 = background -> 0
 MIN_TRAIN_SIDE = 32  # below this there is no room for a training crop and a validation strip
 

@@ -13,13 +13,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.io import read_rgb, save_figure
-from fcnn_rgb_gt.data import read_gt
-from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, read_checkpoint
-
-DOCS = Path(__file__).resolve().parent / "docs"
+from fcnn_rgb_gt.config import DOCS
 
 
 def _plt():
@@ -86,6 +82,11 @@ def plot_prediction(path: Path, image: np.ndarray, gt: np.ndarray, prob: np.ndar
 def run_figures(run: Path, pair: Path, out: Path, name: str, title: str = "") -> list[Path]:
     """The loss curve of the whole run (``last.pt``) and the prediction of its ``best.pt`` on the pair folder
     ``pair`` (rgb.png + gt.png)."""
+    import torch
+
+    from fcnn_rgb_gt.data import read_gt
+    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, read_checkpoint
+
     last = read_checkpoint(run / "last.pt", keys=("history",))
     curve = plot_losses(out / f"{name}_loss_vs_epochs.png", last["history"], dpi=80)
     model, _ = load_checkpoint(run / "best.pt", torch.device("cpu"))

@@ -11,24 +11,8 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from common.tiling import MAX_TILE, predict_tiled
+from fcnn_rgb_gt.config import CheckpointError
 from fcnn_rgb_gt.model import FCN, ModelConfig
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing or unreadable; ``str(err)`` is ``"<path>: <reason>"``."""
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def over_memory_limit(batch_size: int, tile: int) -> str:
-    """Why ``batch_size`` inputs of ``tile x tile`` per forward pass break the brief's limit (the network holds
-    at most one 256x256x3 input's worth of pixels at a time), or "" when they fit."""
-    if batch_size * tile * tile <= MAX_TILE * MAX_TILE:
-        return ""
-    return (f"--batch-size {batch_size} x --tile {tile} feeds {batch_size * tile * tile:,} pixels per forward pass, "
-            f"more than one {MAX_TILE}x{MAX_TILE} input ({MAX_TILE * MAX_TILE:,}), the brief's memory limit; use "
-            f"--batch-size {max(1, MAX_TILE * MAX_TILE // (tile * tile))} at most at this tile")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -12,13 +12,18 @@ Writes into ``--out`` (default: the checkpoint's folder), for one image:
     predictions_overlay.jpg  the image with predicted buildings tinted red (and missed ones blue with --gt)
     predictions_metrics.json building IoU, F1, precision, recall, pixel accuracy (with a ground truth)
 With several images (or a folder, or --shard) the same files go into ``--out/<name>/`` per image (``<name>``:
-its path below the inputs' common folder, "/" -> "__"), plus ``predictions.csv``: one row per image, in sorted
-order of the image path. ``--shard I/N`` (default RANK/WORLD_SIZE under torchrun) processes every N-th image
-of the sorted list and writes ``predictions.shard-I-of-N.csv``; ``python -m common.shard merge
-<out>/predictions.csv`` joins the N shard files into exactly the file one worker writes.
-Every image is read and checked before its files are written, and every file is written atomically; a batch
-removes an earlier run's CSV when it starts and writes its own at the end (a stopped batch leaves none); a bad
-image is reported (one line, naming the file) and the others still run; the exit status is then 2.
+the file's name without its suffix, a pair folder's name; where inputs share it, the name with its suffix, then
+the path below their common folder, "/" -> "__"), plus ``predictions.csv``: one row per input given (a bad one
+too), in sorted order of the path, with its ``status``: predicted, failed (``error`` says why) or "earlier run,
+not reached". ``--shard I/N`` (default RANK/WORLD_SIZE under torchrun) processes every N-th input of the sorted
+list and writes ``predictions.shard-I-of-N.csv``; ``python -m common.shard merge <out>/predictions.csv`` joins
+the N shard files into exactly the file one worker writes.
+
+Every image is read and checked before its files are written, and every file is written atomically. A bad input
+(unreadable, a folder without images, smaller than the network's 14 px field of view, a ground truth that does
+not fit) is one line naming it and its CSV row; the others still run; the exit status is then 2. The CSV is
+rewritten after every image: it keeps an earlier run's rows of the images not reached yet (their folders still
+hold that run's files), so a stopped or killed batch loses nothing complete, and running it again finishes it.
 """
 from __future__ import annotations
 
@@ -27,36 +32,36 @@ import csv
 import os
 import sys
 import time
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from common.io import ImageReadError, atomic_write, list_images, read_rgb, save_image, write_json
-from common.metrics import segmentation_report
+from common.config import HelpFormatter
+from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_images, read_rgb, save_image, write_json
 from common.shard import add_shard_argument, select_shard, shard_path
 from common.tiling import MAX_TILE
-from fcnn_rgb_gt.data import DEFAULT_RUNS, read_gt
-from fcnn_rgb_gt.infer import (
+from fcnn_rgb_gt.config import (
+    DEFAULT_RUNS,
     DEVICES,
+    MIN_PREDICT_SIDE,
+    RECEPTIVE_FIELD,
     CheckpointError,
-    load_checkpoint,
     over_memory_limit,
-    predict_probs,
-    resolve_device,
-    set_threads,
 )
 
-CSV_COLUMNS = ["image", "name", "width", "height", "threshold", "building_fraction", "gt", "iou", "f1",
-               "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
+CSV_COLUMNS = ["image", "name", "status", "error", "width", "height", "threshold", "building_fraction", "gt", "iou",
+               "f1", "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
+OUTPUT_FILES = ("predictions.jpg", "predictions_mask.png", "predictions_overlay.jpg", "predictions_metrics.json")
+# the status of a row: predicted by this run, failed in this run (error says why), or the earlier run's row of an
+# image this run has not reached yet (a stopped run; its outputs are still the earlier run's)
+PREDICTED, FAILED, EARLIER = "predicted", "failed", "earlier run, not reached"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_RUNS / "best.pt"), help="trained model (train.py output)")
     p.add_argument("--image", nargs="+", default=[], metavar="PATH",
                    help="image(s) or folder(s) of images to segment; default: the checkpoint's training image")
@@ -104,29 +109,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class Item:
-    """One input. ``key`` (the image path as given) orders and shards the inputs and is the CSV's first column;
-    ``name`` is its output sub-folder when there are several."""
+    """One input. ``key`` (the path as given) orders and shards the inputs and is the CSV's first column; ``name``
+    is its output sub-folder when there are several ("" for a path that is no file: it gets none); ``problem``:
+    why it cannot be predicted, known before reading it (a folder given without any image in it)."""
     key: str
-    gt: str
-    name: str
+    gt: str = ""
+    name: str = ""
+    problem: str = ""
 
 
-def _names(paths: list[Path], drop_suffix: bool = False) -> list[str]:
-    """Output names: each path below the common folder of the paths' folders, "/" -> "__"; with ``drop_suffix``
-    without its suffix where that stays unique (a.png and a.jpg keep theirs). Raises ImageReadError if two
-    inputs would still share a name (their files would overwrite each other)."""
-    root = os.path.commonpath([str(p.resolve().parent) for p in paths])
-    names = [os.path.relpath(p.resolve(), root).replace(os.sep, "__") for p in paths]
-    if drop_suffix:
-        stems = [n[:-len(Path(n).suffix)] if Path(n).suffix else n for n in names]
-        count = Counter(stems)
-        names = [stem if count[stem] == 1 else name for stem, name in zip(stems, names)]
+def _names(paths: list[Path]) -> list[str]:
+    """Output folder names, each from its own path: the file's name without its suffix (a pair folder's name);
+    where inputs share that, the name with its suffix (a.png, a.jpg); where they still do, the path below the
+    common folder of those inputs, "/" -> "__". So an input's name depends on no other input but those that
+    share its name. Raises ImageReadError if two names are still the same (their files would overwrite each
+    other)."""
+    names = [p.name if p.is_dir() else p.stem for p in paths]
+    for rename in (lambda group: [p.name for p in group], _below_common_folder):
+        groups = defaultdict(list)
+        for i, name in enumerate(names):
+            groups[name].append(i)
+        for index in (ix for ix in groups.values() if len(ix) > 1):
+            for i, name in zip(index, rename([paths[i] for i in index])):
+                names[i] = name
     seen: dict[str, Path] = {}
     for path, name in zip(paths, names):
         if name in seen:
             raise ImageReadError(path, f"its output folder name {name!r} is also that of {seen[name]}; rename one")
         seen[name] = path
     return names
+
+
+def _below_common_folder(paths: list[Path]) -> list[str]:
+    root = os.path.commonpath([str(p.resolve().parent) for p in paths])
+    return [os.path.relpath(p.resolve(), root).replace(os.sep, "__") for p in paths]
 
 
 def _unique(paths) -> list[Path]:
@@ -139,20 +155,29 @@ def _unique(paths) -> list[Path]:
 
 def collect_inputs(args: argparse.Namespace, train_cfg: dict | None) -> tuple[list[Item], bool]:
     """``(every input, several-images mode)``; the list is the same for every shard (sharding comes after).
-    ``train_cfg``: the checkpoint's training config, whose image is the default input."""
+    Every path given is an input, a bad one too (read_rgb names what is wrong with it); only existing files get
+    output folder names. ``train_cfg``: the checkpoint's training config, whose image is the default input."""
     if args.data:
         dirs = _unique(map(Path, args.data))
-        items = [Item(str(d / "rgb.png"), str(d / "gt.png") if (d / "gt.png").exists() else "", n)
-                 for d, n in zip(dirs, _names(dirs))]
+        named = [d for d in dirs if (d / "rgb.png").is_file()]
+        names = dict(zip(named, _names(named)))
+        items = [Item(str(d / "rgb.png"), str(d / "gt.png") if (d / "gt.png").exists() else "", names.get(d, ""))
+                 for d in dirs]
         return items, len(items) > 1 or args.shard is not None
     if args.image:
-        files, folders = [], False
+        files, empty, folders = [], [], False
         for path in map(Path, args.image):
+            found = list_images(path) if path.is_dir() else [path]
             folders |= path.is_dir()
-            files += list_images(path) if path.is_dir() else [path]
-        gts = dict(zip(map(Path, args.image), args.gt))
+            files += found
+            empty += [] if found else [path]
         files = _unique(files)
-        items = [Item(str(f), str(gts.get(f, "")), n) for f, n in zip(files, _names(files, drop_suffix=True))]
+        named = [f for f in files if f.is_file()]
+        names = dict(zip(named, _names(named)))
+        gts = dict(zip(map(Path, args.image), args.gt))
+        items = [Item(str(f), str(gts.get(f, "")), names.get(f, "")) for f in files]
+        items += [Item(str(d), problem=f"a folder without any image file in it ({' '.join(IMAGE_EXTENSIONS)})")
+                  for d in empty]
         return items, len(items) > 1 or folders or args.shard is not None
     # the default: the training image and its gt
     if not train_cfg or "data" not in train_cfg:
@@ -175,15 +200,27 @@ def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -
 
 def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.Namespace, device) -> dict:
     """Read and check ``item``, predict it, write its files into ``out``; return its metrics."""
+    from tqdm import tqdm
+
+    from common.metrics import segmentation_report
+    from fcnn_rgb_gt.data import read_gt
+    from fcnn_rgb_gt.infer import predict_probs
+
+    if item.problem:
+        raise ImageReadError(item.key, item.problem)
     image = read_rgb(item.key)  # RGBA: alpha dropped
+    if min(image.shape[:2]) < MIN_PREDICT_SIDE:
+        raise ImageReadError(item.key, f"image is {image.shape[1]}x{image.shape[0]} px, too small to predict: the "
+                                       f"network looks at {RECEPTIVE_FIELD}x{RECEPTIVE_FIELD} px around each pixel "
+                                       f"(at least {MIN_PREDICT_SIDE} px a side)")
     gt = read_gt(item.gt, image.shape[:2], item.key).astype(bool) if item.gt else None
     t0 = time.perf_counter()
     bar = partial(tqdm, desc="tiles", leave=False, disable=not sys.stderr.isatty())
     prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar)
     seconds = time.perf_counter() - t0
     pred = prob >= threshold
-    result = {"image": item.key, "size": [image.shape[1], image.shape[0]], "threshold": threshold,
-              "seconds": round(seconds, 3), "building_fraction": round(float(pred.mean()), 4)}
+    result = {"image": item.key, "name": item.name, "size": [image.shape[1], image.shape[0]],
+              "threshold": threshold, "seconds": round(seconds, 3), "building_fraction": round(float(pred.mean()), 4)}
     if gt is not None:
         rep = segmentation_report(pred, gt)
         result.update(gt=item.gt, **{k: round(v, 4) for k, v in rep.items()})
@@ -199,24 +236,63 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
     return result
 
 
-def report(r: dict) -> None:
-    print(f"{r['image']} {r['size'][0]}x{r['size'][1]}: {r['building_fraction']:.1%} building "
-          f"(threshold {r['threshold']}), {r['seconds']:.2f}s")
+def report(r: dict, prefix: str = "") -> None:
+    print(f"{prefix}{r['image']} {r['size'][0]}x{r['size'][1]}: {r['building_fraction']:.1%} building "
+          f"(threshold {r['threshold']}), {r['seconds']:.2f}s", flush=True)
     if "iou" in r:
         print(f"building IoU {r['iou']:.4f}  F1 {r['f1']:.4f}  pixel accuracy {r['accuracy']:.4f}  "
-              f"(precision {r['precision']:.4f}, recall {r['recall']:.4f})")
+              f"(precision {r['precision']:.4f}, recall {r['recall']:.4f})", flush=True)
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "width": r["size"][0], "height": r["size"][1]})
+class Table:
+    """The per-image CSV of a batch, rewritten (atomically) after every image: this run's rows so far and, for
+    the images it has not reached yet, the earlier run's rows (status "earlier run, not reached": their output
+    folders still hold that run's files). So the table describes the output folders at every moment, after a
+    kill too, and a complete run leaves exactly its own rows, in sorted order of the image path."""
+
+    def __init__(self, path: Path, keys: list[str]):
+        self.path, self.keys = path, keys
+        earlier = _earlier_rows(path)
+        self.rows = {k: {**earlier[k], "status": EARLIER} for k in keys if k in earlier}
+
+    def put(self, row: dict) -> None:
+        self.rows[row["image"]] = row
+        with atomic_write(self.path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows[k] for k in self.keys if k in self.rows)
+
+
+def _earlier_rows(path: Path) -> dict[str, dict]:
+    """An earlier run's rows in ``path`` by image path; {} when there is none (or it cannot be read: said)."""
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return {r["image"]: r for r in csv.DictReader(f) if r.get("image")}
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        print(f"warning: {path}: the earlier run's table is unreadable ({err}); this run's replaces it",
+              file=sys.stderr)
+        return {}
+
+
+def result_row(r: dict) -> dict:
+    return {**r, "status": PREDICTED, "width": r["size"][0], "height": r["size"][1]}
+
+
+def remove_outputs(folder: Path) -> None:
+    """An image that failed now: the files an earlier run predicted for it no longer describe it."""
+    for name in OUTPUT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    """Predict every input of this shard; return (results, error lines)."""
+    """Predict every input of this shard (PyTorch is imported here, after the options are parsed); return
+    ``(results, errors)``."""
+    from fcnn_rgb_gt.infer import load_checkpoint, resolve_device, set_threads
+
     set_threads(args.threads)
     device = resolve_device(args.device)
     model, ckpt = load_checkpoint(args.checkpoint, device)
@@ -224,27 +300,33 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     items, several = collect_inputs(args, ckpt.get("config"))
     out = Path(args.out or Path(args.checkpoint).parent)
     mine = select_shard(items, args.shard, key=lambda it: it.key)
-    csv_path = shard_path(args.csv or out / "predictions.csv", args.shard) if several else None
+    table = None
     if several:
         shard = "{}/{}".format(*args.shard) if args.shard else "all"
-        print(f"{len(mine)} of {len(items)} images (shard {shard}) -> {out}")
-        # an earlier run's table must not outlive this run's first new outputs (a kill, an error before the end)
-        csv_path.unlink(missing_ok=True)
+        table = Table(shard_path(args.csv or out / "predictions.csv", args.shard), [it.key for it in mine])
+        print(f"{len(mine)} of {len(items)} inputs (shard {shard}) -> {out}", flush=True)
     results, errors = [], []
-    for item in mine:
+    for i, item in enumerate(mine, 1):
+        folder = out / item.name if several else out
         try:
-            r = predict_one(model, item, out / item.name if several else out, threshold, args, device)
-        except ImageReadError as err:
-            errors.append(f"error: {err}")
-            print(errors[-1], file=sys.stderr)
+            r = predict_one(model, item, folder, threshold, args, device)
+        except (ImageReadError, MemoryError) as err:  # named, and the rest of the batch goes on
+            reason = str(err) if isinstance(err, ImageReadError) else f"{item.key}: not enough memory to predict it"
+            errors.append(reason)
+            print(f"error: {reason}", file=sys.stderr, flush=True)
+            if table is not None:
+                if item.name:
+                    remove_outputs(folder)
+                table.put({"image": item.key, "name": item.name, "status": FAILED, "error": reason})
             continue
-        report(r)
-        if not several:
+        report(r, f"[{i}/{len(mine)}] " if several else "")
+        results.append(r)
+        if table is None:
             print(f"wrote predictions.jpg, predictions_mask.png, predictions_overlay.jpg to {out}")
-        results.append({**r, "name": item.name})
-    if several:
-        write_csv(csv_path, results)
-        print(f"wrote {csv_path} ({len(results)} rows)")
+        else:
+            table.put(result_row(r))
+    if table is not None:
+        print(f"wrote {table.path}: {len(results)} predicted, {len(errors)} failed")
     return results, errors
 
 
@@ -252,9 +334,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         _, errors = run(args)
-    except ValueError as err:  # CheckpointError and ImageReadError ("<file>: <reason>"), --device cuda without CUDA
+    except ValueError as err:  # CheckpointError ("<file>: <reason>"), --device cuda without CUDA
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an output that cannot be written (a full disk, no permission)
+        print(f"error: cannot write the outputs: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the images done so far are written (with several, predictions.csv lists them); run "
+              "the same command again for the rest", file=sys.stderr)
+        return 130
     return 2 if errors else 0
 
 

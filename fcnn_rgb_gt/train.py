@@ -30,86 +30,42 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from common.config import add_config_args, resumed_config
+from common.config import HelpFormatter, add_config_args, resumed_config
 from common.io import ImageReadError, atomic_write, write_json
-from common.metrics import segmentation_report
-from common.tiling import MAX_TILE
-from fcnn_rgb_gt.checkpoint import THRESHOLD, CheckpointError, read_resume, restore, rng_states, save_checkpoint
-from fcnn_rgb_gt.data import DEFAULT_DATA, DEFAULT_RUNS, CropSampler, load_training_pair, spatial_split, to_tensor
-from fcnn_rgb_gt.ddp import distributed, mean_over_ranks, rank0_decides, wrap_ddp
-from fcnn_rgb_gt.figures import plot_losses
-from fcnn_rgb_gt.infer import DEVICES, over_memory_limit, predict_probs, prepare, resolve_device, set_threads
-from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters
+from fcnn_rgb_gt.config import (
+    DEFAULT_DATA,
+    DEVICES,
+    THRESHOLD,
+    CheckpointError,
+    TrainConfig,
+    config_problem,
+)
 
+if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed
+    import torch
 
-@dataclass
-class TrainConfig:
-    data: str = str(DEFAULT_DATA)  # folder holding rgb.png and gt.png (overridden by --rgb / --gt)
-    rgb: str = ""  # image file, for one not named rgb.png; default <data>/rgb.png
-    gt: str = ""  # ground truth file (0 = building, 255 = background); default <data>/gt.png
-    out: str = str(DEFAULT_RUNS)  # run folder: checkpoints, log.csv, loss_vs_epochs.png
-    epochs: int = 16  # passes; one epoch covers the training region about once with random crops
-    max_minutes: float = 14.0  # safety stop: no new epoch starts after this (0 = no limit)
-    tile: int = 128  # training crop and validation tile side, <= 256 (the brief's memory limit); 128 px
-    #                  crops give 4x the optimiser steps of 256 px ones for the same pixels, and the 14 px
-    #                  receptive field needs no more context
-    batch_size: int = 4  # crops per step (per process under torchrun); batch-size x tile^2 must stay within
-    #                      256^2 pixels, one 256x256x3 input (the brief's memory limit): 4 x 128^2 is exactly that
-    lr: float = 1e-2  # AdamW peak learning rate, cosine decay to 1 % over the run (--plain needs about 1e-3)
-    weight_decay: float = 1e-4  # AdamW weight decay
-    val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
-    augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter; --no-augment trains on
-    #                       the crops as they are, for images whose orientation or colours carry meaning
-    plain: bool = False  # the bare brief network: no input standardisation and no batch norm (use --lr 1e-3;
-    #                      the default adds both, which lets it train at lr 1e-2 without collapsing)
-    seed: int = 0  # 0..2^32-1: initial weights and the crop stream (process r of torchrun: seed + 1000 x r)
-    device: str = "auto"  # auto: cuda when available, else cpu
-    threads: int = 0  # CPU threads; 0 = min(2, CPU count)
-    resume: bool = False  # continue <out>/last.pt with the options stored there (only --epochs, --max-minutes,
-    #                       --device, --threads and the data paths of the same images may change)
-
+    from fcnn_rgb_gt.model import FCN
 
 # options a resumed run takes from the command line; every other option is the checkpoint's (it defines the run)
 RESUME_MAY_CHANGE = ("data", "rgb", "gt", "out", "epochs", "max_minutes", "device", "threads", "resume")
-MAX_SEED = 2 ** 32 - 1  # --seed range (process r of torchrun draws its crops with seed + 1000 x r)
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The options (one per field of config.TrainConfig, its comment as the help), checked before any work."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     add_config_args(p, TrainConfig, choices={"device": DEVICES})  # the help of each option is its comment
     cfg = TrainConfig(**vars(p.parse_args(argv)))
     problem = config_problem(cfg)
     if problem:
         p.error(problem)
     return cfg
-
-
-def config_problem(cfg: TrainConfig) -> str:
-    """Why ``cfg`` cannot train, or ""."""
-    checks = [(2 <= cfg.tile <= MAX_TILE, f"--tile must be in 2..{MAX_TILE} (the network never sees more than "
-                                           f"256x256), got {cfg.tile}"),
-              (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-              (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
-              (cfg.max_minutes >= 0, f"--max-minutes must be >= 0 (0 = no limit), got {cfg.max_minutes}"),
-              (0 < cfg.lr < math.inf, f"--lr must be > 0 and finite, got {cfg.lr}"),
-              (0 <= cfg.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {cfg.weight_decay}"),
-              (0 < cfg.val_fraction <= 0.5, f"--val-fraction must be in (0, 0.5], got {cfg.val_fraction}"),
-              (cfg.threads >= 0, f"--threads must be >= 0 (0 = automatic), got {cfg.threads}"),
-              (0 <= cfg.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {cfg.seed}"),
-              (not Path(cfg.out).exists() or Path(cfg.out).is_dir(), f"--out {cfg.out}: is a file, not a folder")]
-    problems = [msg for ok, msg in checks if not ok]
-    if not problems:
-        problems.append(over_memory_limit(cfg.batch_size, cfg.tile))
-    return "; ".join(p for p in problems if p)
 
 
 # --------------------------------------------------------------------------------- the resolved config
@@ -138,6 +94,8 @@ def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, ma
         problem = config_problem(cfg)
         if problem:
             raise CheckpointError(f"{Path(cfg.out) / 'last.pt'}: its options cannot train here: {problem}")
+    import torch
+
     paths = {k: os.path.abspath(getattr(cfg, k)) if getattr(cfg, k) else "" for k in ("data", "rgb", "gt", "out")}
     return replace(cfg, **paths, device=str(device), threads=torch.get_num_threads())
 
@@ -153,6 +111,8 @@ def warn_if_earlier_run(out: Path) -> None:
 # ------------------------------------------------------------------------------------------------- data
 def load_data(cfg: TrainConfig):
     """The pair, its paths and the split. A missing default pair says where it belongs and how to get one."""
+    from fcnn_rgb_gt.data import load_training_pair, spatial_split
+
     rgb = Path(cfg.rgb or Path(cfg.data) / "rgb.png")
     gt = Path(cfg.gt or Path(cfg.data) / "gt.png")
     if not rgb.exists():
@@ -171,6 +131,8 @@ def data_fingerprint(image: np.ndarray, mask: np.ndarray) -> str:
 def class_weights(mask: np.ndarray) -> torch.Tensor:
     """Inverse-frequency weights normalised to mean 1 (background, building): the loss is class-weighted
     cross-entropy."""
+    import torch
+
     freq = np.bincount(mask.ravel(), minlength=2) / mask.size
     w = 1.0 / np.maximum(freq, 1e-3)
     return torch.tensor(w / w.mean(), dtype=torch.float32)
@@ -191,6 +153,10 @@ def warmup_cosine(total: int, warmup: float = 0.05, floor: float = 0.01):
 
 # ---------------------------------------------------------------------------------------------- loop
 def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, show: bool = True) -> float:
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
     model.train()
     total = 0.0
     for _ in tqdm(range(steps), desc="train", leave=False, disable=not (show and sys.stderr.isatty())):
@@ -208,6 +174,9 @@ def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, sho
 def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device, weights: torch.Tensor) -> dict:
     """Tiled prediction of the validation strip: the training loss (same class weights, so the two curves
     compare), and building IoU / F1 / accuracy at probability 0.5."""
+    from common.metrics import segmentation_report
+    from fcnn_rgb_gt.infer import predict_probs
+
     model.eval()
     prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4))
     p = np.clip(prob, 1e-6, 1 - 1e-6)
@@ -228,6 +197,12 @@ def write_log(path: Path, history: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------- main
 def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: dict | None, log) -> dict:
     """Data, model, crop sampler, optimiser and schedule of the run: a dict the loop and checkpoints share."""
+    import torch
+
+    from fcnn_rgb_gt.data import CropSampler, to_tensor
+    from fcnn_rgb_gt.infer import prepare
+    from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters
+
     image, mask, split, rgb_path, gt_path = load_data(cfg)
     fingerprint = data_fingerprint(image, mask)
     if ckpt is not None and ckpt.get("data_sha256", fingerprint) != fingerprint:
@@ -258,9 +233,46 @@ def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: d
             "device": device}
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def estimate(run: dict, cfg: TrainConfig, epochs: int) -> str:
+    """A line saying how long ``epochs`` epochs take here, from a few timed training steps and one validation on a
+    copy of the model (zero input: no random number is drawn, the run itself does not change)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    model, device, crop = copy.deepcopy(run["model"]).train(), run["device"], run["sampler"].crop
+    x = torch.zeros(cfg.batch_size, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(cfg.batch_size, crop, crop, dtype=torch.long, device=device)
+    F.cross_entropy(model(x), y).backward()  # warm-up: first-call allocations, kernel choice
+    t0 = time.perf_counter()
+    for _ in range(3):
+        F.cross_entropy(model(x), y).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    step = (time.perf_counter() - t0) / 3
+    t0 = time.perf_counter()
+    evaluate(model, *run["val"], cfg, device, run["weights"])
+    val = time.perf_counter() - t0
+    total = epochs * (run["steps"] * step + val)
+    stop = cfg.max_minutes and total > 60 * cfg.max_minutes
+    return (f"{epochs} epochs of {run['steps']} steps x {step:.2f} s + validation {val:.1f} s: about {duration(total)}"
+            f" here, plus checkpoints and the plot after each epoch"
+            + (f"; the --max-minutes {cfg.max_minutes:g} safety stop ends it earlier" if stop else ""))
+
+
 def end_epoch(run: dict, cfg: TrainConfig, epoch: int, train_loss: float, history: list, best: dict,
-              extra: dict, seconds: float) -> dict:
-    """Rank 0 after each epoch: validate, log, checkpoint (best.pt when the IoU improved) and plot; the best."""
+              extra: dict, seconds: float, done: int) -> dict:
+    """Rank 0 after each epoch: validate, log, checkpoint (best.pt when the IoU improved) and plot; the best.
+    ``seconds``: since this process started training, ``done``: the epochs it has trained (for the time left)."""
+    from fcnn_rgb_gt.checkpoint import save_checkpoint
+    from fcnn_rgb_gt.figures import plot_losses
+
     out = Path(cfg.out)
     m = evaluate(run["model"], *run["val"], cfg, run["device"], run["weights"])
     history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(m["val_loss"], 5),
@@ -274,13 +286,17 @@ def end_epoch(run: dict, cfg: TrainConfig, epoch: int, train_loss: float, histor
     save_checkpoint(out / "last.pt", run, epoch, best, cfg, history, extra)
     write_log(out / "log.csv", history)
     plot_losses(out / "loss_vs_epochs.png", history)
+    left = f"  about {duration(seconds / done * (cfg.epochs - epoch))} left" if epoch < cfg.epochs else ""
     print(f"epoch {epoch:3d}/{cfg.epochs}  train {train_loss:.4f}  val {m['val_loss']:.4f}  IoU {m['val_iou']:.4f}  "
-          f"F1 {m['val_f1']:.4f}  {seconds:.0f}s" + ("  *best" if improved else ""))
+          f"F1 {m['val_f1']:.4f}  {seconds:.0f}s" + ("  *best" if improved else "") + left, flush=True)
     return best
 
 
 def train(cfg: TrainConfig) -> tuple[dict, FCN]:
     """Train; return the summary and the trained (unwrapped) model. Under torchrun, call on every rank."""
+    from fcnn_rgb_gt.ddp import distributed
+    from fcnn_rgb_gt.infer import resolve_device
+
     with distributed(resolve_device(cfg.device)) as (rank, world, device):
         return _train(cfg, rank, world, device)
 
@@ -290,8 +306,14 @@ def _quiet(*args, **kwargs) -> None:
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tuple[dict, FCN]:
+    import torch
+
+    from fcnn_rgb_gt.checkpoint import read_resume, restore, rng_states
+    from fcnn_rgb_gt.ddp import mean_over_ranks, rank0_decides, wrap_ddp
+    from fcnn_rgb_gt.infer import set_threads
+
     main_rank = rank == 0
-    log = print if main_rank else _quiet
+    log = partial(print, flush=True) if main_rank else _quiet
     set_threads(cfg.threads)
     ckpt = read_resume(Path(cfg.out), main_rank, world) if cfg.resume else None
     cfg = resolve_config(cfg, ckpt, device, main_rank)
@@ -308,6 +330,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         run["model"] = ddp.module  # the bare FCN (SyncBatchNorm on CUDA) for evaluation and saving
     if main_rank:
         write_json(out / "config.json", {**asdict(cfg), "world_size": world})
+        log(estimate(run, cfg, cfg.epochs - start + 1))
 
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs + 1):
@@ -320,7 +343,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         extra = {"rng": rng_states(run["sampler"], device, world), "data_sha256": run["fingerprint"],
                  "world_size": world}
         if main_rank:  # validation, checkpoints, log and plot: rank 0 only
-            best = end_epoch(run, cfg, epoch, train_loss, history, best, extra, time.perf_counter() - t0)
+            best = end_epoch(run, cfg, epoch, train_loss, history, best, extra, time.perf_counter() - t0,
+                             epoch - start + 1)
 
     summary = {"best_epoch": best["epoch"], "val_iou": round(best["iou"], 4), "threshold": THRESHOLD,
                "train_seconds": round(time.perf_counter() - t0, 1), "out": str(out), "rank": rank,
@@ -337,6 +361,14 @@ def main(argv=None) -> int:
     except ValueError as err:  # ImageReadError, CheckpointError ("<file>: <reason>"), --device cuda without CUDA
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"error: {cfg.rgb or Path(cfg.data) / 'rgb.png'}: not enough memory to train on this image; crop it "
+              "or use a machine with more memory", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {Path(cfg.out) / 'last.pt'} holds the last finished epoch (if any); --resume "
+              "continues from it", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from common.io import write_json
 from fcnn_rgb_gt.bench import TRAIN_PY, find_pairs, load_avg, score_run
-from fcnn_rgb_gt.data import REPO_ROOT
+from fcnn_rgb_gt.config import REPO_ROOT
 
 # each variant changes the default by its flags; the choices a user still has
 VARIANTS = {

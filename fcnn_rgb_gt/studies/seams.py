@@ -14,14 +14,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.io import read_rgb
 from common.tiling import MAX_TILE, pad_to_grid, tile_grid
-from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
 
 
 def seam_check(ckpt: Path, image_path: Path, tile: int = MAX_TILE, overlap: int = 32) -> dict:
+    import torch
+
+    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
+
     model, _ = load_checkpoint(ckpt, torch.device("cpu"))
     image = read_rgb(image_path)
     h, w = image.shape[:2]

@@ -180,7 +180,11 @@ def test_several_images_and_a_folder_with_a_bad_file(untrained_run, pair_folders
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "broken.png" in err[0]  # named, and the others still ran
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", newline="")))
-    assert len(rows) == 3 and all(r["iou"] == "" for r in rows)  # no ground truth given
+    assert [r["status"] for r in rows] == ["predicted", "failed", "predicted", "predicted"]  # every input has its row
+    assert "broken.png" in rows[1]["error"] and "truncated" in rows[1]["error"]
+    assert not (tmp_path / "out" / rows[1]["name"]).exists()
+    rows = [r for r in rows if r["status"] == "predicted"]
+    assert all(r["iou"] == "" for r in rows)  # no ground truth given
     for r in rows:
         assert Image.open(tmp_path / "out" / r["name"] / "predictions.jpg").size == (int(r["width"]), int(r["height"]))
 
@@ -253,12 +257,14 @@ def test_a_checkpoint_without_training_config_is_one_line(untrained_run, pair_di
     assert len(err) == 1 and err[0].startswith(f"error: {bare}: names no training image"), err
 
 
-def test_a_stopped_batch_leaves_no_earlier_table(untrained_run, pair_folders, tmp_path, monkeypatch):
-    """A batch stopped after its first image (a kill, Ctrl-C) kept the earlier run's predictions.csv beside
-    the new outputs, describing other predictions as if they were these."""
-    args = ["--checkpoint", str(untrained_run / "best.pt"), "--data", *map(str, pair_folders[:3]),
-            "--out", str(tmp_path / "out")]
-    assert predict.main(args) == 0 and (tmp_path / "out" / "predictions.csv").is_file()
+def test_a_stopped_batch_keeps_the_earlier_rows_of_the_images_not_reached(untrained_run, pair_folders, tmp_path,
+                                                                          monkeypatch, capsys):
+    """A batch stopped after its first image (Ctrl-C here; kill -9 in test_kill.py): the table describes what the
+    folders hold (the new row of the image done, the earlier run's rows of the others, whose files are still
+    that run's); no traceback, status 130; running it again ends with the uninterrupted run's table."""
+    base = ["--checkpoint", str(untrained_run / "best.pt"), "--data", *map(str, pair_folders[:3])]
+    out = tmp_path / "out"
+    assert predict.main(base + ["--out", str(out), "--threshold", "1.0"]) == 0  # the earlier run: no building
     real, calls = predict.predict_one, []
 
     def stopped_after_one(*a, **k):
@@ -268,6 +274,15 @@ def test_a_stopped_batch_leaves_no_earlier_table(untrained_run, pair_folders, tm
         return real(*a, **k)
 
     monkeypatch.setattr(predict, "predict_one", stopped_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        predict.main(args)
-    assert not (tmp_path / "out" / "predictions.csv").exists()
+    assert predict.main(base + ["--out", str(out), "--threshold", "0"]) == 130  # this run: all building
+    assert "interrupted" in capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "predictions.csv", newline="")))
+    assert [(r["name"], r["status"], r["threshold"]) for r in rows] == [
+        ("pair_0", "predicted", "0.0"), ("pair_1", "earlier run, not reached", "1.0"),
+        ("pair_2", "earlier run, not reached", "1.0")]
+    masks = [np.asarray(Image.open(out / f"pair_{i}" / "predictions_mask.png")) for i in range(3)]
+    assert (masks[0] == 0).all() and (masks[1] == 255).all() and (masks[2] == 255).all()
+    monkeypatch.setattr(predict, "predict_one", real)
+    assert predict.main(base + ["--out", str(out), "--threshold", "0"]) == 0
+    assert predict.main(base + ["--out", str(tmp_path / "whole"), "--threshold", "0"]) == 0
+    assert (out / "predictions.csv").read_bytes() == (tmp_path / "whole" / "predictions.csv").read_bytes()
