@@ -35,8 +35,8 @@ def load_pair(rgb_path: str | Path, gt_path: str | Path, min_side: int = 1) -> t
     """``(image (H, W, 3) uint8, mask (H, W) uint8 1 = building)``; raises ImageReadError naming the bad file."""
     image = read_rgb(rgb_path)
     if min(image.shape[:2]) < min_side:
-        raise ImageReadError(rgb_path, f"image is {image.shape[1]}x{image.shape[0]} px; "
-                                       f"training needs at least {min_side}x{min_side}")
+        raise ImageReadError(rgb_path, f"image is {image.shape[1]}x{image.shape[0]} px, too small to train on "
+                                       f"(at least {min_side}x{min_side})")
     return image, read_gt(gt_path, image.shape[:2], rgb_path)
 
 

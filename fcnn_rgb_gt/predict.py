@@ -14,10 +14,10 @@ Writes into ``--out`` (default: the checkpoint's folder), for one image:
 With several images (or a folder, or --shard) the same files go into ``--out/<name>/`` per image (``<name>``:
 the file's name without its suffix, a pair folder's name; where inputs share it, the name with its suffix, then
 the path below their common folder, "/" -> "__"), plus ``predictions.csv``: one row per input given (a bad one
-too), in sorted order of the path, with its ``status``: predicted, failed (``error`` says why) or "earlier run,
-not reached". ``--shard I/N`` (default RANK/WORLD_SIZE under torchrun) processes every N-th input of the sorted
-list and writes ``predictions.shard-I-of-N.csv``; ``python -m common.shard merge <out>/predictions.csv`` joins
-the N shard files into exactly the file one worker writes.
+too), in sorted order of the path, with its ``status``: predicted, failed (``error`` says why), "earlier run,
+not reached" or "stopped while writing". ``--shard I/N`` (default RANK/WORLD_SIZE under torchrun) processes
+every N-th input of the sorted list and writes ``predictions.shard-I-of-N.csv``; ``python -m common.shard merge
+<out>/predictions.csv`` joins the N shard files into exactly the file one worker writes.
 
 Every image is read and checked before its files are written, and every file is written atomically. A bad input
 (unreadable, a folder without images, smaller than the network's 14 px field of view, a ground truth that does
@@ -50,14 +50,16 @@ from fcnn_rgb_gt.config import (
     RECEPTIVE_FIELD,
     CheckpointError,
     over_memory_limit,
+    remove_leftovers,
 )
 
 CSV_COLUMNS = ["image", "name", "status", "error", "width", "height", "threshold", "building_fraction", "gt", "iou",
                "f1", "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
 OUTPUT_FILES = ("predictions.jpg", "predictions_mask.png", "predictions_overlay.jpg", "predictions_metrics.json")
-# the status of a row: predicted by this run, failed in this run (error says why), or the earlier run's row of an
-# image this run has not reached yet (a stopped run; its outputs are still the earlier run's)
-PREDICTED, FAILED, EARLIER = "predicted", "failed", "earlier run, not reached"
+# the status of a row: predicted by this run, failed in this run (error says why), the earlier run's row of an
+# image this run has not reached yet (a stopped run; its outputs are still the earlier run's), or the image whose
+# files were being written when the run stopped (some may be the earlier run's)
+PREDICTED, FAILED, EARLIER, WRITING = "predicted", "failed", "earlier run, not reached", "stopped while writing"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -198,8 +200,10 @@ def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -
     return out.astype(np.uint8)
 
 
-def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.Namespace, device) -> dict:
-    """Read and check ``item``, predict it, write its files into ``out``; return its metrics."""
+def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.Namespace, device,
+                before_write=None) -> dict:
+    """Read and check ``item``, predict it, write its files into ``out`` (calling ``before_write()`` first, if
+    given); return its metrics."""
     from tqdm import tqdm
 
     from common.metrics import segmentation_report
@@ -226,6 +230,9 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
         result.update(gt=item.gt, **{k: round(v, 4) for k, v in rep.items()})
 
     mask = np.where(pred, 0, 255).astype(np.uint8)  # gt.png encoding: 0 = building
+    if before_write is not None:
+        before_write()
+    remove_leftovers(out, OUTPUT_FILES)
     # an earlier prediction's metrics (another image, or one with --gt) must not stay beside this one's files
     (out / "predictions_metrics.json").unlink(missing_ok=True)
     save_image(out / "predictions.jpg", mask, quality=95)
@@ -257,6 +264,7 @@ class Table:
 
     def put(self, row: dict) -> None:
         self.rows[row["image"]] = row
+        remove_leftovers(self.path.parent, [self.path.name])
         with atomic_write(self.path, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             w.writeheader()
@@ -308,8 +316,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     results, errors = [], []
     for i, item in enumerate(mine, 1):
         folder = out / item.name if several else out
+        writing = partial(table.put, {"image": item.key, "name": item.name, "status": WRITING}) if table else None
         try:
-            r = predict_one(model, item, folder, threshold, args, device)
+            r = predict_one(model, item, folder, threshold, args, device, before_write=writing)
         except (ImageReadError, MemoryError) as err:  # named, and the rest of the batch goes on
             reason = str(err) if isinstance(err, ImageReadError) else f"{item.key}: not enough memory to predict it"
             errors.append(reason)

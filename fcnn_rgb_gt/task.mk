@@ -1,10 +1,13 @@
 # fcnn_rgb_gt: the brief's small FCN on one aerial rgb.png/gt.png pair. Included by the root Makefile.
 FCNN_TRAIN_ARGS ?=
 FCNN_PREDICT_ARGS ?=
-# the training pair: $(DATA_ROOT)/fcnn itself, or its train_substitute/ when only that holds rgb.png
-FCNN_DATA = $$(d=$(DATA_ROOT)/fcnn; [ -f $$d/rgb.png ] || [ ! -f $$d/train_substitute/rgb.png ] || d=$$d/train_substitute; echo $$d)
+# the training pair: $(DATA_ROOT)/fcnn itself, or its train_substitute/ when only that holds rgb.png (expanded when a
+# recipe runs, after demo-data-fcnn, which writes only into an empty $(DATA_ROOT)/fcnn)
+FCNN_TRAIN_SUBSTITUTE = $(if $(wildcard $(DATA_ROOT)/fcnn/rgb.png),,$(wildcard $(DATA_ROOT)/fcnn/train_substitute/rgb.png))
+FCNN_DATA = $(if $(FCNN_TRAIN_SUBSTITUTE),$(DATA_ROOT)/fcnn/train_substitute,$(DATA_ROOT)/fcnn)
 # the pair the demo figures show: the demo's unseen image, else the training pair
-FCNN_FIGURE_PAIR = $$(d=$(DATA_ROOT)/fcnn/extra/demo_val; [ -f $$d/rgb.png ] || d=$(FCNN_DATA); echo $$d)
+FCNN_DEMO_VAL = $(DATA_ROOT)/fcnn/extra/demo_val
+FCNN_FIGURE_PAIR = $(if $(wildcard $(FCNN_DEMO_VAL)/rgb.png),$(FCNN_DEMO_VAL),$(FCNN_DATA))
 
 .PHONY: train-fcnn predict-fcnn bench-fcnn demo-fcnn figures-fcnn
 
@@ -24,9 +27,8 @@ demo-fcnn: venv-torch demo-data-fcnn  ## short train + predict on the demo pair 
 	$(TORCH_PY) fcnn_rgb_gt/train.py --data $(FCNN_DATA) --out $(RUNS)/fcnn_demo --epochs 6 --tile 128
 	$(TORCH_PY) fcnn_rgb_gt/predict.py --checkpoint $(RUNS)/fcnn_demo/best.pt
 	@# the demo pair's unseen validation image (absent when $(DATA_ROOT)/fcnn holds real data)
-	if [ -f $(DATA_ROOT)/fcnn/extra/demo_val/rgb.png ]; then \
-	  $(TORCH_PY) fcnn_rgb_gt/predict.py --checkpoint $(RUNS)/fcnn_demo/best.pt \
-	    --data $(DATA_ROOT)/fcnn/extra/demo_val --out $(RUNS)/fcnn_demo/demo_val; fi
+	$(if $(wildcard $(FCNN_DEMO_VAL)/rgb.png),$(TORCH_PY) fcnn_rgb_gt/predict.py \
+	  --checkpoint $(RUNS)/fcnn_demo/best.pt --data $(FCNN_DEMO_VAL) --out $(RUNS)/fcnn_demo/demo_val)
 
 figures-fcnn: demo-fcnn  ## the demo run's loss curve and prediction -> fcnn_rgb_gt/docs/demo_*.png
 	$(TORCH_PY) -m fcnn_rgb_gt.figures --run $(RUNS)/fcnn_demo --data $(FCNN_FIGURE_PAIR) --name demo

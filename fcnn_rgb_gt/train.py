@@ -46,6 +46,7 @@ from fcnn_rgb_gt.config import (
     CheckpointError,
     TrainConfig,
     config_problem,
+    remove_leftovers,
 )
 
 if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the
     from fcnn_rgb_gt.model import FCN
 
 # options a resumed run takes from the command line; every other option is the checkpoint's (it defines the run)
+OUTPUTS = ("best.pt", "last.pt", "config.json", "log.csv", "loss_vs_epochs.png")  # in --out
 RESUME_MAY_CHANGE = ("data", "rgb", "gt", "out", "epochs", "max_minutes", "device", "threads", "resume")
 
 
@@ -115,7 +117,7 @@ def load_data(cfg: TrainConfig):
 
     rgb = Path(cfg.rgb or Path(cfg.data) / "rgb.png")
     gt = Path(cfg.gt or Path(cfg.data) / "gt.png")
-    if not rgb.exists():
+    if not rgb.exists() and not rgb.is_symlink():  # a dead link: read_rgb says so
         raise ImageReadError(rgb, "no such file: put the training pair there (rgb.png and gt.png, 0 = building), "
                                   "give --data DIR or --rgb/--gt, or run `make demo-data-fcnn` for a synthetic "
                                   f"demo pair in {DEFAULT_DATA}")
@@ -319,6 +321,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
     cfg = resolve_config(cfg, ckpt, device, main_rank)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     out = Path(cfg.out)
+    if main_rank:
+        remove_leftovers(out, OUTPUTS)
     if main_rank and ckpt is None:
         warn_if_earlier_run(out)
     run = build(cfg, rank, world, device, ckpt, log)
