@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from common.demo import is_demo
 from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
@@ -145,7 +146,7 @@ def baseline(data: Path, scale: float, sigma: float, votes) -> dict:
     maps: dict[str, list] = {"raw": [], "smoothed": []}
     scores: dict[str, dict] = {"raw": {}, "smoothed": {}}
     masks = []
-    for path in list_images(data / "images"):
+    for path in tqdm(list_images(data / "images"), desc="baseline maps", unit="photo"):
         img = read_rgb(path)
         smooth = ndimage.gaussian_filter(median_colour_distance(resize(img, scale)), sigma)
         for kind, m in (("raw", median_colour_distance(img)), ("smoothed", resize_map(smooth, img.shape[:2]))):

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from common.io import dumps_json, list_images, read_mask, write_json
 from wood_anomaly.config import HelpFormatter, output_folders
@@ -37,12 +38,16 @@ LABEL_WORDS = {"1": 1, "anomalous": 1, "true": 1, "0": 0, "normal": 0, "false": 
 
 
 def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray], binary: list[np.ndarray] | None = None) -> dict:
-    """Pooled pixel metrics of ``(H, W)`` score maps against same-shape binary masks (and binary predictions)."""
+    """Pooled pixel metrics of ``(H, W)`` score maps against same-shape binary masks (and binary predictions).
+    A progress bar on stderr: the 7 real photos (35 Mpx) take about a minute on 2 cores."""
     from common.metrics import aupro, best_f1, pixel_ap, pixel_auroc, segmentation_report  # scikit-learn: 1-2 s
 
-    best = best_f1(maps, masks)
-    out = {"pixel_auroc": pixel_auroc(maps, masks), "pixel_ap": pixel_ap(maps, masks), "aupro_0.3": aupro(maps, masks),
-           "best_f1": best["f1"], "best_iou": best["iou"]}
+    steps = {"pixel_auroc": pixel_auroc, "pixel_ap": pixel_ap, "aupro_0.3": aupro, "best_f1": best_f1}
+    mpx = sum(m.size for m in maps) / 1e6
+    out = {name: metric(maps, masks) for name, metric in tqdm(steps.items(), desc=f"pixel metrics, {mpx:.0f} Mpx",
+                                                             unit="metric")}
+    best = out.pop("best_f1")
+    out.update(best_f1=best["f1"], best_iou=best["iou"])
     if binary is not None:
         rep = segmentation_report(np.concatenate([b.reshape(-1) for b in binary]),
                                   np.concatenate([m.reshape(-1) for m in masks]))
@@ -158,7 +163,7 @@ def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dic
     if masks_dir is not None and masks_dir.is_dir():
         maps, masks, binary = [], [], []
         mask_files = mask_paths(masks_dir)
-        for r in rows:
+        for r in tqdm(rows, desc="maps and masks", unit="photo"):
             out, mask_path = pred / str(folders[r["image"]]), mask_files.get(Path(r["image"]).stem)
             if mask_path is None:
                 continue  # no mask for this photo
@@ -171,7 +176,7 @@ def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dic
                                      f"{mask_path} {mask.shape} differ in size")
             except ValueError as err:  # read_mask's ImageReadError and load_map's errors start with the file
                 reason = str(err)
-                print(f"skipping {r['image']}: {reason}", file=sys.stderr)
+                tqdm.write(f"skipping {r['image']}: {reason}", file=sys.stderr)  # not inside the progress bar
                 skipped.append({"image": r["image"], "reason": reason})
                 continue
             masks.append(mask)

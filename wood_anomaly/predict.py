@@ -340,7 +340,7 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: f
             name = folders[path.name]
             row, timing = predict_photo(model, cfg, stats, threshold, path, out / name if name else None, device)
             if row["status"] != "ok":
-                print(f"error: {row['status']}", file=sys.stderr)
+                tqdm.write(f"error: {row['status']}", file=sys.stderr)  # not inside the progress bar
             rows.append(row)
             if timing is not None:
                 timings.append(timing)

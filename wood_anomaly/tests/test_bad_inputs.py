@@ -51,7 +51,8 @@ def test_predict_over_the_corpus(trained_run, corpus, tmp_path):
         row, out = rows[case.name], tmp_path / "pred" / folders[case.name]
         if case.kind == BROKEN:
             assert row["label"] == "error" and case.name in row["status"] and case.reason in row["status"].lower()
-            assert any(case.name in line and case.reason in line.lower() for line in done.stderr.splitlines())
+            assert any(line.startswith(f"error: {folder / case.name}: ") and case.reason in line.lower()
+                       for line in done.stderr.splitlines()), case.name
             assert not (out / "preds.png").exists()
             continue
         assert row["status"] == "ok" and (out / "preds.png").is_file(), row
