@@ -1,9 +1,17 @@
-"""Keras callbacks of train.py's fit: atomic checkpoints, the time budget, and early stopping / learning-rate
-plateau / CSV log that continue where a run stopped (``--resume``), with the state file that makes that possible
-(:func:`make_callbacks` puts them in order, :func:`saved_state` reads the state back)."""
+"""Keras callbacks of train.py's fit: atomic checkpoints, the time budget, progress inside an epoch, and early
+stopping / learning-rate plateau / CSV log that continue where a run stopped (``--resume``), with the state file
+that makes that possible (:func:`make_callbacks` puts them in order, :func:`saved_state` reads the state back).
+
+What ``--resume`` guarantees: the run continues from the end of its last completed epoch, and ends with the
+weights of a run that was never stopped, whenever it was stopped (Ctrl-C, kill -9, a crash), the middle of an
+epoch and the saving of its checkpoints included. An epoch is committed when ``train_state.json`` names the
+checksum of its ``last.keras`` (:class:`SaveLastAndState`); an epoch cut short is trained again, from the same
+batches.
+"""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -16,9 +24,10 @@ import tensorflow as tf
 from keras import ops
 
 from airbus_ships.runtime import vote_to_stop
-from common.io import write_json
+from common.io import atomic_write, write_json
 
 STATE_FILE = "train_state.json"  # in model/, next to last.keras
+LAST_FILE = "last.keras"
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -47,14 +56,86 @@ class TimeBudget(keras.callbacks.Callback):
         super().__init__()
         self.seconds, self.reserve, self.vote = minutes * 60, reserve_s, vote_to_stop(strategy)
         self.start, self.last = start or time.time(), time.time()
+        self.stopped_after = None  # the epoch after which the budget stopped the training, if it did
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.time()
         epoch_time, self.last = now - self.last, now
         over = bool(self.seconds) and now - self.start + epoch_time + self.reserve > self.seconds
         if self.seconds and self.vote(over):  # workers' clocks differ: stop together
-            print(f"\ntime budget: stopping after epoch {epoch + 1} ({(now - self.start) / 60:.1f} min)")
+            epochs = self.params.get("epochs") if self.params else None
+            if epochs is None or epoch + 1 < epochs:
+                self.stopped_after = epoch + 1
+                print(f"warning: the time budget (--time-budget-min {self.seconds / 60:g}, the ship rule's "
+                      f"~{self.reserve / 60:.1f} min kept) stops the training after epoch {epoch + 1}"
+                      + (f" of {epochs}" if epochs else "") + f", {(now - self.start) / 60:.1f} min into the run "
+                      "(--time-budget-min 0: no limit; --resume --epochs N continues it)", file=sys.stderr)
             self.model.stop_training = True
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+class StepProgress(keras.callbacks.Callback):
+    """Progress inside an epoch (Keras prints one line at its end): a tqdm bar on a terminal; in a log or a pipe
+    a line every ``every`` seconds (the step, seconds a step, the epoch's time left). After the first steps, one
+    line with the time the epochs left would take at that pace, and when the time budget will end them sooner.
+
+    ``initial_epoch``: the epochs already done (``--resume``); ``budget_s``, ``run_start``, ``reserve_s``: as
+    :class:`TimeBudget` (0: no budget)."""
+
+    def __init__(self, initial_epoch: int = 0, budget_s: float = 0.0, run_start: float | None = None,
+                 reserve_s: float = 0.0, every: float = 30.0, pace_steps: int = 5):
+        super().__init__()
+        self.initial_epoch, self.budget_s, self.reserve_s = initial_epoch, budget_s, reserve_s
+        self.run_start, self.every, self.pace_steps = run_start or time.time(), every, pace_steps
+        self.tty = sys.stdout.isatty()
+        self.bar, self.steps_run, self.first_step_end, self.pace_told = None, 0, None, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.epoch_start = epoch, time.time()
+        self.last_line = self.epoch_start
+        if self.tty:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.params.get("steps"), desc=f"epoch {epoch + 1}", unit="step", leave=False,
+                            file=sys.stdout)
+
+    def on_train_batch_end(self, batch, logs=None):
+        now, steps = time.time(), self.params.get("steps") or 0
+        self.steps_run += 1
+        if self.first_step_end is None:  # the first step also traces the graph: the pace is measured after it
+            self.first_step_end = now
+        elif not self.pace_told and (self.steps_run > self.pace_steps or now - self.first_step_end > 20):
+            self.tell_pace((now - self.first_step_end) / (self.steps_run - 1), steps, now)
+        loss = (logs or {}).get("loss")
+        if self.bar is not None:
+            self.bar.update(1)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        elif now - self.last_line >= self.every and batch + 1 < steps:
+            per_step = (now - self.epoch_start) / (batch + 1)
+            print(f"  epoch {self.epoch + 1}: step {batch + 1}/{steps}, {per_step:.2f} s a step, ~"
+                  f"{per_step * (steps - batch - 1):.0f} s left in this epoch"
+                  + (f", loss {float(loss):.4f}" if loss is not None else ""), flush=True)
+            self.last_line = now
+
+    def tell_pace(self, per_step: float, steps: int, now: float) -> None:
+        self.pace_told = True
+        epochs_left = (self.params.get("epochs") or 0) - self.initial_epoch
+        fit_s = per_step * steps * epochs_left
+        line = (f"pace: {per_step:.2f} s a training step: {epochs_left} epochs x {steps} steps take "
+                f"~{_duration(fit_s)} at this pace (validation and the ship rule on top)")
+        budget_left = self.budget_s - (now - self.run_start) - self.reserve_s
+        if self.budget_s and fit_s > budget_left:
+            line += (f"; the time budget ({self.budget_s / 60:g} min for the whole run) ends the training after "
+                     f"~{_duration(max(budget_left, 0))}, ~{max(int(budget_left // (per_step * steps)), 1)} epochs")
+        print(line, flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -86,36 +167,62 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
     """CSVLogger that, appending to a log, keeps that log's columns (a resumed run's rows line up with the
-    header even when its logs hold other keys)."""
+    header even when its logs hold other keys) and only its rows of the ``epochs_done`` committed epochs (a row
+    logged by an epoch whose checkpoint a kill cut short is logged again when that epoch is trained again)."""
+
+    def __init__(self, filename: str, append: bool = False, epochs_done: int = 0):
+        super().__init__(filename, append=append)
+        self.epochs_done = epochs_done
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
         if self.append and os.path.exists(self.filename) and os.path.getsize(self.filename):
             with open(self.filename, newline="") as f:
-                header = next(csv.reader(f, delimiter=self.sep), [])
-            self.keys = [k for k in header if k != "epoch"] or None
+                rows = list(csv.reader(f, delimiter=self.sep))
+            kept = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < self.epochs_done]
+            if len(kept) < len(rows) - 1:
+                with atomic_write(self.filename, "w", newline="") as f:
+                    csv.writer(f, delimiter=self.sep).writerows([rows[0], *kept])
+            super().on_train_begin(logs)
+            self.keys = [k for k in rows[0] if k != "epoch"] or None
+        else:
+            super().on_train_begin(logs)
 
 
-class SaveTrainState(keras.callbacks.Callback):
-    """After every epoch (and after last.keras), write ``train_state.json``: epochs done, the counters of
-    early stopping and learning-rate reduction and the learning rate, so ``--resume`` continues exactly where
-    the run stopped."""
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    def __init__(self, path: Path, early: ResumableEarlyStopping, plateau: ResumableReduceLROnPlateau):
+
+class SaveLastAndState(keras.callbacks.Callback):
+    """After every epoch: ``last.keras`` (the model with its optimizer state) and ``train_state.json`` (epochs
+    done, the counters of early stopping and learning-rate reduction, the learning rate), committed together so
+    that ``--resume`` continues exactly where the run stopped, whenever it was killed: the model goes to a
+    temporary file, then the state naming that file's checksum is written (the commit), then the file is renamed
+    onto ``last.keras``; :func:`saved_state` finishes a rename a kill interrupted."""
+
+    def __init__(self, model_dir: Path, early: ResumableEarlyStopping, plateau: ResumableReduceLROnPlateau):
         super().__init__()
-        self.path, self.early, self.plateau = path, early, plateau
+        self.model_dir, self.early, self.plateau = Path(model_dir), early, plateau
 
     def on_epoch_end(self, epoch, logs=None):
         def num(v):
             return None if v is None else float(v)
-        write_json(self.path, {
+        last, tmp = self.model_dir / LAST_FILE, self.model_dir / (LAST_FILE + ".tmp.keras")
+        tmp.unlink(missing_ok=True)
+        self.model.save(tmp)
+        write_json(self.model_dir / STATE_FILE, {
             "epochs_done": epoch + 1,
             "early_stopping": {"wait": int(self.early.wait), "best": num(self.early.best)},
             "reduce_lr": {"wait": int(self.plateau.wait), "best": num(self.plateau.best),
                           "cooldown_counter": int(self.plateau.cooldown_counter)},
             "learning_rate": float(ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "stop_training": bool(self.model.stop_training),
+            "checkpoint_sha256": file_sha256(tmp),
         })
+        os.replace(tmp, last)
 
 
 def saved_state(model_dir: Path, log_csv: Path) -> dict:
@@ -123,14 +230,25 @@ def saved_state(model_dir: Path, log_csv: Path) -> dict:
     early-stopping / plateau counters (``train_state.json``); runs from before that file existed fall back to
     the log: epochs done and the best validation loss. Exits with the reason when ``last.keras`` or a readable
     state is missing."""
-    last, path = model_dir / "last.keras", model_dir / STATE_FILE
-    if not last.exists():
-        sys.exit(f"--resume: {last} not found")
+    last, path = model_dir / LAST_FILE, model_dir / STATE_FILE
+    tmp = model_dir / (LAST_FILE + ".tmp.keras")
+    if not last.exists() and not tmp.exists():
+        sys.exit(f"--resume: {last} not found (the run stopped before its first epoch ended: train it anew, "
+                 "without --resume)")
     if path.exists():
         try:
-            return json.loads(path.read_text())
+            state = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             sys.exit(f"--resume: {path}: cannot read the training state ({err})")
+        sha = state.get("checkpoint_sha256")
+        if sha and (not last.exists() or file_sha256(last) != sha):
+            if not (tmp.exists() and file_sha256(tmp) == sha):
+                sys.exit(f"--resume: {last} is not the checkpoint {path} describes (changed since?); train anew")
+            os.replace(tmp, last)  # killed between the commit and the rename: finish the rename
+            print(f"--resume: the stopped run's last save finished ({last}, epoch {state['epochs_done']})")
+        return state
+    if not last.exists():
+        sys.exit(f"--resume: {last} not found")
     history = pd.read_csv(log_csv) if log_csv.exists() else pd.DataFrame()
     best = float(history["val_loss"].min()) if "val_loss" in history else None
     return {"epochs_done": int(history["epoch"].max()) + 1 if len(history) else 0,
@@ -142,18 +260,19 @@ def make_callbacks(cfg, run_dir: Path, state: dict, strategy: tf.distribute.Stra
     """The fit's callbacks for the settings ``cfg`` (train.py's Config), in the order they run at the end of an
     epoch: the ones that decide (early stopping, a learning-rate cut) before the ones that save, so that
     last.keras and train_state.json hold the state after that epoch's decisions (a cut in the last epoch before
-    a stop survives --resume)."""
+    a stop survives --resume), the commit of last.keras and train_state.json last."""
     model_dir = run_dir / "model"
     early = ResumableEarlyStopping(state.get("early_stopping"), monitor="val_loss", patience=cfg.patience)
     plateau = ResumableReduceLROnPlateau(state.get("reduce_lr"), monitor="val_loss", factor=0.5, patience=3,
                                          min_lr=1e-5)
     return [
+        StepProgress(state["epochs_done"], cfg.time_budget_min * 60, run_start, reserve),
         early,
         plateau,
         AtomicModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss", save_best_only=True,
                               initial_value_threshold=state.get("early_stopping", {}).get("best")),
-        AtomicModelCheckpoint(str(model_dir / "last.keras")),
-        ResumableCSVLogger(str(run_dir / "train_log.csv"), append=cfg.resume and chief),
+        ResumableCSVLogger(str(run_dir / "train_log.csv"), append=cfg.resume and chief,
+                           epochs_done=state["epochs_done"]),
         TimeBudget(cfg.time_budget_min, strategy, run_start, reserve),
-        SaveTrainState(model_dir / STATE_FILE, early, plateau),
+        SaveLastAndState(model_dir, early, plateau),
     ]

@@ -13,6 +13,7 @@ the masks on the fly, one image at a time.
 """
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import time
@@ -37,9 +38,9 @@ def find_layout(data: str | os.PathLike) -> tuple[Path, Path | None]:
     A folder of images without a sub-folder is accepted as an image folder (test.py on new images).
     """
     data = Path(data)
-    for images, csv in LAYOUTS:
+    for images, table in LAYOUTS:
         if (data / images).is_dir():
-            return data / images, (data / csv if (data / csv).is_file() else None)
+            return data / images, (data / table if (data / table).is_file() else None)
     if data.is_dir():
         return data, None
     raise FileNotFoundError(f"{data}: data folder not found (expected {LAYOUTS[0][0]}/ + {LAYOUTS[0][1]} "
@@ -98,20 +99,44 @@ def overlapping_rows(rles: list[str]) -> tuple[int, int] | None:
     return tuple(sorted((earlier, int(owner[k]))))
 
 
+def entry_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is no image file at all (missing, a dead link, a folder, empty), worded as
+    :func:`common.io.read_rgb` words it, or None."""
+    path = Path(path)
+    if not path.exists():
+        if path.is_symlink():
+            return f"symbolic link to a file that does not exist ({os.readlink(path)}): file not found"
+        return "file not found"
+    if path.is_dir():
+        return "is a folder, not an image file"
+    if path.stat().st_size == 0:
+        return "file is empty (0 bytes)"
+    return None
+
+
 def image_problem(path: str | os.PathLike, size: int = SIZE) -> str | None:
     """Why an image file cannot be a training image, or None: a cheap check, no decoding.
 
-    Reads the header (Pillow: format and size; unreadable or not ``size x size``) and, for a JPEG, its last
-    kilobyte (a truncated file has no end-of-image marker). A JPEG damaged inside its data passes: libjpeg, in
-    TensorFlow and Pillow alike, decodes it with a "Corrupt JPEG data" warning and no error (checked with 2,000
-    zeroed, random or removed bytes in the middle of a real image), so it trains as garbled pixels, unnamed.
+    Reads the header (Pillow: format, size and EXIF orientation; unreadable, not ``size x size``, or stored
+    turned: the training pipeline reads the pixels as stored while test.py turns them upright) and, for a JPEG,
+    its last kilobyte (a truncated file has no end-of-image marker). A JPEG damaged inside its data passes:
+    libjpeg, in TensorFlow and Pillow alike, decodes it with a "Corrupt JPEG data" warning and no error (checked
+    with 2,000 zeroed, random or removed bytes in the middle of a real image), so it trains as garbled pixels,
+    unnamed.
     """
     from PIL import Image, UnidentifiedImageError
+    why = entry_problem(path)
+    if why:
+        return why
     try:
         with Image.open(path) as img:
             fmt, (w, h) = img.format, img.size
+            orientation = img.getexif().get(0x0112, 1)
         if (w, h) != (size, size):
             return f"image is {w}x{h}, not {size}x{size}"
+        if orientation not in (0, 1):
+            return (f"EXIF orientation {orientation} (stored turned): training reads the pixels as stored, "
+                    "test.py turns them upright; save the image upright")
         if fmt == "JPEG":
             with open(path, "rb") as f:
                 f.seek(max(0, os.path.getsize(path) - 1024))
@@ -128,6 +153,57 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
+MASK_COLUMNS = ("ImageId", "EncodedPixels")
+
+
+def read_mask_csv(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of a Kaggle mask table, for train.py and test.py alike: a frame of columns ``line`` (the CSV
+    line, for messages), ``ImageId`` and ``EncodedPixels`` (stripped), and the problems found.
+
+    UTF-8 with or without a byte-order mark (Excel writes one), any line ending; the header names the two
+    columns, in any order, among others (ignored). Blank lines are skipped; a row without an ImageId is
+    reported and skipped; an image with an empty row (no ship) besides ship rows is reported and taken as a
+    ship image. Raises ValueError, in one line naming the file, when the file cannot be read as such a table.
+    """
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [cell.strip() for cell in next(reader, [])]
+            if not set(MASK_COLUMNS) <= set(header):
+                shown = ",".join(header)
+                shown = repr(shown[:60] + "..." if len(shown) > 60 else shown) if header else "an empty file"
+                raise ValueError(f"{csv_path}: the first line must be the header {','.join(MASK_COLUMNS)}; found "
+                                 f"{shown}" + (" (a table without its header?)" if header and "." in header[0]
+                                               else ""))
+            at = [header.index(c) for c in MASK_COLUMNS]
+            lines, ids, rles, problems = [], [], [], []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue  # a blank line
+                image_id, rle = ((row[k].strip() if k < len(row) else "") for k in at)
+                if not image_id:
+                    problems.append(f"{csv_path}:{reader.line_num}: no ImageId; row skipped")
+                    continue
+                lines.append(reader.line_num)
+                ids.append(image_id)
+                rles.append(rle)
+    except OSError as err:
+        raise ValueError(f"{csv_path}: cannot read the mask table ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{csv_path}: not UTF-8 text (byte {err.start}: {err.reason}); save the table as "
+                         "UTF-8 CSV") from None
+    except csv.Error as err:
+        raise ValueError(f"{csv_path}:{reader.line_num}: not a CSV table ({err})") from None
+    frame = pd.DataFrame({"line": lines, "ImageId": ids, "EncodedPixels": rles})
+    has_ship = set(frame.loc[frame["EncodedPixels"] != "", "ImageId"])
+    mixed = frame[(frame["EncodedPixels"] == "") & frame["ImageId"].isin(has_ship)]
+    for line, image_id in zip(mixed["line"], mixed["ImageId"]):
+        problems.append(f"{csv_path}:{line}: {image_id}: an empty row (no ship) besides ship rows; taken as a ship "
+                        "image (its ship rows kept)")
+    return frame, problems
+
+
 @dataclass
 class MaskTable:
     """Per-image masks as RLE strings: ``frame`` has columns ImageId, path, rle (the RLE strings of the image's
@@ -139,29 +215,24 @@ class MaskTable:
 
 def read_mask_table(csv_path: str | os.PathLike, images_dir: str | os.PathLike,
                     check_files: bool = True, max_report: int = 20, check_images: bool = True) -> MaskTable:
-    """Read a Kaggle mask CSV, check every row, drop (and report) what cannot be used.
+    """Read a Kaggle mask CSV (:func:`read_mask_csv`), check every row, drop (and report) what cannot be used.
 
     Dropped, each reported with its CSV line or file and the reason: rows whose RLE is malformed (odd length,
     non-integer, out of range, overlapping or unordered runs; the whole image goes, as its mask would be wrong),
     images two of whose ship rows overlap each other (both lines named), rows naming an image file that does not
-    exist and, with ``check_images``, images whose header is unreadable, that are not 768x768 or are truncated
-    JPEGs (:func:`image_problem`; about 0.1 ms an image, in 8 threads). Only the first ``max_report`` problems
-    are printed; ``MaskTable.problems`` holds them all.
+    exist or is no image file (a dead link, a folder, an empty file: :func:`entry_problem`) and, with
+    ``check_images``, images whose header is unreadable, that are not 768x768, stored turned (EXIF) or are
+    truncated JPEGs (:func:`image_problem`; about 0.1 ms an image, in 8 threads). Only the first ``max_report``
+    problems are printed; ``MaskTable.problems`` holds them all. ValueError (one line naming the file) when the
+    table cannot be read.
     """
     csv_path, images_dir = Path(csv_path), Path(images_dir)
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{csv_path}: cannot read the mask table ({err})") from None
-    if not {"ImageId", "EncodedPixels"} <= set(df.columns):
-        raise ValueError(f"{csv_path}: columns ImageId,EncodedPixels expected, found {list(df.columns)}")
-    df["EncodedPixels"] = df["EncodedPixels"].str.strip()
-    problems: list[str] = []
+    df, problems = read_mask_csv(csv_path)  # ValueError when unreadable: the message names the file
     bad_ids: set[str] = set()
-    for i, (image_id, rle) in enumerate(zip(df["ImageId"], df["EncodedPixels"])):
+    for line, image_id, rle in zip(df["line"], df["ImageId"], df["EncodedPixels"]):
         why = check_rle(rle)
         if why:
-            problems.append(f"{csv_path}:{i + 2}: {image_id}: malformed RLE ({why}); image skipped")
+            problems.append(f"{csv_path}:{line}: {image_id}: malformed RLE ({why}); image skipped")
             bad_ids.add(image_id)
     problems += _overlapping_ships(df, bad_ids, csv_path)
     if check_files:
@@ -169,6 +240,9 @@ def read_mask_table(csv_path: str | os.PathLike, images_dir: str | os.PathLike,
         for image_id in df["ImageId"].unique():
             if image_id not in present:
                 problems.append(f"{csv_path}: {image_id}: image file not found in {images_dir}; rows skipped")
+                bad_ids.add(image_id)
+            elif why := entry_problem(images_dir / image_id):  # a dead link, a folder, an empty file
+                problems.append(f"{images_dir / image_id}: {why}; image skipped")
                 bad_ids.add(image_id)
     if check_images:
         ids = [i for i in df["ImageId"].unique() if i not in bad_ids]
@@ -203,7 +277,7 @@ def _overlapping_ships(df: pd.DataFrame, bad_ids: set[str], csv_path: Path) -> l
     for image_id, rows in several.groupby("ImageId", sort=False):
         pair = overlapping_rows(rows["EncodedPixels"].tolist())
         if pair:
-            a, b = (int(rows.index[k]) + 2 for k in pair)  # CSV line numbers (header is line 1)
+            a, b = (int(rows["line"].iloc[k]) for k in pair)
             problems.append(f"{csv_path}:{a} and line {b}: {image_id}: the two ships overlap; image skipped")
             bad_ids.add(image_id)
     return problems

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 import weakref
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from scipy import ndimage
 
 from airbus_ships.data import SIZE, ship_instances
 from common.io import ImageReadError, read_rgb
-from common.metrics import f2_from_ious
 from common.tiling import predict_tiled
 
 POSTPROCESS_FILE = "postprocess.json"  # next to the checkpoints in model/
@@ -39,6 +39,58 @@ def network_stride(model) -> int:
         elif isinstance(layer, keras.layers.UpSampling2D):
             stride *= int(layer.size[0])
     return stride
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; ``str(err)`` is ``"<path>: <reason>"`` in one line."""
+
+
+def model_file_problem(path: str | Path) -> str | None:
+    """``"<path>: <reason>"`` when ``path`` cannot be a ``.keras`` model (missing, a folder, empty, not a zip
+    archive), else None: checked without TensorFlow."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: model not found (train.py --out RUN writes RUN/model/best.keras)"
+    if path.is_dir():
+        return f"{path}: is a folder, not a .keras model file"
+    if path.stat().st_size == 0:
+        return f"{path}: file is empty (0 bytes): not a model (a run killed while saving?)"
+    if not zipfile.is_zipfile(path):
+        return (f"{path}: not a .keras model (a .keras file is a zip archive; this one is not: cut short, or another "
+                "kind of file?)")
+    return None
+
+
+def open_model(path: str | Path, compile: bool = False):
+    """The Keras model saved in ``path`` (a ``.keras`` file of this package), checked to be a ship map
+    network: images ``(H, W, 3)`` in, a ``(H, W, 1)`` map out. ``compile``: with the loss and optimizer state
+    (train.py --resume). Safe mode: a Lambda layer (Python code in the file) is refused. Raises
+    :class:`ModelFileError` naming the file and the reason in one line (no traceback for a bad file)."""
+    import keras
+
+    from airbus_ships.losses import CUSTOM_OBJECTS
+
+    path = Path(path)
+    why = model_file_problem(path)
+    if why:
+        raise ModelFileError(why)
+    try:
+        model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile, safe_mode=True)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, IndexError, zipfile.BadZipFile) as err:
+        text = str(err).strip().strip('"')
+        if "Lambda" in text and "safe_mode" in text:
+            reason = "it holds a Lambda layer (Python code), which is never loaded from a file (safe mode)"
+        elif "config.json" in text:
+            reason = "a zip archive without a Keras model in it (another program's file?)"
+        else:
+            reason = f"{type(err).__name__}: {text.splitlines()[0][:200] if text else 'no reason given'}"
+        raise ModelFileError(f"{path}: cannot load the model: {reason}") from None
+    shapes = [getattr(model, "input_shape", None), getattr(model, "output_shape", None)]
+    if not (all(isinstance(sh, tuple) and len(sh) == 4 for sh in shapes)
+            and shapes[0][-1] == 3 and shapes[1][-1] == 1):
+        raise ModelFileError(f"{path}: not a ship map network: input {shapes[0]}, output {shapes[1]} (expected "
+                             "(None, H, W, 3) images in and a (None, H, W, 1) map out)")
+    return model
 
 
 _FORWARD = weakref.WeakKeyDictionary()  # model -> its compiled forward pass
@@ -116,8 +168,12 @@ class ShipRule:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no ship rule (train.py writes it after the fit; "
                                     f"train.py --out RUN --calibrate-only chooses it again)")
-        cfg = json.loads(path.read_text())
-        return cls(**{k: cfg[k] for k in ("threshold", "min_size", "min_confidence") if k in cfg}), cfg
+        try:
+            cfg = json.loads(path.read_text())
+            return cls(**{k: cfg[k] for k in ("threshold", "min_size", "min_confidence") if k in cfg}), cfg
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: cannot read the ship rule ({type(err).__name__}: {err}); train.py --out RUN "
+                             "--calibrate-only writes it again") from None
 
 
 def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:
@@ -174,6 +230,7 @@ def rule_scores(stats: ComponentStats, min_size: int, min_confidence: float) -> 
     Same F2 as :func:`common.metrics.f2_image_score` on the masks of :func:`ships_from_probs`."""
     keep = (stats.sizes >= min_size) & (stats.peaks >= min_confidence)
     n_pred, g = int(keep.sum()), stats.iou.shape[1]
+    from common.metrics import f2_from_ious  # here, not above: it loads scikit-learn (slow for --help)
     f2 = f2_from_ious(stats.iou[keep])
     dice = 2 * int(stats.overlap[keep].sum()) / (int(stats.sizes[keep].sum()) + stats.truth_area) if g else None
     return f2, (n_pred > 0) == (g > 0), dice

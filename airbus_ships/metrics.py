@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.metrics import f2_from_ious, instance_ious
-
 SHIP_SIZE_BINS = (0, 100, 300, 1000, 3000)  # pixels; a true ship falls in the last bin whose lower edge it reaches
 # scores.csv: an image's Kaggle F2, its true and predicted ship counts, and per true ship (space-separated, in the
 # order of the mask table) its area in pixels and its best IoU with a predicted ship
@@ -32,6 +30,8 @@ class Scores:
         true = np.any(true_ships, axis=0) if true_ships else np.zeros(shape, bool)
         tp, fp, fn = int((pred & true).sum()), int((pred & ~true).sum()), int((~pred & true).sum())
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+        from common.metrics import f2_from_ious, instance_ious  # here: it loads scikit-learn (slow for --help)
+
         ious = instance_ious(pred_ships, true_ships)  # (predicted, true): for F2 and the size breakdown
         self.f2.append(f2_from_ious(ious))
         self.correct.append(bool(pred_ships) == bool(true_ships))

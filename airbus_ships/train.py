@@ -232,11 +232,13 @@ def build_model(cfg: Config, replicas: int = 1):
 
 
 def load_checkpoint(path: Path):
-    """A ``.keras`` checkpoint of this package, with its optimizer state."""
-    import keras
-
-    from airbus_ships.losses import CUSTOM_OBJECTS
-    return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS)
+    """A ``.keras`` checkpoint of this package, with its optimizer state; exits with one line naming the file
+    when it cannot be used (empty, not a Keras file, another network)."""
+    from airbus_ships.inference import ModelFileError, open_model
+    try:
+        return open_model(path, compile=True)
+    except ModelFileError as err:
+        sys.exit(str(err))
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -277,7 +279,7 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
     then, on the chief, plot the curves, choose the ship rule for ``best.keras`` and write the summary."""
     import keras
 
-    from airbus_ships.callbacks import make_callbacks
+    from airbus_ships.callbacks import TimeBudget, make_callbacks
     from airbus_ships.figures import plot_curves
     from airbus_ships.inference import choose_ship_rule, rule_seconds
     from airbus_ships.pipeline import distributed_datasets
@@ -308,11 +310,18 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
     callbacks = make_callbacks(cfg, run_dir, state, strategy, chief, run_start, reserve)
     if cfg.strategy != "default":
         fix_distributed_fit(model, strategy)
+    print(f"training: up to {cfg.epochs - state['epochs_done']} epochs x {cfg.steps_per_epoch} steps of "
+          f"{cfg.batch_size * strategy.num_replicas_in_sync} crops and {cfg.val_steps} validation batch(es) an epoch, "
+          f"early stopping after {cfg.patience} epochs without a lower validation loss; "
+          + (f"the whole run ends within the {cfg.time_budget_min:g}-min time budget (--time-budget-min)"
+             if cfg.time_budget_min else "no time budget") + "; the pace after the first steps follows", flush=True)
     start = time.time()
+    # shuffle=False: the stream is already a seeded shuffle (pipeline.py); Keras ignores shuffle for a dataset
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"],
               steps_per_epoch=cfg.steps_per_epoch, validation_steps=cfg.val_steps, callbacks=callbacks,
-              verbose=2)
+              verbose=2, shuffle=False)
     train_minutes = (time.time() - start) / 60
+    budget = next(c for c in callbacks if isinstance(c, TimeBudget))
     print(f"weights sha256 {weights_digest(model)}")
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -331,6 +340,7 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
                {"train_minutes": train_minutes, "epochs_logged": len(log),
                 "rule_minutes": (end - rule_start) / 60, "rule_minutes_reserved": reserve / 60,
                 "run_minutes": (end - run_start) / 60, "best_val_loss": float(log["val_loss"].min()),
+                "stopped_by_time_budget_after_epoch": budget.stopped_after,
                 "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync})
     print(f"done in {(end - run_start) / 60:.1f} min (fit {train_minutes:.1f}): {model_dir / 'best.keras'}, "
           f"{log_csv}, {run_dir / 'training_curves.png'}")
