@@ -30,7 +30,7 @@ TEST_TF := common/tests/test_demo.py::test_common_imports_no_framework
 
 FIGURE_TARGETS :=
 
-.PHONY: help setup venv-torch venv-tf demo-data demo test test-torch test-tf test-fast lint figures bench clean
+.PHONY: help setup venv-torch venv-tf demo-data demo test test-torch test-tf test-fast lint figures check-docs bench clean
 
 help:  ## this list
 	@echo "usage: make TARGET [DATA_ROOT=data] [RUNS=runs] [PYTEST_ARGS=...]"
@@ -107,6 +107,9 @@ lint: venv-torch  ## ruff over the tree (rules in pyproject.toml)
 	$(abspath $(TORCH_VENV))/bin/ruff check .
 
 figures: $(FIGURE_TARGETS)  ## every task's README figures into <task>/docs/
+
+check-docs: demo  ## run the commands the READMEs document, as a new user would after make demo
+	$(PYTHON) tools/check_docs.py
 
 bench: $(addprefix bench-,$(TASKS))  ## every benchmark on real data: make bench DATA_ROOT=../shared/data
 
