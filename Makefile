@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 TASKS := wood minerals ships fcnn
 DEMO_TARGETS :=
 DEMO_DATA_TARGETS :=
-TEST_TORCH := common
+TEST_TORCH := common tools
 # the TensorFlow venv also checks that common/ imports no framework there
 TEST_TF := common/tests/test_demo.py::test_common_imports_no_framework
 
