@@ -5,15 +5,21 @@ channel mask with 0 = building and 255 = background. Here the mask becomes ``(H,
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common.io import ImageReadError, read_mask, read_rgb
+from fcnn_rgb_gt.config import DEFAULT_DATA
+
+if TYPE_CHECKING:
+    from fcnn_rgb_gt.config import TrainConfig
 
 GT_MAPPING = {0: 1, 255: 0}  # exercise gt.png: 0 = building -> 1, 255 = background -> 0
 MIN_TRAIN_SIDE = 32  # below this there is no room for a training crop and a validation strip
@@ -55,6 +61,32 @@ def check_both_classes(mask: np.ndarray, gt_path: str | Path) -> None:
         only, other = ("background (255)", "building (0)") if share == 0 else ("building (0)", "background (255)")
         raise ImageReadError(gt_path, f"holds only {only}, no {other} pixel: nothing to train on (gt.png encodes "
                                       "0 = building, 255 = background)")
+
+
+def load_data(cfg: TrainConfig):
+    """train.py's pair (``cfg``: its config), its paths and the split. A missing default pair says where it
+    belongs and how to get one."""
+    rgb = Path(cfg.rgb or Path(cfg.data) / "rgb.png")
+    gt = Path(cfg.gt or Path(cfg.data) / "gt.png")
+    if not rgb.exists() and not rgb.is_symlink():  # a dead link: read_rgb says so
+        raise ImageReadError(rgb, "no such file: put the training pair there (rgb.png and gt.png, 0 = building), "
+                                  "give --data DIR or --rgb/--gt, or run `make demo-data-fcnn` for a synthetic "
+                                  f"demo pair in {DEFAULT_DATA}")
+    image, mask = load_training_pair(rgb, gt)
+    return image, mask, spatial_split(mask, cfg.val_fraction, gap=16), rgb, gt
+
+
+def data_fingerprint(image: np.ndarray, mask: np.ndarray) -> str:
+    """SHA-256 of the decoded pair: --resume checks that it continues on the same images, wherever they lie."""
+    return hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()
+
+
+def class_weights(mask: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (background, building): the loss is class-weighted
+    cross-entropy."""
+    freq = np.bincount(mask.ravel(), minlength=2) / mask.size
+    w = 1.0 / np.maximum(freq, 1e-3)
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
 @dataclass(frozen=True)

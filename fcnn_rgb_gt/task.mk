@@ -23,7 +23,7 @@ predict-fcnn: venv-torch demo-data-fcnn $(RUNS)/fcnn/best.pt  ## predict the tra
 bench-fcnn: venv-torch  ## real data (DATA_ROOT=../shared/data): 3 seeds of the default, scored on extra/* -> benchmarks/fcnn.json, fcnn_rgb_gt/docs/dubai_*.png
 	$(TORCH_PY) fcnn_rgb_gt/bench.py --data $(DATA_ROOT)/fcnn --runs $(RUNS)/fcnn_bench --out benchmarks/fcnn.json
 
-demo-fcnn: venv-torch demo-data-fcnn  ## short train + predict on the demo pair and its unseen image (< 1.5 min)
+demo-fcnn: venv-torch demo-data-fcnn  ## short train + predict on the demo pair and its unseen image (80 s on 2 loaded cores)
 	$(TORCH_PY) fcnn_rgb_gt/train.py --data $(FCNN_DATA) --out $(RUNS)/fcnn_demo --epochs 6 --tile 128
 	$(TORCH_PY) fcnn_rgb_gt/predict.py --checkpoint $(RUNS)/fcnn_demo/best.pt
 	@# the demo pair's unseen validation image (absent when $(DATA_ROOT)/fcnn holds real data)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import math
 import os
 import sys
@@ -110,36 +109,7 @@ def warn_if_earlier_run(out: Path) -> None:
               "(--resume continues it instead)", file=sys.stderr)
 
 
-# ------------------------------------------------------------------------------------------------- data
-def load_data(cfg: TrainConfig):
-    """The pair, its paths and the split. A missing default pair says where it belongs and how to get one."""
-    from fcnn_rgb_gt.data import load_training_pair, spatial_split
-
-    rgb = Path(cfg.rgb or Path(cfg.data) / "rgb.png")
-    gt = Path(cfg.gt or Path(cfg.data) / "gt.png")
-    if not rgb.exists() and not rgb.is_symlink():  # a dead link: read_rgb says so
-        raise ImageReadError(rgb, "no such file: put the training pair there (rgb.png and gt.png, 0 = building), "
-                                  "give --data DIR or --rgb/--gt, or run `make demo-data-fcnn` for a synthetic "
-                                  f"demo pair in {DEFAULT_DATA}")
-    image, mask = load_training_pair(rgb, gt)
-    return image, mask, spatial_split(mask, cfg.val_fraction, gap=16), rgb, gt
-
-
-def data_fingerprint(image: np.ndarray, mask: np.ndarray) -> str:
-    """SHA-256 of the decoded pair: --resume checks that it continues on the same images, wherever they lie."""
-    return hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()
-
-
-def class_weights(mask: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1 (background, building): the loss is class-weighted
-    cross-entropy."""
-    import torch
-
-    freq = np.bincount(mask.ravel(), minlength=2) / mask.size
-    w = 1.0 / np.maximum(freq, 1e-3)
-    return torch.tensor(w / w.mean(), dtype=torch.float32)
-
-
+# ------------------------------------------------------------------------------------------------ schedule
 def warmup_cosine(total: int, warmup: float = 0.05, floor: float = 0.01):
     """LR factor per step: linear warm-up over ``warmup`` of the run, then cosine decay to ``floor``."""
     w = max(1, int(total * warmup))
@@ -201,7 +171,7 @@ def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: d
     """Data, model, crop sampler, optimiser and schedule of the run: a dict the loop and checkpoints share."""
     import torch
 
-    from fcnn_rgb_gt.data import CropSampler, to_tensor
+    from fcnn_rgb_gt.data import CropSampler, class_weights, data_fingerprint, load_data, to_tensor
     from fcnn_rgb_gt.infer import prepare
     from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters
 

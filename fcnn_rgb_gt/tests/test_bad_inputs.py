@@ -16,6 +16,7 @@ from PIL import Image
 from common.tests.bad_inputs import BROKEN, EXACT, few_colours, write_corpus
 from fcnn_rgb_gt import predict, train
 from fcnn_rgb_gt.config import TrainConfig
+from fcnn_rgb_gt.data import data_fingerprint, load_data
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = ("predictions.jpg", "predictions_mask.png", "predictions_overlay.jpg")
@@ -159,8 +160,8 @@ def test_train_reads_every_readable_corpus_file_and_lossless_ones_exactly(corpus
     folder, cases, gt = corpus
 
     def fingerprint(name):
-        image, mask, *_ = train.load_data(TrainConfig(rgb=str(folder / name), gt=str(gt)))
-        return train.data_fingerprint(image, mask)
+        image, mask, *_ = load_data(TrainConfig(rgb=str(folder / name), gt=str(gt)))
+        return data_fingerprint(image, mask)
 
     plain = fingerprint("plain.png")
     for case in (c for c in cases if c.kind != BROKEN):
