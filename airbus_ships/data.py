@@ -20,11 +20,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from common.io import atomic_write, rle_decode
+
+if TYPE_CHECKING:  # pandas is imported by the functions that use it: --help of the scripts stays fast
+    import pandas as pd
 
 SIZE = 768  # Kaggle image side; RLE pixel numbers refer to a SIZE x SIZE image
 SHIP_SEP = ";"  # separates the RLE strings of the ships of one image in MaskTable.frame["rle"]
@@ -118,11 +121,11 @@ def image_problem(path: str | os.PathLike, size: int = SIZE) -> str | None:
     """Why an image file cannot be a training image, or None: a cheap check, no decoding.
 
     Reads the header (Pillow: format, size and EXIF orientation; unreadable, not ``size x size``, or stored
-    turned: the training pipeline reads the pixels as stored while test.py turns them upright) and, for a JPEG,
-    its last kilobyte (a truncated file has no end-of-image marker). A JPEG damaged inside its data passes:
-    libjpeg, in TensorFlow and Pillow alike, decodes it with a "Corrupt JPEG data" warning and no error (checked
-    with 2,000 zeroed, random or removed bytes in the middle of a real image), so it trains as garbled pixels,
-    unnamed.
+    turned: the training pipeline reads the pixels as stored while test.py turns them upright) and, for a JPEG or
+    a PNG, its last kilobyte (a truncated file has no end-of-image marker or IEND chunk). A JPEG damaged inside
+    its data passes: libjpeg, in TensorFlow and Pillow alike, decodes it with a "Corrupt JPEG data" warning and
+    no error (checked with 2,000 zeroed, random or removed bytes in the middle of a real image), so it trains as
+    garbled pixels, unnamed.
     """
     from PIL import Image, UnidentifiedImageError
     why = entry_problem(path)
@@ -131,17 +134,19 @@ def image_problem(path: str | os.PathLike, size: int = SIZE) -> str | None:
     try:
         with Image.open(path) as img:
             fmt, (w, h) = img.format, img.size
+            if (w, h) != (size, size):
+                return f"image is {w}x{h}, not {size}x{size}"
             orientation = img.getexif().get(0x0112, 1)
-        if (w, h) != (size, size):
-            return f"image is {w}x{h}, not {size}x{size}"
         if orientation not in (0, 1):
             return (f"EXIF orientation {orientation} (stored turned): training reads the pixels as stored, "
                     "test.py turns them upright; save the image upright")
-        if fmt == "JPEG":
+        ends = {"JPEG": (b"\xff\xd9", "truncated JPEG (no end-of-image marker)"),
+                "PNG": (b"IEND", "truncated PNG (no IEND chunk)")}
+        if fmt in ends:
             with open(path, "rb") as f:
                 f.seek(max(0, os.path.getsize(path) - 1024))
-                if b"\xff\xd9" not in f.read():
-                    return "truncated JPEG (no end-of-image marker)"
+                if ends[fmt][0] not in f.read():
+                    return ends[fmt][1]
     except UnidentifiedImageError:
         return "not a readable image (unknown or unsupported format)"
     except (OSError, SyntaxError, ValueError) as err:
@@ -165,6 +170,8 @@ def read_mask_csv(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]
     reported and skipped; an image with an empty row (no ship) besides ship rows is reported and taken as a
     ship image. Raises ValueError, in one line naming the file, when the file cannot be read as such a table.
     """
+    import pandas as pd
+
     csv_path = Path(csv_path)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -222,10 +229,12 @@ def read_mask_table(csv_path: str | os.PathLike, images_dir: str | os.PathLike,
     images two of whose ship rows overlap each other (both lines named), rows naming an image file that does not
     exist or is no image file (a dead link, a folder, an empty file: :func:`entry_problem`) and, with
     ``check_images``, images whose header is unreadable, that are not 768x768, stored turned (EXIF) or are
-    truncated JPEGs (:func:`image_problem`; about 0.1 ms an image, in 8 threads). Only the first ``max_report``
-    problems are printed; ``MaskTable.problems`` holds them all. ValueError (one line naming the file) when the
-    table cannot be read.
+    truncated JPEG or PNG files (:func:`image_problem`; about 0.1 ms an image, in 8 threads). Only the first
+    ``max_report`` problems are printed; ``MaskTable.problems`` holds them all. ValueError (one line naming the
+    file) when the table cannot be read.
     """
+    import pandas as pd
+
     csv_path, images_dir = Path(csv_path), Path(images_dir)
     df, problems = read_mask_csv(csv_path)  # ValueError when unreadable: the message names the file
     bad_ids: set[str] = set()
@@ -307,6 +316,8 @@ PROBLEMS_FILE = "data_problems.txt"   # in a run folder: every CSV row / image l
 
 def split_table(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
     """``ImageId, subset`` rows: the training images, then the validation images."""
+    import pandas as pd
+
     return pd.DataFrame({"ImageId": list(train["ImageId"]) + list(val["ImageId"]),
                          "subset": ["train"] * len(train) + ["val"] * len(val)})
 
@@ -328,6 +339,8 @@ def load_split(cfg, continuing: bool = False) -> tuple[pd.DataFrame, pd.DataFram
     ``val_fraction``, ``seed``, ``out``): the checked mask table split by image, exiting with a message a user
     can act on when there is none; a ``continuing`` run must get the split it was trained with (the
     ``split.csv`` in ``cfg.out``)."""
+    import pandas as pd
+
     try:
         images_dir, csv_path = find_layout(cfg.data)
     except FileNotFoundError as err:  # the message names the folder and the layouts expected

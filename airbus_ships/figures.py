@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from common.io import atomic_path, read_rgb, save_figure
 
@@ -36,6 +35,8 @@ def _pyplot():
 def plot_curves(log_csv: Path, out_png: Path) -> None:
     """Loss, dice and IoU per epoch (train and validation) of a Keras CSV log."""
     plt = _pyplot()
+    import pandas as pd
+
     log = pd.read_csv(log_csv)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key in zip(axes, ("loss", "dice_coef", "iou_coef")):

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from airbus_ships.data import SIZE, ship_instances
 from common.io import ImageReadError, read_rgb
@@ -178,6 +177,8 @@ class ShipRule:
 
 def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:
     """Split a ``(H, W)`` probability map into ship instances: a list of ``(H, W)`` bool masks."""
+    from scipy import ndimage
+
     labels, n = ndimage.label(prob > rule.threshold, structure=np.ones((3, 3), bool))
     if n == 0:
         return []
@@ -210,6 +211,8 @@ class ComponentStats:
 
 def component_stats(prob: np.ndarray, truth: list[np.ndarray], threshold: float) -> ComponentStats:
     """Label ``prob > threshold`` (8-connected, as :func:`ships_from_probs`) and compare with ``truth`` (bool masks)."""
+    from scipy import ndimage
+
     labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3), bool))
     truth_labels = np.zeros(prob.shape, np.int64)
     for i, ship in enumerate(truth, start=1):

@@ -52,8 +52,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-from tqdm import tqdm
 
 from airbus_ships import quiet_tensorflow
 from airbus_ships.data import SIZE, check_rle, find_layout, overlapping_rows, read_mask_csv
@@ -155,6 +153,8 @@ def read_ground_truth(csv_path: Path, images_dir: Path) -> tuple[OrderedDict, li
 
 def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
     """Predicted ships tinted red, true ship outlines in green."""
+    from scipy import ndimage
+
     out = image.astype(np.float32)
     out[pred] = 0.45 * out[pred] + 0.55 * np.array([255, 0, 0])
     if truth is not None:
@@ -368,6 +368,8 @@ def predict_all(args: argparse.Namespace, model, rule: ShipRule, images_dir: Pat
     image's rows to ``submission.partial.csv`` as soon as it is done. Overlays for the first ``--overlays`` images
     of the list. Returns ``(submission rows, scores, images predicted, seconds their predictions took, overlay
     file names of this run)``; the problems found are appended to ``problems``. Ctrl-C: one line, exit 130."""
+    from tqdm import tqdm
+
     out = Path(args.out)
     rows, scores, n_done, elapsed, overlaid = [], Scores(), 0, 0.0, set()
     partial = shard_path(out / "submission.partial.csv", args.shard)

@@ -29,8 +29,6 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import pandas as pd
-
 from airbus_ships import quiet_tensorflow
 from airbus_ships.data import SIZE, load_split, write_split
 from airbus_ships.inference import HOWS
@@ -328,6 +326,8 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
         print(f"worker {task_id} done in {train_minutes:.1f} min")
         return
 
+    import pandas as pd
+
     log_csv = run_dir / "train_log.csv"
     plot_curves(log_csv, run_dir / "training_curves.png")
     if not (model_dir / "best.keras").is_file():  # ModelCheckpoint saves no epoch whose validation loss is NaN
@@ -347,4 +347,8 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: every completed epoch is saved
+        print("interrupted: train.py --out RUN --resume continues from the last completed epoch", file=sys.stderr)
+        sys.exit(130)

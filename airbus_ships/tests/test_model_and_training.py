@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -213,29 +214,39 @@ def test_a_typo_in_a_choice_is_refused_at_once(option, capsys):
 
 @pytest.mark.slow
 def test_train_survives_bad_images_in_the_calibration_set(demo_dir, tmp_path):
-    """Without the up-front image check (--no-check-images), a truncated and a 700x500 image reach the training
-    stream and the ship-rule images (all 14 images here): the run skips them there, names them, and writes
-    postprocess.json and its summary (it used to die in rule_seconds / choose_ship_rule)."""
+    """Without the up-front image check (--no-check-images), a truncated and a 700x500 image and the bad-input
+    corpus (common/tests/bad_inputs.py, at 768x768) reach the training stream and the ship-rule images (all of
+    them here): the run skips the broken ones there, names each with its reason, uses the readable ones, and
+    writes postprocess.json and its summary (it used to die in rule_seconds / choose_ship_rule)."""
     import shutil
 
     from PIL import Image
 
     from airbus_ships.tests.conftest import _run_script
+    from common.tests.bad_inputs import BROKEN, few_colours, write_corpus
     data = tmp_path / "airbus"
     shutil.copytree(demo_dir, data)
     good = sorted(p.name for p in (data / "images").iterdir())
     (data / "images" / "truncated.jpg").write_bytes((data / "images" / good[0]).read_bytes()[:3000])
     Image.new("RGB", (700, 500), (20, 40, 60)).save(data / "images" / "wide.jpg")
+    cases = write_corpus(data / "corpus", few_colours((768, 768)))
+    for case in cases:
+        os.rename(data / "corpus" / case.name, data / "images" / f"corpus_{case.name}")
     with open(data / "masks.csv", "a") as f:
-        f.write("truncated.jpg,\nwide.jpg,\n")
+        f.write("truncated.jpg,\nwide.jpg,\n" + "".join(f"corpus_{c.name},\n" for c in cases))
     out = tmp_path / "run"
     proc = _run_script("train.py", "--data", data, "--out", out, "--no-check-images", "--encoder", "scratch",
                        "--widths", "4,8", "--batch-size", "2", "--steps-per-epoch", "2", "--val-steps", "1",
                        "--epochs", "1", "--val-fraction", "0.25", "--calib-images", "50")
     assert f"{data / 'images' / 'truncated.jpg'}: corrupt or truncated image" in proc.stderr
     assert f"{data / 'images' / 'wide.jpg'}: image is 700x500, not 768x768" in proc.stderr
+    broken = [c for c in cases if c.kind == BROKEN]
+    for case in broken:
+        lines = [line for line in proc.stderr.splitlines() if f"/corpus_{case.name}: " in line]
+        assert len(lines) == 1 and (case.reason in lines[0].lower() or "not 768x768" in lines[0]), lines
+    assert "Traceback" not in proc.stderr
     rule = json.loads((out / "model" / "postprocess.json").read_text())
-    assert rule["n_images"] == 12 and len(rule["skipped_images"]) == 2
+    assert rule["n_images"] == len(good) + len(cases) - len(broken) and len(rule["skipped_images"]) == 2 + len(broken)
     assert (out / "train_summary.json").is_file() and (out / "training_curves.png").is_file()
 
 
@@ -348,23 +359,30 @@ def test_training_into_an_earlier_run_warns(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_help_and_a_wrong_option_answer_without_tensorflow():
-    """train.py and test.py parse their options before importing TensorFlow: --help and an option error come back
-    without loading it."""
+def test_help_and_a_wrong_option_answer_without_the_heavy_libraries():
+    """Every script parses its options before importing TensorFlow, Keras, pandas, SciPy, scikit-learn or
+    matplotlib: --help (and an option error of train.py / test.py) come back at once (~0.6 s at load 7, 2 cores)."""
     import subprocess
     import sys
 
     from airbus_ships.tests.conftest import ROOT
+    heavy = ("tensorflow", "keras", "pandas", "scipy", "sklearn", "matplotlib")
     check = ("import sys, runpy; sys.argv = [{script!r}, {arg!r}]\n"
-             "try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+             "try:\n    runpy.{run}({script!r}, run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
-             "print('tensorflow' in sys.modules)")
-    for script in ("airbus_ships/train.py", "airbus_ships/test.py"):
-        for arg in ("--help", "--how=tiles" if script.endswith("test.py") else "--encoder=tiles"):
-            proc = subprocess.run([sys.executable, "-c", check.format(script=script, arg=arg)], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=120)
+             "print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+    scripts = [("run_path", "airbus_ships/train.py", "--encoder=tiles"),
+               ("run_path", "airbus_ships/test.py", "--how=tiles"), ("run_path", "airbus_ships/bench.py", None),
+               ("run_module", "airbus_ships.figures", None),
+               ("run_module", "airbus_ships.demo_data", None), ("run_module", "airbus_ships.studies.rule_study", None),
+               ("run_module", "airbus_ships.studies.stream_check", None),
+               ("run_module", "airbus_ships.studies.learning_curve", None)]
+    for run, script, wrong in scripts:
+        for arg in ("--help", wrong) if wrong else ("--help",):
+            proc = subprocess.run([sys.executable, "-c", check.format(script=script, arg=arg, run=run, heavy=heavy)],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=120)
             lines = proc.stdout.strip().splitlines()
-            assert lines and lines[-1] == "False", (script, arg, proc.stdout[-500:], proc.stderr[-500:])
+            assert lines and lines[-1] == "[]", (script, arg, proc.stdout[-500:], proc.stderr[-500:])
 
 
 def test_train_and_test_import_nothing_from_studies():
