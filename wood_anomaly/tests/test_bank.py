@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common.io import list_images, read_rgb
+from wood_anomaly import model as patchcore
 from wood_anomaly import predict
 from wood_anomaly.data import feature_map, image_id
 
@@ -47,15 +48,15 @@ def test_training_photo_never_retrieves_its_own_rows(demo_dir, loaded, monkeypat
     model, cfg, ckpt = loaded
     cfg = type(cfg)(**{**vars(cfg), "self_patches": 0})  # the deep bank alone, without the self-reference sample
     used = []
-    real = predict.knn_distance
-    monkeypatch.setattr(predict, "knn_distance", lambda q, bank, k: used.append(bank) or real(q, bank, k))
+    real = patchcore.knn_distance  # predict.score_maps imports it from model.py when it runs
+    monkeypatch.setattr(patchcore, "knn_distance", lambda q, bank, k: used.append(bank) or real(q, bank, k))
     paths = list_images(demo_dir / "images")
     for i, path in enumerate(paths):
         image = read_rgb(path)
         for photo, own_index in ((image, i), (image[:, ::-1].copy(), None)):  # itself, and a new (mirrored) photo
             used.clear()
             predict.score_maps(model, photo, cfg, CPU, ckpt)
-            (bank,) = used
+            (bank,) = [b for b in used if b.shape[1] == model.features.dim]  # not the colour channel's 3-d cells
             assert model.training_index(image_id(photo)) == own_index
             if own_index is None:  # a new photo: its 3 nearest training photos, any of them
                 assert bank.shape[0] == 3 * cfg.patches_per_image
