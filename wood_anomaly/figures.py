@@ -16,14 +16,17 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 from PIL import Image
 
 from common.demo import is_demo
 from common.io import read_mask, read_rgb
 from wood_anomaly.config import HelpFormatter, image_folder
+
+if TYPE_CHECKING:  # matplotlib is imported by the functions that draw, after the options are parsed
+    from matplotlib.figure import Figure
 
 DPI = 80
 
@@ -52,6 +55,8 @@ def load(data: Path, pred: Path) -> list[dict]:
 
 def examples(photos: list[dict], threshold: float, path: Path) -> None:
     """Rows: two photos with defects and one clean; columns: photo, heatmap, overlay, mask vs truth."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
     defective = [p for p in photos if p["true"].any()][:2]
     shown = defective + [p for p in photos if not p["true"].any()][:3 - len(defective)]
     fig = Figure(figsize=(10, 2.0 * len(shown)))
@@ -75,6 +80,8 @@ def examples(photos: list[dict], threshold: float, path: Path) -> None:
 
 def demo_scores(photos: list[dict], threshold: float, path: Path) -> None:
     """Histogram of the pixel scores of planted-defect and clean pixels, with the label-free threshold."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
     defect = np.concatenate([p["map"][p["true"]] for p in photos])
     clean = np.concatenate([p["map"][~p["true"]] for p in photos])
     bins = np.linspace(min(defect.min(), clean.min()), max(defect.max(), clean.max()), 80)
@@ -92,6 +99,8 @@ def demo_scores(photos: list[dict], threshold: float, path: Path) -> None:
 
 def real_photo_scores(bench_json: Path, path: Path) -> bool:
     """Bar chart of the real photos' scores (max / threshold) and labels from the benchmark record."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
     if not bench_json.is_file():
         return False
     image = json.loads(bench_json.read_text())["metrics"]["image"]
