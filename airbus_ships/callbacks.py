@@ -79,8 +79,10 @@ def _duration(seconds: float) -> str:
 
 class StepProgress(keras.callbacks.Callback):
     """Progress inside an epoch (Keras prints one line at its end): a tqdm bar on a terminal; in a log or a pipe
-    a line every ``every`` seconds (the step, seconds a step, the epoch's time left). After the first steps, one
-    line with the time the epochs left would take at that pace, and when the time budget will end them sooner.
+    a line every ``every`` seconds (the step, seconds a step, the epoch's time left). The pace, measured after
+    the first step (which also builds the graph): after ``pace_steps`` steps, what the training steps of the
+    epochs left take; after the first epoch, with validation and checkpoints; and when the time budget will end
+    the training sooner. Runs last at the end of an epoch (after the checkpoints).
 
     ``initial_epoch``: the epochs already done (``--resume``); ``budget_s``, ``run_start``, ``reserve_s``: as
     :class:`TimeBudget` (0: no budget)."""
@@ -94,48 +96,63 @@ class StepProgress(keras.callbacks.Callback):
         self.bar, self.steps_run, self.first_step_end, self.pace_told = None, 0, None, False
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.epoch_start = epoch, time.time()
-        self.last_line = self.epoch_start
+        self.epoch, self.epoch_first_step_end, self.last_line = epoch, None, time.time()
         if self.tty:
             from tqdm import tqdm
             self.bar = tqdm(total=self.params.get("steps"), desc=f"epoch {epoch + 1}", unit="step", leave=False,
                             file=sys.stdout)
 
+    def per_step(self) -> float | None:
+        """Seconds a training step, over the steps since the run's first (None before its second step)."""
+        return (self.last_step_end - self.first_step_end) / (self.steps_run - 1) if self.steps_run > 1 else None
+
     def on_train_batch_end(self, batch, logs=None):
         now, steps = time.time(), self.params.get("steps") or 0
-        self.steps_run += 1
-        if self.first_step_end is None:  # the first step also traces the graph: the pace is measured after it
-            self.first_step_end = now
-        elif not self.pace_told and (self.steps_run > self.pace_steps or now - self.first_step_end > 20):
-            self.tell_pace((now - self.first_step_end) / (self.steps_run - 1), steps, now)
+        self.steps_run, self.last_step_end = self.steps_run + 1, now
+        self.first_step_end = self.first_step_end or now
+        self.epoch_first_step_end = self.epoch_first_step_end or now
+        if not self.pace_told and self.steps_run > self.pace_steps:
+            self.pace_told = True
+            fit_s = self.per_step() * steps * self.epochs_left()
+            print(f"pace: {self.per_step():.2f} s a training step: the {self.epochs_left()} epochs x {steps} steps "
+                  f"take ~{_duration(fit_s)} of training steps" + self.budget_note(fit_s, now), flush=True)
         loss = (logs or {}).get("loss")
         if self.bar is not None:
             self.bar.update(1)
             if loss is not None:
                 self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-        elif now - self.last_line >= self.every and batch + 1 < steps:
-            per_step = (now - self.epoch_start) / (batch + 1)
+        elif now - self.last_line >= self.every and 0 < batch < steps - 1:
+            per_step = (now - self.epoch_first_step_end) / batch
             print(f"  epoch {self.epoch + 1}: step {batch + 1}/{steps}, {per_step:.2f} s a step, ~"
-                  f"{per_step * (steps - batch - 1):.0f} s left in this epoch"
+                  f"{_duration(per_step * (steps - batch - 1))} left in this epoch"
                   + (f", loss {float(loss):.4f}" if loss is not None else ""), flush=True)
             self.last_line = now
 
-    def tell_pace(self, per_step: float, steps: int, now: float) -> None:
-        self.pace_told = True
-        epochs_left = (self.params.get("epochs") or 0) - self.initial_epoch
-        fit_s = per_step * steps * epochs_left
-        line = (f"pace: {per_step:.2f} s a training step: {epochs_left} epochs x {steps} steps take "
-                f"~{_duration(fit_s)} at this pace (validation and the ship rule on top)")
-        budget_left = self.budget_s - (now - self.run_start) - self.reserve_s
-        if self.budget_s and fit_s > budget_left:
-            line += (f"; the time budget ({self.budget_s / 60:g} min for the whole run) ends the training after "
-                     f"~{_duration(max(budget_left, 0))}, ~{max(int(budget_left // (per_step * steps)), 1)} epochs")
-        print(line, flush=True)
+    def epochs_left(self) -> int:
+        return (self.params.get("epochs") or 0) - max(self.initial_epoch, getattr(self, "epoch", 0))
+
+    def budget_note(self, seconds: float, now: float, epoch_s: float | None = None) -> str:
+        """``"; the time budget ... ends the training after ~N epochs"`` when ``seconds`` more would exceed it."""
+        left = self.budget_s - (now - self.run_start) - self.reserve_s
+        if not self.budget_s or seconds <= left:
+            return ""
+        epoch_s = epoch_s or seconds / max(self.epochs_left(), 1)
+        return (f"; the time budget ({self.budget_s / 60:g} min for the whole run) ends the training in "
+                f"~{_duration(max(left, 0))}, after ~{max(int(left // epoch_s), 0)} more epochs")
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if (epoch == self.initial_epoch and self.per_step() and epoch + 1 < (self.params.get("epochs") or 0)
+                and not self.model.stop_training):
+            now, steps = time.time(), self.params.get("steps") or 0
+            epoch_s = self.per_step() * steps + (now - self.last_step_end)  # + validation and checkpoints
+            self.epoch = epoch + 1
+            rest = epoch_s * self.epochs_left()
+            print(f"pace: an epoch takes ~{_duration(epoch_s)} with validation and checkpoints: the "
+                  f"{self.epochs_left()} epochs left take ~{_duration(rest)}" + self.budget_note(rest, now, epoch_s),
+                  flush=True)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -266,7 +283,6 @@ def make_callbacks(cfg, run_dir: Path, state: dict, strategy: tf.distribute.Stra
     plateau = ResumableReduceLROnPlateau(state.get("reduce_lr"), monitor="val_loss", factor=0.5, patience=3,
                                          min_lr=1e-5)
     return [
-        StepProgress(state["epochs_done"], cfg.time_budget_min * 60, run_start, reserve),
         early,
         plateau,
         AtomicModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss", save_best_only=True,
@@ -275,4 +291,5 @@ def make_callbacks(cfg, run_dir: Path, state: dict, strategy: tf.distribute.Stra
                            epochs_done=state["epochs_done"]),
         TimeBudget(cfg.time_budget_min, strategy, run_start, reserve),
         SaveLastAndState(model_dir, early, plateau),
+        StepProgress(state["epochs_done"], cfg.time_budget_min * 60, run_start, reserve),
     ]
