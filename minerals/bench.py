@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import dumps_json, list_images, write_json
 from minerals import evaluate, train
@@ -35,7 +35,6 @@ from minerals.evaluate import labelled_patches
 from minerals.extract_samples import extract
 from minerals.figures import bench_figures, folds_figure
 from minerals.predict import load_classifier, predict_probs
-from minerals.runtime import peak_rss_mb
 
 RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"]}
 TARGETS = {"scratch": {"accuracy": 0.90, "macro_f1": 0.88}, "transfer": {"accuracy": 0.95}}  # the brief's
@@ -76,6 +75,8 @@ def train_run(name: str, samples: Path, run: Path, fold: int, seed: int, threads
 
 def throughput(checkpoint: Path, files: list[Path], threads: int) -> float:
     """Patches per second of the whole inference path (decode, preprocess, forward) on CPU."""
+    import torch
+
     torch.set_num_threads(threads)
     model, meta = load_classifier(checkpoint, torch.device("cpu"))
     list(predict_probs(model, files[:32], meta["img_size"], torch.device("cpu")))  # warm-up
@@ -134,8 +135,7 @@ def machine() -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/minerals", help="the real photos: <class>/<image> + manifest.csv")
     p.add_argument("--out", default="runs/minerals_bench", help="samples and run folders")
     p.add_argument("--json", default="benchmarks/minerals.json", help="where the record goes")
@@ -146,7 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads of training and inference")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                    help="where the trainings run (the benchmark is defined on CPU; inference is always timed on CPU)")
-    p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the record")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the record "
+                                              "(default: nothing)")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir() or not any(data.iterdir()):
@@ -167,6 +168,8 @@ def main(argv=None) -> int:
         metrics[name] = model_metrics(name, fold0, results)
         saved = json.loads((out / name / "config.json").read_text())
         configs[name] = {k: v for k, v in saved.items() if k not in ("data", "out", "resume", "val_fold")}
+    from minerals.runtime import peak_rss_mb
+
     timings["inference_peak_rss_mb"] = round(peak_rss_mb(), 1)
     index = (samples / "index.csv").read_text().splitlines()[1:]
     data_info = {"path": str(data), "photos": sum(len(list_images(d)) for d in data.iterdir() if d.is_dir()),

@@ -2,21 +2,26 @@
 
 A checkpoint is a dict: ``model`` (the weights to use), ``optimizer``, ``scheduler``, ``epoch``, ``best_metric``,
 ``config`` (train.py's Config as a dict), ``classes``, ``minerals``, ``threshold`` (chosen on validation),
-``img_size``, ``backbone``, ``width``, ``history`` (per-epoch log) and ``rng_state`` (for an exact resume).
-predict.py reads ``model``, ``classes``, ``backbone``, ``width``, ``img_size``, ``threshold`` and ``config``.
+``temperature`` (the confidence calibration fitted on validation: minerals/decision.py), ``img_size``,
+``backbone``, ``width``, ``history`` (per-epoch log) and ``rng_state`` (for an exact resume).
+predict.py reads ``model``, ``classes``, ``backbone``, ``width``, ``img_size``, ``threshold``, ``temperature``
+(1.0 in a checkpoint of an earlier version) and ``config``.
+
+Every file is read with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`): a file that would run code
+when loaded is refused, and any unusable file is one line naming it and the reason.
 """
 from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 import shutil
+import warnings
 from pathlib import Path
-
-import torch
 
 from common.config import resumed_config
 from common.io import atomic_path, write_json
-from minerals.data import CLASSES, MINERALS
+from minerals.config import CLASSES, MINERALS
 
 # what --resume may change: where and how the run executes, not what it trains
 RESUME_MAY_CHANGE = ("data", "out", "resume", "device", "threads", "max_steps", "export", "time_budget_min")
@@ -33,12 +38,48 @@ def removed_options_in_use(saved_config: dict) -> list[str]:
             if k in saved_config and saved_config[k] != off]
 
 
-def save_checkpoint(path: Path, model, opt, sched, epoch: int, best: float, cfg, threshold: float,
-                    history: list[dict]) -> None:
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The dict saved in ``path`` by ``torch.save``, loaded without running any code from it. Raises ``ValueError``
+    with ``"<path>: <reason>"`` for a missing, empty, folder, corrupt, foreign or code-carrying file (never torch's
+    advice to load it with ``weights_only=False``)."""
+    path = Path(path)
+    if not path.exists():
+        reason = "checkpoint not found" + (" (a symbolic link to nothing)" if path.is_symlink() else "")
+    elif path.is_dir():
+        reason = "is a folder, not a checkpoint file"
+    elif path.stat().st_size == 0:
+        reason = "file is empty (0 bytes)"
+    else:
+        import torch
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
+                ck = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            code = re.search(r"GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(err))
+            reason = (f"refused: loading it would run Python code ({code.group(1) or code.group(2)}); a checkpoint of "
+                      "train.py holds weights and plain values only" if code
+                      else "not a PyTorch checkpoint (unreadable pickle data)")
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as err:
+            first = str(err).split(". ")[0].splitlines()[0] if str(err) else type(err).__name__
+            reason = f"corrupt, truncated or not a PyTorch checkpoint ({first})"
+        else:
+            if isinstance(ck, dict):
+                return ck
+            reason = f"holds a {type(ck).__name__}, not the dict of a checkpoint"
+    raise ValueError(f"{path}: {reason}")
+
+
+def save_checkpoint(path: Path, model, opt, sched, best: float, cfg, row: dict, history: list[dict]) -> None:
+    """The checkpoint of the epoch logged in ``row`` (its epoch, threshold and temperature), written atomically."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "best_metric": best, "config": dataclasses.asdict(cfg), "classes": CLASSES,
-                    "minerals": MINERALS, "threshold": threshold, "img_size": cfg.img_size,
+                    "epoch": row["epoch"], "best_metric": best, "config": dataclasses.asdict(cfg), "classes": CLASSES,
+                    "minerals": MINERALS, "threshold": row["threshold"], "temperature": row["temperature"],
+                    "img_size": cfg.img_size,
                     "backbone": cfg.backbone, "width": cfg.width, "history": history,
                     "rng_state": torch.get_rng_state()}, tmp)  # augmentation / dropout draws, for --resume
 
@@ -50,10 +91,12 @@ def load_resume(cfg, device, log):
     if not cfg.resume:
         return cfg, None
     try:
-        ck = torch.load(cfg.resume, map_location=device, weights_only=True)
-        saved = ck["config"]
-    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
-        raise SystemExit(f"error: --resume {cfg.resume}: not a last.pt of minerals/train.py ({err})") from None
+        ck = read_checkpoint(cfg.resume, device)
+    except ValueError as err:
+        raise SystemExit(f"error: --resume {err}") from None
+    if not isinstance(ck.get("config"), dict) or not {"model", "optimizer", "scheduler", "epoch"} <= set(ck):
+        raise SystemExit(f"error: --resume {cfg.resume}: not a last.pt of minerals/train.py (no training state)")
+    saved = ck["config"]
     if removed := removed_options_in_use(saved):
         raise SystemExit(f"error: --resume {cfg.resume}: the run was started with {', '.join(removed)}, which this "
                          "version no longer has (minerals/EXPERIMENTS.md); start a new run")
@@ -68,8 +111,11 @@ def load_resume(cfg, device, log):
 
 
 def prepare_run_folder(out: Path, config: dict, resumed_from: str = "") -> None:
-    """The run folder with its ``config.json``; a run resumed into another folder takes its best.pt along."""
+    """The run folder with its ``config.json``, without the temporary files of a killed run; a run resumed into
+    another folder takes its best.pt along."""
     out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob(".*.tmp.*"):  # what a killed run left half-written (atomic writes: never the real names)
+        tmp.unlink()
     write_json(out / "config.json", config)
     best_so_far = Path(resumed_from).with_name("best.pt") if resumed_from else None
     if best_so_far is not None and best_so_far.exists() and not (out / "best.pt").exists():

@@ -16,10 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from torchvision.transforms import v2
 
 from common.io import read_rgb
-
-MINERALS = ["biotite", "bornite", "chrysocolla", "malachite", "muscovite", "pyrite", "quartz"]
-NEGATIVE = "negative"
-CLASSES = MINERALS + [NEGATIVE]  # model outputs, in this order
+from minerals.config import CLASSES
 
 
 def read_index(samples: str | Path) -> list[dict]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.metrics import classification_summary
-from minerals.data import CLASSES, MINERALS, NEGATIVE
+from minerals.config import CLASSES, MINERALS, NEGATIVE
 
 UNKNOWN = "unknown"
 
@@ -24,6 +23,8 @@ def mineral_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def mineral_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Closed-set metrics on the mineral patches (``labels`` < 7): the most likely mineral against the true one
     (accuracy, macro-F1, per class, confusion matrix: ``common.metrics.classification_summary``)."""
+    from common.metrics import classification_summary  # (scikit-learn: imported when used)
+
     pos = labels < len(MINERALS)
     return classification_summary(labels[pos].tolist(), mineral_confidence(probs[pos])[1].tolist(), MINERALS)
 
@@ -36,6 +37,53 @@ def decide(probs: np.ndarray, threshold: float, decimals: int | None = None) -> 
     conf, idx = mineral_confidence(probs)
     conf = conf if decimals is None else np.round(conf.astype(np.float64), decimals)
     return conf, [MINERALS[i] if c >= threshold else UNKNOWN for c, i in zip(conf, idx)]
+
+
+def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax probabilities ``probs`` (N, 8) with their logits divided by ``temperature`` (temperature scaling,
+    https://arxiv.org/abs/1706.04599): the same ranking, confidences that mean what they say when the temperature
+    was fitted on held-out patches (:func:`fit_temperature`). ``log p`` equals the logits up to a constant per
+    row, which the softmax ignores."""
+    z = np.log(np.clip(probs.astype(np.float64), 1e-12, 1.0)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
+    """The temperature in [``low``, ``high``] that minimises the negative log-likelihood of ``labels`` (indices into
+    CLASSES) under ``calibrate(probs, T)``: a search over 241 log-spaced values (steps of 2.5 %). 1.0 when there
+    are no patches."""
+    if len(labels) == 0:
+        return 1.0
+    grid = np.exp(np.linspace(np.log(low), np.log(high), 241))
+    rows = np.arange(len(labels))
+    nll = [-np.log(np.clip(calibrate(probs, t)[rows, labels], 1e-12, 1.0)).mean() for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """How far the confidence (probability of the most likely mineral) is from the share of right answers, over all
+    patches (a ``negative`` patch given a mineral is a wrong answer): the patch-weighted mean gap over ``bins``
+    equal-width confidence bins (https://arxiv.org/abs/1706.04599). NaN without patches."""
+    conf, idx = mineral_confidence(probs)
+    right = idx == labels
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    gaps = [abs(conf[which == b].mean() - right[which == b].mean()) * (which == b).sum() for b in range(bins)
+            if (which == b).any()]
+    return float(sum(gaps) / len(labels)) if len(labels) else float("nan")
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict[str, list]:
+    """Per equal-width confidence bin: its mean confidence, the share of right answers and the patch count (the
+    reliability diagram of evaluate.py; empty bins are left out)."""
+    conf, idx = mineral_confidence(probs)
+    right = idx == labels
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    used = [b for b in range(bins) if (which == b).any()]
+    return {"confidence": [float(conf[which == b].mean()) for b in used],
+            "accuracy": [float(right[which == b].mean()) for b in used],
+            "count": [int((which == b).sum()) for b in used], "bins": bins}
 
 
 def threshold_problem(threshold: float | None) -> str | None:

@@ -6,9 +6,13 @@ and accuracy / coverage against the confidence threshold.
 
 Labelled patches are either an extracted-samples folder (``index.csv``; ``--split val`` keeps the validation
 patches of the run's ``split.csv``) or a folder of ``<class>/<patch>`` sub-folders (``negative/`` for
-non-minerals). Writes ``metrics.json``, ``confusion_matrix.png``, ``threshold_curve.png`` and, for looking at
-what goes wrong, ``errors.csv`` (every mineral patch whose most likely mineral is not its label, the most
-confident mistakes first) with ``errors.png`` (a thumbnail sheet of the first of them).
+non-minerals). Writes ``metrics.json`` (with the expected calibration error of the calibrated confidences),
+``confusion_matrix.png``, ``threshold_curve.png``, ``reliability.png`` and, for looking at what goes wrong,
+``errors.csv`` (every mineral patch whose most likely mineral is not its label, the most
+confident mistakes first) with ``errors.png`` (a thumbnail sheet of the first of them). Without ``--checkpoint``
+the run of ``make train-minerals`` is used, else the one of ``make demo-minerals``; without ``--data``, the
+samples that checkpoint was trained on. An unreadable patch is named on stderr and left out of the figures (exit
+status 1); a checkpoint or data folder that cannot be used is one line (exit status 2).
 """
 from __future__ import annotations
 
@@ -18,23 +22,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from common.config import HelpFormatter
 from common.io import IMAGE_EXTENSIONS, atomic_write, save_figure, write_json
-from common.metrics import classification_summary
-from minerals.data import CLASSES, MINERALS, NEGATIVE, read_index
-from minerals.decision import UNKNOWN, decide, mineral_confidence, mineral_metrics, threshold_curve
-from minerals.predict import load_classifier, option_problems, predict_probs
-from minerals.runtime import DEVICES, pick_device
+from minerals.config import CLASSES, DEVICES, MINERALS, NEGATIVE, default_checkpoint
+from minerals.decision import (
+    UNKNOWN,
+    decide,
+    expected_calibration_error,
+    mineral_confidence,
+    mineral_metrics,
+    reliability,
+    threshold_curve,
+)
+from minerals.predict import CheckpointError, load_classifier, option_problems, predict_probs
 
 
 def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all") -> list[tuple[Path, str]]:
-    """``(file, label)`` pairs from an index.csv folder (optionally one split of a run) or class folders."""
+    """``(file, label)`` pairs from an index.csv folder (optionally one split of a run) or class folders;
+    ``ValueError`` saying what is missing when there are none."""
     if (data / "index.csv").exists():
+        from minerals.data import read_index
+
         rows = read_index(data)
         if split != "all":
             if split_csv is None or not split_csv.exists():
-                raise SystemExit(f"--split {split}: the run's split.csv was not found ({split_csv})")
+                raise ValueError(f"--split {split}: the run's split.csv was not found ({split_csv})")
             with open(split_csv, newline="") as f:
                 keep = {r["patch"] for r in csv.DictReader(f) if r.get("split") == split}
             rows = [r for r in rows if r["patch"] in keep]
@@ -42,7 +55,7 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
                 lost = (f"{len(keep) - len(rows)} of the {len(keep)} {split} patches of {split_csv} are not in "
                         f"{data}/index.csv")
                 if not rows:
-                    raise SystemExit(f"error: {lost}: evaluate the samples the run was trained on (or --split all)")
+                    raise ValueError(f"{lost}: evaluate the samples the run was trained on (or --split all)")
                 print(f"warning: {lost}; scoring the {len(rows)} found", file=sys.stderr)
         return [(Path(r["file"]), r["label"]) for r in rows]
     pairs = []
@@ -51,14 +64,17 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
         print(f"warning: {data}: folders {ignored} are not among {CLASSES}; not evaluated", file=sys.stderr)
     for c in CLASSES:
         if (data / c).is_dir():
-            pairs += [(f, c) for f in sorted((data / c).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+            pairs += [(f, c) for f in sorted((data / c).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS
+                      and not (f.name.startswith(".") and ".tmp." in f.name)]  # (not a killed tool's temp file)
     if not pairs:
-        raise SystemExit(f"{data}: neither index.csv nor <class>/ folders of patches")
+        raise ValueError(f"{data}: neither index.csv nor <class>/ folders of patches")
     return pairs
 
 
 def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    """All metrics of one evaluation; ``probs`` (N, 8) softmax, ``labels`` (N,) indices into CLASSES."""
+    """All metrics of one evaluation; ``probs`` (N, 8) calibrated softmax, ``labels`` (N,) indices into CLASSES."""
+    from common.metrics import classification_summary
+
     pos = labels < len(MINERALS)
     closed = mineral_metrics(probs, labels) if pos.any() else None  # None: negatives only (a rejection test)
     _, results = decide(probs, threshold)
@@ -70,6 +86,8 @@ def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
             "open_set": open_set,  # with the threshold: negatives must come out "unknown"
             "coverage_at_threshold": float(np.mean([r != UNKNOWN for r, p in zip(results, pos) if p]))
             if pos.any() else float("nan"),
+            "ece": expected_calibration_error(probs, labels),  # confidence against the share of right answers
+            "reliability": reliability(probs, labels),
             "threshold_curve": curve}
 
 
@@ -127,44 +145,107 @@ def plot_threshold(curve: dict, threshold: float, path: Path, dpi: int = 120) ->
     save_figure(fig, path, dpi=dpi)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/minerals/train/best.pt")
-    p.add_argument("--data", default="runs/minerals/samples", help="samples folder (index.csv) or class folders")
+def plot_reliability(rel: dict, ece: float, path: Path, dpi: int = 120) -> None:
+    """Reliability diagram: per confidence bin, the share of right answers against the mean confidence."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    ax.plot(rel["confidence"], rel["accuracy"], "o-", label="this model")
+    for x, y, n in zip(rel["confidence"], rel["accuracy"], rel["count"]):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlabel="confidence (most likely mineral)", ylabel="share right", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"reliability (ECE {ece:.3f}; numbers: patches)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    save_figure(fig, path, dpi=dpi)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", default=None,
+                   help="best.pt written by train.py (default: runs/minerals/train/best.pt of make train-minerals, "
+                        "else runs/minerals_demo/scratch/best.pt of make demo-minerals)")
+    p.add_argument("--data", default=None, help="samples folder (index.csv) or class folders (default: the samples "
+                                                "the checkpoint was trained on)")
     p.add_argument("--split", default="val", choices=["val", "train", "all"],
                    help="with an index.csv: which patches of the run's split.csv (next to the checkpoint)")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence threshold in [0, 1] for the open-set figures (default: the checkpoint's)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (auto: cuda when available)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (at least 1)")
     args = p.parse_args(argv)
     for problem in option_problems(args):
         p.error(problem)
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         p.error(f"--out {args.out} is a file; give the folder to write into")
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    model, meta = load_classifier(args.checkpoint, device)
-    threshold = meta["threshold"] if args.threshold is None else args.threshold
-    data = Path(args.data)
-    split = args.split if (data / "index.csv").exists() else "all"
-    pairs = labelled_patches(data, Path(args.checkpoint).parent / "split.csv", split)
-    probs, labels, files = [], [], []
-    for i, pr, err in predict_probs(model, [f for f, _ in pairs], meta["img_size"], device):
+    return args
+
+
+def score(model, meta: dict, pairs: list[tuple[Path, str]], device) -> tuple[np.ndarray, np.ndarray, list, int]:
+    """(calibrated probabilities (N, 8), labels (N,), files, unreadable count) of the readable ``pairs``."""
+    probs, labels, files, skipped = [], [], [], 0
+    for i, pr, err in predict_probs(model, [f for f, _ in pairs], meta["img_size"], device,
+                                    temperature=meta["temperature"], progress=len(pairs) > 128):
         if err:
             print(f"skipped {err}", file=sys.stderr)
+            skipped += 1
             continue
         probs.append(pr)
         labels.append(CLASSES.index(pairs[i][1]))
         files.append(pairs[i][0])
     if not probs:
-        raise SystemExit(f"error: {data}: no readable patch to evaluate")
-    probs, labels = np.stack(probs), np.asarray(labels)
-    report = summarise(probs, labels, threshold)
-    errors = misclassified(files, probs, labels)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+        return np.zeros((0, len(CLASSES))), np.zeros(0, int), [], skipped
+    return np.stack(probs), np.asarray(labels), files, skipped
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from minerals.runtime import pick_device
+
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    try:
+        model, meta = load_classifier(checkpoint, device)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    threshold = meta["threshold"] if args.threshold is None else args.threshold
+    data = Path(args.data or meta["config"].get("data", ""))
+    if not args.data:
+        print(f"no --data given: evaluating {data} (the samples {checkpoint} was trained on)", file=sys.stderr)
+    split = args.split if (data / "index.csv").exists() else "all"
+    try:
+        pairs = labelled_patches(data, checkpoint.parent / "split.csv", split)
+    except (ValueError, FileNotFoundError) as err:  # (read_index: no index.csv, a foreign label)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    probs, labels, files, skipped = score(model, meta, pairs, device)
+    if not files:
+        print(f"error: {data}: no readable patch to evaluate", file=sys.stderr)
+        raise SystemExit(2)
+    report = {**summarise(probs, labels, threshold), "temperature": meta["temperature"], "unreadable": skipped}
+    out = Path(args.out) if args.out else checkpoint.parent / "eval"
+    write_outputs(report, misclassified(files, probs, labels), out, meta, split, threshold)
+    c = report["closed_set"]
+    closed = (f"accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}" if c is not None
+              else "no mineral patch")
+    print(f"{report['n_patches']} patches ({split}" + (f"; {skipped} unreadable, named above" if skipped else "")
+          + f"): {closed}; threshold {threshold:.2f}: open-set accuracy {report['open_set']['accuracy']:.4f}, "
+          f"coverage {report['coverage_at_threshold']:.3f}; calibration error (ECE) {report['ece']:.3f} "
+          f"(temperature {meta['temperature']:.3g}); wrote {out}", file=sys.stderr)
+    for name, m in (c["per_class"].items() if c is not None else []):
+        print(f"  {name:<12} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1-score']:.3f}  "
+              f"n {int(m['support'])}", file=sys.stderr)
+    return report
+
+
+def write_outputs(report: dict, errors: list[dict], out: Path, meta: dict, split: str, threshold: float) -> None:
+    """metrics.json, the confusion matrices, threshold curve, reliability diagram, errors.csv and errors.png."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
     c = report["closed_set"]
@@ -174,21 +255,13 @@ def main(argv=None) -> dict:
     plot_confusion(report["open_set"]["confusion_matrix"], MINERALS + [UNKNOWN], out / "confusion_matrix_open_set.png",
                    f"with threshold {threshold:.2f} ('{NEGATIVE}' patches should be '{UNKNOWN}')")
     plot_threshold(report["threshold_curve"], threshold, out / "threshold_curve.png")
+    plot_reliability(report["reliability"], report["ece"], out / "reliability.png")
     with atomic_write(out / "errors.csv", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "label", "predicted", "confidence", "p_label"])
         w.writeheader()
         w.writerows(errors)
     plot_errors(errors, out / "errors.png")
-    closed = (f"accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}" if c is not None
-              else "no mineral patch")
-    print(f"{report['n_patches']} patches ({split}): {closed}; threshold {threshold:.2f}: open-set accuracy "
-          f"{report['open_set']['accuracy']:.4f}, coverage {report['coverage_at_threshold']:.3f}; wrote {out}",
-          file=sys.stderr)
-    for name, m in (c["per_class"].items() if c is not None else []):
-        print(f"  {name:<12} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1-score']:.3f}  "
-              f"n {int(m['support'])}", file=sys.stderr)
-    return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main().get("unreadable") else 0)

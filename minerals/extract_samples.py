@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from scipy import ndimage
-from tqdm import tqdm
 
+from common.config import HelpFormatter
 from common.io import ImageReadError, atomic_write, list_images, read_rgb
-from minerals.data import CLASSES, MINERALS, NEGATIVE
+from minerals.config import CLASSES, MINERALS, NEGATIVE
 
+MIN_PHOTO_SIDE = 32  # px: a smaller photo cannot show a specimen (a 1x1 file would become a one-colour "patch")
 INDEX_FIELDS = ["patch", "label", "kind", "source", "group", "method", "x0", "y0", "x1", "y1", "src_w", "src_h"]
 
 
@@ -184,6 +184,8 @@ def find_specimen_box(img: np.ndarray, analysis_size: int = 256) -> tuple[Box, s
     ``"full"`` when the border is not plain enough (or no clear foreground is found) and the whole image is
     taken as the box. Classical on purpose: the public set has no boxes to train a detector with.
     """
+    from scipy import ndimage  # (imported when used: --help answers without it)
+
     h, w = img.shape[:2]
     scale = min(1.0, analysis_size / max(h, w))
     small = np.asarray(Image.fromarray(img).resize((max(int(w * scale), 8), max(int(h * scale), 8)),
@@ -332,15 +334,18 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
     if patch_size < 1 or neg_per_image < 0 or not synthetic >= 0 or seed < 0:  # (NaN fails `>= 0` too)
         raise SystemExit(f"error: --patch-size {patch_size} (at least 1 px), --neg-per-image {neg_per_image}, "
                          f"--synthetic {synthetic} and --seed {seed} (0 or more) cannot all be used")
+    from tqdm import tqdm
+
     images, table = list_photos(data, boxes)
     groups = read_manifest_groups(data)
-    rows, box_rows, review = [], [], []
-    for i, (label, path) in enumerate(tqdm(images, desc="extract", file=sys.stderr)):
+    rows, box_rows, review, skipped = [], [], [], 0
+    for i, (label, path) in enumerate(tqdm(images, desc="extract", unit="photo", file=sys.stderr)):
         rel = f"{label}/{path.name}"
         try:
-            img = read_rgb(path)
+            img = read_photo(path)
         except ImageReadError as err:
-            print(f"skipped {err}", file=sys.stderr)
+            tqdm.write(f"skipped {err}", file=sys.stderr)
+            skipped += 1
             continue
         found, method = photo_boxes(img, rel, table, boxes)
         rng = np.random.default_rng([seed, zlib.crc32(rel.encode())])
@@ -354,11 +359,22 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
             s = 320 / max(h, w)
             thumb = np.asarray(Image.fromarray(img).resize((max(1, int(w * s)), max(1, int(h * s)))))
             review.append((thumb, [(Box(b.x0 * s, b.y0 * s, b.x1 * s, b.y1 * s), col) for b, col in drawn], rel))
+    if skipped:
+        print(f"{skipped} of {len(images)} photos skipped (named above)", file=sys.stderr)
     rows += synthetic_rows(out, int(round(synthetic * len(images))), patch_size, seed)
     write_csv(out / "index.csv", rows, INDEX_FIELDS)
     write_csv(out / "boxes.csv", box_rows, ["path", "xmin", "ymin", "xmax", "ymax", "label", "method"])
     remove_stale(out, {out / "patches" / r["patch"] for r in rows}, contact_sheets(review, out) if sheets else None)
     return rows
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """The RGB pixels of one photo; ``ImageReadError`` for an unreadable one or one under ``MIN_PHOTO_SIDE`` px."""
+    img = read_rgb(path)
+    if min(img.shape[:2]) < MIN_PHOTO_SIDE:
+        raise ImageReadError(path, f"image too small to hold a specimen ({img.shape[1]} x {img.shape[0]} px; at "
+                                   f"least {MIN_PHOTO_SIDE} px a side)")
+    return img
 
 
 def list_photos(data: Path, boxes: Path | None) -> tuple[list[tuple[str, Path]], dict[str, list[Box]] | None]:
@@ -445,7 +461,8 @@ def remove_stale(out: Path, patches: set[Path], sheets: list[Path] | None) -> No
     """Delete the patches (and, when ``sheets`` were written, the contact sheets) an earlier extraction left in
     ``out`` that this one did not write (other photos, e.g. the demo set before the real one): ``predict.py``'s
     default input is ``out/patches``, which must hold this index's patches only."""
-    stale = [f for f in (out / "patches").glob("*/*.jpg") if f not in patches]
+    stale = [f for f in (out / "patches").glob("*/*.jpg") if f not in patches]  # (incl. a killed run's temp files)
+    stale += list(out.glob(".*.tmp.*"))  # index.csv, boxes.csv or a contact sheet a killed run left half-written
     stale += [f for f in out.glob("contact_sheet_*.jpg") if f not in sheets] if sheets is not None else []
     for f in stale:
         f.unlink()
@@ -468,11 +485,11 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/minerals", help="folder of <class>/<image> photos")
     p.add_argument("--out", default="runs/minerals/samples", help="output folder (patches/, index.csv, sheets)")
-    p.add_argument("--boxes", default=None, help="box file/folder: CSV, Pascal VOC XML or YOLO txt (default: find)")
+    p.add_argument("--boxes", default=None, help="box file/folder: CSV, Pascal VOC XML or YOLO txt (default: the "
+                                                 "boxes are found in the photos)")
     p.add_argument("--patch-size", type=int, default=160, help="shorter side of the stored patches, px")
     p.add_argument("--neg-per-image", type=int, default=1, help="background crops per image, outside every box")
     p.add_argument("--synthetic", type=float, default=0.2, help="synthetic non-mineral patches per image")

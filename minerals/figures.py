@@ -23,7 +23,7 @@ import numpy as np
 
 from common.demo import is_demo
 from common.io import read_rgb, save_figure
-from minerals.data import CLASSES, MINERALS
+from minerals.config import CLASSES, MINERALS
 from minerals.decision import decide
 from minerals.evaluate import plot_threshold
 from minerals.outputs import plot_curves

@@ -5,10 +5,8 @@ import csv
 import warnings
 from pathlib import Path
 
-import torch
-
 from common.io import atomic_path, atomic_write, save_figure
-from minerals.data import CLASSES
+from minerals.config import CLASSES
 
 
 def write_rows(path: Path, header: list[str], rows) -> None:
@@ -28,7 +26,8 @@ def write_split(path: Path, train_rows: list[dict], val_rows: list[dict]) -> Non
 
 def write_log(path: Path, history: list[dict]) -> None:
     """``log.csv``: one row per epoch."""
-    write_rows(path, list(history[-1]), [list(h.values()) for h in history])
+    header = list(history[-1])  # (a run resumed from an earlier version: its first rows lack the newer columns)
+    write_rows(path, header, [[h.get(k, "") for k in header] for h in history])
 
 
 def write_val_predictions(path: Path, val_rows: list[dict], probs) -> None:
@@ -59,6 +58,8 @@ def plot_curves(history: list[dict], path: Path, dpi: int = 120) -> None:
 def export_graph(model, backbone: str, img_size: int, out: Path) -> None:
     """The network graph as ONNX (``model.onnx``, opens in Netron) and a readable layer-by-layer summary
     (``model_summary.txt``)."""
+    import torch
+
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     x = torch.rand(1, 3, img_size, img_size)
     with atomic_path(out / "model.onnx") as tmp, warnings.catch_warnings():

@@ -16,15 +16,13 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.backends.backend_pdf import PdfPages
 from PIL import Image
 
+from common.config import HelpFormatter
 from common.io import read_rgb
 from minerals import demo_data
-from minerals import model as model_module
-from minerals.data import CLASSES, MINERALS
+from minerals.config import CLASSES, MINERALS
 from minerals.decision import decide
 from minerals.extract_samples import Box, find_specimen_box
 
@@ -32,19 +30,21 @@ A4 = (8.27, 11.69)
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")  # demo_data's boxes_truth.csv, pixels
 
 
-class Pages(PdfPages):
-    """PdfPages that can also write every page as a PNG (to look at the layout without a PDF viewer)."""
+def open_pages(path: Path, png_dir: Path | None = None):
+    """A matplotlib PdfPages that can also write every page as a PNG (to look at the layout without a PDF viewer)."""
+    from matplotlib.backends.backend_pdf import PdfPages
 
-    def __init__(self, path: Path, png_dir: Path | None = None):
-        super().__init__(path)
-        self.png_dir, self.n = png_dir, 0
+    class Pages(PdfPages):
+        n = 0
 
-    def savefig(self, fig, **kw):
-        super().savefig(fig, **kw)
-        if self.png_dir is not None:
-            self.png_dir.mkdir(parents=True, exist_ok=True)
-            fig.savefig(self.png_dir / f"page_{self.n:02d}.png", dpi=60)
-        self.n += 1
+        def savefig(self, fig, **kw):
+            super().savefig(fig, **kw)
+            if png_dir is not None:
+                png_dir.mkdir(parents=True, exist_ok=True)
+                fig.savefig(png_dir / f"page_{self.n:02d}.png", dpi=60)
+            self.n += 1
+    return Pages(path)
+
 
 SAMPLING = """\
 The public set has no bounding boxes, so extract_samples.py finds the specimen box itself (a box file in
@@ -93,8 +93,10 @@ predict.py takes patch files or folders, preprocesses exactly like validation (s
 size, centre crop), runs batches of 32 (on CPU: channels-last, 2 threads, the network traced and frozen
 by TorchScript, BatchNorm folded into the convolutions: about 1.6x faster, same outputs) and writes
 {"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}} to stdout (logs go to stderr).
-Rejection: the network has an explicit 8th class 'negative'. The confidence is the softmax probability of
-the most likely mineral; a negative patch takes the mass away from every mineral, so one rule handles
+Rejection: the network has an explicit 8th class 'negative'. The confidence is the calibrated softmax
+probability of the most likely mineral (the logits divided by a temperature fitted on the validation patches
+by maximum likelihood and stored in the checkpoint, so that 0.5 means even odds; the reliability diagrams
+below show how well it holds); a negative patch takes the mass away from every mineral, so one rule handles
 both non-minerals and unsure minerals: result = that mineral if confidence >= threshold, else "unknown".
 The threshold is predetermined on validation - the middle of the range of values with the best open-set
 accuracy (right mineral above it, negatives below it), which keeps a margin against patches unlike the
@@ -111,7 +113,9 @@ def rewrap(text: str, width: int = 104) -> str:
     return "\n\n".join(textwrap.fill(" ".join(p.split()), width) for p in text.split("\n\n"))
 
 
-def text_page(pdf: PdfPages, title: str, body: str, image: Path | None = None, image_title: str = "") -> None:
+def text_page(pdf, title: str, body: str, image: Path | None = None, image_title: str = "") -> None:
+    import matplotlib.pyplot as plt
+
     fig = plt.figure(figsize=A4)
     fig.text(0.07, 0.96, title, fontsize=16, weight="bold", va="top")
     fig.text(0.07, 0.92, body, fontsize=8.2, va="top", family="monospace")
@@ -126,7 +130,9 @@ def text_page(pdf: PdfPages, title: str, body: str, image: Path | None = None, i
     plt.close(fig)
 
 
-def image_page(pdf: PdfPages, title: str, images: list[tuple[Path, str]]) -> None:
+def image_page(pdf, title: str, images: list[tuple[Path, str]]) -> None:
+    import matplotlib.pyplot as plt
+
     images = [(p, t) for p, t in images if p.exists()]
     if not images:
         return
@@ -141,8 +147,10 @@ def image_page(pdf: PdfPages, title: str, images: list[tuple[Path, str]]) -> Non
     plt.close(fig)
 
 
-def patch_grid(pdf: PdfPages, title: str, items: list[tuple[Path, str, str]], cols: int = 5) -> None:
+def patch_grid(pdf, title: str, items: list[tuple[Path, str, str]], cols: int = 5) -> None:
     """Thumbnails with a caption each; caption colour per item ('green'/'red'/'black')."""
+    import matplotlib.pyplot as plt
+
     if not items:
         return
     rows = (len(items) + cols - 1) // cols
@@ -185,7 +193,8 @@ def metrics_line(m: dict) -> str:
     closed = (f"accuracy {number(c['accuracy'], '.3f')}, macro-F1 {number(c['macro_f1'], '.3f')}" if c
               else "no mineral patch")
     return (f"  validation (mineral patches): {closed}; threshold {number(m['threshold'], '.2f')}: open-set accuracy "
-            f"{number(m['open_set']['accuracy'], '.3f')}, coverage {number(m['coverage_at_threshold'], '.3f')}")
+            f"{number(m['open_set']['accuracy'], '.3f')}, coverage {number(m['coverage_at_threshold'], '.3f')}"
+            + (f"; calibration error (ECE) {number(m['ece'], '.3f')}" if "ece" in m else ""))
 
 
 def summary_lines(runs: Path, run_dirs: list[Path], index: list[dict], bench_json: Path) -> list[str]:
@@ -216,7 +225,7 @@ def summary_lines(runs: Path, run_dirs: list[Path], index: list[dict], bench_jso
     return [textwrap.fill(s, 100) if len(s) > 100 else s for s in lines]
 
 
-def example_predictions(pdf: PdfPages, samples: Path, run: Path, rng: np.random.Generator) -> None:
+def example_predictions(pdf, samples: Path, run: Path, rng: np.random.Generator) -> None:
     """A page of 30 random validation patches of ``run`` with their answers (green: right, red: wrong)."""
     preds = read_csv(run / "val_predictions.csv") if (run / "val_predictions.csv").exists() else []
     if not preds:
@@ -231,11 +240,15 @@ def example_predictions(pdf: PdfPages, samples: Path, run: Path, rng: np.random.
     patch_grid(pdf, f"5b. Example predictions ({run.name}, validation, threshold {thr:.2f})", items)
 
 
-def write_pages(pdf: PdfPages, runs: Path, run_dirs: list[Path], index: list[dict], bench_json: Path,
+def write_pages(pdf, runs: Path, run_dirs: list[Path], index: list[dict], bench_json: Path,
                 seed: int) -> None:
     """Every page of the report, in order."""
+    from minerals import model as model_module
+
     samples, rng = runs / "samples", np.random.default_rng(seed)
-    text_page(pdf, "Minerals classification - summary", "\n".join(summary_lines(runs, run_dirs, index, bench_json)))
+    main_run = runs / "scratch" if (runs / "scratch" / "best.pt").exists() else run_dirs[0]
+    text_page(pdf, "Minerals classification - summary", "\n".join(summary_lines(runs, run_dirs, index, bench_json)),
+              main_run / "eval" / "confusion_matrix.png", f"{main_run.name}: validation mineral patches")
     # architecture
     summary = runs / "scratch" / "model_summary.txt"
     summary = summary if summary.exists() else run_dirs[0] / "model_summary.txt"
@@ -258,13 +271,13 @@ def write_pages(pdf: PdfPages, runs: Path, run_dirs: list[Path], index: list[dic
     text_page(pdf, "3. Training strategy", TRAINING)
     image_page(pdf, "3b. Training curves", [(d / "curves.png", d.name) for d in run_dirs])
     # inference
-    main_run = runs / "scratch" if (runs / "scratch" / "best.pt").exists() else run_dirs[0]
     text_page(pdf, "4. Inference strategy", INFERENCE, main_run / "eval" / "threshold_curve.png",
               f"{main_run.name}: validation")
     # results
     for d in run_dirs:
         image_page(pdf, f"5. Results: {d.name}", [(d / "eval" / "confusion_matrix.png", "closed set"),
-                                                  (d / "eval" / "confusion_matrix_open_set.png", "with threshold")])
+                                                  (d / "eval" / "confusion_matrix_open_set.png", "with threshold"),
+                                                  (d / "eval" / "reliability.png", "calibrated confidence")])
     example_predictions(pdf, samples, main_run, rng)
     image_page(pdf, "5c. Mistakes to look at (evaluate.py's errors.png)",
                [(d / "eval" / "errors.png", f"{d.name}: validation mineral patches whose most likely mineral is wrong")
@@ -272,9 +285,9 @@ def write_pages(pdf: PdfPages, runs: Path, run_dirs: list[Path], index: list[dic
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--runs", default="runs/minerals_bench", help="folder with samples/ and run folders")
-    p.add_argument("--out", default="minerals/docs/minerals_report.pdf")
+    p.add_argument("--out", default="minerals/docs/minerals_report.pdf", help="the PDF to write")
     p.add_argument("--bench-json", default="benchmarks/minerals.json", help="figures for the summary, if present")
     p.add_argument("--seed", type=int, default=0, help="which validation examples are shown")
     p.add_argument("--pages-png", default=None, help="also write each page as a PNG into this folder (to look at "
@@ -289,7 +302,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.pdf")
-    with Pages(tmp, Path(args.pages_png) if args.pages_png else None) as pdf:
+    with open_pages(tmp, Path(args.pages_png) if args.pages_png else None) as pdf:
         write_pages(pdf, runs, run_dirs, read_csv(runs / "samples" / "index.csv"), Path(args.bench_json), args.seed)
     tmp.replace(out)
     print(f"wrote {out}", file=sys.stderr)

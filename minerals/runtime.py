@@ -15,8 +15,6 @@ import torch.distributed as dist
 
 from common.shard import launcher_env
 
-DEVICES = ("auto", "cpu", "cuda")  # --device of train.py, predict.py and evaluate.py
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":

@@ -31,16 +31,17 @@ bench-minerals: venv-torch  ## both defaults on the real photos (DATA_ROOT=../sh
 docs-minerals: venv-torch  ## the PDF report of the bench runs -> minerals/docs/minerals_report.pdf (not committed)
 	$(TORCH_PY) minerals/report.py --runs $(MINERALS_BENCH_RUN) --out minerals/docs/minerals_report.pdf
 
-demo-minerals: venv-torch demo-data-minerals  ## demo photos: extract, short train, predict, evaluate, PDF -> $(RUNS)/minerals_demo
+demo-minerals: venv-torch demo-data-minerals  ## demo photos: extract, short train, predict, evaluate, PDF -> $(RUNS)/minerals_demo (the scripts' default run until $(MINERALS_RUN)/train exists)
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(RUNS)/minerals_demo/samples
 	$(TORCH_PY) minerals/train.py --data $(RUNS)/minerals_demo/samples --out $(RUNS)/minerals_demo/scratch \
-	  --epochs 8 --img-size 48 --width 0.5 --mix 0 --threads 1
-	$(TORCH_PY) minerals/predict.py $(RUNS)/minerals_demo/samples/patches --checkpoint $(RUNS)/minerals_demo/scratch/best.pt --threads 1 \
-	  > $(RUNS)/minerals_demo/results.json
+	  --epochs 20 --batch-size 16 --img-size 48 --width 0.5 --mix 0 --threads 1
+	$(TORCH_PY) minerals/predict.py $(RUNS)/minerals_demo/samples/patches --checkpoint $(RUNS)/minerals_demo/scratch/best.pt \
+	  --threshold 0.5 --threads 1 --out $(RUNS)/minerals_demo/results.json
 	$(TORCH_PY) minerals/evaluate.py --checkpoint $(RUNS)/minerals_demo/scratch/best.pt --data $(RUNS)/minerals_demo/samples \
 	  --threads 1
 	$(TORCH_PY) minerals/report.py --runs $(RUNS)/minerals_demo --out $(RUNS)/minerals_demo/minerals_report.pdf
-	@echo "demo-minerals: results in $(RUNS)/minerals_demo/ (results.json, scratch/eval/, minerals_report.pdf)"
+	@echo "demo-minerals: results in $(RUNS)/minerals_demo/ (results.json, scratch/eval/, minerals_report.pdf);" \
+	  "python minerals/predict.py and evaluate.py use this run until make train-minerals writes $(MINERALS_RUN)/train"
 
 figures-minerals: demo-minerals  ## README figures: the demo run, the benchmark record's folds (+ bench runs if present) -> minerals/docs/*.png
 	$(TORCH_PY) -m minerals.figures --demo $(RUNS)/minerals_demo --photos $(DATA_ROOT)/minerals \

@@ -15,119 +15,25 @@ of one process; evaluation, logs, checkpoints and the export happen on rank 0 on
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-from torchvision.transforms import v2
-from tqdm import tqdm
 
-from common.config import add_config_args
-from common.io import ImageReadError, dumps_json, write_json
-from minerals import budget
-from minerals.checkpoint import load_resume, prepare_run_folder, save_checkpoint
-from minerals.data import CLASSES, PatchDataset, eval_transform, read_index, split_rows, train_transform
-from minerals.decision import choose_threshold, mineral_metrics, open_set_correct
-from minerals.model import BACKBONES, build_model
-from minerals.outputs import export_graph, plot_curves, write_log, write_split, write_val_predictions
-from minerals.runtime import DEVICES, all_reduce, finish_distributed, peak_rss_mb, setup_distributed, sync_batchnorm
+from minerals.config import CLASSES, Config, parse_args
 
-
-@dataclass
-class Config:
-    data: str = "runs/minerals/samples"  # folder written by extract_samples.py (index.csv + patches/)
-    out: str = "runs/minerals/train"  # run folder: checkpoints, logs, plots, graph
-    backbone: str = "orenet"  # orenet (own, from scratch) | efficientnet_lite0 (ImageNet transfer)
-    width: float = 1.0  # OreNet channel-width multiplier (0.82 M parameters at 1.0): smaller is faster
-    freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
-    img_size: int = 0  # input side in px (0: 128 for orenet, 224 for efficientnet_lite0, its pretraining size)
-    epochs: int = 0  # passes over the training patches (0: 100 for orenet, 15 for efficientnet_lite0)
-    time_budget_min: float = 27.0  # the whole run (data, training, validation, export) stays inside this: a few
-    #                   timed steps before training say how long an epoch takes, and when `epochs` would not fit
-    #                   the run plans fewer (the schedule then spans those); 0 = no limit. A resumed run keeps
-    #                   the epochs it planned and stops before an epoch that would end past this (from its restart)
-    batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
-    crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
-    drop_path: float = -1.0  # stochastic depth rate of the deepest block (-1: 0.1 for orenet, 0 for efficientnet_lite0)
-    lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
-    backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
-    weight_decay: float = 0.05  # AdamW decoupled weight decay
-    label_smoothing: float = 0.1  # cross-entropy label smoothing (https://arxiv.org/abs/1512.00567)
-    mix: float = -1.0  # share of batches mixed by MixUp (https://arxiv.org/abs/1710.09412) or CutMix
-    #                   (https://arxiv.org/abs/1905.04899), half each; 0 = off (-1: 0.5 for orenet, 0 for
-    #                   efficientnet_lite0)
-    class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
-    n_folds: int = 5  # the validation set is one fold of a stratified group k-fold
-    val_fold: int = 0  # which fold (0 .. n_folds-1) validates and chooses the threshold; the others train
-    split_seed: int = -1  # seed of the fold assignment (-1: --seed); keep it while changing --seed to see how far
-    #                   a score moves between training seeds on one split
-    seed: int = 0  # training seed (initial weights, batch order, augmentation) and, by default, the split's
-    device: str = "auto"  # where to train (auto: cuda when available)
-    threads: int = 2  # CPU threads (the machine is shared: keep it small)
-    max_steps: int = 0  # stop after this many optimizer steps (a quick check that a setup runs); 0 = no limit
-    resume: str = ""  # a last.pt to continue from
-    export: bool = True  # export model.onnx + model_summary.txt at the end
-
-    def resolve(self) -> Config:
-        transfer = self.backbone == "efficientnet_lite0"
-        self.img_size = self.img_size or (224 if transfer else 128)
-        self.epochs = self.epochs or (15 if transfer else 100)
-        self.mix = (0.0 if transfer else 0.5) if self.mix < 0 else self.mix
-        self.lr = self.lr or (2e-3 if transfer else 4e-3)
-        self.backbone_lr_scale = self.backbone_lr_scale or (0.25 if transfer else 1.0)
-        self.drop_path = (0.0 if transfer else 0.1) if self.drop_path < 0 else self.drop_path
-        return self
-
-
-def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_args(p, Config, choices={"backbone": BACKBONES, "device": DEVICES})
-    cfg = Config(**vars(p.parse_args(argv))).resolve()
-    for problem in config_problems(cfg):
-        p.error(problem)
-    return cfg
-
-
-def config_problems(cfg: Config) -> list[str]:
-    """Option values (after ``resolve``) a run cannot train with, each naming its option (NaN fails every
-    comparison, so it is refused with the rest)."""
-    rules = {  # field: (allowed, what to give)
-        "epochs": (cfg.epochs >= 1, "at least 1 (0: the backbone's default)"),
-        "img_size": (cfg.img_size >= 1, "a positive side in px (0: the backbone's default)"),
-        "batch_size": (cfg.batch_size >= 1, "at least 1"),
-        "threads": (cfg.threads >= 1, "at least 1"),
-        "n_folds": (cfg.n_folds >= 2, "at least 2 (one fold validates, the others train)"),
-        "val_fold": (0 <= cfg.val_fold < cfg.n_folds, f"a fold 0..{cfg.n_folds - 1} of --n-folds {cfg.n_folds}"),
-        "width": (cfg.width > 0, "a positive multiplier"),
-        "freeze": (cfg.freeze >= 0, "0 or more stages"),
-        "time_budget_min": (cfg.time_budget_min >= 0, "minutes >= 0 (0: no limit)"),
-        "crop_scale": (0 < cfg.crop_scale <= 1, "an area share in (0, 1]"),
-        "drop_path": (0 <= cfg.drop_path < 1, "a rate in [0, 1) (-1: the backbone's default)"),
-        "lr": (cfg.lr > 0, "a positive rate (0: the backbone's default)"),
-        "backbone_lr_scale": (cfg.backbone_lr_scale > 0, "a positive factor (0: the backbone's default)"),
-        "weight_decay": (cfg.weight_decay >= 0, "0 or more"),
-        "label_smoothing": (0 <= cfg.label_smoothing < 1, "a share in [0, 1)"),
-        "mix": (0 <= cfg.mix <= 1, "a share of batches in [0, 1] (-1: the backbone's default)"),
-        "class_weight_power": (cfg.class_weight_power >= 0, "0 or more (0: no class weights)"),
-        "max_steps": (cfg.max_steps >= 0, "0 or more (0: no limit)"),
-        "seed": (0 <= cfg.seed < 2**32, "0 .. 2**32-1 (numpy's seeds)"),
-        "split_seed": (-1 <= cfg.split_seed < 2**32, "0 .. 2**32-1, or -1: --seed"),
-    }
-    return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: give {what}" for name, (ok, what) in rules.items()
-            if not ok]
+if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed
+    import torch
 
 
 def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from minerals.data import PatchDataset, eval_transform, read_index, split_rows, train_transform
+
     rows = read_index(cfg.data)
     split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
     train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, split_seed)
@@ -154,6 +60,8 @@ def param_groups(model, cfg: Config) -> list[dict]:
 
 
 def class_weights(labels: list[int], power: float) -> torch.Tensor:
+    import torch
+
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     w = (counts.sum() / (len(CLASSES) * np.maximum(counts, 1))) ** power
     return torch.tensor(w / w.mean(), dtype=torch.float32)
@@ -161,6 +69,13 @@ def class_weights(labels: list[int], power: float) -> torch.Tensor:
 
 def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, rank: int = 0) -> tuple[float, int]:
     """One pass over ``loader``. Returns (mean training loss over all processes, optimizer steps so far)."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+    from tqdm import tqdm
+
+    from minerals.runtime import all_reduce
+
     model.train()
     total, n = 0.0, 0
     mixer = v2.RandomChoice([v2.MixUp(num_classes=len(CLASSES)), v2.CutMix(num_classes=len(CLASSES))])
@@ -183,35 +98,46 @@ def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, 
     return total / max(n, 1), step
 
 
-@torch.no_grad()
 def evaluate(model, loader, device) -> tuple[float, np.ndarray, np.ndarray]:
-    """(mean plain cross-entropy, probabilities (N, 8), labels (N,)) on ``loader``."""
+    """(mean plain cross-entropy, probabilities (N, 8), labels (N,)) on ``loader`` (uncalibrated)."""
+    import torch
+    import torch.nn.functional as F
+
     model.eval()
     probs, labels, total = [], [], 0.0
-    for x, y in loader:
-        logits = model(x.to(device, memory_format=torch.channels_last)).float().cpu()
-        total += F.cross_entropy(logits, y, reduction="sum").item()
-        probs.append(logits.softmax(1).numpy())
-        labels.append(y.numpy())
+    with torch.no_grad():
+        for x, y in loader:
+            logits = model(x.to(device, memory_format=torch.channels_last)).float().cpu()
+            total += F.cross_entropy(logits, y, reduction="sum").item()
+            probs.append(logits.softmax(1).numpy())
+            labels.append(y.numpy())
     probs, labels = np.concatenate(probs), np.concatenate(labels)
     return total / max(len(labels), 1), probs, labels
 
 
 def validate_epoch(model, val_dl, device, epoch: int, train_loss: float, lr: float, started: float) -> dict:
-    """The log row of one epoch: validation loss, accuracy and macro-F1 (7 minerals), the threshold chosen on
-    validation and the open-set accuracy at it."""
+    """The log row of one epoch: validation loss, accuracy and macro-F1 (7 minerals), the temperature fitted on
+    validation, the calibration error, the threshold chosen on the calibrated validation probabilities and the
+    open-set accuracy at it."""
+    from minerals import decision
+
     val_loss, probs, labels = evaluate(model, val_dl, device)
-    summary = mineral_metrics(probs, labels)
-    threshold = choose_threshold(probs, labels)
+    summary = decision.mineral_metrics(probs, labels)
+    temperature = decision.fit_temperature(probs, labels)
+    probs = decision.calibrate(probs, temperature)
+    threshold = decision.choose_threshold(probs, labels)
     return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": summary["accuracy"],
-            "val_macro_f1": summary["macro_f1"], "threshold": threshold,
-            "val_open_set_accuracy": float(open_set_correct(probs, labels, threshold).mean()),
+            "val_macro_f1": summary["macro_f1"], "temperature": temperature,
+            "val_ece": decision.expected_calibration_error(probs, labels), "threshold": threshold,
+            "val_open_set_accuracy": float(decision.open_set_correct(probs, labels, threshold).mean()),
             "lr": lr, "seconds": time.time() - started}
 
 
 def make_optimizer(model, cfg: Config, total_steps: int):
     """AdamW over ``param_groups`` and its OneCycle schedule (https://arxiv.org/abs/1708.07120): cosine warm-up
     from lr/25 over the first 25 % of the steps, then cosine decay, per group."""
+    import torch
+
     groups = param_groups(model, cfg)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total_steps,
@@ -221,6 +147,8 @@ def make_optimizer(model, cfg: Config, total_steps: int):
 
 def resume_state(ck: dict, model, opt, sched, world: int) -> tuple[int, float, list[dict]]:
     """Load a checkpoint's weights, optimizer and schedule; returns (epochs done, best metric, history)."""
+    import torch
+
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
@@ -229,16 +157,20 @@ def resume_state(ck: dict, model, opt, sched, world: int) -> tuple[int, float, l
     return ck["epoch"], ck["best_metric"], ck["history"]
 
 
-def save_epoch(out: Path, model, opt, sched, cfg: Config, history: list[dict], best: float, log) -> float:
-    """Rank 0, after each epoch: the log line, best.pt when the epoch beats ``best`` (validation macro-F1, then
-    accuracy), last.pt, log.csv and curves.png; returns the best metric so far."""
+def save_epoch(out: Path, model, opt, sched, cfg: Config, history: list[dict], best: float, log,
+               note: str = "") -> float:
+    """Rank 0, after each epoch: the log line (+ ``note``), best.pt when the epoch beats ``best`` (validation
+    macro-F1, then accuracy), last.pt, log.csv and curves.png; returns the best metric so far."""
+    from minerals.checkpoint import save_checkpoint
+    from minerals.outputs import plot_curves, write_log
+
     row = history[-1]
-    log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()) + note)
     metric = row["val_macro_f1"] + 1e-3 * row["val_accuracy"]
     if metric > best:
         best = metric
-        save_checkpoint(out / "best.pt", model, opt, sched, row["epoch"], best, cfg, row["threshold"], history)
-    save_checkpoint(out / "last.pt", model, opt, sched, row["epoch"], best, cfg, row["threshold"], history)
+        save_checkpoint(out / "best.pt", model, opt, sched, best, cfg, row, history)
+    save_checkpoint(out / "last.pt", model, opt, sched, best, cfg, row, history)
     write_log(out / "log.csv", history)
     plot_curves(history, out / "curves.png")
     return best
@@ -247,6 +179,15 @@ def save_epoch(out: Path, model, opt, sched, cfg: Config, history: list[dict], b
 def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     """Train as configured; returns (the trained network, unwrapped, on every process; rank 0's result dict,
     ``{}`` on the other ranks)."""
+    import torch
+
+    from common.io import ImageReadError, write_json
+    from minerals import budget
+    from minerals.checkpoint import load_resume, prepare_run_folder
+    from minerals.model import build_model
+    from minerals.outputs import write_split
+    from minerals.runtime import finish_distributed, setup_distributed
+
     t_start = time.time()
     rank, world, device = setup_distributed(cfg.device)
 
@@ -288,13 +229,35 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     if ck is not None:
         start, best, history = resume_state(ck, model, opt, sched, world)
         log(f"resumed from {cfg.resume} at epoch {start}")
+    train_seconds = train_loop(model, cfg, (train_dl, val_dl), (opt, sched, weights), (start, best, history),
+                               (rank, world, device), (t_start, epoch_seconds), out, log)
+    finish_distributed(device)
+    if rank != 0:
+        return model, {}
+    return model, save_results(model, cfg, val_rows, val_dl, device, out, log,
+                               {"train_seconds": train_seconds, "world_size": world, "epochs_planned": cfg.epochs,
+                                "epoch_seconds_estimate": epoch_seconds})
+
+
+def train_loop(model, cfg: Config, loaders, optim, state, where, times, out: Path, log) -> float:
+    """Epochs ``start + 1 .. cfg.epochs`` (fewer when the time budget or ``max_steps`` ends them), each validated,
+    logged with the time left and saved (rank 0); returns the seconds spent. ``loaders``: (train, validation);
+    ``optim``: (optimizer, schedule, class weights); ``state``: (epochs done, best metric, history);
+    ``where``: (rank, world size, device); ``times``: (the run's start, the estimated seconds of an epoch)."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from minerals import budget
+    from minerals.runtime import sync_batchnorm
+
+    (train_dl, val_dl), (opt, sched, weights), (start, best, history) = loaders, optim, state
+    (rank, world, device), (t_start, epoch_seconds) = where, times
     net = model  # what the loop trains; evaluation and checkpoints use the plain ``model``
     if world > 1:
         net = DistributedDataParallel(sync_batchnorm(model, cfg.backbone) if device.type == "cuda" else model,
                                       device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(cfg.seed + rank)  # different augmentation / dropout draws per process
-
-    # loop
     t_train, last_seconds, step = time.time(), 0.0, start * len(train_dl)
     for epoch in range(start + 1, cfg.epochs + 1):
         t = time.time()
@@ -312,32 +275,36 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
                 dist.broadcast(b, 0)
         if rank == 0:
             history.append(validate_epoch(model, val_dl, device, epoch, train_loss, opt.param_groups[-1]["lr"], t))
-            best = save_epoch(out, model, opt, sched, cfg, history, best, log)
+            left = (cfg.epochs - epoch) * (time.time() - t_train) / (epoch - start)
+            best = save_epoch(out, model, opt, sched, cfg, history, best, log,
+                              f" (epoch {epoch}/{cfg.epochs}, about {left / 60:.1f} min left)")
         last_seconds = time.time() - t
         if cfg.max_steps and step >= cfg.max_steps:
             break
-    train_seconds = time.time() - t_train
-    finish_distributed(device)
-    if rank != 0:
-        return model, {}
-    return model, save_results(model, cfg, val_rows, val_dl, device, out, log,
-                               {"train_seconds": train_seconds, "world_size": world, "epochs_planned": cfg.epochs,
-                                "epoch_seconds_estimate": epoch_seconds})
+    return time.time() - t_train
 
 
 def save_results(model, cfg: Config, val_rows, val_dl, device, out: Path, log, run: dict) -> dict:
-    """Rank 0, after training: the best checkpoint's validation predictions and scores (``result.json``, with the
-    ``run`` facts), the graph export. ``model`` keeps the trained (last) weights, like the other ranks."""
+    """Rank 0, after training: the best checkpoint's calibrated validation predictions and scores (``result.json``,
+    with the ``run`` facts), the graph export. ``model`` keeps the trained (last) weights, like the other ranks."""
+    import torch
+
+    from common.io import dumps_json, write_json
+    from minerals.decision import calibrate, expected_calibration_error, mineral_metrics, open_set_correct
+    from minerals.outputs import export_graph, write_val_predictions
+    from minerals.runtime import peak_rss_mb
+
     final = {k: v.clone() for k, v in model.state_dict().items()}
     ck = torch.load(out / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(ck["model"])
     _, probs, labels = evaluate(model, val_dl, device)
+    probs = calibrate(probs, ck["temperature"])  # what predict.py reports
     write_val_predictions(out / "val_predictions.csv", val_rows, probs)
     scores = mineral_metrics(probs, labels)
-    result = {"best_epoch": ck["epoch"], "threshold": ck["threshold"], **run,
+    result = {"best_epoch": ck["epoch"], "threshold": ck["threshold"], "temperature": ck["temperature"], **run,
               "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
               "open_set_accuracy": float(open_set_correct(probs, labels, ck["threshold"]).mean()),
-              "peak_rss_mb": peak_rss_mb()}
+              "ece": expected_calibration_error(probs, labels), "peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_json(out / "result.json", result)
@@ -349,7 +316,7 @@ def save_results(model, cfg: Config, val_rows, val_dl, device, out: Path, log, r
 
 
 def main(argv=None) -> dict:
-    return fit(parse_args(argv))[1]
+    return fit(parse_args(argv, __doc__.split("\n\n")[0]))[1]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from minerals.data import CLASSES, MINERALS
+from minerals.config import CLASSES, MINERALS
 from minerals.decision import choose_threshold, decide, threshold_curve
 from minerals.evaluate import misclassified, summarise
 
@@ -100,6 +100,6 @@ def test_report_line_shows_undefined_metrics_as_na(tmp_path):
     path = write_json(tmp_path / "metrics.json", summarise(probs, np.array([7, 7]), threshold=0.3))
     m = json.loads(path.read_text())
     assert m["coverage_at_threshold"] is None  # no mineral patch: NaN in memory
-    assert metrics_line(m).endswith("no mineral patch; threshold 0.30: open-set accuracy 0.500, coverage n/a")
+    assert "no mineral patch; threshold 0.30: open-set accuracy 0.500, coverage n/a;" in metrics_line(m)
     m["closed_set"] = {"accuracy": None, "macro_f1": 0.25}
     assert "accuracy n/a, macro-F1 0.250;" in metrics_line(m)

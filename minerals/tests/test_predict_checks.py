@@ -8,7 +8,8 @@ import torch
 
 from minerals import evaluate
 from minerals import predict as predict_module
-from minerals.data import CLASSES
+from minerals.config import CLASSES
+from minerals.tests.checkpoints import bad_checkpoint
 
 
 @pytest.mark.slow
@@ -32,18 +33,34 @@ def test_predict_out_that_is_a_folder_is_refused_before_the_work(run, samples, t
     assert exc.value.code == 2 and "is a folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["garbage", "foreign", "folder"])
-def test_a_bad_checkpoint_is_one_line_naming_the_file(tmp_path, kind):
+BAD_CHECKPOINTS = ["empty", "random", "text", "truncated", "state_dict_only", "other_task", "wrong_shape", "folder",
+                   "dangling", "evil_pickle", "evil_torch"]
+
+
+@pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
+def test_a_bad_checkpoint_is_one_line_naming_the_file_and_the_reason(tmp_path, kind):
+    """Never torch's advice to load with weights_only=False, never the code of a malicious file run."""
     path = tmp_path / "best.pt"
-    if kind == "garbage":
-        path.write_bytes(b"not a torch file at all")
-    elif kind == "foreign":
-        torch.save({"state_dict": {}}, path)
-    else:
-        path.mkdir()
-    with pytest.raises(SystemExit) as exc:
+    says = bad_checkpoint(path, kind)
+    with pytest.raises(predict_module.CheckpointError) as exc:
         predict_module.load_classifier(path, torch.device("cpu"))
-    assert str(path) in str(exc.value) and "not a checkpoint" in str(exc.value)
+    message = str(exc.value)
+    assert message.startswith(str(path)) and says in message.lower(), message
+    assert "\n" not in message and "weights_only" not in message and len(message) < 300, message
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind", ["empty", "evil_torch", "state_dict_only"])
+def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, kind):
+    from minerals import train
+
+    path = tmp_path / "last.pt"
+    bad_checkpoint(path, kind)
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--resume", str(path), "--out", str(tmp_path / "run")])
+    message = str(exc.value.code)
+    assert message.startswith(f"error: --resume {path}") and "weights_only" not in message and "\n" not in message
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_json_confidence_never_contradicts_the_result():
@@ -98,7 +115,7 @@ def test_evaluate_split_of_other_samples_is_said(run, samples, tmp_path, capsys)
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(keep)
-    with pytest.raises(SystemExit, match=f"{len(val)} of the {len(val)} val patches .* not in"):
+    with pytest.raises(ValueError, match=f"{len(val)} of the {len(val)} val patches .* not in"):
         evaluate.labelled_patches(other, run / "split.csv", "val")
     first_val = next(r for r in rows if r["patch"] in val)
     with open(other / "index.csv", "a", newline="") as f:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minerals import budget, train
-from minerals.data import CLASSES, MINERALS
+from minerals.config import CLASSES, MINERALS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,7 +156,7 @@ def test_resume_continues_exactly_with_the_runs_own_settings(samples, tmp_path, 
     with pytest.raises(SystemExit, match="done all the 2 epochs"):
         train.main(["--resume", str(tmp_path / "cut" / "last.pt"), "--data", str(samples), "--threads", "1"])
     assert (tmp_path / "cut" / "result.json").read_text() == result
-    with pytest.raises(SystemExit, match="not a last.pt"):
+    with pytest.raises(SystemExit, match="junk.pt: not a PyTorch checkpoint"):
         (tmp_path / "junk.pt").write_text("not a checkpoint")
         train.main(["--resume", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "junk")])
 
