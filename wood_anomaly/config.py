@@ -17,6 +17,7 @@ from common.tiling import MAX_TILE
 
 DEFAULT_DATA = Path("data/wood")
 DEFAULT_RUNS = Path("runs/wood")
+DEMO_RUNS = Path("runs/wood_demo")  # the run of make demo-wood
 DEVICES = ("auto", "cpu", "cuda")
 # the EfficientNet-Lite0 stages used as features: index into timm's ``blocks`` -> (channels, stride)
 STAGES = {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)}
@@ -130,6 +131,15 @@ def too_small(height: int, width: int, cfg: TrainConfig) -> str | None:
     need = math.ceil(max(side, math.ceil(math.sqrt(cfg.k)) * min(strides)) / cfg.scale)
     return (f"too small to score: {width} x {height} px; the model needs at least {need} x {need} px "
             f"(--scale {cfg.scale}, --pool {cfg.pool}, --stages {cfg.stages}, --k {cfg.k})")
+
+
+def default_run(inside: str = "model.pt") -> Path:
+    """The run the bare commands use: ``runs/wood`` (make train-wood) when it holds ``inside``, else the demo run
+    ``runs/wood_demo`` (make demo-wood) when that does, else ``runs/wood`` (whose absence is then reported)."""
+    for run in (DEFAULT_RUNS, DEMO_RUNS):
+        if (run / inside).is_file():
+            return run
+    return DEFAULT_RUNS
 
 
 def image_folder(data: str | Path) -> Path:

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.io import dumps_json, list_images, read_mask, write_json
-from wood_anomaly.config import HelpFormatter, output_folders
+from wood_anomaly.config import HelpFormatter, default_run, output_folders
 
 LABEL_WORDS = {"1": 1, "anomalous": 1, "true": 1, "0": 0, "normal": 0, "false": 0}  # image label CSV values
 
@@ -203,12 +203,16 @@ def evaluate(pred: Path, masks_dir: Path | None, labels_csv: Path | None) -> dic
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--pred", default="runs/wood/pred", help="output folder of predict.py")
+    p.add_argument("--pred", default="", help="output folder of predict.py (default: runs/wood/pred, else "
+                                               "runs/wood_demo/pred of make demo-wood)")
     p.add_argument("--data", default="data/wood", help="data folder holding masks/consensus and image_labels.csv")
     p.add_argument("--masks", default="", help="mask folder (default <data>/masks/consensus)")
     p.add_argument("--labels", default="", help="image label CSV (default <data>/image_labels.csv)")
     p.add_argument("--json", default="", help="also write the metrics here")
     args = p.parse_args(argv)
+    if not args.pred:
+        args.pred = str(default_run("pred/predictions.csv") / "pred")
+        print(f"--pred {args.pred}", file=sys.stderr)
     data = Path(args.data)
     if not (Path(args.pred) / "predictions.csv").is_file():
         p.error(f"--pred {args.pred}: no predictions.csv in it; run predict.py first (with shards: merge them)")

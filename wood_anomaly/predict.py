@@ -1,6 +1,6 @@
 """Anomaly heatmap, binary mask and overlay for every photo of a folder, plus one CSV row per photo.
 
-    python wood_anomaly/predict.py                                   # data/wood/images with runs/wood/model.pt
+    python wood_anomaly/predict.py              # data/wood/images with runs/wood/model.pt (or runs/wood_demo/'s)
     python wood_anomaly/predict.py --data ../shared/data/wood --out runs/wood/pred
 
 For every photo it writes into ``<out>/<stem>/``: ``preds.png`` (binary mask, 255 = anomalous, full size),
@@ -66,10 +66,12 @@ from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_image
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
 from wood_anomaly.config import (
     DEFAULT_RUNS,
+    DEMO_RUNS,
     DEVICES,
     HelpFormatter,
     TrainConfig,
     check_config,
+    default_run,
     image_folder,
     output_folders,
     remove_leftovers,
@@ -357,8 +359,9 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: f
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/wood", help="folder of photos, or a folder holding images/")
-    p.add_argument("--model", default=str(DEFAULT_RUNS / "model.pt"), help="checkpoint written by train.py")
-    p.add_argument("--out", default=str(DEFAULT_RUNS / "pred"), help="output folder")
+    p.add_argument("--model", default="", help=f"checkpoint written by train.py (default: {DEFAULT_RUNS}/model.pt, "
+                                                f"else {DEMO_RUNS}/model.pt of make demo-wood)")
+    p.add_argument("--out", default="", help="output folder (default: pred/ beside the model)")
     p.add_argument("--threshold", type=float, default=0.0,
                    help="pixel threshold on the fused map, in training spreads (the model's own is its "
                         "--threshold-spreads, 10 by default); 0: the one stored at training")
@@ -366,6 +369,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch (0: PyTorch's default)")
     add_shard_argument(p)
     args = p.parse_args(argv)
+    if not args.model:
+        args.model = str(default_run() / "model.pt")
+        print(f"--model {args.model}", file=sys.stderr)
+    args.out = args.out or str(Path(args.model).parent / "pred")
     folder = image_folder(args.data)
     if not folder.is_dir():
         p.error(f"--data {args.data}: {'not a folder' if folder.exists() else 'no such folder'}")

@@ -1,8 +1,12 @@
 """Options a script cannot use stop it before any work, with the option named (no model, no training)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from common.io import save_image
 from wood_anomaly import config, predict, train
 from wood_anomaly.tests.conftest import TINY
 
@@ -47,3 +51,22 @@ def test_help_shows_no_empty_default(capsys):
         train.parse_args(["--help"])
     text = capsys.readouterr().out
     assert "(default: 2000)" in text and "(default: )" not in text and "(default: None)" not in text
+
+
+def test_bare_commands_use_the_demo_run_when_there_is_no_other(tmp_path, monkeypatch, capsys):
+    """After make demo only runs/wood_demo exists: the bare predict.py and evaluate.py use it (and say so)
+    instead of stopping at the missing runs/wood; once make train-wood has written runs/wood, that one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "wood").mkdir(parents=True)
+    save_image(tmp_path / "data" / "wood" / "board.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "runs" / "wood_demo" / "pred").mkdir(parents=True)
+    for name in ("model.pt", "pred/predictions.csv"):
+        (tmp_path / "runs" / "wood_demo" / name).write_text("")
+    args = predict.parse_args([])
+    assert (args.model, args.out) == ("runs/wood_demo/model.pt", "runs/wood_demo/pred")
+    assert config.default_run("pred/predictions.csv") == Path("runs/wood_demo")
+    assert "--model runs/wood_demo/model.pt" in capsys.readouterr().err
+    (tmp_path / "runs" / "wood").mkdir()
+    (tmp_path / "runs" / "wood" / "model.pt").write_text("")
+    assert predict.parse_args([]).model == "runs/wood/model.pt"
+    assert predict.parse_args(["--model", "runs/x/model.pt"]).out == "runs/x/pred"  # beside the model
