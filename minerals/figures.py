@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import read_rgb, save_figure
 from minerals.config import CLASSES, MINERALS
@@ -150,7 +151,7 @@ def folds_figure(record: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--demo", default=None, help="a demo-minerals folder (samples/, scratch/ with eval/)")
     p.add_argument("--photos", default="data/minerals", help="the demo photos the demo samples came from")
     p.add_argument("--bench", default=None, help="bench.py's run folder (scratch/, transfer/ with eval/)")

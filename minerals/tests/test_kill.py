@@ -70,7 +70,8 @@ def test_extract_killed_then_rerun_ends_with_the_uninterrupted_runs_patches(phot
     proc = start("extract_samples.py", *args, "--out", out, log=log)
     kill_when(proc, lambda: len(list(out.glob("patches/*/*.jpg"))) >= 10)
     assert not (out / "index.csv").exists()  # written at the end only: no index of a partial extraction
-    (out / "patches" / "pyrite" / ".0001_x_p0.abcd.tmp.jpg").write_bytes(b"half a")  # what a kill may leave
+    folder = next(out.glob("patches/*/*.jpg")).parent
+    (folder / ".0001_x_p0.abcd.tmp.jpg").write_bytes(b"half a")  # what a kill inside a write may leave
     (out / ".index.abcd.tmp.csv").write_text("patch,label\n")
     proc = start("extract_samples.py", *args, "--out", out, log=log)
     assert proc.wait(timeout=600) == 0
