@@ -23,9 +23,10 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -298,6 +299,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_leftovers(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Remove the temporary files that a killed run (SIGKILL, a power cut) left in ``folder`` while writing one of
+    ``names`` through :func:`atomic_path` (``.<stem>.<8 random characters>.tmp<suffix>``); the temporary files of
+    other names (another worker's table) are left alone."""
+    for name in names:
+        stem, suffix = Path(name).stem, Path(name).suffix
+        pattern = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
+        for path in Path(folder).glob(f".{_glob_escape(stem)}.*.tmp{_glob_escape(suffix)}"):
+            if pattern.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?[])", r"[\1]", text)
 
 
 @contextlib.contextmanager

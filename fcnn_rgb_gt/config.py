@@ -4,7 +4,6 @@ refused option answer before PyTorch is imported (2-9 s on a loaded 2-core machi
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,18 +79,3 @@ def config_problem(cfg: TrainConfig) -> str:
     if not problems:
         problems.append(over_memory_limit(cfg.batch_size, cfg.tile))
     return "; ".join(p for p in problems if p)
-
-
-def remove_leftovers(folder: Path, names) -> None:
-    """The temporary files a killed run left beside ``names`` in ``folder``: common.io writes each output as
-    ``.<stem>.<8 random characters>.tmp<suffix>`` and renames it into place; a SIGKILL in between leaves it."""
-    for name in names:
-        stem, suffix = Path(name).stem, Path(name).suffix
-        pattern = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
-        for path in Path(folder).glob(f".{glob_escape(stem)}.*.tmp{glob_escape(suffix)}"):
-            if pattern.fullmatch(path.name):
-                path.unlink(missing_ok=True)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?[])", r"[\1]", text)

@@ -40,7 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from common.config import HelpFormatter
-from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_images, read_rgb, save_image, write_json
+from common.io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    atomic_write,
+    list_images,
+    read_rgb,
+    remove_leftovers,
+    save_image,
+    write_json,
+)
 from common.shard import add_shard_argument, select_shard, shard_path
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt.config import (
@@ -50,7 +59,6 @@ from fcnn_rgb_gt.config import (
     RECEPTIVE_FIELD,
     CheckpointError,
     over_memory_limit,
-    remove_leftovers,
 )
 
 CSV_COLUMNS = ["image", "name", "status", "error", "width", "height", "threshold", "building_fraction", "gt", "iou",

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.config import HelpFormatter, add_config_args, resumed_config
-from common.io import ImageReadError, atomic_write, write_json
+from common.io import ImageReadError, atomic_write, remove_leftovers, write_json
 from fcnn_rgb_gt.config import (
     DEFAULT_DATA,
     DEVICES,
@@ -45,7 +45,6 @@ from fcnn_rgb_gt.config import (
     CheckpointError,
     TrainConfig,
     config_problem,
-    remove_leftovers,
 )
 
 if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
-from wood_anomaly.config import HelpFormatter
 from wood_anomaly.evaluate import evaluate, pixel_metrics
 
 HERE = Path(__file__).resolve().parent

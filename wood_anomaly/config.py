@@ -5,10 +5,7 @@ that ``--help`` and a wrong option answer at once. Standard library (and common.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +51,6 @@ class TrainConfig:
     seed: int = 0  # random seed of the bank, calibration and colour-reference samples (predict reuses it)
     device: str = "auto"  # auto | cpu | cuda (under torchrun: the GPU of LOCAL_RANK)
     threads: int = 2  # CPU threads of PyTorch (0: PyTorch's default, every core)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each option's default, except an empty one (no "(default: )")."""
-
-    def _get_help_string(self, action):
-        if action.default in ("", None, [], ()):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def parse_stages(stages: str) -> tuple[int, ...]:
@@ -161,16 +149,3 @@ def output_folders(names: list[str]) -> dict[str, str | None]:
         out[n] = None if folder in taken else folder
         taken.add(folder)
     return out
-
-
-def remove_leftovers(folder: Path, names: list[str]) -> None:
-    """Remove the temporary files that a killed run (SIGKILL, a power cut) left in ``folder`` while writing one
-    of ``names`` (common.io.atomic_path: ``.<stem>.<8 random characters>.tmp<suffix>``); those of other names
-    (another worker's table) are left alone."""
-    for name in names:
-        stem, suffix = Path(name).stem, Path(name).suffix
-        pattern = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
-        for p in folder.glob(f".{stem}.*.tmp{suffix}"):
-            if pattern.fullmatch(p.name):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.config import HelpFormatter
 from common.io import dumps_json, list_images, read_mask, write_json
-from wood_anomaly.config import HelpFormatter, default_run, output_folders
+from wood_anomaly.config import default_run, output_folders
 
 LABEL_WORDS = {"1": 1, "anomalous": 1, "true": 1, "0": 0, "normal": 0, "false": 0}  # image label CSV values
 

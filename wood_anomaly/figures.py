@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import read_mask, read_rgb
-from wood_anomaly.config import HelpFormatter, image_folder
+from wood_anomaly.config import image_folder
 
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw, after the options are parsed
     from matplotlib.figure import Figure

@@ -62,19 +62,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from common.io import IMAGE_EXTENSIONS, ImageReadError, atomic_write, list_images, read_rgb, save_image
+from common.config import HelpFormatter
+from common.io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    atomic_write,
+    list_images,
+    read_rgb,
+    remove_leftovers,
+    save_image,
+)
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
 from wood_anomaly.config import (
     DEFAULT_RUNS,
     DEMO_RUNS,
     DEVICES,
-    HelpFormatter,
     TrainConfig,
     check_config,
     default_run,
     image_folder,
     output_folders,
-    remove_leftovers,
     too_small,
 )
 

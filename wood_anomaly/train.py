@@ -39,17 +39,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from common.config import add_config_args
-from common.io import ImageReadError, atomic_path, atomic_write, list_images, read_rgb, write_json
+from common.config import HelpFormatter, add_config_args
+from common.io import (
+    ImageReadError,
+    atomic_path,
+    atomic_write,
+    list_images,
+    read_rgb,
+    remove_leftovers,
+    write_json,
+)
 from common.shard import launcher_env
 from wood_anomaly.config import (
     DEVICES,
-    HelpFormatter,
     TrainConfig,
     check_config,
     image_folder,
     parse_stages,
-    remove_leftovers,
     too_small,
 )
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -228,3 +229,15 @@ def test_save_figure_is_atomic_and_closes_the_figure(tmp_path):
         save_figure(fig, out, dpi=-1)  # matplotlib refuses the dpi mid-save
     assert out.read_bytes() == before and sorted(p.name for p in out.parent.iterdir()) == ["curve.png"]
     plt.close("all")
+
+
+def test_remove_leftovers_of_a_killed_write_and_no_other_file(tmp_path):
+    names = [".predictions.ab12cd34.tmp.csv", ".timings.x_y_z_w1.tmp.csv", ".predictions.shard-1-of-2.ab12cd34.tmp.csv",
+             "predictions.csv", ".preds.ab12cd34.tmp.png", ".predictions.notmine.tmp.csv.bak", ".a[1].ab12cd34.tmp.png"]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    io.remove_leftovers(tmp_path, ["predictions.csv", "timings.csv", "a[1].png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:6])
+    with io.atomic_path(tmp_path / "new.csv") as tmp:  # the pattern is atomic_path's own
+        tmp.write_text("y")
+        assert re.fullmatch(r"\.new\.[a-z0-9_]{8}\.tmp\.csv", tmp.name)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.config import HelpFormatter
 from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
 from wood_anomaly import predict
 from wood_anomaly.bench import ranking, vote_groups
-from wood_anomaly.config import HelpFormatter
 from wood_anomaly.evaluate import pixel_metrics
 
 

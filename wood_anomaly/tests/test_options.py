@@ -37,15 +37,6 @@ def test_photos_too_small_to_score():
     assert config.too_small(24, 24, tiny) is None and config.too_small(23, 300, tiny)
 
 
-def test_leftovers_of_a_killed_write_are_removed_and_no_other_file(tmp_path):
-    names = [".predictions.ab12cd34.tmp.csv", ".timings.x_y_z_w1.tmp.csv", ".predictions.shard-1-of-2.ab12cd34.tmp.csv",
-             "predictions.csv", ".preds.ab12cd34.tmp.png", ".predictions.notmine.tmp.csv.bak"]
-    for n in names:
-        (tmp_path / n).write_text("x")
-    config.remove_leftovers(tmp_path, ["predictions.csv", "timings.csv"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
-
-
 def test_help_shows_no_empty_default(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
