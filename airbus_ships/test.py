@@ -65,6 +65,7 @@ from airbus_ships.inference import (
     ships_from_probs,
 )
 from airbus_ships.metrics import SCORE_COLUMNS, Scores, summary_lines
+from common.config import HelpFormatter
 from common.io import (
     ImageReadError,
     atomic_write,
@@ -80,7 +81,7 @@ from common.shard import add_shard_argument, select_shard, shard_path
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/airbus",
                    help="images/ (+ masks.csv), train_v2/ (+ CSV) or a folder of images")
     p.add_argument("--csv", default="", help="ground-truth / image-list CSV (default: the one in --data, if any)")

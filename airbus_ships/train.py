@@ -32,7 +32,7 @@ from pathlib import Path
 from airbus_ships import quiet_tensorflow
 from airbus_ships.data import SIZE, load_split, write_split
 from airbus_ships.inference import HOWS
-from common.config import add_config_args
+from common.config import HelpFormatter, add_config_args
 from common.io import write_json
 
 
@@ -99,7 +99,7 @@ def parse_args(argv=None) -> Config:
     """The settings: defaults overridden by the options given; with --resume / --calibrate-only the run's saved
     config.json takes the place of the defaults (:func:`continue_config`)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_config_args(p, Config, choices=CHOICES)
     cfg = Config(**vars(p.parse_args(argv)))
     if cfg.resume or cfg.calibrate_only:

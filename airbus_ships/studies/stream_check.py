@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 
 from airbus_ships import quiet_tensorflow
+from common.config import HelpFormatter
 
 KAGGLE_EMPTY_SHARE = 150_000 / 192_556  # images without ships in train_v2
 SHIPS_PER_SHIP_IMAGE = np.array([27104, 7674, 2954, 1622, 925, 657, 406, 318, 243, 168, 144, 124, 75, 76, 66],
@@ -139,7 +140,7 @@ def measure(images: Path, csv_path: Path, batches: int, batch_size: int, train_s
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/airbus", help="a Kaggle-layout folder (e.g. the demo data) whose few "
                                                          "images the rows point at and whose ship rows they copy")
     p.add_argument("--out", default="runs/airbus_stream", help="folder for stream_check.json")
