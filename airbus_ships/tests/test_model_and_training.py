@@ -386,6 +386,10 @@ def test_help_and_a_wrong_option_answer_without_the_heavy_libraries():
                                   cwd=ROOT, capture_output=True, text=True, timeout=120)
             lines = proc.stdout.strip().splitlines()
             assert lines and lines[-1] == "[]", (script, arg, proc.stdout[-500:], proc.stderr[-500:])
+            if arg == "--help":  # empty defaults are left out, and each option states one default at most
+                text = " ".join(proc.stdout.split())
+                assert "(default: )" not in text and "(default: None)" not in text and "(default: [])" not in text
+                assert "else everything) (default:" not in text, script
 
 
 def test_train_and_test_import_nothing_from_studies():
