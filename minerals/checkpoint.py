@@ -20,9 +20,11 @@ import warnings
 from pathlib import Path
 
 from common.config import resumed_config
-from common.io import atomic_path, write_json
+from common.io import atomic_path, remove_leftovers, write_json
 from minerals.config import CLASSES, MINERALS
 
+RUN_FILES = ("best.pt", "last.pt", "config.json", "split.csv", "log.csv", "curves.png", "model.onnx",
+             "model_summary.txt", "val_predictions.csv", "result.json")  # what train.py writes into --out
 # what --resume may change: where and how the run executes, not what it trains
 RESUME_MAY_CHANGE = ("data", "out", "resume", "device", "threads", "max_steps", "export", "time_budget_min")
 
@@ -114,8 +116,7 @@ def prepare_run_folder(out: Path, config: dict, resumed_from: str = "") -> None:
     """The run folder with its ``config.json``, without the temporary files of a killed run; a run resumed into
     another folder takes its best.pt along."""
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob(".*.tmp.*"):  # what a killed run left half-written (atomic writes: never the real names)
-        tmp.unlink()
+    remove_leftovers(out, RUN_FILES)  # what a killed run left half-written (atomic writes: never the real names)
     write_json(out / "config.json", config)
     best_so_far = Path(resumed_from).with_name("best.pt") if resumed_from else None
     if best_so_far is not None and best_so_far.exists() and not (out / "best.pt").exists():

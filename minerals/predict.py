@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.config import HelpFormatter
-from common.io import IMAGE_EXTENSIONS, atomic_write, dumps_json
+from common.io import IMAGE_EXTENSIONS, atomic_write, dumps_json, remove_leftovers
 from common.shard import add_shard_argument, launcher_env, select_shard, shard_path
 from minerals.config import CLASSES, DEVICES, default_checkpoint
 from minerals.decision import UNKNOWN, decide, threshold_problem
@@ -246,6 +246,7 @@ def write_results(text: str, out: str, shard) -> None:
         return
     path = shard_path(out, shard)
     try:
+        remove_leftovers(path.parent, [path.name])  # the temporary file of a run killed while writing
         with atomic_write(path, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as err:  # a full disk, a read-only folder: one line, not a traceback

@@ -15,14 +15,14 @@ $(MINERALS_RUN)/train/best.pt:
 
 predict-minerals: venv-torch demo-data-minerals $(MINERALS_RUN)/train/best.pt  ## classify the patches (MINERALS_PATCHES=folder-or-files) -> $(MINERALS_RUN)/results.json
 	@# exit status 1 with the file written: some patches were unreadable (named above), the rest classified;
-	@# a failure that writes nothing (bad checkpoint) stops at the mv and leaves the last results.json alone
-	rm -f $(MINERALS_RUN)/results.new.json
+	@# predict.py writes results.json by a rename once complete, so a failure leaves the last one whole
 	$(TORCH_PY) minerals/predict.py $(MINERALS_PATCHES) --checkpoint $(MINERALS_RUN)/train/best.pt \
-	  --out $(MINERALS_RUN)/results.new.json || [ $$? -eq 1 ]
-	mv $(MINERALS_RUN)/results.new.json $(MINERALS_RUN)/results.json
+	  --out $(MINERALS_RUN)/results.json || [ $$? -eq 1 ]
 
 eval-minerals: venv-torch $(MINERALS_RUN)/train/best.pt  ## accuracy, macro-F1, per class, confusion matrices, threshold curve, mistakes
-	$(TORCH_PY) minerals/evaluate.py --checkpoint $(MINERALS_RUN)/train/best.pt --data $(MINERALS_RUN)/samples
+	@# exit status 1 with the figures written: some patches were unreadable (named above), the rest evaluated
+	$(TORCH_PY) minerals/evaluate.py --checkpoint $(MINERALS_RUN)/train/best.pt --data $(MINERALS_RUN)/samples \
+	  || [ $$? -eq 1 ]
 
 bench-minerals: venv-torch  ## both defaults on the real photos (DATA_ROOT=../shared/data; MINERALS_BENCH_ARGS="--folds 5") -> benchmarks/minerals.json
 	$(TORCH_PY) minerals/bench.py --data $(DATA_ROOT)/minerals --out $(MINERALS_BENCH_RUN) --json benchmarks/minerals.json \

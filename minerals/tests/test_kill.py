@@ -49,6 +49,7 @@ def test_predict_killed_keeps_the_earlier_results_and_the_rerun_ends_like_an_uni
     assert subprocess.run([sys.executable, str(ROOT / "minerals" / "predict.py"), *map(str, args), "--out",
                            str(whole)], cwd=ROOT, capture_output=True).returncode == 0
     out = tmp_path / "results.json"
+    (tmp_path / ".results.k9x2m4q7.tmp.json").write_text('{"half": ')  # a kill inside the final write leaves this
     out.write_text('{"earlier.jpg": {"confidence": 0.9, "result": "quartz"}}\n')
     earlier = out.read_bytes()
     log = tmp_path / "predict.log"
@@ -91,7 +92,7 @@ def test_train_killed_then_resumed_ends_with_the_uninterrupted_runs_weights(samp
     proc = start("train.py", *args, "--out", out, log=log)
     kill_when(proc, lambda: (out / "log.csv").exists() and len((out / "log.csv").read_text().splitlines()) >= 3)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] >= 2  # saved before the log row
-    (out / ".last.abcd.tmp.pt").write_bytes(b"half a checkpoint")  # what a kill inside torch.save leaves
+    (out / ".last.k9x2m4q7.tmp.pt").write_bytes(b"half a checkpoint")  # what a kill inside torch.save leaves
     proc = start("train.py", "--resume", out / "last.pt", "--data", samples, "--out", out, "--threads", "1",
                  "--no-export", log=log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
