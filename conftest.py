@@ -1,5 +1,6 @@
 """Fixtures shared by the test suites of every package (both environments load this file: standard library only)."""
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -49,3 +50,13 @@ def demo_generator(tmp_path):
         assert [p.name for p in user.iterdir()] == ["precious.txt"]
         return first
     return generate
+
+
+@pytest.fixture(scope="session")
+def readme_commands():
+    """``commands(readme) -> [command line]``: the lines of a README's bash blocks as ``make check-docs`` reads
+    them (tools/check_docs.py: continuation lines joined, comments dropped)."""
+    spec = importlib.util.spec_from_file_location("check_docs", Path(__file__).parent / "tools" / "check_docs.py")
+    check_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_docs)
+    return lambda readme: [command for _, command in check_docs.commands(Path(readme))]

@@ -5,7 +5,6 @@ script answers --help without importing PyTorch."""
 from __future__ import annotations
 
 import glob
-import re
 import shlex
 import subprocess
 import sys
@@ -21,26 +20,19 @@ SCRIPTS = ["fcnn_rgb_gt/train.py", "fcnn_rgb_gt/predict.py", "fcnn_rgb_gt/bench.
            "fcnn_rgb_gt/demo_data.py", "fcnn_rgb_gt/studies/ladder.py", "fcnn_rgb_gt/studies/seams.py"]
 
 
-def readme_commands() -> list[str]:
-    """The command lines of the README's bash blocks, comments dropped, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    text = "\n".join(blocks).replace("\\\n", " ")
-    return [line.split("  #")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def test_the_readme_lists_the_commands_this_test_runs():
-    commands = readme_commands()
+def test_the_readme_lists_the_commands_this_test_runs(readme_commands):
+    commands = readme_commands(README)
     scripts = [c.split()[1] for c in commands if c.startswith(".venv-torch/bin/python ")]
     assert scripts.count("fcnn_rgb_gt/train.py") >= 4 and scripts.count("fcnn_rgb_gt/predict.py") >= 4
     assert sum(c.startswith("make ") for c in commands) >= 5
 
 
 @pytest.mark.slow
-def test_readme_commands_run_as_written(tmp_path, capsys):
+def test_readme_commands_run_as_written(tmp_path, capsys, readme_commands):
     pair_dir = demo_data.write(tmp_path / "data", seed=2, size=(112, 144))  # small: the lines train 30 epochs in all
     runs = tmp_path / "runs"
     ran = []
-    for line in readme_commands():
+    for line in readme_commands(README):
         words = shlex.split(line.replace("data/fcnn", str(pair_dir)).replace("runs/", f"{runs}/"))
         argv = [path for word in words for path in (sorted(glob.glob(word)) if "*" in word else [word])]  # bash
         if argv[0] == "make":

@@ -3,7 +3,6 @@ run on demo photos (FOLDER: a generated demo folder, runs/x and /tmp/fabric: tem
 resolve (make -n); and every script answers --help without importing PyTorch."""
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 import sys
@@ -17,27 +16,20 @@ SCRIPTS = ["train.py", "predict.py", "evaluate.py", "bench.py", "figures.py", "d
            "studies/fusion_weights.py"]
 
 
-def readme_commands() -> list[str]:
-    """The command lines of the README's bash blocks, comments dropped, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    text = "\n".join(blocks).replace("\\\n", " ")
-    return [line.split("  #")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def test_the_readme_lists_the_commands_this_test_runs():
-    commands = readme_commands()
+def test_the_readme_lists_the_commands_this_test_runs(readme_commands):
+    commands = readme_commands(README)
     assert sum(c.startswith("python ") for c in commands) >= 6 and any(c.startswith("make ") for c in commands)
 
 
 @pytest.mark.slow
-def test_readme_commands_run_as_written(demo_dir, tmp_path):
+def test_readme_commands_run_as_written(demo_dir, tmp_path, readme_commands):
     """Each python command as written, with FOLDER, runs/x and /tmp/fabric pointing at temporary folders (the
     sharded predict once per shard I of N = 2); torchrun lines are left to test_scale_out (same code, other
     launcher); make lines are resolved with make -n (the real data of bench-wood is not in the tests)."""
     subs = {"FOLDER": shlex.quote(str(demo_dir)), "runs/x": shlex.quote(str(tmp_path / "runs" / "x")),
             "/tmp/fabric": shlex.quote(str(tmp_path / "fabric")), "I/N": "{shard}"}
     ran = []
-    for line in readme_commands():
+    for line in readme_commands(README):
         if line.startswith("torchrun"):
             continue
         for old, new in subs.items():
