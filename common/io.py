@@ -126,7 +126,8 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return (arr.astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
 
 
-def read_rgb(path: str | os.PathLike, background: tuple[int, int, int] | None = None) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, background: tuple[int, int, int] | None = None, min_side: int = 1,
+             purpose: str = "use") -> np.ndarray:
     """Read any image file as RGB.
 
     Args:
@@ -134,6 +135,10 @@ def read_rgb(path: str | os.PathLike, background: tuple[int, int, int] | None = 
         background: ``None`` drops an alpha channel (the pixel colours are kept as stored, the convention of
             the FCN exercise's RGBA ``rgb.png``); an RGB triple composites transparent pixels onto that colour
             instead (for cut-out product photos).
+
+        min_side: the smallest height and width a caller can use: a smaller image is an :class:`ImageReadError`
+            "image too small to <purpose> (W x H px; at least N px a side)".
+        purpose: what the image is for, in that message.
 
     Returns:
         ``(H, W, 3)`` uint8 array, EXIF orientation applied.
@@ -154,6 +159,9 @@ def read_rgb(path: str | os.PathLike, background: tuple[int, int, int] | None = 
     arr = np.asarray(img.convert("RGB"))
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(path, f"unsupported image layout {arr.shape}")
+    if min(arr.shape[:2]) < min_side:
+        raise ImageReadError(path, f"image too small to {purpose} ({arr.shape[1]} x {arr.shape[0]} px; at least "
+                                   f"{min_side} px a side)")
     return np.ascontiguousarray(arr)
 
 

@@ -370,11 +370,7 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
 
 def read_photo(path: Path) -> np.ndarray:
     """The RGB pixels of one photo; ``ImageReadError`` for an unreadable one or one under ``MIN_PHOTO_SIDE`` px."""
-    img = read_rgb(path)
-    if min(img.shape[:2]) < MIN_PHOTO_SIDE:
-        raise ImageReadError(path, f"image too small to hold a specimen ({img.shape[1]} x {img.shape[0]} px; at "
-                                   f"least {MIN_PHOTO_SIDE} px a side)")
-    return img
+    return read_rgb(path, min_side=MIN_PHOTO_SIDE, purpose="hold a specimen")
 
 
 def list_photos(data: Path, boxes: Path | None) -> tuple[list[tuple[str, Path]], dict[str, list[Box]] | None]:

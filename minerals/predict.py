@@ -142,13 +142,9 @@ def json_entry(probs: np.ndarray, threshold: float) -> dict:
 
 def read_patch(path: Path) -> np.ndarray:
     """The RGB pixels of one patch file; ``ImageReadError`` for an unreadable one or one under ``MIN_SIDE`` px."""
-    from common.io import ImageReadError, read_rgb
+    from common.io import read_rgb
 
-    img = read_rgb(path)
-    if min(img.shape[:2]) < MIN_SIDE:
-        raise ImageReadError(path, f"image too small to classify ({img.shape[1]} x {img.shape[0]} px; at least "
-                                   f"{MIN_SIDE} px a side)")
-    return img
+    return read_rgb(path, min_side=MIN_SIDE, purpose="classify")
 
 
 def predict_probs(model, files: list[Path], img_size: int, device: torch.device, batch_size: int = 32,

@@ -241,3 +241,11 @@ def test_remove_leftovers_of_a_killed_write_and_no_other_file(tmp_path):
     with io.atomic_path(tmp_path / "new.csv") as tmp:  # the pattern is atomic_path's own
         tmp.write_text("y")
         assert re.fullmatch(r"\.new\.[a-z0-9_]{8}\.tmp\.csv", tmp.name)
+
+
+def test_read_rgb_refuses_an_image_smaller_than_the_caller_can_use(tmp_path, rgb):
+    io.save_image(tmp_path / "ok.png", rgb)
+    h, w = rgb.shape[:2]
+    assert io.read_rgb(tmp_path / "ok.png", min_side=min(h, w)).shape == rgb.shape
+    with pytest.raises(io.ImageReadError, match=rf"too small to classify \({w} x {h} px; at least {min(h, w) + 1} px"):
+        io.read_rgb(tmp_path / "ok.png", min_side=min(h, w) + 1, purpose="classify")
