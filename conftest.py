@@ -60,3 +60,23 @@ def readme_commands():
     check_docs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check_docs)
     return lambda readme: [command for _, command in check_docs.commands(Path(readme))]
+
+
+@pytest.fixture(scope="session")
+def check_help():
+    """``check(script, heavy)``: ``python <script> --help`` in a fresh interpreter exits 0, prints its usage with no
+    empty default ("(default: )", "[]", "None") and has loaded none of the top-level modules ``heavy``: the options
+    are parsed before the frameworks are imported."""
+    def check(script: Path, heavy: set[str]) -> str:
+        code = "\n".join(["import runpy, sys", "sys.argv = [sys.argv[1], '--help']", "try:",
+                          "    runpy.run_path(sys.argv[0], run_name='__main__')", "except SystemExit as e:",
+                          "    assert not e.code, e.code",
+                          f"loaded = {set(heavy)!r} & {{m.split('.')[0] for m in sys.modules}}",
+                          "assert not loaded, loaded"])
+        done = subprocess.run([sys.executable, "-c", code, str(script)], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (script, done.stderr[-2000:])
+        assert "usage:" in done.stdout, script
+        assert not [e for e in ("(default: )", "(default: [])", "(default: None)") if e in done.stdout], script
+        return done.stdout
+    return check
