@@ -2,8 +2,11 @@
 import hashlib
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,23 @@ def check_help():
         assert not [e for e in ("(default: )", "(default: [])", "(default: None)") if e in done.stdout], script
         return done.stdout
     return check
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the run ended before it could be killed (nothing was cut): {err}")
+        assert time.monotonic() < end, "timed out waiting for the moment to kill"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="session")
+def kill_when():
+    """``kill_when(proc, ready, timeout=300)``: SIGKILL the process ``proc`` as soon as ``ready()`` holds; fails when
+    the process ends or the time runs out first (the kill tests of every package)."""
+    return _kill_when

@@ -3,11 +3,8 @@ is left, and the rerun (predict) or --resume (train) ends with exactly the unint
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +29,6 @@ def finish(script: str, *args) -> None:
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fails if the process ended first (nothing was cut)."""
-    t0 = time.monotonic()
-    while not ready():
-        assert proc.poll() is None, f"ended before the kill: {proc.communicate()[1]}"
-        assert time.monotonic() - t0 < timeout
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-
-
 def read_rows(path: Path) -> list[dict]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -66,7 +51,7 @@ def images(tmp_path_factory, pair_dir):
     return folder
 
 
-def test_predict_killed_mid_batch_loses_nothing_and_the_rerun_finishes_it(untrained_run, images, tmp_path):
+def test_predict_killed_mid_batch_loses_nothing_and_the_rerun_finishes_it(untrained_run, images, tmp_path, kill_when):
     ckpt, out = untrained_run / "best.pt", tmp_path / "out"
     base = ["--checkpoint", ckpt, "--image", images, "--threads", "1"]
     finish("predict.py", *base, "--out", out, "--threshold", "1.0")  # the earlier run: no building anywhere
@@ -100,7 +85,7 @@ def test_predict_killed_mid_batch_loses_nothing_and_the_rerun_finishes_it(untrai
     assert not leftovers(out)
 
 
-def test_train_killed_mid_run_resumes_to_the_uninterrupted_runs_weights(pair_dir, tmp_path):
+def test_train_killed_mid_run_resumes_to_the_uninterrupted_runs_weights(pair_dir, tmp_path, kill_when):
     """kill -9 after epoch 2's checkpoint (during epoch 3 or while saving it), then --resume: the same weights,
     optimiser state and log, bit for bit, as a run that was never stopped; no temporary file left."""
     args = ["--data", pair_dir, "--epochs", "6", "--tile", "32", "--batch-size", "4", "--threads", "1"]

@@ -2,12 +2,9 @@
 (or train.py --resume) ends with exactly the outputs of an uninterrupted run."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,24 +19,13 @@ def start(script: str, *args, log: Path) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=f)
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fails when the process ended first (nothing was tested)."""
-    end = time.time() + timeout
-    while not ready():
-        assert proc.poll() is None, "the run ended before the kill"
-        assert time.time() < end, "timed out waiting for the run"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-
-
 def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.slow
 def test_predict_killed_keeps_the_earlier_results_and_the_rerun_ends_like_an_uninterrupted_run(run, samples,
-                                                                                               tmp_path):
+                                                                                               tmp_path, kill_when):
     batch = tmp_path / "batch"
     batch.mkdir()
     for k, p in enumerate(sorted((samples / "patches").rglob("*.jpg")) * 4):  # enough patches to be stopped
@@ -63,7 +49,7 @@ def test_predict_killed_keeps_the_earlier_results_and_the_rerun_ends_like_an_uni
 
 
 @pytest.mark.slow
-def test_extract_killed_then_rerun_ends_with_the_uninterrupted_runs_patches(photos, tmp_path):
+def test_extract_killed_then_rerun_ends_with_the_uninterrupted_runs_patches(photos, tmp_path, kill_when):
     args = ["--data", photos, "--patch-size", "64"]
     assert subprocess.run([sys.executable, str(ROOT / "minerals" / "extract_samples.py"), *map(str, args), "--out",
                            str(tmp_path / "whole")], cwd=ROOT, capture_output=True).returncode == 0
@@ -80,7 +66,7 @@ def test_extract_killed_then_rerun_ends_with_the_uninterrupted_runs_patches(phot
 
 
 @pytest.mark.slow
-def test_train_killed_then_resumed_ends_with_the_uninterrupted_runs_weights(samples, tmp_path):
+def test_train_killed_then_resumed_ends_with_the_uninterrupted_runs_weights(samples, tmp_path, kill_when):
     """Killed after epoch 2 of 4 was saved (possibly inside epoch 3): --resume last.pt ends bit for bit with the
     weights, log and threshold of the same run never stopped (one process, CPU)."""
     args = ["--data", samples, "--epochs", "4", "--img-size", "32", "--width", "0.5", "--batch-size", "16",

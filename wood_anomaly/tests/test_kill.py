@@ -7,10 +7,8 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +29,6 @@ def start(script: str, *args, log: Path) -> subprocess.Popen:
     with open(log, "w") as f:
         return subprocess.Popen([sys.executable, str(ROOT / "wood_anomaly" / script), *map(str, args)], cwd=ROOT,
                                 stdout=f, stderr=subprocess.STDOUT)
-
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail when it ends or times out first."""
-    end = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < end, "timed out waiting for the moment to kill"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -98,7 +85,7 @@ def assert_rows_describe_their_folders(out: Path, names: list[str]) -> dict[str,
     return rows
 
 
-def test_kill_9_of_a_first_run_keeps_the_photos_done(trained_run, eight_photos, uninterrupted, tmp_path):
+def test_kill_9_of_a_first_run_keeps_the_photos_done(trained_run, eight_photos, uninterrupted, tmp_path, kill_when):
     out = tmp_path / "pred"
     args = ["--data", eight_photos, "--model", trained_run / "model.pt", "--out", out]
     kill_when(start("predict.py", *args, log=tmp_path / "log"), saved_once(out))
@@ -112,7 +99,7 @@ def test_kill_9_of_a_first_run_keeps_the_photos_done(trained_run, eight_photos, 
     assert files(out) == files(uninterrupted["0"])
 
 
-def test_kill_9_of_a_rerun_leaves_no_less_than_before(trained_run, eight_photos, uninterrupted, tmp_path):
+def test_kill_9_of_a_rerun_leaves_no_less_than_before(trained_run, eight_photos, uninterrupted, tmp_path, kill_when):
     """A complete run, then a rerun with another threshold into the same folder, killed twice: before its first
     photo (nothing changes) and after a few photos (the new rows beside the earlier rows and outputs of the
     photos not reached, each row describing its folder); the third try ends as an uninterrupted run."""
@@ -143,7 +130,7 @@ def test_kill_9_of_a_rerun_leaves_no_less_than_before(trained_run, eight_photos,
     assert files(out) == files(uninterrupted["5"])
 
 
-def test_kill_9_of_training_leaves_the_earlier_run_whole(trained_run, demo_dir, tmp_path):
+def test_kill_9_of_training_leaves_the_earlier_run_whole(trained_run, demo_dir, tmp_path, kill_when):
     """train.py writes its three files at the end, each under a temporary name: killed while it featurises the
     photos, the earlier run's files stay byte for byte and no partial file is left; run again, it ends with the
     model of an uninterrupted run (there is no --resume: training is one pass of seconds to minutes)."""
