@@ -2,11 +2,15 @@
 
     make bench-minerals DATA_ROOT=../shared/data                                  # fold 0 (~25 min on 2 cores)
     make bench-minerals DATA_ROOT=../shared/data MINERALS_BENCH_ARGS="--folds 5"  # all five folds (~2 h)
+    python minerals/bench.py --data ../shared/data/minerals --folds 5 --models transfer,transfer_lite1,transfer_lite2
     python minerals/bench.py --data ../shared/data/minerals --out runs/minerals_bench --json benchmarks/minerals.json
 
-Extracts samples once, trains the from-scratch OreNet and the EfficientNet-Lite0 transfer model with their
-default settings with validation folds 0 .. N-1 of a 5-fold StratifiedGroupKFold (seed 0), evaluates fold 0 in
-full (per class, open set, inference speed), and writes ONE record of the current default to ``--json`` (the
+Extracts samples once, trains the from-scratch OreNet and the EfficientNet-Lite0 transfer model (``--models``: also
+EfficientNet-Lite1/2 at their native 240/260 px) with their default settings with validation folds 0 .. N-1 of a
+5-fold StratifiedGroupKFold (seed 0), evaluates fold 0 in full (per class, open set, inference speed), with more
+than one fold fits each model's temperature and threshold on the pooled out-of-fold predictions of the folds'
+last epochs (``<out>/<model>_calibration.json``: what ``train.py --val-fold -1 --calibration`` of that recipe
+stores), and writes ONE record of the current default to ``--json`` (the
 previous record is replaced: git keeps the history): task, what, command, config, data, machine, load, date_utc,
 metrics (fold 0 in full, accuracy / macro-F1 per fold and their mean, the brief's targets), timings, note. A
 finished run whose config matches is reused (delete ``--out`` to retrain). Skips with a message (exit 0) when the
@@ -31,16 +35,21 @@ from common.demo import is_demo
 from common.io import dumps_json, list_images, write_json
 from minerals import evaluate, train
 from minerals.checkpoint import REMOVED_OPTIONS, removed_options_in_use
+from minerals.config import CLASSES, TRANSFER_SIZES
 from minerals.evaluate import labelled_patches
 from minerals.extract_samples import extract
 from minerals.figures import bench_figures, folds_figure
 from minerals.predict import load_classifier, predict_probs
 
-RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"]}
-TARGETS = {"scratch": {"accuracy": 0.90, "macro_f1": 0.88}, "transfer": {"accuracy": 0.95}}  # the brief's
+RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"],
+        "transfer_lite1": ["--backbone", "efficientnet_lite1"], "transfer_lite2": ["--backbone", "efficientnet_lite2"]}
+DEFAULT_MODELS = ("scratch", "transfer")  # the two defaults; the larger Lites on request (--models)
+TARGETS = {"scratch": {"accuracy": 0.90, "macro_f1": 0.88},  # the brief's
+           **{name: {"accuracy": 0.95} for name in RUNS if name.startswith("transfer")}}
 IGNORED = {"threads", "device", "resume", "export", "out", "time_budget_min"}  # do not change what a run learns
 #   (a budget that cuts the epochs shows in the epochs config.json records)
-UNUSED = {"orenet": {"freeze", "backbone_lr_scale"}, "efficientnet_lite0": {"width"}}  # options a backbone ignores
+UNUSED = {"orenet": {"freeze", "backbone_lr_scale"}, **{b: {"width"} for b in TRANSFER_SIZES}}  # options a
+#   backbone ignores; (--val-fold -1 and --calibration: a bench run always validates)
 SPLIT = ("StratifiedGroupKFold(5, shuffle, seed 0) over the extracted patches; groups = source photo or the "
          "manifest's dup_group; metrics on the validation mineral patches (closed set, 7 classes); the kept "
          "checkpoint is the epoch with the best validation macro-F1")
@@ -104,6 +113,53 @@ def fold0_figures(run: Path, samples: Path, result: dict, threads: int) -> tuple
     return metrics, timings
 
 
+def oof_calibration(name: str, out: Path, samples: Path, folds: int) -> dict:
+    """The temperature and threshold of ``name``'s recipe fitted on the pooled out-of-fold predictions of its fold
+    runs' last epochs (last.pt: an all-photos run ships its last epoch), with the calibration error before, after,
+    and cross-fitted (each fold scaled by the temperature fitted on the other folds), coverage and accuracy at the
+    threshold and at 0.5, and each fold's own last-epoch temperature (the spread)."""
+    import torch
+
+    from minerals.decision import calibrate, choose_threshold, expected_calibration_error, fit_temperature
+
+    cpu, probs, labels, fold_of, per_fold = torch.device("cpu"), [], [], [], {}
+    for k in range(folds):
+        run = run_dir(out, name, k)
+        model, meta = load_classifier(run / "last.pt", cpu)
+        pairs = labelled_patches(samples, run / "split.csv", "val")
+        for i, p, _ in predict_probs(model, [f for f, _ in pairs], meta["img_size"], cpu):  # raw: temperature 1
+            if p is not None:
+                probs.append(p)
+                labels.append(CLASSES.index(pairs[i][1]))
+                fold_of.append(k)
+        per_fold[str(k)] = round(meta["temperature"], 4)
+    probs, labels, fold_of = np.stack(probs), np.asarray(labels), np.asarray(fold_of)
+    t = fit_temperature(probs, labels)
+    crossed = np.concatenate([calibrate(probs[fold_of == k], fit_temperature(probs[fold_of != k], labels[fold_of != k]))
+                              for k in range(folds)])
+    cal = calibrate(probs, t)
+    thr = choose_threshold(cal, labels)
+    conf, idx = cal[:, :7].max(1), cal[:, :7].argmax(1)
+    pos = labels < 7
+
+    def at(th: float) -> dict:
+        answered = pos & (conf >= th)
+        return {"coverage": round(float(answered.sum() / pos.sum()), 4),
+                "answered_accuracy": round(float((idx[answered] == labels[answered]).mean()), 4),
+                "mineral_accuracy": round(float(((idx == labels) & answered).sum() / pos.sum()), 4)}
+
+    cfg = json.loads((run_dir(out, name, 0) / "config.json").read_text())
+    rec = {"backbone": cfg["backbone"], "img_size": cfg["img_size"], "epochs": cfg["epochs"], "temperature": t,
+           "threshold": thr, "held_out_patches": int(len(labels)),
+           "ece_uncalibrated": round(expected_calibration_error(probs, labels), 4),
+           "ece": round(expected_calibration_error(cal, labels), 4),
+           "ece_cross_fitted": round(expected_calibration_error(crossed, labels), 4),  # (folds in order)
+           "at_threshold": at(thr), "at_0.5": at(0.5), "per_fold_last_epoch_temperature": per_fold,
+           "source": f"bench.py: pooled out-of-fold predictions of the last epochs of folds 0-{folds - 1}"}
+    write_json(out / f"{name}_calibration.json", rec)
+    return rec
+
+
 def model_metrics(name: str, fold0: dict, results: dict[int, dict]) -> dict:
     """One model's metrics block: fold 0 in full, accuracy / macro-F1 of every fold run, their mean, the target."""
     per_fold = {str(k): {m: round(r[m], 4) for m in ("accuracy", "macro_f1")} for k, r in sorted(results.items())}
@@ -142,6 +198,9 @@ def main(argv=None) -> int:
     p.add_argument("--figures", default="minerals/docs", help="where the README's figures of these runs go")
     p.add_argument("--folds", type=int, default=1, choices=range(1, 6),
                    help="train validation folds 0 .. N-1 (5: the 5-fold means the README reports)")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated, of {', '.join(RUNS)} (transfer: EfficientNet-Lite0; the record of the "
+                        "current defaults needs scratch and transfer)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the extraction")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of training and inference")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
@@ -149,6 +208,9 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the record "
                                               "(default: nothing)")
     args = p.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    if not models or set(models) - set(RUNS):
+        p.error(f"--models {args.models}: give names among {', '.join(RUNS)}")
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir() or not any(data.iterdir()):
         print(f"bench-minerals: {data} is missing; skipped (make bench-minerals DATA_ROOT=../shared/data)")
@@ -161,11 +223,13 @@ def main(argv=None) -> int:
     if not (samples / "index.csv").exists():
         extract(data, samples, seed=args.seed)
     metrics, timings, configs = {}, {}, {}
-    for name in RUNS:
+    for name in models:
         results = {k: train_run(name, samples, run_dir(out, name, k), k, args.seed, args.threads, args.device)
                    for k in range(args.folds)}
         fold0, timings[name] = fold0_figures(out / name, samples, results[0], args.threads)
         metrics[name] = model_metrics(name, fold0, results)
+        if args.folds > 1:
+            metrics[name]["calibration_out_of_fold"] = oof_calibration(name, out, samples, args.folds)
         saved = json.loads((out / name / "config.json").read_text())
         configs[name] = {k: v for k, v in saved.items() if k not in ("data", "out", "resume", "val_fold")}
     from minerals.runtime import peak_rss_mb
@@ -176,7 +240,8 @@ def main(argv=None) -> int:
                  "patches": len(index)}
     rec = record(metrics, timings, configs, data_info, args.folds, sys.argv[1:] if argv is None else argv,
                  {"start": load_start, "end": os.getloadavg()}, args.note)
-    write_json(args.json, rec)
+    # benchmarks/minerals.json holds the record of the current defaults; a comparison of other models stays in --out
+    write_json(args.json if set(DEFAULT_MODELS) <= set(models) else out / "record.json", rec)
     bench_figures(out, Path(args.figures))
     folds_figure(rec, Path(args.figures) / "bench_folds.png")
     print(dumps_json(rec, indent=2))

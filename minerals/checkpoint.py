@@ -13,15 +13,18 @@ when loaded is refused, and any unusable file is one line naming it and the reas
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import pickle
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 from common.config import resumed_config
 from common.io import atomic_path, remove_leftovers, write_json
-from minerals.config import CLASSES, MINERALS
+from minerals.config import CLASSES, CV_CALIBRATION, MINERALS
 
 RUN_FILES = ("best.pt", "last.pt", "config.json", "split.csv", "log.csv", "curves.png", "model.onnx",
              "model_summary.txt", "val_predictions.csv", "result.json")  # what train.py writes into --out
@@ -110,6 +113,36 @@ def load_resume(cfg, device, log):
         log("--resume continues the run with its own settings: "
             + ", ".join(f"{name}={kept!r} (command line: {given!r})" for name, kept, given in overridden))
     return run, ck
+
+
+def held_out_calibration(cfg) -> dict:
+    """``--val-fold -1``: the temperature and threshold fitted on held-out predictions of cross-validation runs of
+    this recipe: ``--calibration``'s calibration.json, else the backbone's ``CV_CALIBRATION``. A file of another
+    backbone or input size, or one without a usable temperature and threshold, stops the run before training."""
+    if not cfg.calibration:
+        if cfg.backbone not in CV_CALIBRATION:
+            raise SystemExit(f"error: --val-fold -1: no cross-validated calibration of {cfg.backbone} is stored "
+                             "(CV_CALIBRATION in minerals/config.py); give --calibration: the calibration.json "
+                             "of a validation-fold run of this recipe (train.py --val-fold 0 ...) or of bench.py "
+                             "--folds 5")
+        return dict(CV_CALIBRATION[cfg.backbone])
+    try:
+        cal = json.loads(Path(cfg.calibration).read_text())
+        t, thr = float(cal["temperature"]), float(cal["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"error: --calibration {cfg.calibration}: not a calibration.json of train.py or bench.py "
+                         f"({type(err).__name__}: {err})") from None
+    if not (math.isfinite(t) and t > 0 and 0 <= thr <= 1):
+        raise SystemExit(f"error: --calibration {cfg.calibration}: temperature {t} and threshold {thr} must be > 0 "
+                         "and in [0, 1]")
+    fitted = {k: cal.get(k) for k in ("backbone", "img_size")}
+    if fitted != {"backbone": cfg.backbone, "img_size": cfg.img_size}:
+        raise SystemExit(f"error: --calibration {cfg.calibration} was fitted for {fitted}, this run trains "
+                         f"{cfg.backbone} at {cfg.img_size} px")
+    if cal.get("epochs") not in (None, cfg.epochs):
+        print(f"warning: --calibration {cfg.calibration} was fitted on runs of {cal['epochs']} epochs, this run "
+              f"trains {cfg.epochs}", file=sys.stderr)
+    return {"temperature": t, "threshold": thr, "source": f"{cfg.calibration} ({cal.get('source', '')})"}
 
 
 def prepare_run_folder(out: Path, config: dict, resumed_from: str = "") -> None:

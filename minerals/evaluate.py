@@ -38,9 +38,11 @@ from minerals.decision import (
 from minerals.predict import CheckpointError, load_classifier, option_problems, predict_probs
 
 
-def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all") -> list[tuple[Path, str]]:
+def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "all",
+                     photos: Path | None = None) -> list[tuple[Path, str]]:
     """``(file, label)`` pairs from an index.csv folder (optionally one split of a run) or class folders;
-    ``ValueError`` saying what is missing when there are none."""
+    ``ValueError`` saying what is missing when there are none. ``photos``: with an index.csv, the whole source
+    photo (``photos/<source>``) of each mineral patch instead of the patch; negatives keep their patch."""
     if (data / "index.csv").exists():
         from minerals.data import read_index
 
@@ -50,6 +52,9 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
                 raise ValueError(f"--split {split}: the run's split.csv was not found ({split_csv})")
             with open(split_csv, newline="") as f:
                 keep = {r["patch"] for r in csv.DictReader(f) if r.get("split") == split}
+            if not keep:
+                raise ValueError(f"--split {split}: {split_csv} holds no {split} patches (a run trained on every "
+                                 "photo, --val-fold -1, held none out): give --data <class folders> of new patches")
             rows = [r for r in rows if r["patch"] in keep]
             if len(rows) < len(keep):  # the samples were extracted again (other photos) since the run
                 lost = (f"{len(keep) - len(rows)} of the {len(keep)} {split} patches of {split_csv} are not in "
@@ -57,6 +62,8 @@ def labelled_patches(data: Path, split_csv: Path | None = None, split: str = "al
                 if not rows:
                     raise ValueError(f"{lost}: evaluate the samples the run was trained on (or --split all)")
                 print(f"warning: {lost}; scoring the {len(rows)} found", file=sys.stderr)
+        if photos is not None:
+            return [(photos / r["source"] if r["kind"] == "positive" else Path(r["file"]), r["label"]) for r in rows]
         return [(Path(r["file"]), r["label"]) for r in rows]
     pairs = []
     ignored = sorted(d.name for d in data.iterdir() if d.is_dir() and d.name not in CLASSES) if data.is_dir() else []
@@ -81,11 +88,16 @@ def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     truth = [CLASSES[i] if i < len(MINERALS) else UNKNOWN for i in labels]
     open_set = classification_summary(truth, results, MINERALS + [UNKNOWN])
     curve = threshold_curve(probs, labels)
+    conf, idx = mineral_confidence(probs[pos])
+    answered, right = conf >= threshold, idx == labels[pos]
     return {"n_patches": int(len(labels)), "n_mineral_patches": int(pos.sum()), "threshold": threshold,
             "closed_set": closed,  # the most likely mineral, mineral patches only (the usual dataset metric)
             "open_set": open_set,  # with the threshold: negatives must come out "unknown"
             "coverage_at_threshold": float(np.mean([r != UNKNOWN for r, p in zip(results, pos) if p]))
             if pos.any() else float("nan"),
+            # mineral patches right and answered (an "unknown" counts as wrong) / right among those answered
+            "mineral_accuracy_at_threshold": float((answered & right).mean()) if pos.any() else float("nan"),
+            "answered_accuracy_at_threshold": float(right[answered].mean()) if answered.any() else float("nan"),
             "ece": expected_calibration_error(probs, labels),  # confidence against the share of right answers
             "reliability": reliability(probs, labels),
             "threshold_curve": curve}
@@ -170,6 +182,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                 "the checkpoint was trained on)")
     p.add_argument("--split", default="val", choices=["val", "train", "all"],
                    help="with an index.csv: which patches of the run's split.csv (next to the checkpoint)")
+    p.add_argument("--photos", default=None,
+                   help="with an index.csv: score the whole source photo (PHOTOS/<its source>) of each mineral patch "
+                        "instead of the extracted patch, as a user who passes whole photos gets them; negatives keep "
+                        "their patch (default: the patches)")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence threshold in [0, 1] for the open-set figures (default: the checkpoint's)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
@@ -220,7 +236,8 @@ def main(argv=None) -> dict:
         print(f"no --data given: evaluating {data} (the samples {checkpoint} was trained on)", file=sys.stderr)
     split = args.split if (data / "index.csv").exists() else "all"
     try:
-        pairs = labelled_patches(data, checkpoint.parent / "split.csv", split)
+        pairs = labelled_patches(data, checkpoint.parent / "split.csv", split,
+                                 Path(args.photos) if args.photos else None)
     except (ValueError, FileNotFoundError) as err:  # (read_index: no index.csv, a foreign label)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -228,7 +245,8 @@ def main(argv=None) -> dict:
     if not files:
         print(f"error: {data}: no readable patch to evaluate", file=sys.stderr)
         raise SystemExit(2)
-    report = {**summarise(probs, labels, threshold), "temperature": meta["temperature"], "unreadable": skipped}
+    report = {**summarise(probs, labels, threshold), "temperature": meta["temperature"], "unreadable": skipped,
+              "input": "whole source photos" if args.photos else "patches"}
     out = Path(args.out) if args.out else checkpoint.parent / "eval"
     write_outputs(report, misclassified(files, probs, labels), out, meta, split, threshold)
     c = report["closed_set"]
@@ -236,7 +254,9 @@ def main(argv=None) -> dict:
               else "no mineral patch")
     print(f"{report['n_patches']} patches ({split}" + (f"; {skipped} unreadable, named above" if skipped else "")
           + f"): {closed}; threshold {threshold:.2f}: open-set accuracy {report['open_set']['accuracy']:.4f}, "
-          f"coverage {report['coverage_at_threshold']:.3f}; calibration error (ECE) {report['ece']:.3f} "
+          f"coverage {report['coverage_at_threshold']:.3f} (right: {report['mineral_accuracy_at_threshold']:.3f} of "
+          f"the mineral patches, {report['answered_accuracy_at_threshold']:.3f} of those answered); calibration "
+          f"error (ECE) {report['ece']:.3f} "
           f"(temperature {meta['temperature']:.3g}); wrote {out}", file=sys.stderr)
     for name, m in (c["per_class"].items() if c is not None else []):
         print(f"  {name:<12} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1-score']:.3f}  "

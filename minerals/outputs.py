@@ -43,15 +43,19 @@ def plot_curves(history: list[dict], path: Path, dpi: int = 120) -> None:
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     ax[0].plot(ep, [h["train_loss"] for h in history], label="train (smoothed, weighted)")
-    ax[0].plot(ep, [h["val_loss"] for h in history], label="validation")
     ax[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax[1].plot(ep, [h["val_accuracy"] for h in history], label="accuracy (7 minerals)")
-    ax[1].plot(ep, [h["val_macro_f1"] for h in history], label="macro-F1 (7 minerals)")
-    ax[1].plot(ep, [h["val_open_set_accuracy"] for h in history], label="open-set acc. (+negatives, at threshold)")
     ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation")
+    if "val_loss" in history[-1]:  # (a run on every photo has no validation fold)
+        ax[0].plot(ep, [h["val_loss"] for h in history], label="validation")
+        ax[1].plot(ep, [h["val_accuracy"] for h in history], label="accuracy (7 minerals)")
+        ax[1].plot(ep, [h["val_macro_f1"] for h in history], label="macro-F1 (7 minerals)")
+        ax[1].plot(ep, [h["val_open_set_accuracy"] for h in history], label="open-set acc. (+negatives, at threshold)")
+    else:
+        ax[1].text(0.5, 0.5, "no validation: every photo trains", ha="center", transform=ax[1].transAxes)
     for a in ax:
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
     save_figure(fig, path, dpi=dpi)
 
 

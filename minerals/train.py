@@ -3,11 +3,17 @@
     python minerals/extract_samples.py --data data/minerals --out runs/minerals/samples
     python minerals/train.py --data runs/minerals/samples --out runs/minerals/train            # from scratch
     python minerals/train.py --backbone efficientnet_lite0 --out runs/minerals/transfer        # transfer
+    python minerals/train.py --val-fold -1 --out runs/minerals/train    # every photo trains: the model to ship
 
 Reads top to bottom: config -> data (group-aware split) -> model -> loop -> save. Writes into ``--out``:
 ``best.pt`` / ``last.pt`` (minerals/checkpoint.py), ``config.json``, ``split.csv``, ``log.csv`` (per-epoch
 metrics), ``curves.png``, ``model.onnx`` and ``model_summary.txt`` (the network graph), ``val_predictions.csv``
-(validation probabilities of best.pt) and ``result.json``.
+(validation probabilities of best.pt), ``calibration.json`` (the temperature and threshold of the last epoch,
+fitted on the validation fold: what an all-photos run of this recipe can take) and ``result.json``.
+
+``--val-fold -1`` trains on every photo for ``--epochs`` (chosen by cross-validation) and keeps the last epoch
+(best.pt = last.pt); with no photo held out, its temperature and threshold come from cross-validation runs of the
+same recipe (``--calibration``, else the backbone's ``CV_CALIBRATION`` in minerals/config.py).
 
 More than one process: ``torchrun --nproc_per_node=2 minerals/train.py ...`` (DistributedDataParallel; gloo on
 CPU, nccl on CUDA). ``--batch-size`` stays the global batch and step k of N processes sees the samples of step k
@@ -23,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minerals.config import CLASSES, Config, parse_args
+from minerals.config import CLASSES, TRANSFER_SIZES, Config, parse_args
 
 if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed
     import torch
@@ -36,7 +42,7 @@ def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
 
     rows = read_index(cfg.data)
     split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
-    train_rows, val_rows = split_rows(rows, cfg.n_folds, cfg.val_fold, split_seed)
+    train_rows, val_rows = (rows, []) if cfg.val_fold < 0 else split_rows(rows, cfg.n_folds, cfg.val_fold, split_seed)
     train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale), int(cfg.img_size * 1.25))
     val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)
     # one seeded permutation per epoch (sampler.set_epoch), process r takes its items r, r+N, ...: with N
@@ -44,7 +50,7 @@ def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     batch = max(1, cfg.batch_size // world)
     train_dl = DataLoader(train_ds, batch, sampler=sampler, drop_last=len(sampler) > batch)
-    val_dl = DataLoader(val_ds, 2 * cfg.batch_size)
+    val_dl = DataLoader(val_ds, 2 * cfg.batch_size) if val_rows else None  # None: every photo trains
     return train_rows, val_rows, train_dl, val_dl
 
 
@@ -52,7 +58,7 @@ def param_groups(model, cfg: Config) -> list[dict]:
     """Trainable parameters; for the transfer model the new classifier trains at ``lr`` and the pretrained
     layers at ``lr * backbone_lr_scale`` (discriminative learning rates, https://arxiv.org/abs/1801.06146)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.backbone != "efficientnet_lite0" or cfg.backbone_lr_scale == 1.0:
+    if cfg.backbone not in TRANSFER_SIZES or cfg.backbone_lr_scale == 1.0:
         return [{"params": [p for _, p in params], "lr": cfg.lr}]
     head = [p for n, p in params if n.startswith("net.classifier.")]
     body = [p for n, p in params if not n.startswith("net.classifier.")]
@@ -160,13 +166,14 @@ def resume_state(ck: dict, model, opt, sched, world: int) -> tuple[int, float, l
 def save_epoch(out: Path, model, opt, sched, cfg: Config, history: list[dict], best: float, log,
                note: str = "") -> float:
     """Rank 0, after each epoch: the log line (+ ``note``), best.pt when the epoch beats ``best`` (validation
-    macro-F1, then accuracy), last.pt, log.csv and curves.png; returns the best metric so far."""
+    macro-F1, then accuracy; without validation every epoch, so best.pt is the last), last.pt, log.csv and
+    curves.png; returns the best metric so far."""
     from minerals.checkpoint import save_checkpoint
     from minerals.outputs import plot_curves, write_log
 
     row = history[-1]
     log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()) + note)
-    metric = row["val_macro_f1"] + 1e-3 * row["val_accuracy"]
+    metric = row["val_macro_f1"] + 1e-3 * row["val_accuracy"] if "val_macro_f1" in row else float(row["epoch"])
     if metric > best:
         best = metric
         save_checkpoint(out / "best.pt", model, opt, sched, best, cfg, row, history)
@@ -183,7 +190,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
 
     from common.io import ImageReadError, write_json
     from minerals import budget
-    from minerals.checkpoint import load_resume, prepare_run_folder
+    from minerals.checkpoint import held_out_calibration, load_resume, prepare_run_folder
     from minerals.model import build_model
     from minerals.outputs import write_split
     from minerals.runtime import finish_distributed, setup_distributed
@@ -195,6 +202,7 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         if rank == 0:
             print(*a, file=sys.stderr)
     cfg, ck = load_resume(cfg, device, log)
+    calibration = held_out_calibration(cfg) if cfg.val_fold < 0 else None  # (before the data: fails fast)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -211,6 +219,10 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     if rank == 0:
         write_split(out / "split.csv", train_rows, val_rows)
     counts = {c: sum(r["label"] == c for r in train_rows) for c in CLASSES}
+    if calibration is not None:
+        log(f"every photo trains (--val-fold -1), {cfg.epochs} epochs, the last one kept; temperature "
+            f"{calibration['temperature']:.3g} and threshold {calibration['threshold']:.2f} from "
+            f"{calibration['source']}")
     log(f"{len(train_rows)} training / {len(val_rows)} validation patches (loaded in {time.time() - t0:.0f}s); "
         f"training counts {counts}" + (f"; {world} processes x batch {train_dl.batch_size}" if world > 1 else ""))
 
@@ -220,7 +232,8 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
     weights = class_weights(train_dl.dataset.labels, cfg.class_weight_power).to(device)
     epoch_seconds = None
     if ck is None and cfg.time_budget_min and not cfg.max_steps:  # (a resumed run keeps the epochs it planned)
-        cfg.epochs, epoch_seconds = budget.plan_epochs(model, train_dl, lambda: evaluate(model, val_dl, device),
+        cfg.epochs, epoch_seconds = budget.plan_epochs(model, train_dl,
+                                                       lambda: val_dl is not None and evaluate(model, val_dl, device),
                                                        weights, cfg.epochs, cfg.time_budget_min, device, t_start, log)
     if rank == 0:
         write_json(out / "config.json", dataclasses.asdict(cfg))  # with the epochs planned
@@ -230,18 +243,22 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         start, best, history = resume_state(ck, model, opt, sched, world)
         log(f"resumed from {cfg.resume} at epoch {start}")
     train_seconds = train_loop(model, cfg, (train_dl, val_dl), (opt, sched, weights), (start, best, history),
-                               (rank, world, device), (t_start, epoch_seconds), out, log)
+                               (rank, world, device), (t_start, epoch_seconds), out, log, calibration)
     finish_distributed(device)
     if rank != 0:
         return model, {}
-    return model, save_results(model, cfg, val_rows, val_dl, device, out, log,
-                               {"train_seconds": train_seconds, "world_size": world, "epochs_planned": cfg.epochs,
-                                "epoch_seconds_estimate": epoch_seconds})
+    run = {"train_seconds": train_seconds, "world_size": world, "epochs_planned": cfg.epochs,
+           "epoch_seconds_estimate": epoch_seconds}
+    if calibration is not None:
+        return model, save_all_photos_result(model, cfg, calibration, out, log, run)
+    return model, save_results(model, cfg, val_rows, val_dl, device, out, log, run)
 
 
-def train_loop(model, cfg: Config, loaders, optim, state, where, times, out: Path, log) -> float:
-    """Epochs ``start + 1 .. cfg.epochs`` (fewer when the time budget or ``max_steps`` ends them), each validated,
-    logged with the time left and saved (rank 0); returns the seconds spent. ``loaders``: (train, validation);
+def train_loop(model, cfg: Config, loaders, optim, state, where, times, out: Path, log,
+               calibration: dict | None = None) -> float:
+    """Epochs ``start + 1 .. cfg.epochs`` (fewer when the time budget or ``max_steps`` ends them), each validated
+    (without a validation fold: given ``calibration``'s temperature and threshold), logged with the time left and
+    saved (rank 0); returns the seconds spent. ``loaders``: (train, validation);
     ``optim``: (optimizer, schedule, class weights); ``state``: (epochs done, best metric, history);
     ``where``: (rank, world size, device); ``times``: (the run's start, the estimated seconds of an epoch)."""
     import torch
@@ -274,7 +291,10 @@ def train_loop(model, cfg: Config, loaders, optim, state, where, times, out: Pat
             for b in model.buffers():  # every rank holds the BatchNorm statistics of the checkpoint
                 dist.broadcast(b, 0)
         if rank == 0:
-            history.append(validate_epoch(model, val_dl, device, epoch, train_loss, opt.param_groups[-1]["lr"], t))
+            lr = opt.param_groups[-1]["lr"]
+            history.append(validate_epoch(model, val_dl, device, epoch, train_loss, lr, t) if val_dl is not None
+                           else {"epoch": epoch, "train_loss": train_loss, "temperature": calibration["temperature"],
+                                 "threshold": calibration["threshold"], "lr": lr, "seconds": time.time() - t})
             left = (cfg.epochs - epoch) * (time.time() - t_train) / (epoch - start)
             best = save_epoch(out, model, opt, sched, cfg, history, best, log,
                               f" (epoch {epoch}/{cfg.epochs}, about {left / 60:.1f} min left)")
@@ -308,10 +328,35 @@ def save_results(model, cfg: Config, val_rows, val_dl, device, out: Path, log, r
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_json(out / "result.json", result)
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["history"][-1]
+    write_json(out / "calibration.json", {
+        "backbone": cfg.backbone, "img_size": cfg.img_size, "epochs": cfg.epochs, "temperature": last["temperature"],
+        "threshold": last["threshold"], "ece": last["val_ece"], "held_out_patches": len(val_rows),
+        "source": f"{out}: validation fold {cfg.val_fold} of {cfg.n_folds}, epoch {last['epoch']} (the last)"})
     if cfg.export:
         export_graph(model, cfg.backbone, cfg.img_size, out)
     log(f"done: {dumps_json(result)}")
     model.load_state_dict(final)
+    return result
+
+
+def save_all_photos_result(model, cfg: Config, calibration: dict, out: Path, log, run: dict) -> dict:
+    """Rank 0, after a run on every photo: ``result.json`` (the run facts, the calibration taken and where from;
+    no score: no photo was held out) and the graph export."""
+    import torch
+
+    from common.io import dumps_json, write_json
+    from minerals.outputs import export_graph
+    from minerals.runtime import peak_rss_mb
+
+    kept = torch.load(out / "best.pt", map_location="cpu", weights_only=True)["epoch"]  # the last epoch trained
+    result = {"best_epoch": kept, "threshold": calibration["threshold"],
+              "temperature": calibration["temperature"], "calibration_source": calibration["source"], **run,
+              "held_out_patches": 0, "peak_rss_mb": peak_rss_mb()}
+    write_json(out / "result.json", result)
+    if cfg.export:
+        export_graph(model, cfg.backbone, cfg.img_size, out)
+    log(f"done: {dumps_json(result)}")
     return result
 
 

@@ -38,8 +38,8 @@ def bench_record() -> dict:
     """A benchmark record of made-up figures, in the shape bench.py writes (tests never read the committed one)."""
     results = {k: {"accuracy": 0.8 + 0.01 * k, "macro_f1": 0.7 + 0.01 * k} for k in range(5)}
     fold0 = {"accuracy": 0.8, "macro_f1": 0.7}
-    metrics = {name: bench.model_metrics(name, fold0, results) for name in bench.RUNS}
-    timings = {name: {"train_minutes": 1.0, "inference_patches_per_s": 100.0} for name in bench.RUNS}
+    metrics = {name: bench.model_metrics(name, fold0, results) for name in bench.DEFAULT_MODELS}
+    timings = {name: {"train_minutes": 1.0, "inference_patches_per_s": 100.0} for name in bench.DEFAULT_MODELS}
     return bench.record(metrics, timings, {"scratch": {}, "transfer": {}},
                         {"path": "data/minerals", "photos": 35, "patches": 50}, 5, ["--folds", "5"],
                         {"start": [1, 1, 1], "end": [1, 1, 1]}, "made up")

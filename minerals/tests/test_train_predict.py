@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_training_writes_checkpoints_with_threshold(run):
     for name in ("best.pt", "last.pt", "config.json", "log.csv", "curves.png", "model.onnx", "model_summary.txt",
-                 "split.csv", "val_predictions.csv", "result.json"):
+                 "split.csv", "val_predictions.csv", "calibration.json", "result.json"):
         assert (run / name).exists(), name
     ck = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert ck["classes"] == CLASSES and 0.0 <= ck["threshold"] < 1.0
@@ -209,7 +209,7 @@ def test_time_budget_also_stops_a_resumed_run(samples, tmp_path, monkeypatch):
     assert [h["epoch"] for h in torch.load(tmp_path / "last.pt", weights_only=True)["history"]] == [1, 2]
 
 
-@pytest.mark.parametrize("option, value", [("--epochs", "-1"), ("--val-fold", "5"), ("--val-fold", "-1"),
+@pytest.mark.parametrize("option, value", [("--epochs", "-1"), ("--val-fold", "5"), ("--val-fold", "-2"),
                                            ("--n-folds", "1"), ("--batch-size", "0"), ("--threads", "0"),
                                            ("--time-budget-min", "-1"), ("--mix", "nan"),
                                            ("--crop-scale", "0"), ("--img-size", "-8"), ("--width", "0"),
@@ -288,3 +288,42 @@ def test_every_training_option_has_a_help_text():
     from common.config import field_comments
 
     assert [name for name, text in field_comments(train.Config).items() if not text] == []  # --val-fold had none
+
+
+@pytest.mark.slow
+def test_a_run_on_every_photo_takes_the_held_out_calibration(run, samples, tmp_path, capsys):
+    """--val-fold -1: every patch trains, the last epoch is kept (best.pt = last.pt), and the checkpoint's temperature
+    and threshold are the ones fitted on a validation-fold run's held-out patches (its calibration.json), which
+    predict.py then uses; a calibration of another backbone or size, or none at all, stops the run first."""
+    from minerals import predict
+    from minerals.decision import calibrate
+
+    cal = json.loads((run / "calibration.json").read_text())
+    last = torch.load(run / "last.pt", weights_only=True)["history"][-1]
+    assert (cal["temperature"], cal["threshold"], cal["epochs"]) == (last["temperature"], last["threshold"], 2)
+    assert cal["held_out_patches"] == sum(r["split"] == "val" for r in csv.DictReader(open(run / "split.csv")))
+    args = ["--data", str(samples), "--epochs", "2", "--img-size", "48", "--batch-size", "16", "--width", "0.5",
+            "--threads", "1", "--no-export", "--val-fold", "-1"]
+    out = tmp_path / "all"
+    result = train.main(args + ["--out", str(out), "--calibration", str(run / "calibration.json")])
+    rows = list(csv.DictReader(open(out / "split.csv")))
+    assert rows and all(r["split"] == "train" for r in rows)  # every patch trained, none held out
+    best, final = (torch.load(out / n, weights_only=True) for n in ("best.pt", "last.pt"))
+    assert best["epoch"] == final["epoch"] == 2 and result["held_out_patches"] == 0
+    assert all(torch.equal(best["model"][k], final["model"][k]) for k in best["model"])
+    assert (best["temperature"], best["threshold"]) == (cal["temperature"], cal["threshold"])
+    model, meta = predict.load_classifier(out / "best.pt", torch.device("cpu"), jit=False)
+    files = sorted((samples / "patches").rglob("*.jpg"))[:4]
+    raw = np.stack([p for _, p, _ in predict.predict_probs(model, files, 48, torch.device("cpu"))])
+    scaled = np.stack([p for _, p, _ in predict.predict_probs(model, files, 48, torch.device("cpu"),
+                                                              temperature=meta["temperature"])])
+    np.testing.assert_allclose(scaled, calibrate(raw, cal["temperature"]), atol=1e-5)
+    capsys.readouterr()
+    for bad, why in [({**cal, "backbone": "efficientnet_lite0"}, "was fitted for"), ({**cal, "temperature": 0}, "> 0"),
+                     ({"threshold": 0.5}, "not a calibration.json")]:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(SystemExit, match=why):
+            train.main(args + ["--out", str(tmp_path / "bad"), "--calibration", str(tmp_path / "bad.json")])
+        assert not (tmp_path / "bad" / "best.pt").exists()  # stopped before training
+    with pytest.raises(SystemExit, match="no cross-validated calibration of efficientnet_lite2"):
+        train.main(args + ["--out", str(tmp_path / "bad"), "--backbone", "efficientnet_lite2"])
