@@ -1,16 +1,20 @@
-"""Benchmark the default on the real data: one record of it in benchmarks/fcnn.json, and its figures.
+"""Benchmark the default on the real data, pair against pair: one record of it in benchmarks/fcnn.json, and figures.
 
     python fcnn_rgb_gt/bench.py --data ../shared/data/fcnn                # what `make bench-fcnn` runs
     python fcnn_rgb_gt/bench.py --data ../shared/data/fcnn --skip-train   # re-score the runs already in --runs
 
-train.py with its defaults is trained on ``train_substitute/`` once per ``--seeds`` (each run's own held-out
-strip picks its epoch); each run's ``best.pt`` is scored on every ``extra/*`` pair (building IoU at probability
-0.5: the test figure, mean / min / max over the seeds). Predict is timed in a fresh process on the training
-image and on the same image tiled 2x2 (4x the area): seconds, CPU seconds, peak resident memory it adds, and
-the time over the FLOP bound (the four convolutions' FLOPs at this CPU's float32 torch.mm rate). The record:
-``{task, what, command, config, data, machine, load, date_utc, metrics, timings}``. The first seed's run also
-gives ``docs/dubai_loss_vs_epochs.png`` and ``docs/dubai_prediction.png`` (a crop of a test pair; the Dubai
-pairs are CC0). Other settings, the network's ceiling and the tiling seams are studies: see studies/README.md.
+The cross-pair protocol: train.py with its defaults is trained on each pair of the pool (``train_substitute/``
+and the ``extra/*`` pairs of the same source, by default those named ``dubai_*``) once per ``--seeds``, into
+``<runs>/<pair>/seed<S>/``, and each run's ``best.pt`` predicts every other pair of the pool with predict.py's
+defaults (the checkpoint's threshold): a matrix of building IoU, train pair x test pair. The record gives each
+cell over the seeds, the matrix mean (of the cells' seed means), its worst cell and the spread of the per-seed
+matrix means. The runs on ``train_substitute/`` also predict the other ``extra/*`` pairs (another source),
+reported apart. Predict is timed in a fresh process on the training image and on the same image tiled 2x2 (4x
+the area): seconds, CPU seconds, peak resident memory it adds, and the time over the FLOP bound (the four
+convolutions' FLOPs at this CPU's float32 torch.mm rate). The record: ``{task, what, command, config, data,
+machine, load, date_utc, metrics, timings}``. The first seed's run on ``train_substitute/`` also gives
+``docs/dubai_loss_vs_epochs.png`` and ``docs/dubai_prediction.png`` (a crop of a test pair; the Dubai pairs are
+CC0). Other settings, the network's ceiling and the tiling seams are studies: see studies/README.md.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from fcnn_rgb_gt.config import DOCS, REPO_ROOT, TrainConfig
 TRAIN_PY = Path(__file__).with_name("train.py")
 TARGET_IOU = 0.60  # the building IoU asked for on every test pair
 FIGURE_PAIR = "dubai_t8_p5"  # the test pair of the prediction figure (CC0), when present
+POOL_PREFIX = "dubai_"  # extra/* pairs of the training pair's own source: they join the cross-pair matrix
 # left out of the record's config, which holds the training choices: paths, device, threads and --resume say
 # where and how a run went, and the seeds are the metrics' own
 RUN_FIELDS = ("data", "rgb", "gt", "out", "device", "threads", "resume", "seed")
@@ -60,6 +65,24 @@ def find_pairs(data: Path) -> tuple[Path, list[Path]] | None:
     return train_dir, pairs
 
 
+def cross_pairs(data: Path, names: list[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """``(pool, others)``: the pairs of the cross-pair matrix (``train_substitute/`` first, then the ``extra/*``
+    pairs named in ``names``, default those starting with POOL_PREFIX) and the remaining ``extra/*`` pairs.
+    Raises BenchError when a named pair is missing or the pool holds fewer than two pairs."""
+    train_dir, pairs = find_pairs(data) or (None, [])
+    if train_dir is None:
+        return [], []
+    by_name = {d.name: d for d in pairs}
+    missing = [n for n in names or [] if n not in by_name]
+    if missing:
+        raise BenchError(f"{data / 'extra'}: no pair {', '.join(missing)} (rgb.png and gt.png) for --pool")
+    pool = [by_name[n] for n in names] if names else [d for d in pairs if d.name.startswith(POOL_PREFIX)]
+    if not pool:
+        raise BenchError(f"{data / 'extra'}: no pair of the training pair's source (named {POOL_PREFIX}*) to "
+                         "cross with train_substitute/; name them with --pool")
+    return [train_dir, *pool], [d for d in pairs if d not in pool]
+
+
 def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0) -> float:
     """train.py with its defaults (no time limit) in a fresh process; its wall time in seconds."""
     cmd = [sys.executable, str(TRAIN_PY), "--data", str(train_dir), "--out", str(out), "--seed", str(seed),
@@ -71,24 +94,28 @@ def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0) -> float:
 
 
 def score_run(run: Path, pairs: list[Path]) -> dict:
-    """A run's best epoch, its validation-strip IoU there, and its report on every pair at probability 0.5."""
+    """A run's ``best.pt`` (the weights and threshold predict.py uses) scored on every pair: building IoU, F1,
+    precision, recall, accuracy and the share of pixels marked building (``share``; ``true_share``: the gt's)."""
     import torch
 
     from common.metrics import segmentation_report
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, read_checkpoint
+    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
 
     model, ckpt = load_checkpoint(run / "best.pt", torch.device("cpu"))
-    last = read_checkpoint(run / "last.pt", keys=("history",))
-    row = ckpt["history"][ckpt["best_epoch"] - 1]
-    scores = {"best_epoch": ckpt["best_epoch"], "val_iou": row["val_iou"], "epochs_run": len(last["history"]),
-              "train_loop_seconds": last["history"][-1]["seconds"], "pairs": {}}
+    row = ckpt["history"][-1]
+    threshold = float(ckpt.get("threshold", 0.5))
+    scores = {"epochs_run": ckpt["epoch"], "val_iou": row.get("avg_val_iou", row["val_iou"]),
+              "threshold": round(threshold, 4), "train_loop_seconds": row["seconds"], "pairs": {}}
     for d in pairs:
         image = read_rgb(d / "rgb.png")
         gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
-        rep = segmentation_report(predict_probs(model, image) >= 0.5, gt)
-        scores["pairs"][d.name] = {k: round(v, 4) for k, v in rep.items() if k != "dice"}  # dice == f1
-        print(f"  {run.name} {d.name}: IoU {rep['iou']:.4f}  F1 {rep['f1']:.4f}", flush=True)
+        pred = predict_probs(model, image) >= threshold
+        rep = segmentation_report(pred, gt)
+        scores["pairs"][d.name] = {**{k: round(v, 4) for k, v in rep.items() if k != "dice"},  # dice == f1
+                                   "share": round(float(pred.mean()), 4), "true_share": round(float(gt.mean()), 4)}
+        print(f"  {run}: {d.name} IoU {rep['iou']:.4f}  F1 {rep['f1']:.4f}  marked {pred.mean():.1%} "
+              f"(truth {gt.mean():.1%})", flush=True)
     return scores
 
 
@@ -165,36 +192,51 @@ def spread(values: list[float]) -> dict:
     return {"mean": round(float(np.mean(values)), 4), "min": min(values), "max": max(values), "per_seed": values}
 
 
-def metrics(scores: dict[int, dict]) -> dict:
-    """The record's metrics from :func:`score_run` per seed: IoU at 0.5 on each pair over the seeds, the
-    validation strip's, the best epochs, the first seed's full report per pair, and the target."""
-    first = scores[min(scores)]
-    ious = {name: spread([s["pairs"][name]["iou"] for s in scores.values()]) for name in first["pairs"]}
-    return {"seeds": sorted(scores), "iou_at_0.5": ious,
-            "val_strip_iou_at_0.5": spread([s["val_iou"] for s in scores.values()]),
-            "best_epoch_per_seed": [s["best_epoch"] for s in scores.values()],
-            f"seed{min(scores)}_report": first["pairs"], "target_iou": TARGET_IOU,
-            "target_met_on_every_pair": all(v["mean"] >= TARGET_IOU for v in ious.values())}
+def metrics(scores: dict[str, dict[int, dict]], pool: list[str]) -> dict:
+    """The record's metrics from :func:`score_run` per training pair and seed: every cell (train pair -> test
+    pair) of the matrix over the seeds, the matrix mean (of the cells' seed means), its worst cell, the per-seed
+    matrix means, the share of pixels marked building against the truth, the other pairs (from the runs on the
+    first pool pair), each run's strip IoU and threshold, and the target."""
+    seeds = sorted(set.intersection(*(set(by_seed) for by_seed in scores.values())))
+    cells, shares = {}, {}
+    for train, by_seed in scores.items():
+        for test in (t for t in pool if t != train and t in by_seed[seeds[0]]["pairs"]):
+            cells[f"{train}->{test}"] = spread([by_seed[s]["pairs"][test]["iou"] for s in seeds])
+            shares[f"{train}->{test}"] = {"marked": round(float(np.mean([by_seed[s]["pairs"][test]["share"]
+                                                                          for s in seeds])), 4),
+                                          "truth": by_seed[seeds[0]]["pairs"][test]["true_share"]}
+    worst = min(cells, key=lambda c: cells[c]["mean"])
+    per_seed = [round(float(np.mean([v["per_seed"][i] for v in cells.values()])), 4) for i in range(len(seeds))]
+    first = scores[pool[0]]
+    others = {name: spread([first[s]["pairs"][name]["iou"] for s in seeds])
+              for name in first[seeds[0]]["pairs"] if name not in pool}
+    mean = round(float(np.mean([v["mean"] for v in cells.values()])), 4)
+    return {"seeds": seeds, "matrix_mean_iou": mean, "worst_cell": {"cell": worst, **cells[worst]},
+            "matrix_mean_per_seed": spread(per_seed), "cells_iou": cells, "building_share": shares,
+            "other_source_iou": others,
+            "val_strip_iou": {t: spread([by_seed[s]["val_iou"] for s in seeds]) for t, by_seed in scores.items()},
+            "threshold": {train: [by_seed[s]["threshold"] for s in seeds] for train, by_seed in scores.items()},
+            "target_iou": TARGET_IOU, "target_met_on_every_cell": all(v["mean"] >= TARGET_IOU for v in cells.values())}
 
 
-def record(config: dict, data: Path, scores: dict[int, dict], train_seconds: dict[int, float], predict: dict,
-           load: dict) -> dict:
+def record(config: dict, data: Path, scores: dict[str, dict[int, dict]], pool: list[str],
+           train_seconds: dict[str, dict[int, float]], predict: dict, load: dict) -> dict:
     """benchmarks/fcnn.json: one record of the current default."""
     import torch
 
-    train_dir, names = data / "train_substitute", list(scores[min(scores)]["pairs"])
     return {"task": "fcnn_rgb_gt",
-            "what": "building IoU at probability 0.5 of train.py's default on the test pairs extra/* (trained on "
-                    "train_substitute/ only), over seeds; the target is 0.60 on every pair",
+            "what": "cross-pair building IoU of train.py's default with predict.py's defaults: trained on each pair "
+                    "of the pool, scored on every other one, over seeds; the target is 0.60",
             "command": f"python fcnn_rgb_gt/bench.py --data {data}",
             "config": {k: v for k, v in config.items() if k not in RUN_FIELDS},
-            "data": {"train": str(train_dir), "test_pairs": names},
+            "data": {"pool": pool, "other_source": list(scores[pool[0]][min(scores[pool[0]])]["pairs"])},
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, "
                        f"{predict['1x']['threads']} threads",
             "load": load, "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "metrics": metrics(scores),
-            "timings": {"train_seconds_per_seed": [train_seconds.get(s) for s in sorted(scores)],
-                        "train_loop_seconds_per_seed": [scores[s]["train_loop_seconds"] for s in sorted(scores)],
+            "metrics": metrics(scores, pool),
+            "timings": {"train_seconds": train_seconds,
+                        "train_loop_seconds": {t: [s["train_loop_seconds"] for s in by_seed.values()]
+                                               for t, by_seed in scores.items()},
                         "predict": predict}}
 
 
@@ -205,7 +247,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "fcnn.json"), help="the record")
     p.add_argument("--docs", default=str(DOCS), help="where the figures of the first seed's run go")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one training run per seed")
-    p.add_argument("--skip-train", action="store_true", help="score the runs already in --runs (seed<S>/)")
+    p.add_argument("--pool", nargs="+", default=None, metavar="NAME",
+                   help=f"extra/* pairs crossed with train_substitute/ (default: those named {POOL_PREFIX}*)")
+    p.add_argument("--skip-train", action="store_true", help="score the runs already in --runs (<pair>/seed<S>/)")
     p.add_argument("--threads", type=int, default=0, help="train.py --threads of every run (0: its default)")
     return p.parse_args(argv)
 
@@ -217,30 +261,34 @@ def main(argv=None) -> int:
 
     data, runs = Path(args.data), Path(args.runs)
     try:
-        found = find_pairs(data)
+        pool, others = cross_pairs(data, args.pool)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if found is None:
+    if not pool:
         print(f"bench-fcnn: skipped, no real data at {data / 'train_substitute'} "
               "(run: make bench-fcnn DATA_ROOT=../shared/data)")
         return 0
-    train_dir, pairs = found
     start, seconds, scores = load_avg(), {}, {}
-    for seed in args.seeds:
-        if not args.skip_train:
-            seconds[seed] = train_run(train_dir, runs / f"seed{seed}", seed, args.threads)
-        scores[seed] = score_run(runs / f"seed{seed}", pairs)
-    first = runs / f"seed{args.seeds[0]}"
+    for train_dir in pool:
+        tests = [d for d in pool if d != train_dir] + (others if train_dir == pool[0] else [])
+        for seed in args.seeds:
+            run = runs / train_dir.name / f"seed{seed}"
+            if not args.skip_train:
+                seconds.setdefault(train_dir.name, {})[seed] = train_run(train_dir, run, seed, args.threads)
+            scores.setdefault(train_dir.name, {})[seed] = score_run(run, tests)
+    first = runs / pool[0].name / f"seed{args.seeds[0]}"
     config = read_checkpoint(first / "best.pt", keys=("config",))["config"]
-    predict = predict_cost(first / "best.pt", train_dir / "rgb.png")
-    figure_pair = next((d for d in pairs if d.name == FIGURE_PAIR), pairs[0])
+    predict = predict_cost(first / "best.pt", pool[0] / "rgb.png")
+    figure_pair = next((d for d in pool if d.name == FIGURE_PAIR), pool[1])
     for path in run_figures(first, figure_pair, Path(args.docs), "dubai", f"{figure_pair.name}, seed "
-                            f"{args.seeds[0]} of the default"):
+                            f"{args.seeds[0]} of the default trained on {pool[0].name}"):
         print(f"wrote {path}")
-    report = record({**asdict(TrainConfig()), **config}, data, scores, seconds, predict,
+    report = record({**asdict(TrainConfig()), **config}, data, scores, [d.name for d in pool], seconds, predict,
                     {"start": start, "end": load_avg()})
     write_json(args.out, report)
+    m = report["metrics"]
+    print(f"matrix mean IoU {m['matrix_mean_iou']}, worst cell {m['worst_cell']['cell']} {m['worst_cell']['mean']}")
     print(f"wrote {args.out}")
     return 0
 

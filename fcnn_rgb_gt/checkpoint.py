@@ -79,12 +79,15 @@ def restore_rng(states: list[dict] | None, sampler: CropSampler, device: torch.d
     return ""
 
 
-def save_checkpoint(path: Path, run: dict, epoch: int, best: dict, cfg, history: list, extra: dict) -> None:
+def save_checkpoint(path: Path, run: dict, epoch: int, best: dict, cfg, history: list, extra: dict,
+                    model_state: dict | None = None, threshold: float = THRESHOLD) -> None:
     """The run's state after ``epoch`` (``cfg``: its config dataclass); ``extra``: the random-number states and
-    the data fingerprint, for --resume."""
-    state = {"model": run["model"].state_dict(), "optimizer": run["opt"].state_dict(),
+    the data fingerprint, for --resume. ``model_state`` (default: the trained weights) and ``threshold`` are
+    what predict.py uses; the weight averages travel in ``averages`` for --resume."""
+    state = {"model": model_state or run["model"].state_dict(), "optimizer": run["opt"].state_dict(),
              "scheduler": run["sched"].state_dict(), "epoch": epoch, "best_iou": best["iou"],
-             "best_epoch": best["epoch"], "threshold": THRESHOLD, "config": asdict(cfg),
+             "averages": {"ema": run["ema"].state_dict(), "swa": run["swa"].state_dict()},
+             "best_epoch": best["epoch"], "threshold": threshold, "config": asdict(cfg),
              "model_config": run["model"].cfg.to_dict(), "history": history, "classes": ["background", "building"],
              **extra}
     with atomic_path(path) as tmp:
@@ -97,6 +100,8 @@ def restore(run: dict, ckpt: dict, out: Path, device: torch.device, rank: int, w
         run["model"].load_state_dict(ckpt["model"])
         run["opt"].load_state_dict(ckpt["optimizer"])
         run["sched"].load_state_dict(ckpt["scheduler"])
+        for name, state in ckpt.get("averages", {}).items():  # an older run's averages start afresh
+            run[name].load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{out / 'last.pt'}: does not fit this run ({str(err).splitlines()[0]})") from None
     best = {"iou": ckpt["best_iou"], "epoch": ckpt["best_epoch"]}

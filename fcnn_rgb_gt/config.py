@@ -43,6 +43,8 @@ class TrainConfig:
     val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
     augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter; --no-augment trains on
     #                       the crops as they are, for images whose orientation or colours carry meaning
+    input_scale: float = 1.0  # resize the image by this factor before the network (and the output back): 0.5
+    #                           doubles the 14 px field of view in image pixels, with the same four convolutions
     plain: bool = False  # the bare brief network: no input standardisation and no batch norm (use --lr 1e-3;
     #                      the default adds both, which lets it train at lr 1e-2 without collapsing)
     seed: int = 0  # 0..2^32-1: initial weights and the crop stream (process r of torchrun: seed + 1000 x r)
@@ -71,6 +73,7 @@ def config_problem(cfg: TrainConfig) -> str:
               (cfg.max_minutes >= 0, f"--max-minutes must be >= 0 (0 = no limit), got {cfg.max_minutes}"),
               (0 < cfg.lr < math.inf, f"--lr must be > 0 and finite, got {cfg.lr}"),
               (0 <= cfg.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {cfg.weight_decay}"),
+              (0.1 <= cfg.input_scale <= 1, f"--input-scale must be in [0.1, 1], got {cfg.input_scale}"),
               (0 < cfg.val_fraction <= 0.5, f"--val-fraction must be in (0, 0.5], got {cfg.val_fraction}"),
               (cfg.threads >= 0, f"--threads must be >= 0 (0 = automatic), got {cfg.threads}"),
               (0 <= cfg.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {cfg.seed}"),

@@ -93,6 +93,75 @@ def load_checkpoint(path: str | Path, device: torch.device, fuse: bool = True) -
     return prepare(model, device), ckpt
 
 
+def rescale(array: np.ndarray, scale: float, nearest: bool = False, size: tuple[int, int] | None = None
+            ) -> np.ndarray:
+    """An ``(H, W[, C])`` uint8 image or mask resized by ``scale`` (or to ``size`` = (H, W)): area-weighted
+    (PIL's antialiased bilinear), or nearest for masks."""
+    from PIL import Image
+
+    h, w = array.shape[:2]
+    th, tw = size or (max(2, round(h * scale)), max(2, round(w * scale)))
+    return np.asarray(Image.fromarray(array).resize((tw, th), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def share_threshold(prob: np.ndarray, share: float) -> float:
+    """The probability threshold at which ``share`` of the pixels of ``prob`` are marked building: the output's
+    building share matches a known prior (0.5 when the share is 0 or 1, where no threshold can match it)."""
+    if not 0 < share < 1:
+        return 0.5
+    return round(float(np.clip(np.quantile(prob, 1 - share), 1e-4, 1 - 1e-4)), 4)
+
+
+def averaged_weights(state: dict) -> dict:
+    """An ``AveragedModel`` state dict as the plain FCN's (its ``module.`` prefix and counter dropped)."""
+    return {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+
+
+# how far a new image may be from the training image before predict.py warns (see input_warnings)
+MEAN_SHIFT = 0.5  # a channel's mean moved by more than this many of the training image's standard deviations
+STD_RATIO = 1.5  # a channel's standard deviation more than this factor above or below the training image's
+GRAY_CHROMA = 0.25  # the mean channel spread (max - min of R, G, B) below this share of the training image's
+SHARE_RATIO = 2.5  # marked building share more than this factor above or below the training image's building share
+
+
+def image_stats(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """Colour statistics of an ``(H, W, 3)`` uint8 image in [0, 1]: per-channel ``mean`` and ``std``, ``chroma``
+    (mean over pixels of max - min of R, G, B; 0 for a gray image) and, with a mask, ``building_share``."""
+    x = image.reshape(-1, 3)
+    step = max(1, len(x) // 1_000_000)  # a fixed sample of a large image: the statistics, not every pixel
+    x = x[::step].astype(np.float32) / 255.0
+    stats = {"mean": [round(float(v), 4) for v in x.mean(0)], "std": [round(float(v), 4) for v in x.std(0)],
+             "chroma": round(float((x.max(1) - x.min(1)).mean()), 4)}
+    if mask is not None:
+        stats["building_share"] = round(float(mask.mean()), 4)
+    return stats
+
+
+def input_warnings(image: np.ndarray, marked: float, train: dict | None) -> list[str]:
+    """Why the prediction of ``image`` (``marked``: the share of its pixels marked building) may not be trusted:
+    it differs from the training image (``train``: its :func:`image_stats`; None for older checkpoints, which
+    only get the gray check) in a way the model was never shown. [] when nothing stands out."""
+    new = image_stats(image)
+    out = []
+    gray = new["chroma"] < GRAY_CHROMA * train["chroma"] if train else new["chroma"] == 0
+    if gray:
+        out.append(f"the image has (almost) no colour (mean channel spread {new['chroma']:.3f}"
+                   + (f", training image {train['chroma']:.3f}" if train else "") + "): the model reads colour")
+    if train:
+        for c, name in enumerate("RGB"):
+            shift = abs(new["mean"][c] - train["mean"][c]) / max(train["std"][c], 1e-3)
+            ratio = new["std"][c] / max(train["std"][c], 1e-3)
+            if shift > MEAN_SHIFT or not 1 / STD_RATIO <= ratio <= STD_RATIO:
+                out.append(f"its colours differ from the training image's (channel {name}: mean {new['mean'][c]:.2f} "
+                           f"vs {train['mean'][c]:.2f}, std {new['std'][c]:.2f} vs {train['std'][c]:.2f})")
+                break
+        prior = train.get("building_share", 0)
+        if prior and not prior / SHARE_RATIO <= marked <= prior * SHARE_RATIO:
+            out.append(f"it is marked {marked:.1%} building where the training image has {prior:.1%}: it may "
+                       "differ in ground resolution, season or sensor")
+    return out
+
+
 def _even_tile(tile: int, height: int, width: int) -> int:
     """The tile to use: even (pool/upsample round trip), <= 256, no larger than the image needs."""
     need = max(height, width, 16)
@@ -101,12 +170,19 @@ def _even_tile(tile: int, height: int, width: int) -> int:
 
 @torch.inference_mode()
 def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = None, tile: int = MAX_TILE,
-                  overlap: int = 32, batch_size: int = 1, progress=None) -> np.ndarray:
+                  overlap: int = 32, batch_size: int = 1, progress=None, scale: float | None = None) -> np.ndarray:
     """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles.
     ``tile`` and ``overlap`` are rounded down to even numbers: with an odd stride between tiles the 2x2 max-pool
     of neighbouring tiles pairs different pixels, and their blend differs from one untiled pass (measured: up to
-    0.47 in probability at overlap 15 of 64 px tiles, against 0.06 at overlap 16)."""
+    0.47 in probability at overlap 15 of 64 px tiles, against 0.06 at overlap 16). ``scale`` (default: the
+    model's ``input_scale``): the image is resized by it first, the probability back to the image's size."""
     device = device or next(model.parameters()).device
+    scale = model.cfg.input_scale if scale is None else scale
+    if scale != 1:  # the network sees the resized image; its probability goes back to the image's size
+        small = predict_probs(model, rescale(image, scale), device, tile, overlap, batch_size, progress, scale=1)
+        back = torch.nn.functional.interpolate(torch.from_numpy(small)[None, None], size=image.shape[:2],
+                                               mode="bilinear", align_corners=False)
+        return back[0, 0].numpy()
     h, w = image.shape[:2]
     tile = _even_tile(tile, h, w)
     overlap = min(overlap, tile // 2) // 2 * 2

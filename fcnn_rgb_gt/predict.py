@@ -61,8 +61,9 @@ from fcnn_rgb_gt.config import (
     over_memory_limit,
 )
 
+# no timings: shards merge into exactly one worker's file
 CSV_COLUMNS = ["image", "name", "status", "error", "width", "height", "threshold", "building_fraction", "gt", "iou",
-               "f1", "precision", "recall", "accuracy"]  # no timings: shards merge into exactly one worker's file
+               "f1", "precision", "recall", "accuracy", "warnings"]
 OUTPUT_FILES = ("predictions.jpg", "predictions_mask.png", "predictions_overlay.jpg", "predictions_metrics.json")
 # the status of a row: predicted by this run, failed in this run (error says why), the earlier run's row of an
 # image this run has not reached yet (a stopped run; its outputs are still the earlier run's), or the image whose
@@ -209,14 +210,15 @@ def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -
 
 
 def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.Namespace, device,
-                before_write=None) -> dict:
+                before_write=None, train_stats: dict | None = None) -> dict:
     """Read and check ``item``, predict it, write its files into ``out`` (calling ``before_write()`` first, if
-    given); return its metrics."""
+    given); return its metrics. ``train_stats``: the training image's statistics (a warning on stderr and in the
+    result when the image differs from it in a way the model cannot handle)."""
     from tqdm import tqdm
 
     from common.metrics import segmentation_report
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import predict_probs
+    from fcnn_rgb_gt.infer import input_warnings, predict_probs
 
     if item.problem:
         raise ImageReadError(item.key, item.problem)
@@ -231,8 +233,12 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
     prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar)
     seconds = time.perf_counter() - t0
     pred = prob >= threshold
+    warnings = input_warnings(image, float(pred.mean()), train_stats)
+    for w in warnings:
+        print(f"warning: {item.key}: {w}", file=sys.stderr, flush=True)
     result = {"image": item.key, "name": item.name, "size": [image.shape[1], image.shape[0]],
-              "threshold": threshold, "seconds": round(seconds, 3), "building_fraction": round(float(pred.mean()), 4)}
+              "threshold": threshold, "seconds": round(seconds, 3), "building_fraction": round(float(pred.mean()), 4),
+              "warnings": "; ".join(warnings)}
     if gt is not None:
         rep = segmentation_report(pred, gt)
         result.update(gt=item.gt, **{k: round(v, 4) for k, v in rep.items()})
@@ -326,7 +332,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
         folder = out / item.name if several else out
         writing = partial(table.put, {"image": item.key, "name": item.name, "status": WRITING}) if table else None
         try:
-            r = predict_one(model, item, folder, threshold, args, device, before_write=writing)
+            r = predict_one(model, item, folder, threshold, args, device, before_write=writing,
+                            train_stats=ckpt.get("input_stats"))
         except (ImageReadError, MemoryError) as err:  # named, and the rest of the batch goes on
             reason = str(err) if isinstance(err, ImageReadError) else f"{item.key}: not enough memory to predict it"
             errors.append(reason)

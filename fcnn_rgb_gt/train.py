@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the
     from fcnn_rgb_gt.model import FCN
 
 # options a resumed run takes from the command line; every other option is the checkpoint's (it defines the run)
+EMA_EPOCHS = 2.0  # horizon of the exponential moving average of the weights, in epochs (decay 1 - 1/(this x steps))
 OUTPUTS = ("best.pt", "last.pt", "config.json", "log.csv", "loss_vs_epochs.png")  # in --out
 RESUME_MAY_CHANGE = ("data", "rgb", "gt", "out", "epochs", "max_minutes", "device", "threads", "resume")
 
@@ -123,7 +124,9 @@ def warmup_cosine(total: int, warmup: float = 0.05, floor: float = 0.01):
 
 
 # ---------------------------------------------------------------------------------------------- loop
-def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, show: bool = True) -> float:
+def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, show: bool = True,
+                    after_step=None) -> float:
+    """One epoch of ``steps`` optimiser steps; ``after_step()`` runs after each (the weight averages)."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
@@ -138,23 +141,28 @@ def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, sho
         loss.backward()
         opt.step()
         sched.step()
+        if after_step is not None:
+            after_step()
         total += loss.item()
     return total / steps
 
 
 def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device, weights: torch.Tensor) -> dict:
     """Tiled prediction of the validation strip: the training loss (same class weights, so the two curves
-    compare), and building IoU / F1 / accuracy at probability 0.5."""
-    from common.metrics import segmentation_report
-    from fcnn_rgb_gt.infer import predict_probs
+    compare), building IoU / F1 / accuracy at probability 0.5, and the threshold at which the strip's predicted
+    building share equals its true share (``threshold``) with the IoU there (``iou_matched``)."""
+    from common.metrics import iou, segmentation_report
+    from fcnn_rgb_gt.infer import predict_probs, share_threshold
 
     model.eval()
-    prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4))
+    prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4), scale=1)  # resized
     p = np.clip(prob, 1e-6, 1 - 1e-6)
     nll = np.where(mask == 1, -np.log(p), -np.log(1 - p))
     w = weights.numpy()[mask]  # F.cross_entropy(weight=...) normalises by the summed weights
     rep = segmentation_report(prob >= THRESHOLD, mask)
-    return {"val_loss": float((w * nll).sum() / w.sum()), **{f"val_{k}": float(v) for k, v in rep.items()}}
+    t = share_threshold(prob, float(mask.mean()))
+    return {"val_loss": float((w * nll).sum() / w.sum()), **{f"val_{k}": float(v) for k, v in rep.items()},
+            "threshold": t, "iou_matched": iou(prob >= t, mask)}
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -169,9 +177,10 @@ def write_log(path: Path, history: list[dict]) -> None:
 def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: dict | None, log) -> dict:
     """Data, model, crop sampler, optimiser and schedule of the run: a dict the loop and checkpoints share."""
     import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from fcnn_rgb_gt.data import CropSampler, class_weights, data_fingerprint, load_data, to_tensor
-    from fcnn_rgb_gt.infer import prepare
+    from fcnn_rgb_gt.infer import image_stats, prepare
     from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters
 
     image, mask, split, rgb_path, gt_path = load_data(cfg)
@@ -185,7 +194,7 @@ def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: d
         f"train region {tr_mask.shape[1]}x{tr_mask.shape[0]}, validation strip ({split.side}) "
         f"{va_mask.shape[1]}x{va_mask.shape[0]}, building {va_mask.mean():.1%}")
 
-    model = FCN(ModelConfig(normalize=not cfg.plain, batch_norm=not cfg.plain))
+    model = FCN(ModelConfig(normalize=not cfg.plain, batch_norm=not cfg.plain, input_scale=cfg.input_scale))
     x = to_tensor(tr_img)
     model.set_input_stats(x.mean((1, 2)), x.std((1, 2)))
     model = prepare(model, device)
@@ -194,13 +203,18 @@ def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: d
                           generator=torch.Generator().manual_seed(cfg.seed + 1000 * rank))
     crop = sampler.crop
     steps = max(4, round(tr_mask.size / (world * cfg.batch_size * crop * crop)))
+    # weight averages, batch-norm statistics included: an exponential one (EMA_EPOCHS horizon) and a uniform one
+    # over the second half of the run (SWA)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1 - 1 / (EMA_EPOCHS * steps)), use_buffers=True)
+    swa = AveragedModel(model, use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps))
     log(f"model: {count_parameters(model)} parameters {model.cfg.to_dict()}; {steps} steps/epoch of "
         f"{world}x{cfg.batch_size}x{crop}x{crop} crops ({world} process{'es' * (world > 1)}), "
         f"device {device}, {torch.get_num_threads()} threads")
-    return {"model": model, "sampler": sampler, "opt": opt, "sched": sched, "steps": steps,
+    return {"model": model, "ema": ema, "swa": swa, "sampler": sampler, "opt": opt, "sched": sched, "steps": steps,
             "weights": class_weights(tr_mask), "val": (split.val(image), va_mask), "fingerprint": fingerprint,
+            "input_stats": image_stats(image, mask),
             "device": device}
 
 
@@ -239,27 +253,38 @@ def estimate(run: dict, cfg: TrainConfig, epochs: int) -> str:
 
 def end_epoch(run: dict, cfg: TrainConfig, epoch: int, train_loss: float, history: list, best: dict,
               extra: dict, seconds: float, done: int) -> dict:
-    """Rank 0 after each epoch: validate, log, checkpoint (best.pt when the IoU improved) and plot; the best.
-    ``seconds``: since this process started training, ``done``: the epochs it has trained (for the time left)."""
+    """Rank 0 after each epoch: validate the trained weights and their average, log, checkpoint and plot; the
+    best. best.pt holds the averaged weights and the threshold at which their building share on the strip is
+    the strip's own. ``seconds``: since this process started training, ``done``: the epochs it has trained (for
+    the time left)."""
+    import copy
+
     from fcnn_rgb_gt.checkpoint import save_checkpoint
     from fcnn_rgb_gt.figures import plot_losses
+    from fcnn_rgb_gt.infer import averaged_weights
 
     out = Path(cfg.out)
     m = evaluate(run["model"], *run["val"], cfg, run["device"], run["weights"])
+    a = evaluate(run["ema"].module, *run["val"], cfg, run["device"], run["weights"])
     history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(m["val_loss"], 5),
                     "val_iou": round(m["val_iou"], 4), "val_f1": round(m["val_f1"], 4),
-                    "val_accuracy": round(m["val_accuracy"], 4), "lr": f"{run['sched'].get_last_lr()[0]:.2e}",
+                    "val_accuracy": round(m["val_accuracy"], 4), "avg_val_iou": round(a["iou_matched"], 4),
+                    "avg_threshold": round(a["threshold"], 4), "lr": f"{run['sched'].get_last_lr()[0]:.2e}",
                     "seconds": round(seconds, 1)})
     improved = m["val_iou"] > best["iou"]
     if improved:
         best = {"iou": m["val_iou"], "epoch": epoch}
-        save_checkpoint(out / "best.pt", run, epoch, best, cfg, history, extra)
+        run["peak"] = copy.deepcopy(run["model"].state_dict())
+    save_checkpoint(out / "best.pt", run, epoch, best, cfg, history,
+                    {**extra, "peak_model": run["peak"]},
+                    model_state=averaged_weights(run["ema"].state_dict()), threshold=a["threshold"])
     save_checkpoint(out / "last.pt", run, epoch, best, cfg, history, extra)
     write_log(out / "log.csv", history)
     plot_losses(out / "loss_vs_epochs.png", history)
     left = f"  about {duration(seconds / done * (cfg.epochs - epoch))} left" if epoch < cfg.epochs else ""
     print(f"epoch {epoch:3d}/{cfg.epochs}  train {train_loss:.4f}  val {m['val_loss']:.4f}  IoU {m['val_iou']:.4f}  "
-          f"F1 {m['val_f1']:.4f}  {seconds:.0f}s" + ("  *best" if improved else "") + left, flush=True)
+          f"F1 {m['val_f1']:.4f}  averaged IoU {a['iou_matched']:.4f} at {a['threshold']:.3f}  {seconds:.0f}s"
+          + ("  *best" if improved else "") + left, flush=True)
     return best
 
 
@@ -305,15 +330,23 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         write_json(out / "config.json", {**asdict(cfg), "world_size": world})
         log(estimate(run, cfg, cfg.epochs - start + 1))
 
+    run.setdefault("peak", None)  # the weights of the epoch with the best strip IoU at 0.5 (comparison only)
+
+    def average() -> None:  # after every optimiser step: the EMA, and the SWA over the second half of the run
+        run["ema"].update_parameters(run["model"])
+        if run["sched"].last_epoch > cfg.epochs * run["steps"] // 2:
+            run["swa"].update_parameters(run["model"])
+
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs + 1):
         if rank0_decides(bool(cfg.max_minutes) and time.perf_counter() - t0 > 60 * cfg.max_minutes, world):
             log(f"stopping before epoch {epoch}: --max-minutes {cfg.max_minutes} reached")
             break
         train_loss = train_one_epoch(ddp, run["sampler"], run["opt"], run["sched"], run["steps"], cfg,
-                                     run["weights"], device, show=main_rank)
+                                     run["weights"], device, show=main_rank, after_step=average)
         train_loss = mean_over_ranks(train_loss, device, world)  # for the log
         extra = {"rng": rng_states(run["sampler"], device, world), "data_sha256": run["fingerprint"],
+                 "input_stats": run["input_stats"],
                  "world_size": world}
         if main_rank:  # validation, checkpoints, log and plot: rank 0 only
             best = end_epoch(run, cfg, epoch, train_loss, history, best, extra, time.perf_counter() - t0,

@@ -5,7 +5,7 @@
     python -m fcnn_rgb_gt.studies.ladder --data ../shared/data/fcnn --oracle                 # each pair on itself
 
 A variant is train.py's default plus its flags, trained on ``train_substitute/`` without a time limit; its
-``best.pt`` is scored on every ``extra/*`` pair at probability 0.5 (bench.score_run), beside its held-out strip's
+``best.pt`` is scored on every ``extra/*`` pair at its stored threshold (bench.score_run), beside its held-out strip's
 IoU. An oracle run trains the default on one test pair itself (its own strip held out and picking the epoch):
 its score on that whole image, mostly seen in training, is what the network can fit there, a ceiling on
 transfer. Rows are merged into ``--out`` (a JSON file, not benchmarks/) and printed as a markdown table.
@@ -49,12 +49,13 @@ def train(data: Path, out: Path, flags: list[str], seed: int, threads: int) -> f
 
 
 def table(rows: dict) -> str:
-    """Markdown: one line per row (building IoU at 0.5), then mean [min-max] per variant over its seeds."""
+    """Markdown: one line per row (building IoU at the run's threshold), then mean [min-max] per variant over
+    its seeds."""
     names = sorted({p for r in rows.values() for p in r["pairs"]})
-    lines = ["| row | flags | best epoch | strip | " + " | ".join(names) + " |",
+    lines = ["| row | flags | threshold | strip | " + " | ".join(names) + " |",
              "|---|---|---|---|" + "---|" * len(names)]
     for key, r in sorted(rows.items()):
-        lines.append(f"| {key} | `{r['flags']}` | {r['best_epoch']} | {r['val_iou']} | "
+        lines.append(f"| {key} | `{r['flags']}` | {r.get('threshold', 0.5)} | {r['val_iou']} | "
                      + " | ".join(str(r["pairs"].get(n, {}).get("iou", "-")) for n in names) + " |")
     groups: dict[str, list[dict]] = {}
     for key, r in rows.items():

@@ -16,30 +16,50 @@ RECORD_KEYS = {"task", "what", "command", "config", "data", "machine", "load", "
 
 
 def _report(iou: float) -> dict:
-    return {"iou": iou, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9}
+    return {"iou": iou, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9, "share": 0.1,
+            "true_share": 0.12}
 
 
-def _score(val: float, a: float, b: float, epoch: int = 3) -> dict:
-    return {"best_epoch": epoch, "val_iou": val, "epochs_run": 16, "train_loop_seconds": 10.0,
-            "pairs": {"p1": _report(a), "p2": _report(b)}}
+def _score(val: float, **ious: float) -> dict:
+    return {"epochs_run": 16, "val_iou": val, "threshold": 0.7, "train_loop_seconds": 10.0,
+            "pairs": {name: _report(v) for name, v in ious.items()}}
 
 
-def test_the_record_has_one_shape_and_the_seed_means(tmp_path):
+def test_the_record_holds_the_cross_pair_matrix_its_worst_cell_and_the_other_source_apart(tmp_path):
     from dataclasses import asdict
 
-    scores = {0: _score(0.5, 0.3, 0.5), 1: _score(0.4, 0.4, 0.6, epoch=5), 2: _score(0.6, 0.2, 0.4)}
+    scores = {"a": {0: _score(0.5, b=0.3, c=0.5, x=0.1), 1: _score(0.4, b=0.5, c=0.7, x=0.3)},
+              "b": {0: _score(0.6, a=0.2, c=0.4), 1: _score(0.6, a=0.4, c=0.4)},
+              "c": {0: _score(0.6, a=0.6, b=0.6), 1: _score(0.6, a=0.6, b=0.8)}}
     predict = {"1x": {"threads": 2, "seconds": 1.0}, "4x_area": {"threads": 2, "seconds": 4.0}}
-    r = bench.record(asdict(TrainConfig()), tmp_path, scores, {0: 100.0, 1: 110.0, 2: 120.0}, predict,
+    r = bench.record(asdict(TrainConfig()), tmp_path, scores, ["a", "b", "c"], {}, predict,
                      {"start": [1.0], "end": [2.0]})
     assert set(r) == RECORD_KEYS
     assert "data" not in r["config"] and "out" not in r["config"] and r["config"]["lr"] == TrainConfig.lr
     m = r["metrics"]
-    assert m["iou_at_0.5"]["p1"] == {"mean": 0.3, "min": 0.2, "max": 0.4, "per_seed": [0.3, 0.4, 0.2]}
-    assert m["iou_at_0.5"]["p2"]["mean"] == 0.5 and m["best_epoch_per_seed"] == [3, 5, 3]
-    assert m["val_strip_iou_at_0.5"]["mean"] == 0.5 and m["target_met_on_every_pair"] is False
-    assert set(m["seed0_report"]) == {"p1", "p2"}
-    assert r["timings"]["train_seconds_per_seed"] == [100.0, 110.0, 120.0]
+    assert m["cells_iou"]["a->b"] == {"mean": 0.4, "min": 0.3, "max": 0.5, "per_seed": [0.3, 0.5]}
+    assert len(m["cells_iou"]) == 6 and "a->x" not in m["cells_iou"]  # x is another source: apart
+    assert m["other_source_iou"] == {"x": {"mean": 0.2, "min": 0.1, "max": 0.3, "per_seed": [0.1, 0.3]}}
+    assert m["worst_cell"]["cell"] == "b->a" and m["worst_cell"]["mean"] == 0.3
+    assert m["matrix_mean_iou"] == 0.5  # cells 0.4, 0.6, 0.3, 0.4, 0.6, 0.7
+    assert m["matrix_mean_per_seed"]["per_seed"] == [0.4333, 0.5667]
+    assert m["building_share"]["a->b"] == {"marked": 0.1, "truth": 0.12}
+    assert m["target_met_on_every_cell"] is False and m["threshold"]["a"] == [0.7, 0.7]
     json.dumps(r)  # JSON as it is
+
+
+def test_the_pool_is_the_training_pair_and_its_own_source(tmp_path):
+    for sub in ("train_substitute", "extra/dubai_x", "extra/dubai_y", "extra/other"):
+        (tmp_path / sub).mkdir(parents=True)
+        for name in ("rgb.png", "gt.png"):
+            (tmp_path / sub / name).write_bytes(b"x")
+    pool, others = bench.cross_pairs(tmp_path)
+    assert [d.name for d in pool] == ["train_substitute", "dubai_x", "dubai_y"]
+    assert [d.name for d in others] == ["other"]
+    pool, others = bench.cross_pairs(tmp_path, ["other"])
+    assert [d.name for d in pool] == ["train_substitute", "other"] and len(others) == 2
+    with pytest.raises(bench.BenchError, match="no pair nope"):
+        bench.cross_pairs(tmp_path, ["nope"])
 
 
 def test_bench_skips_demo_data(tmp_path, capsys):
@@ -67,10 +87,13 @@ def test_bench_without_test_pairs_is_one_line_before_any_training(tmp_path, caps
 
 @pytest.mark.slow
 def test_bench_end_to_end_writes_the_record_and_figures(pair_dir, tmp_path, monkeypatch):
-    """Two seeds of a 1-epoch training (train_run shortened in-process) on a copy of the demo pair laid out as the
-    real data (no demo marker), predict timed in fresh processes, the record and both figures written."""
+    """The cross-pair protocol on copies of the demo pairs laid out as the real data (no demo marker): one
+    1-epoch training per pool pair (train_run shortened in-process), the matrix, predict timed in fresh
+    processes, the record and both figures written."""
     data = tmp_path / "fcnn"
-    for sub, src in (("train_substitute", pair_dir), ("extra/p1", pair_dir / "extra" / "demo_val")):
+    layout = {"train_substitute": pair_dir, "extra/p1": pair_dir / "extra" / "demo_val",
+              "extra/p2": pair_dir / "extra" / "demo_val", "extra/q": pair_dir}
+    for sub, src in layout.items():
         (data / sub).mkdir(parents=True)
         for name in ("rgb.png", "gt.png"):
             shutil.copy(src / name, data / sub / name)
@@ -83,10 +106,13 @@ def test_bench_end_to_end_writes_the_record_and_figures(pair_dir, tmp_path, monk
     monkeypatch.setattr(bench, "train_run", short_run)
     out, docs = tmp_path / "fcnn.json", tmp_path / "docs"
     assert bench.main(["--data", str(data), "--runs", str(tmp_path / "runs"), "--out", str(out),
-                       "--docs", str(docs), "--seeds", "0", "1"]) == 0
+                       "--docs", str(docs), "--seeds", "0", "--pool", "p1", "p2"]) == 0
     r = json.loads(out.read_text())
-    assert set(r) == RECORD_KEYS and r["metrics"]["seeds"] == [0, 1]
-    assert 0 <= r["metrics"]["iou_at_0.5"]["p1"]["mean"] <= 1 and set(r["timings"]["predict"]) == {"1x", "4x_area"}
+    m = r["metrics"]
+    assert set(r) == RECORD_KEYS and m["seeds"] == [0] and r["data"]["pool"] == ["train_substitute", "p1", "p2"]
+    assert len(m["cells_iou"]) == 6 and set(m["other_source_iou"]) == {"q"} and 0 <= m["matrix_mean_iou"] <= 1
+    assert (tmp_path / "runs" / "p2" / "seed0" / "best.pt").is_file()
+    assert set(r["timings"]["predict"]) == {"1x", "4x_area"}
     assert r["timings"]["predict"]["4x_area"]["size"] == [400, 320]
     for name in ("dubai_loss_vs_epochs.png", "dubai_prediction.png"):
         assert (docs / name).stat().st_size < 150_000, name

@@ -286,3 +286,38 @@ def test_a_stopped_batch_keeps_the_earlier_rows_of_the_images_not_reached(untrai
     assert predict.main(base + ["--out", str(out), "--threshold", "0"]) == 0
     assert predict.main(base + ["--out", str(tmp_path / "whole"), "--threshold", "0"]) == 0
     assert (out / "predictions.csv").read_bytes() == (tmp_path / "whole" / "predictions.csv").read_bytes()
+
+
+def test_input_warnings_name_a_gray_or_recoloured_image_and_an_inflated_building_share(pair_dir):
+    from fcnn_rgb_gt.data import read_gt
+    from fcnn_rgb_gt.infer import image_stats, input_warnings
+
+    image = np.asarray(Image.open(pair_dir / "rgb.png").convert("RGB"))
+    stats = image_stats(image, read_gt(pair_dir / "gt.png"))
+    prior = stats["building_share"]
+    assert input_warnings(image, prior, stats) == []  # the training image itself
+    gray = np.repeat(image.mean(2, keepdims=True).astype(np.uint8), 3, 2)
+    assert any("no colour" in w for w in input_warnings(gray, prior, stats))
+    assert input_warnings(gray, prior, None) and not input_warnings(image, prior, None)  # older checkpoints
+    dark = (image * 0.5).astype(np.uint8)
+    assert any("colours differ" in w for w in input_warnings(dark, prior, stats))
+    assert [w for w in input_warnings(image, 0.9, stats) if "marked 90.0% building" in w]
+
+
+def test_predict_warns_on_stderr_and_in_the_csv_and_still_predicts(untrained_run, pair_dir, tmp_path, capsys):
+    from fcnn_rgb_gt.data import read_gt
+    from fcnn_rgb_gt.infer import image_stats
+
+    image = np.asarray(Image.open(pair_dir / "rgb.png").convert("RGB"))
+    ckpt = torch.load(untrained_run / "best.pt", weights_only=True)
+    ckpt["input_stats"] = image_stats(image, read_gt(pair_dir / "gt.png"))
+    torch.save(ckpt, tmp_path / "best.pt")
+    Image.fromarray(np.repeat(image.mean(2, keepdims=True).astype(np.uint8), 3, 2)).save(tmp_path / "gray.png")
+    out = tmp_path / "out"
+    assert predict.main(["--checkpoint", str(tmp_path / "best.pt"), "--image", str(tmp_path / "gray.png"),
+                         str(pair_dir / "rgb.png"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'gray.png'}: the image has (almost) no colour" in err
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert "no colour" in rows["gray"]["warnings"] and "no colour" not in rows["rgb"]["warnings"]
+    assert (out / "gray" / "predictions.jpg").is_file()

@@ -7,12 +7,12 @@ from fcnn_rgb_gt.studies import ladder, seams
 
 
 def _row(val: float, a: float, b: float) -> dict:
-    return {"flags": "--x", "best_epoch": 2, "val_iou": val, "pairs": {"p1": {"iou": a}, "p2": {"iou": b}}}
+    return {"flags": "--x", "threshold": 0.7, "val_iou": val, "pairs": {"p1": {"iou": a}, "p2": {"iou": b}}}
 
 
 def test_the_ladder_table_has_a_row_per_run_and_the_seed_spread():
     md = ladder.table({"v": _row(0.3, 0.2, 0.4), "v_seed1": _row(0.5, 0.4, 0.6), "w": _row(0.1, 0.1, 0.1)})
-    assert "| v | `--x` | 2 | 0.3 | 0.2 | 0.4 |" in md
+    assert "| v | `--x` | 0.7 | 0.3 | 0.2 | 0.4 |" in md
     assert "| v, 2 seeds | | | 0.400 [0.300-0.500] | 0.300 [0.200-0.400] | 0.500 [0.400-0.600] |" in md
     assert "| w, " not in md  # one seed: no spread line
 

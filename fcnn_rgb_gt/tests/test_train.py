@@ -63,6 +63,24 @@ def test_spatial_split_keeps_a_gap_and_a_representative_strip():
 
 
 @pytest.mark.slow
+def test_best_pt_holds_the_averaged_weights_at_the_strip_matched_threshold(trained_run, pair_dir):
+    from fcnn_rgb_gt.data import load_pair, spatial_split
+    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
+
+    best = torch.load(trained_run / "best.pt", weights_only=True)
+    last = torch.load(trained_run / "last.pt", weights_only=True)
+    assert 0 < best["threshold"] < 1 and set(best["input_stats"]) == {"mean", "std", "chroma", "building_share"}
+    ema = {k.removeprefix("module."): v for k, v in last["averages"]["ema"].items() if k != "n_averaged"}
+    assert all(torch.equal(best["model"][k], ema[k]) for k in best["model"])
+    assert not all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])  # not the last step's
+    image, mask = load_pair(pair_dir / "rgb.png", pair_dir / "gt.png")
+    split = spatial_split(mask, 0.2, gap=16)
+    model, _ = load_checkpoint(trained_run / "best.pt", torch.device("cpu"))
+    marked = (predict_probs(model, split.val(image), tile=64, overlap=16) >= best["threshold"]).mean()
+    assert abs(marked - split.val(mask).mean()) < 0.01  # the strip is marked as often as it is building
+
+
+@pytest.mark.slow
 def test_training_run_writes_checkpoint_plot_and_log(trained_run):
     for name in ("best.pt", "last.pt", "log.csv", "loss_vs_epochs.png", "config.json"):
         assert (trained_run / name).is_file(), name
@@ -106,6 +124,9 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(pair_dir, tm
     assert whole["model"].keys() == cut["model"].keys()
     for k in whole["model"]:
         assert torch.equal(whole["model"][k], cut["model"][k]), k
+    for name in ("ema", "swa"):  # the weight averages continue too
+        for k, v in whole["averages"][name].items():
+            assert torch.equal(v, cut["averages"][name][k]), (name, k)
     assert _log_without_times(tmp_path / "cut") == _log_without_times(tmp_path / "whole")
 
 
