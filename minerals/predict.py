@@ -4,8 +4,9 @@
         [--threshold 0.5] [--out results.json]
 
 Output: ``{"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}}``. ``confidence`` is the
-calibrated probability that the most likely mineral is right (temperature fitted on validation, stored in the
-checkpoint); below the threshold (by default the one chosen on validation and stored in the checkpoint) the
+calibrated probability that the most likely mineral is right (temperature fitted on held-out patches: the
+validation fold, or for a model trained on every photo the cross-validation runs of its recipe; stored in the
+checkpoint); below the threshold (by default the one chosen on those patches and stored in the checkpoint) the
 result is ``"unknown"`` (see minerals/decision.py). The JSON is written once complete: ``--out`` replaces the
 file atomically (an earlier file stays whole until then), while a shell redirect ``> results.json`` empties the
 file before the program starts. Without ``--checkpoint`` the run of ``make train-minerals`` is used, else the
@@ -204,7 +205,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence threshold in [0, 1]: a patch whose most likely mineral has a lower calibrated "
                         "probability is 'unknown'; 0 rejects nothing, 0.5 means at least even odds (default: the "
-                        "checkpoint's, chosen on validation)")
+                        "checkpoint's, chosen on held-out patches)")
     p.add_argument("--out", default="-", help="JSON file to write once complete, replaced atomically (default: "
                                               "stdout)")
     p.add_argument("--batch-size", type=int, default=32, help="patches per forward pass")

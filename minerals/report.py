@@ -85,7 +85,10 @@ stem and first 3 block stages frozen, at 224 px, with discriminative learning ra
 pretrained layers 5e-4, both warmed up by OneCycle). After every epoch the decision threshold is chosen
 on validation. The whole run keeps inside a time budget (--time-budget-min 27): a few timed steps before
 training estimate an epoch, and a machine too slow for the asked epochs trains fewer (the schedule spans
-those).
+those). The runs in this report keep one fold out to measure them; the model users get (make train-minerals,
+--val-fold -1) learns from every photo with the same recipe and epochs and keeps its last epoch, and its
+temperature and threshold are those fitted on held-out predictions of cross-validation runs of that recipe.
+EfficientNet-Lite1 and -Lite2 (the lite1/lite2 wheels, 240 / 260 px) train with the same transfer recipe.
 """
 
 INFERENCE = """\
@@ -95,9 +98,11 @@ by TorchScript, BatchNorm folded into the convolutions: about 1.6x faster, same 
 {"<filename>": {"confidence": float, "result": "<mineral>" | "unknown"}} to stdout (logs go to stderr).
 Rejection: the network has an explicit 8th class 'negative'. The confidence is the calibrated softmax
 probability of the most likely mineral (the logits divided by a temperature fitted on the validation patches
-by maximum likelihood and stored in the checkpoint, so that 0.5 means even odds; the reliability diagrams
-below show how well it holds); a negative patch takes the mass away from every mineral, so one rule handles
-both non-minerals and unsure minerals: result = that mineral if confidence >= threshold, else "unknown".
+by maximum likelihood and stored in the checkpoint, so that 0.5 means even odds; for the model trained on
+every photo, the temperature fitted on held-out predictions of cross-validation runs of its recipe; the
+reliability diagrams below show how well it holds); a negative patch takes the mass away from every
+mineral, so one rule handles both non-minerals and unsure minerals: result = that mineral if confidence >=
+threshold, else "unknown".
 The threshold is predetermined on validation - the middle of the range of values with the best open-set
 accuracy (right mineral above it, negatives below it), which keeps a margin against patches unlike the
 validation negatives - and stored in the checkpoint; --threshold overrides it. Unreadable files are
@@ -207,8 +212,9 @@ def summary_lines(runs: Path, run_dirs: list[Path], index: list[dict], bench_jso
         m = json.loads((d / "eval" / "metrics.json").read_text()) if (d / "eval" / "metrics.json").exists() else None
         res = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else {}
         lines.append(f"{d.name}: {cfg['backbone']} at {cfg['img_size']} px, {cfg['epochs']} epochs, "
-                     f"validation fold {cfg['val_fold']} of {cfg['n_folds']}, "
-                     f"trained in {res.get('train_seconds', float('nan')) / 60:.1f} min")
+                     + (f"validation fold {cfg['val_fold']} of {cfg['n_folds']}, " if cfg["val_fold"] >= 0
+                        else "every photo trains (no validation fold), ")
+                     + f"trained in {res.get('train_seconds', float('nan')) / 60:.1f} min")
         if m:
             lines.append(metrics_line(m))
     if bench_json.exists() and not any("demo" in str(d) for d in run_dirs):

@@ -3,12 +3,16 @@ MINERALS_TRAIN_ARGS ?=
 MINERALS_PATCHES ?= $(MINERALS_RUN)/samples/patches
 MINERALS_BENCH_RUN ?= $(RUNS)/minerals_bench
 MINERALS_BENCH_ARGS ?=
+MINERALS_EVAL_DATA ?=
 
 .PHONY: train-minerals predict-minerals eval-minerals bench-minerals docs-minerals demo-minerals figures-minerals
 
-train-minerals: venv-torch demo-data-minerals  ## extract patches of $(DATA_ROOT)/minerals, train OreNet -> $(MINERALS_RUN)/train (MINERALS_TRAIN_ARGS="--backbone efficientnet_lite0": transfer)
+train-minerals: venv-torch demo-data-minerals  ## extract patches of $(DATA_ROOT)/minerals, train OreNet on every photo -> $(MINERALS_RUN)/train (MINERALS_TRAIN_ARGS="--backbone efficientnet_lite0": transfer)
+	@# --val-fold -1: every photo trains for the epochs chosen by cross-validation; temperature and threshold
+	@# from cross-validation runs' held-out predictions (config.CV_CALIBRATION, or --calibration FILE)
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(MINERALS_RUN)/samples
-	$(TORCH_PY) minerals/train.py --data $(MINERALS_RUN)/samples --out $(MINERALS_RUN)/train $(MINERALS_TRAIN_ARGS)
+	$(TORCH_PY) minerals/train.py --data $(MINERALS_RUN)/samples --out $(MINERALS_RUN)/train --val-fold -1 \
+	  $(MINERALS_TRAIN_ARGS)
 
 $(MINERALS_RUN)/train/best.pt:
 	$(MAKE) train-minerals
@@ -19,9 +23,12 @@ predict-minerals: venv-torch demo-data-minerals $(MINERALS_RUN)/train/best.pt  #
 	$(TORCH_PY) minerals/predict.py $(MINERALS_PATCHES) --checkpoint $(MINERALS_RUN)/train/best.pt \
 	  --out $(MINERALS_RUN)/results.json || [ $$? -eq 1 ]
 
-eval-minerals: venv-torch $(MINERALS_RUN)/train/best.pt  ## accuracy, macro-F1, per class, confusion matrices, threshold curve, mistakes
+eval-minerals: venv-torch $(MINERALS_RUN)/train/best.pt  ## MINERALS_EVAL_DATA=<class>/<patch> folders of new photos' patches: accuracy, macro-F1, per class, confusion matrices, threshold curve, calibration, mistakes
+	@# the run of train-minerals learned from every photo: its figures need patches it has not seen
+	@test -n "$(MINERALS_EVAL_DATA)" || { echo "eval-minerals: give MINERALS_EVAL_DATA=<folder of <class>/<patch>>" \
+	  "(the run of train-minerals trained on every photo; held-out figures of the recipe: make bench-minerals)"; exit 2; }
 	@# exit status 1 with the figures written: some patches were unreadable (named above), the rest evaluated
-	$(TORCH_PY) minerals/evaluate.py --checkpoint $(MINERALS_RUN)/train/best.pt --data $(MINERALS_RUN)/samples \
+	$(TORCH_PY) minerals/evaluate.py --checkpoint $(MINERALS_RUN)/train/best.pt --data $(MINERALS_EVAL_DATA) \
 	  || [ $$? -eq 1 ]
 
 bench-minerals: venv-torch  ## both defaults on the real photos (DATA_ROOT=../shared/data; MINERALS_BENCH_ARGS="--folds 5") -> benchmarks/minerals.json
