@@ -35,6 +35,9 @@ def test_hand_made_confusion_case():
     # with the threshold 0.5: the unsure quartz and both negatives are "unknown"
     assert r["coverage_at_threshold"] == pytest.approx(7 / 8)
     assert r["open_set"]["accuracy"] == pytest.approx((3 + 2 + 0 + 0 + 2) / 10)
+    # mineral patches right and answered (the unsure quartz counts as wrong), and right among the 7 answered
+    assert r["mineral_accuracy_at_threshold"] == pytest.approx(5 / 8)
+    assert r["answered_accuracy_at_threshold"] == pytest.approx(5 / 7)
 
 
 def test_threshold_rule_and_curve():
@@ -103,3 +106,23 @@ def test_report_line_shows_undefined_metrics_as_na(tmp_path):
     assert "no mineral patch; threshold 0.30: open-set accuracy 0.500, coverage n/a;" in metrics_line(m)
     m["closed_set"] = {"accuracy": None, "macro_f1": 0.25}
     assert "accuracy n/a, macro-F1 0.250;" in metrics_line(m)
+
+
+def test_photos_option_scores_the_source_photos_of_the_mineral_patches(samples, photos, tmp_path):
+    """--photos: each mineral patch is replaced by its whole source photo, negatives keep their patch; a run trained
+    on every photo has no validation patches to score, and says so."""
+    from minerals.evaluate import labelled_patches
+
+    patches = labelled_patches(samples)
+    whole = labelled_patches(samples, photos=photos)
+    assert [label for _, label in whole] == [label for _, label in patches]
+    for (p, label), (w, _) in zip(patches, whole):
+        if label == "negative":
+            assert w == p
+        else:
+            assert w.parent.parent == photos and w.exists() and w.parent.name == label
+    split = tmp_path / "split.csv"  # what train.py --val-fold -1 writes: every patch on the training side
+    split.write_text("patch,label,split\n" + "".join(f"{p.parent.name}/{p.name},{label},train\n"
+                                                      for p, label in patches))
+    with pytest.raises(ValueError, match="trained on every photo"):
+        labelled_patches(samples, split, "val")
