@@ -101,7 +101,8 @@ def demo_figures(demo: Path, photos_root: Path, out: Path) -> None:
 
 
 def bench_figures(runs: Path, out: Path) -> None:
-    """Fold-0 curves, confusion matrices and the threshold curve of bench.py's runs (numbers only)."""
+    """Fold-0 curves, confusion matrices, the threshold curve and the reliability diagrams of bench.py's runs
+    (numbers only)."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -128,6 +129,26 @@ def bench_figures(runs: Path, out: Path) -> None:
     save_figure(fig, out / "bench_confusion.png", dpi=DPI)
     m = json.loads((runs / names[-1] / "eval" / "metrics.json").read_text())
     plot_threshold(m["threshold_curve"], m["threshold"], out / "bench_threshold.png", dpi=DPI)
+    reliability_figure(runs, names, out / "bench_reliability.png")
+
+
+def reliability_figure(runs: Path, names: list[str], path: Path) -> None:
+    """Reliability diagrams of the fold-0 runs ``names`` (their eval/metrics.json), side by side."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        m = json.loads((runs / name / "eval" / "metrics.json").read_text())
+        rel = m["reliability"]
+        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+        ax.plot(rel["confidence"], rel["accuracy"], "o-", label=f"T = {m['temperature']:.2f}")
+        for x, y, n in zip(rel["confidence"], rel["accuracy"], rel["count"]):
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.set(xlabel="confidence (most likely mineral)", ylabel="share right", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"{name}, fold 0: ECE {m['ece']:.3f} (numbers: patches)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    save_figure(fig, path, dpi=DPI)
 
 
 def folds_figure(record: dict, path: Path) -> None:

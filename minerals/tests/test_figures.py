@@ -29,7 +29,7 @@ def test_figures_of_a_demo_run_and_of_bench_runs(run, samples, photos, tmp_path)
                    "--threads", "1"])
     figures.main(["--demo", str(demo), "--photos", str(photos), "--bench", str(demo), "--out", str(tmp_path / "a")])
     names = {"demo_photos.png", "demo_predictions.png", "demo_curves.png", "demo_threshold.png",
-             "bench_curves.png", "bench_confusion.png", "bench_threshold.png"}
+             "bench_curves.png", "bench_confusion.png", "bench_threshold.png", "bench_reliability.png"}
     assert {p.name for p in (tmp_path / "a").glob("*.png")} == names
     assert all(p.stat().st_size < 150_000 for p in (tmp_path / "a").glob("*.png"))
     real = tmp_path / "real"  # the same photos without the demo marker stand for real ones
