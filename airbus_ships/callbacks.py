@@ -27,6 +27,7 @@ from airbus_ships.runtime import vote_to_stop
 from common.io import atomic_write, write_json
 
 STATE_FILE = "train_state.json"  # in model/, next to last.keras
+PACE_STEPS = 5  # StepProgress tells the expected training time after this many steps (the first builds the graph)
 LAST_FILE = "last.keras"
 
 
@@ -88,7 +89,7 @@ class StepProgress(keras.callbacks.Callback):
     :class:`TimeBudget` (0: no budget)."""
 
     def __init__(self, initial_epoch: int = 0, budget_s: float = 0.0, run_start: float | None = None,
-                 reserve_s: float = 0.0, every: float = 30.0, pace_steps: int = 5):
+                 reserve_s: float = 0.0, every: float = 30.0, pace_steps: int = PACE_STEPS):
         super().__init__()
         self.initial_epoch, self.budget_s, self.reserve_s = initial_epoch, budget_s, reserve_s
         self.run_start, self.every, self.pace_steps = run_start or time.time(), every, pace_steps

@@ -63,12 +63,14 @@ class Config:
     batch_size: int = 8             # per replica (global batch = batch_size x replicas)
     lr: float = 1e-3                # Adam learning rate (halved when the validation loss stalls)
     small_ship_weight: float = 5.0  # extra BCE weight of ship pixels with little ship around them (0: plain BCE + dice)
-    epochs: int = 40                # upper bound; early stopping and the time budget usually end sooner
+    epochs: int = 40                # epochs to train; early stopping (or a --time-budget-min) may end sooner, and
+    #                                 says so (log and train_summary.json: ended_by)
     steps_per_epoch: int = 40       # batches per epoch (the stream is endless; an epoch is a reporting unit)
     val_steps: int = 12             # validation batches per epoch (the same cached batches every epoch)
     patience: int = 12              # early stopping patience (epochs without a lower validation loss)
-    time_budget_min: float = 27.0   # the whole run (start-up, fit, ship-rule choice) within this many minutes: no
-    #                                 epoch starts that would leave too little time for the rule (0: no limit)
+    time_budget_min: float = 0.0    # 0: no limit (train the --epochs, or until early stopping); else the whole run
+    #                                 (start-up, fit, ship-rule choice) within this many minutes: no epoch starts
+    #                                 that would leave too little time for the rule, and a warning says so
     calib_images: int = 200         # images the ship / no-ship rule is chosen on: validation first, then training
     check_images: bool = True       # open every image's header once before training (size, readable, JPEG end):
     #                                 bad images are named and left out (~0.1 ms an image)
@@ -239,6 +241,30 @@ def load_checkpoint(path: Path):
         sys.exit(str(err))
 
 
+def how_training_ended(cfg: Config, callbacks: list, chief: bool = True) -> dict:
+    """How the fit ended, for train_summary.json: ``ended_by`` "epochs" (all of ``--epochs``), "early_stopping"
+    (``--patience`` epochs without a lower validation loss) or "time_budget" (``--time-budget-min``; its callback
+    has warned already), the epoch it ended after and ``cut_short`` (ended before ``--epochs``). Training cut
+    short by early stopping is said on stderr too, so that no run stops early unsaid."""
+    from airbus_ships.callbacks import ResumableEarlyStopping, TimeBudget
+
+    budget = next(c for c in callbacks if isinstance(c, TimeBudget))
+    early = next(c for c in callbacks if isinstance(c, ResumableEarlyStopping))
+    if budget.stopped_after:
+        ended_by, after = "time_budget", budget.stopped_after
+    elif early.stopped_epoch:
+        ended_by, after = "early_stopping", early.stopped_epoch + 1
+        if chief:
+            best = f" below {float(early.best):.4f}" if early.best is not None else ""
+            print(f"note: early stopping ended the training after epoch {after} of {cfg.epochs}: the validation loss "
+                  f"did not fall{best} for {cfg.patience} epochs (--patience); best.keras holds the best epoch",
+                  file=sys.stderr)
+    else:
+        ended_by, after = "epochs", cfg.epochs
+    return {"epochs_planned": cfg.epochs, "ended_by": ended_by, "ended_after_epoch": after,
+            "cut_short": after < cfg.epochs, "stopped_by_time_budget_after_epoch": budget.stopped_after}
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> None:
     run_start = time.time()
@@ -277,7 +303,7 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
     then, on the chief, plot the curves, choose the ship rule for ``best.keras`` and write the summary."""
     import keras
 
-    from airbus_ships.callbacks import TimeBudget, make_callbacks
+    from airbus_ships.callbacks import PACE_STEPS, make_callbacks
     from airbus_ships.figures import plot_curves
     from airbus_ships.inference import choose_ship_rule, rule_seconds
     from airbus_ships.pipeline import distributed_datasets
@@ -312,14 +338,15 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
           f"{cfg.batch_size * strategy.num_replicas_in_sync} crops and {cfg.val_steps} validation batch(es) an epoch, "
           f"early stopping after {cfg.patience} epochs without a lower validation loss; "
           + (f"the whole run ends within the {cfg.time_budget_min:g}-min time budget (--time-budget-min)"
-             if cfg.time_budget_min else "no time budget") + "; the pace after the first steps follows", flush=True)
+             if cfg.time_budget_min else "no time budget") + f"; the expected time follows after {PACE_STEPS} steps",
+          flush=True)
     start = time.time()
     # shuffle=False: the stream is already a seeded shuffle (pipeline.py); Keras ignores shuffle for a dataset
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"],
               steps_per_epoch=cfg.steps_per_epoch, validation_steps=cfg.val_steps, callbacks=callbacks,
               verbose=2, shuffle=False)
     train_minutes = (time.time() - start) / 60
-    budget = next(c for c in callbacks if isinstance(c, TimeBudget))
+    ended = how_training_ended(cfg, callbacks, chief)
     print(f"weights sha256 {weights_digest(model)}")
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -337,10 +364,10 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
     log = pd.read_csv(log_csv)
     end = time.time()
     write_json(run_dir / "train_summary.json",
-               {"train_minutes": train_minutes, "epochs_logged": len(log),
+               {"train_minutes": train_minutes, "epochs_logged": len(log), **ended,
                 "rule_minutes": (end - rule_start) / 60, "rule_minutes_reserved": reserve / 60,
                 "run_minutes": (end - run_start) / 60, "best_val_loss": float(log["val_loss"].min()),
-                "stopped_by_time_budget_after_epoch": budget.stopped_after,
+                "best_epoch": int(log.loc[log["val_loss"].idxmin(), "epoch"]) + 1,
                 "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync})
     print(f"done in {(end - run_start) / 60:.1f} min (fit {train_minutes:.1f}): {model_dir / 'best.keras'}, "
           f"{log_csv}, {run_dir / 'training_curves.png'}")

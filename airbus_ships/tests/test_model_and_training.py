@@ -115,7 +115,10 @@ def test_train_script_outputs_and_resume(trained_run):
     assert model.output_shape[-1] == 1
     assert not list(trained_run.rglob("*.tmp*"))  # atomic writes leave no temporary file
     summary = json.loads((trained_run / "train_summary.json").read_text())
-    assert summary["rule_minutes_reserved"] > 0 and summary["run_minutes"] >= summary["train_minutes"]
+    assert summary["run_minutes"] >= summary["train_minutes"]
+    assert summary["rule_minutes_reserved"] == 0  # no time budget by default: nothing kept back for the rule
+    assert (summary["ended_by"], summary["ended_after_epoch"], summary["epochs_planned"]) == ("epochs", 3, 3)
+    assert summary["cut_short"] is False and summary["best_epoch"] in (1, 2, 3)
 
 
 @pytest.mark.slow
@@ -217,7 +220,8 @@ def test_train_survives_bad_images_in_the_calibration_set(demo_dir, tmp_path):
     """Without the up-front image check (--no-check-images), a truncated and a 700x500 image and the bad-input
     corpus (common/tests/bad_inputs.py, at 768x768) reach the training stream and the ship-rule images (all of
     them here): the run skips the broken ones there, names each with its reason, uses the readable ones, and
-    writes postprocess.json and its summary (it used to die in rule_seconds / choose_ship_rule)."""
+    writes postprocess.json and its summary (it used to die in rule_seconds, which a time budget calls, and in
+    choose_ship_rule)."""
     import shutil
 
     from PIL import Image
@@ -237,7 +241,7 @@ def test_train_survives_bad_images_in_the_calibration_set(demo_dir, tmp_path):
     out = tmp_path / "run"
     proc = _run_script("train.py", "--data", data, "--out", out, "--no-check-images", "--encoder", "scratch",
                        "--widths", "4,8", "--batch-size", "2", "--steps-per-epoch", "2", "--val-steps", "1",
-                       "--epochs", "1", "--val-fraction", "0.25", "--calib-images", "50")
+                       "--epochs", "1", "--val-fraction", "0.25", "--calib-images", "50", "--time-budget-min", "30")
     assert f"{data / 'images' / 'truncated.jpg'}: corrupt or truncated image" in proc.stderr
     assert f"{data / 'images' / 'wide.jpg'}: image is 700x500, not 768x768" in proc.stderr
     broken = [c for c in cases if c.kind == BROKEN]
