@@ -1,18 +1,22 @@
-"""Benchmark on the real shared subset: train on a fixed seeded split, test on the rest, write benchmarks/airbus.json.
+"""Benchmark on the real shared subset: k-fold cross-validation of train.py's default (or one fixed split), written
+to benchmarks/airbus.json.
 
-    python airbus_ships/bench.py --data ../shared/data/airbus        # or: make bench-ships DATA_ROOT=../shared/data
+    python airbus_ships/bench.py --data ../shared/data/airbus            # 5 folds (make bench-ships DATA_ROOT=...)
+    python airbus_ships/bench.py --data ../shared/data/airbus --folds 0  # the fixed 70/30 split: one training
 
-The 210 images are split by image (stratified ship / no ship, seed 0) into 70% training (train.py holds out
-its own 15% of these for validation and for choosing the ship / no-ship rule) and 30% test. train.py runs
-with its default settings; test.py predicts the test images. The record (one, of this run: the file is
-replaced) holds the Kaggle score, dice, ship / no-ship accuracy, where the score is lost, the training time,
-test.py's images/s, the peak memory of each step, the machine and its load. Skips (exit 0) when the folder is
-missing or holds generated demo data.
+``--folds K`` (default 5): the images are split into K folds by image, stratified ship / no ship (``cv.py``);
+for each fold train.py trains its default on the other folds (keeping its own 15% of them for validation) and
+predicts the fold's images; the ship rule that scores a fold is chosen on the out-of-fold maps of the other
+folds. The record holds each fold's figures (Kaggle score, image recall / precision, recall by ship size <100,
+100-999, >=1000 px) and their mean and spread, the rule chosen on all folds, the training times and how each
+training ended. A fold whose maps are saved is not trained again (``--out`` keeps them; delete a fold's folder
+to redo it). ``--folds 0``: train on 70% (split by image, stratified, seed 0), test.py on the other 30%.
+The record also holds the machine and its load. Skips (exit 0) when the folder is missing or holds generated
+demo data.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -21,14 +25,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from common.demo import is_demo
-from common.io import atomic_write, dumps_json, write_json
+from common.io import dumps_json, write_json
 
 HERE = Path(__file__).resolve().parent
 SPLIT_SEED = 0        # the benchmark's split: fixed, so that every record scores the same test images
 TEST_FRACTION = 0.3
+CV_WHAT = ("train.py with its default settings in {k}-fold cross-validation on the shared real subset (folds by "
+           "image, stratified ship / no ship, seed 0; train.py keeps 15% of the training folds for validation); each "
+           "fold scored on its out-of-fold maps with the ship rule chosen on the other folds' out-of-fold maps")
 WHAT = ("train.py with its default settings on 70% of the shared real subset (split by image, stratified, seed 0; "
         "train.py keeps 15% of them for validation), test.py's scores on the other 30% (the test split)")
 
@@ -54,19 +62,67 @@ def write_split(data: Path, out: Path, test_fraction: float = TEST_FRACTION,
                 seed: int = SPLIT_SEED) -> tuple[Path, Path, int, int]:
     """``out/split/{train,test}.csv`` (rows of ``data/masks.csv``): a seeded split by image, stratified ship / no
     ship. Returns the two paths and the numbers of training and test images."""
+    from airbus_ships.cv import write_rows
     from airbus_ships.data import read_mask_table, split_by_image
     table = read_mask_table(data / "masks.csv", data / "images")
     train, test = split_by_image(table.frame, test_fraction, seed)
-    with open(data / "masks.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    paths = []
-    for name, part in (("train", train), ("test", test)):
-        ids = set(part["ImageId"])
-        path = out / "split" / f"{name}.csv"
-        with atomic_write(path, "w", newline="") as f:
-            csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if r[0] in ids])
-        paths.append(path)
+    paths = [write_rows(data / "masks.csv", set(part["ImageId"]), out / "split" / f"{name}.csv")
+             for name, part in (("train", train), ("test", test))]
     return paths[0], paths[1], len(train), len(test)
+
+
+def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str = "auto",
+              seed: int = SPLIT_SEED) -> dict:
+    """Cross-validate train.py (with ``train_args``) on ``data`` in ``k`` folds (``cv.py``); returns the record's
+    ``data``, ``metrics`` and ``timings`` parts. Each fold lives in ``out/fold{i}`` (train.py's run folder, the
+    fold's ``train.csv`` / ``test.csv`` and its ``oof_probs.npz``); a fold whose maps exist is not redone."""
+    from airbus_ships import cv
+    from airbus_ships.data import read_mask_table
+
+    table = read_mask_table(data / "masks.csv", data / "images")
+    frame = table.frame
+    try:
+        folds = cv.fold_of_images(frame, k, seed)
+    except ValueError as err:
+        sys.exit(f"bench: {data}: {err}")
+    out.mkdir(parents=True, exist_ok=True)
+    frame.assign(fold=folds)[["ImageId", "fold"]].to_csv(out / "folds.csv", index=False)
+    maps, timings, problems = {}, [], list(table.problems)
+    for i in range(k):
+        fold_dir, test_rows = out / f"fold{i}", frame[folds == i]
+        if not (fold_dir / cv.OOF_FILE).is_file():
+            train_csv = cv.write_rows(data / "masks.csv", set(frame.loc[folds != i, "ImageId"]), fold_dir / "train.csv")
+            print(f"fold {i + 1}/{k}: train.py on {int((folds != i).sum())} images, then its "
+                  f"{len(test_rows)} held-out images are predicted", flush=True)
+            wall, peak = run_measured([sys.executable, str(HERE / "train.py"), "--data", str(data), "--csv",
+                                       str(train_csv), "--out", str(fold_dir), "--device", device] + train_args)
+            start = time.time()
+            fold_maps, fold_problems = cv.predict_maps(fold_dir / "model" / "best.keras", test_rows)
+            cv.save_maps(fold_dir / cv.OOF_FILE, fold_maps)
+            write_json(fold_dir / "fold.json", {"train_minutes_wall": wall / 60, "train_peak_memory_mib": round(peak),
+                                                "oof_predict_seconds": time.time() - start, "problems": fold_problems})
+            if i + 1 < k:
+                print(f"fold {i + 1}/{k} took {(time.time() - start + wall) / 60:.1f} min: the {k - i - 1} folds left "
+                      f"take ~{(time.time() - start + wall) * (k - i - 1) / 60:.0f} min", flush=True)
+        else:
+            print(f"fold {i + 1}/{k}: {fold_dir / cv.OOF_FILE} exists: not trained again (delete {fold_dir} to redo)")
+        maps.update(cv.load_maps(fold_dir / cv.OOF_FILE))
+        fold_json = json.loads((fold_dir / "fold.json").read_text())
+        problems += fold_json["problems"]
+        summary = json.loads((fold_dir / "train_summary.json").read_text())
+        timings.append({**{key: fold_json[key] for key in ("train_minutes_wall", "train_peak_memory_mib",
+                                                         "oof_predict_seconds")},
+                        **{key: summary.get(key) for key in ("epochs_logged", "epochs_planned", "ended_by",
+                                                           "best_epoch", "train_minutes")}})
+    metrics = cv.score_folds(maps, dict(zip(frame["ImageId"], frame["rle"])), dict(zip(frame["ImageId"], folds)))
+    print("\n".join(cv.summary_lines(metrics)))
+    has_ship = frame["n_ships"] > 0
+    data_part = {"path": str(data), "images": len(frame), "ship_images": int(has_ship.sum()), "folds": k,
+                 "fold_seed": seed, "fold_images": np.bincount(folds).tolist(),
+                 "fold_ship_images": np.bincount(folds[has_ship.to_numpy()], minlength=k).tolist(),
+                 "problems": problems}
+    return {"data": data_part, "metrics": metrics,
+            "timings": {"folds": timings, "train_minutes_wall": cv.spread([t["train_minutes_wall"] for t in timings])}}
 
 
 def make_record(run: Path, data: dict, command: str, load: dict, train_run: tuple[float, float],
@@ -99,16 +155,21 @@ def make_record(run: Path, data: dict, command: str, load: dict, train_run: tupl
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/data/airbus", help="the real shared subset (images/ + masks.csv)")
-    p.add_argument("--out", default="runs/airbus_bench", help="run folder (split, model, test outputs)")
+    p.add_argument("--out", default="runs/airbus_bench", help="run folder (folds or split, models, outputs)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="k-fold cross-validation, stratified ship / no ship, by image (each fold's training takes "
+                        "train.py's time: ~25 min alone on 2 CPU cores); 0: the fixed 70/30 split, one training")
     p.add_argument("--json", default=str(HERE.parent / "benchmarks" / "airbus.json"),
                    help="the record to write (replaced)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="passed to train.py and test.py")
     p.add_argument("--train-args", default="",
                    help="extra train.py arguments, e.g. '--seed 1' to measure the seed spread or a variant on the same "
-                        "split (give --json another file: benchmarks/airbus.json records the default)")
+                        "folds (give --json another file: benchmarks/airbus.json records the default)")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the load")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
+    if args.folds == 1 or args.folds < 0:
+        p.error(f"--folds must be 0 (the fixed split) or at least 2, got {args.folds}")
     if not (data / "masks.csv").is_file() or not (data / "images").is_dir():
         print(f"bench-ships: {data} holds no images/ + masks.csv; skipping (give DATA_ROOT=../shared/data)")
         return
@@ -116,6 +177,18 @@ def main(argv=None) -> None:
         print(f"bench-ships: {data} is generated demo data; benchmarks need the real set; skipping")
         return
     load_start = os.getloadavg()
+    command = " ".join(["python airbus_ships/bench.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.folds:
+        result = run_folds(data, out, args.folds, args.train_args.split(), args.device)
+        record = {"task": "airbus_ships", "what": CV_WHAT.format(k=args.folds), "command": command,
+                  "config": json.loads((out / "fold0" / "model" / "config.json").read_text()),
+                  "data": result["data"], "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                  "load": {"average_at_start": load_start, "average_at_end": os.getloadavg(), "note": args.note},
+                  "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "metrics": result["metrics"],
+                  "timings": result["timings"]}
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+        return
     train_csv, test_csv, n_train, n_test = write_split(data, out)
     py = sys.executable
     train_run = run_measured([py, str(HERE / "train.py"), "--data", str(data), "--csv", str(train_csv), "--out",
@@ -126,7 +199,6 @@ def main(argv=None) -> None:
     split = {"path": str(data), "split_seed": SPLIT_SEED, "test_fraction": TEST_FRACTION, "train_images": n_train,
              "test_images": n_test}
     load = {"average_at_start": load_start, "average_at_end": os.getloadavg(), "note": args.note}
-    command = " ".join(["python airbus_ships/bench.py", *(sys.argv[1:] if argv is None else argv)])
     record = make_record(out, split, command, load, train_run, test_run)
     write_json(args.json, record)
     print(dumps_json({"kaggle_score": record["metrics"]["kaggle_score"],

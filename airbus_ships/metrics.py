@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 SHIP_SIZE_BINS = (0, 100, 300, 1000, 3000)  # pixels; a true ship falls in the last bin whose lower edge it reaches
+RECALL_SIZE_BINS = (0, 100, 1000)  # the coarser bins of the recall by ship size (small, mid-size, large ships)
 # scores.csv: an image's Kaggle F2, its true and predicted ship counts, and per true ship (space-separated, in the
 # order of the mask table) its area in pixels and its best IoU with a predicted ship
 SCORE_COLUMNS = ("ImageId", "f2", "true_ships", "predicted_ships", "true_ship_pixels", "best_iou")
@@ -20,6 +21,8 @@ class Scores:
         self.tp = self.fp = self.fn = 0
         self.f2, self.dice_ship, self.iou_ship, self.correct = [], [], [], []
         self.has_ships = []                     # per image, beside f2 and correct
+        self.predicted = []                     # per image: at least one ship predicted
+        self.ship_covered = []                  # per true ship: share of its pixels inside predicted ships
         self.true_ships = self.pred_ships_on_ship_images = 0
         self.ship_area, self.ship_best_iou = [], []  # per true ship
         self.ship_match_ratio = []  # per true ship: area of its best-IoU predicted ship / its area (nan: untouched)
@@ -36,6 +39,7 @@ class Scores:
         self.f2.append(f2_from_ious(ious))
         self.correct.append(bool(pred_ships) == bool(true_ships))
         self.has_ships.append(bool(true_ships))
+        self.predicted.append(bool(pred_ships))
         best_iou = ious.max(axis=0, initial=0.0) if true_ships else np.zeros(0)  # 0 for a ship nothing touches
         areas = [int(t.sum()) for t in true_ships]
         self.image_rows.append([image_id, f"{self.f2[-1]:.4f}", len(true_ships), len(pred_ships),
@@ -47,6 +51,7 @@ class Scores:
             self.pred_ships_on_ship_images += len(pred_ships)
             self.ship_area += areas
             self.ship_best_iou += best_iou.tolist()
+            self.ship_covered += [int((t & pred).sum()) / max(a, 1) for t, a in zip(true_ships, areas)]
             pred_area = [int(p.sum()) for p in pred_ships]
             self.ship_match_ratio += [pred_area[ious[:, j].argmax()] / area if best_iou[j] > 0 else np.nan
                                       for j, area in enumerate(areas)]
@@ -69,6 +74,28 @@ class Scores:
                                                if np.isfinite(ratio[inside]).any() else None)})
         return rows
 
+    def recall_by_size(self, edges=RECALL_SIZE_BINS) -> list[dict]:
+        """Per size bin of the true ships: how many, the share found at IoU > 0.5 (what the Kaggle score needs)
+        and the share covered at least half by predicted ships (found, though maybe too large or merged)."""
+        area, best, covered = np.array(self.ship_area), np.array(self.ship_best_iou), np.array(self.ship_covered)
+        bounds = tuple(edges) + (np.inf,)
+        rows = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            inside = (area >= lo) & (area < hi)
+            n = int(inside.sum())
+            rows.append({"pixels": f"{lo}-{hi - 1}" if np.isfinite(hi) else f">={lo}", "ships": n,
+                         "recall_iou_0.5": float((best[inside] > 0.5).mean()) if n else None,
+                         "recall_covered_half": float((covered[inside] >= 0.5).mean()) if n else None})
+        return rows
+
+    def image_recall_precision(self) -> tuple[float | None, float | None]:
+        """Ship / no-ship decision per image: (share of ship images given a ship, share of images given a ship
+        that have ships); None where the denominator is 0."""
+        has, pred = np.array(self.has_ships, bool), np.array(self.predicted, bool)
+        recall = float(pred[has].mean()) if has.any() else None
+        precision = float(has[pred].mean()) if pred.any() else None
+        return recall, precision
+
     def summary(self) -> dict:
         n = len(self.f2)
         f2_ship = [f for f, ships in zip(self.f2, self.has_ships) if ships]
@@ -84,6 +111,8 @@ class Scores:
             "dice_ship_images_mean": float(np.mean(self.dice_ship)) if self.dice_ship else None,
             "iou_ship_images_mean": float(np.mean(self.iou_ship)) if self.iou_ship else None,
             "ship_no_ship_accuracy": float(np.mean(self.correct)) if n else None,
+            "image_recall": self.image_recall_precision()[0],
+            "image_precision": self.image_recall_precision()[1],
             # where the Kaggle score is lost: images with ships (their F2, how many score 0 or get no ship at
             # all, ships found against true ones) and ship-free images given a false ship
             "per_image": {
@@ -95,6 +124,7 @@ class Scores:
                 "predicted_ships_on_ship_images": self.pred_ships_on_ship_images,
             },
             "ships_by_size": self.by_ship_size(),
+            "recall_by_size": self.recall_by_size(),
         }
 
 
@@ -110,8 +140,16 @@ def summary_lines(s: dict, images_per_second: float | None = None) -> list[str]:
                      f"{s['ship_images']} score 0 ({d['ship_images_predicted_empty']} predicted empty); "
                      f"{d['predicted_ships_on_ship_images']} ships predicted for {d['true_ships']}; "
                      f"{d['ship_free_images_with_a_false_ship']} ship-free images with a false ship")
+        lines.append(f"images given a ship: recall {_fmt(s['image_recall'])}, precision {_fmt(s['image_precision'])}; "
+                     "ships found at IoU > 0.5 / covered at least half: " + ", ".join(
+                         f"{r['pixels']} px {_fmt(r['recall_iou_0.5'])} / {_fmt(r['recall_covered_half'])}"
+                         for r in s["recall_by_size"] if r["ships"]))
         lines.append("true ships found (IoU > 0.5) by size: " + ", ".join(
             f"{r['pixels']} px {r['found_iou_0.5']}/{r['ships']}"
             + (f" ({r['median_area_ratio']:.1f}x area)" if r["median_area_ratio"] is not None else "")
             for r in s["ships_by_size"] if r["ships"]))
     return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -210,9 +210,12 @@ def test_fast_rule_scores_match_the_kaggle_metric():
         prob = (prob - prob.min()) / (prob.max() - prob.min())
         truth = [lab == i for lab, n in [ndimage.label(ndimage.gaussian_filter(rng.random((96, 96)), 3) > 0.55)]
                  for i in range(1, n + 1)]
-        for rule in (ShipRule(0.5, 0, 0.5), ShipRule(0.6, 20, 0.9), ShipRule(0.3, 5, 0.7)):
+        gate = float(np.quantile(prob, 0.999))  # the image gate: some images' peaks above, some below
+        for rule in (ShipRule(0.5, 0, 0.5), ShipRule(0.6, 20, 0.9), ShipRule(0.3, 5, 0.7), ShipRule(0.4, 0, 0.5, gate),
+                     ShipRule(0.4, 0, 0.5, 0.999)):
             expected = f2_image_score(ships_from_probs(prob, rule), truth)
-            f2, _, _ = rule_scores(component_stats(prob, truth, rule.threshold), rule.min_size, rule.min_confidence)
+            f2, _, _ = rule_scores(component_stats(prob, truth, rule.threshold), rule.min_size, rule.min_confidence,
+                                   rule.image_confidence)
             assert f2 == pytest.approx(expected, abs=1e-12)
 
 
