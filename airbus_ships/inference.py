@@ -234,13 +234,19 @@ def component_stats(prob: np.ndarray, truth: list[np.ndarray], threshold: float)
     return ComponentStats(sizes, peaks, iou, inter.sum(axis=1), int(truth_sizes.sum()), float(prob.max()))
 
 
+def kept_components(stats: ComponentStats, min_size: int, min_confidence: float,
+                    image_confidence: float = 0.0) -> np.ndarray:
+    """``(n,)`` bool: the components of ``stats`` that the rule keeps as ships."""
+    return (stats.sizes >= min_size) & (stats.peaks >= min_confidence) & (stats.image_max >= image_confidence)
+
+
 def rule_scores(stats: ComponentStats, min_size: int, min_confidence: float,
                 image_confidence: float = 0.0) -> tuple[float, bool, float | None]:
     """``(Kaggle F2, ship / no-ship decision right, dice or None without true ships)`` of one image under the rule
     (the components of ``stats`` with at least ``min_size`` pixels and a peak of at least ``min_confidence``, none
     when the image's peak is below ``image_confidence``). Same F2 as :func:`common.metrics.f2_image_score` on the
     masks of :func:`ships_from_probs`."""
-    keep = (stats.sizes >= min_size) & (stats.peaks >= min_confidence) & (stats.image_max >= image_confidence)
+    keep = kept_components(stats, min_size, min_confidence, image_confidence)
     n_pred, g = int(keep.sum()), stats.iou.shape[1]
     from common.metrics import f2_from_ious  # here, not above: it loads scikit-learn (slow for --help)
     f2 = f2_from_ious(stats.iou[keep])
@@ -256,14 +262,24 @@ def rule_table(probs: list[np.ndarray], truths: list[list[np.ndarray]], threshol
     threshold (:func:`component_stats`), then every (size, peak, image gate) triple is scored from those
     statistics; an image gate is tried only above the per-ship peak (below it, it changes nothing). Maps may be
     float16 (bench.py's out-of-fold maps); they are compared in float32."""
+    from common.metrics import f2_from_ious
+
     rules, rows = [], []
     for t in thresholds:
         stats = [component_stats(np.asarray(p, np.float32), g, t) for p, g in zip(probs, truths)]
+        known = [{} for _ in stats]  # per image: F2 of each set of kept components (many rules keep the same)
         for m, c, ic in itertools.product(min_sizes, confidences, image_confidences):
             if c < t or (ic and ic <= c):
                 continue
             rules.append(ShipRule(t, m, c, ic))
-            rows.append([rule_scores(s, m, c, ic)[0] for s in stats])
+            row = []
+            for s, f2s in zip(stats, known):
+                keep = kept_components(s, m, c, ic)
+                key = keep.tobytes()
+                if key not in f2s:
+                    f2s[key] = f2_from_ious(s.iou[keep])
+                row.append(f2s[key])
+            rows.append(row)
     return rules, np.array(rows, np.float64).reshape(len(rules), len(probs))
 
 
