@@ -111,9 +111,15 @@ def small_png(path: Path, colors: int = 120) -> None:
 
 
 def plot_ships_by_size(record: dict, out_png: Path) -> None:
-    """Bars of the true ships per size bin and those found at IoU > 0.5 (``metrics.ships_by_size``)."""
+    """Bars of the true ships per size bin and those found at IoU > 0.5 (``metrics.ships_by_size``; of a
+    cross-validation record, all out-of-fold images)."""
     plt = _pyplot()
-    rows = record["metrics"]["ships_by_size"]
+    metrics = record["metrics"]
+    if "pooled" in metrics:  # bench.py --folds K: every image, scored by the model that did not train on it
+        rows, score = metrics["pooled"]["ships_by_size"], metrics["over_folds"]["kaggle_score"]["mean"]
+        what = f"{len(metrics['folds'])}-fold cross-validation, all images"
+    else:
+        rows, score, what = metrics["ships_by_size"], metrics["kaggle_score"], "benchmark test split"
     labels = [r["pixels"] for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
@@ -122,8 +128,7 @@ def plot_ships_by_size(record: dict, out_png: Path) -> None:
     ax.set_xticks(list(x), labels)
     ax.set_xlabel("true ship area (pixels)")
     ax.set_ylabel("ships")
-    score = record["metrics"]["kaggle_score"]
-    ax.set_title(f"benchmark test split: ships found by size (Kaggle score {score:.3f})", fontsize=10)
+    ax.set_title(f"{what}: ships found by size (Kaggle score {score:.3f})", fontsize=10)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, out_png, dpi=90)

@@ -84,6 +84,9 @@ def test_each_fold_is_scored_with_the_rule_chosen_on_the_other_folds(strict_json
     assert "3-fold cross-validation" in summary_lines(result)[0]
     write_json(tmp_path / "cv.json", result)
     assert strict_json((tmp_path / "cv.json").read_text()) == json.loads(json.dumps(result))
+    from airbus_ships.figures import plot_ships_by_size  # the README figure reads a cross-validation record too
+    plot_ships_by_size({"metrics": result}, tmp_path / "ships_by_size.png")
+    assert (tmp_path / "ships_by_size.png").stat().st_size > 1000
 
 
 def test_the_image_gate_keeps_faint_ships_on_ship_images():
