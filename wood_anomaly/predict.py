@@ -4,11 +4,12 @@
     python wood_anomaly/predict.py --data ../shared/data/wood --out runs/wood/pred
 
 For every photo it writes into ``<out>/<stem>/``: ``preds.png`` (binary mask, 255 = anomalous, full size),
-``heatmap.jpg`` (scores in units of the threshold, colour-mapped), ``overlay.jpg`` (photo with the heatmap and
-the mask outline) and ``anomaly_map.npy`` (float16 full-size scores, for evaluate.py). Two photos with the same
+``heatmap.jpg`` (the photo's own score range, colour-mapped, with the threshold contour), ``overlay.jpg``
+(photo with the heatmap and the mask outline) and ``anomaly_map.npy`` (float16 full-size scores, for
+evaluate.py). Two photos with the same
 stem (``board.jpg``, ``board.png``) each get a folder named by the whole file name (``board.jpg/``,
 ``board.png/``) instead. ``<out>/predictions.csv`` has one row per photo, in sorted file-name order: ``image,
-score, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds,
+score, margin, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds,
 cpu_seconds`` (kept apart so that the predictions are the same bytes on every run). A photo that cannot be
 read or processed (also a folder or a dead link named like a photo, and a photo too small to score) gets a
 row with label ``error`` and ``status`` = the file and the reason, and no outputs in its folder (those of an
@@ -34,10 +35,14 @@ timings); the per-photo folders of the shards are disjoint. ``python -m common.s
 <out>/predictions.csv`` then writes exactly the file one worker would have written.
 
 Threshold rule (no labels): maps are in units of the training photos' score spread (train.calibrate), and a
-pixel is anomalous when it lies ``threshold_spreads`` (default 10) spreads above the training median
-(``--threshold`` overrides it). A photo is ``anomalous`` when its mask covers at least
+pixel is anomalous above the threshold stored in the checkpoint: fitted at training to the training photos' own
+maps (model.fit_threshold: where the tail of their pooled scores flattens into the defects), or a fixed
+``--threshold-spreads``; ``--threshold`` overrides it. A photo is ``anomalous`` when its mask covers at least
 ``min_area`` of it (default 2e-5, about 100 pixels of a 5-megapixel photo); its ``score`` is the maximum of
-its smoothed map divided by the threshold (> 1 means some pixel passed the threshold).
+its smoothed map divided by the threshold (> 1 means some pixel passed the threshold) and its ``margin`` that
+maximum's distance from the threshold in widths of the fit's uncertainty band (between -1 and 1: unsure).
+``heatmap.jpg`` spans the photo's own score range (1st to 99.9th percentile, at least up to the threshold)
+with the threshold contour in cyan. A calibration warning of the model (small photos) is repeated on stderr.
 
 A training photo is scored like any other photo, except that its own memory-bank rows are left out (it is
 recognised by its pixels, data.image_id, whatever its file name): its own cells enter only through the
@@ -90,7 +95,7 @@ if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the
 
     from wood_anomaly.model import PatchCore
 
-FIELDS = ["image", "score", "label", "anomalous_area_px", "anomalous_area_frac", "status"]  # predictions.csv
+FIELDS = ["image", "score", "margin", "label", "anomalous_area_px", "anomalous_area_frac", "status"]  # predictions.csv
 TIMING_FIELDS = ["image", "seconds", "cpu_seconds"]  # timings.csv
 # what one photo may raise without the others being affected: unreadable file (ImageReadError is a ValueError),
 # a shape or value problem, a torch error (incl. out of memory), a failed write, no memory left
@@ -205,20 +210,29 @@ def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: t
 
 
 def colorize(score: np.ndarray, threshold: float) -> np.ndarray:
-    """``(H, W)`` scores -> ``(H, W, 3)`` uint8 'inferno' colours, 0 .. 2 x threshold."""
+    """``(H, W)`` scores -> ``(H, W, 3)`` uint8 'inferno' colours over the photo's own score range: from its 1st
+    percentile to its 99.9th, or to the threshold when nothing reaches it (a clean photo stays dark instead of
+    showing its noise at full brightness). A fixed scale left the maps of a surface whose scores run low black."""
     from matplotlib import colormaps
 
-    return (colormaps["inferno"](np.clip(score / (2 * threshold), 0, 1))[..., :3] * 255).astype(np.uint8)
+    lo, hi = np.percentile(score, [1, 99.9])
+    hi = max(hi, threshold)
+    scaled = np.clip((score - lo) / max(hi - lo, 1e-6), 0, 1)
+    return (colormaps["inferno"](scaled)[..., :3] * 255).astype(np.uint8)
+
+
+def outline(mask: np.ndarray, width: int = 3) -> np.ndarray:
+    """The ``width``-px inner border of a boolean mask: the threshold contour."""
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, iterations=width)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Photo blended with the heatmap where it is warm, and the mask outline in cyan."""
-    from scipy import ndimage
-
     warm = (heat.astype(np.float32).mean(2, keepdims=True) / 255) ** 0.5
     out = image * (1 - 0.6 * warm) + heat * 0.6 * warm
-    edge = mask & ~ndimage.binary_erosion(mask, iterations=3)
-    out[edge] = (0, 255, 255)
+    out[outline(mask)] = (0, 255, 255)
     return out.astype(np.uint8)
 
 
@@ -226,10 +240,14 @@ OUTPUTS = ("preds.png", "heatmap.jpg", "overlay.jpg", "anomaly_map.npy")  # per 
 
 
 def write_outputs(folder: Path, image: np.ndarray, score: np.ndarray, mask: np.ndarray, threshold: float) -> None:
+    """preds.png, heatmap.jpg (colorize: the photo's own colour range; the threshold contour in cyan), overlay.jpg
+    and anomaly_map.npy of one photo."""
     folder.mkdir(parents=True, exist_ok=True)
     heat = colorize(score, threshold)
     save_image(folder / "preds.png", mask.astype(np.uint8) * 255)
-    save_image(folder / "heatmap.jpg", heat, quality=90)
+    contour = heat.copy()
+    contour[outline(mask)] = (0, 255, 255)
+    save_image(folder / "heatmap.jpg", contour, quality=90)
     save_image(folder / "overlay.jpg", overlay(image, heat, mask), quality=90)
     with atomic_write(folder / "anomaly_map.npy", "wb") as f:
         np.save(f, score.astype(np.float16))
@@ -244,7 +262,8 @@ def write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
 
 
 def empty_row(name: str) -> dict:
-    return {"image": name, "score": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "", "status": "ok"}
+    return {"image": name, "score": "", "margin": "", "label": "", "anomalous_area_px": "", "anomalous_area_frac": "",
+            "status": "ok"}
 
 
 def photo_label(area: int, frac: float, min_area: float) -> str:
@@ -259,6 +278,17 @@ def discard_outputs(folder: Path) -> None:
     for name in OUTPUTS:
         with contextlib.suppress(OSError):  # none there, or not removable: the table says error either way
             (folder / name).unlink()
+
+
+def margin(peak: float, threshold: float, band: list[float] | None) -> str:
+    """How sure a photo's label is: ``ln(peak / threshold) / ln(high / low)``, its peak score's distance from the
+    threshold in units of the width of the threshold's uncertainty ``band`` (low, high) fitted at training (at
+    least a factor 1.5). Between -1 and 1 the peak lies within one band width of the threshold, so the label is
+    unsure; '' without a band (a fixed --threshold-spreads or --threshold, or an older model)."""
+    if band is None or peak <= 0:
+        return ""
+    width = max(math.log(max(band[1], 1e-12) / max(band[0], 1e-12)), math.log(1.5))
+    return f"{math.log(peak / threshold) / width:.2f}"
 
 
 def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, path: Path,
@@ -285,7 +315,9 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
         return {**row, "label": "error", "status": reason}, None
     area = int(mask.sum())
     frac = area / mask.size
-    return ({**row, "score": f"{score.max() / threshold:.4f}", "label": photo_label(area, frac, cfg.min_area),
+    band = stats.get("threshold_band") if threshold == stats.get("threshold") else None
+    return ({**row, "score": f"{score.max() / threshold:.4f}", "margin": margin(float(score.max()), threshold, band),
+             "label": photo_label(area, frac, cfg.min_area),
              "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}"},
             {"image": path.name, "seconds": f"{time.perf_counter() - t0:.2f}",
              "cpu_seconds": f"{time.process_time() - c0:.2f}"})
@@ -370,8 +402,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                 f"else {DEMO_RUNS}/model.pt of make demo-wood)")
     p.add_argument("--out", default="", help="output folder (default: pred/ beside the model)")
     p.add_argument("--threshold", type=float, default=0.0,
-                   help="pixel threshold on the fused map, in training spreads (the model's own is its "
-                        "--threshold-spreads, 10 by default); 0: the one stored at training")
+                   help="pixel threshold on the fused map, in training spreads; 0: the one stored at training "
+                        "(fitted to the training photos' maps, or train.py's --threshold-spreads)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch (0: PyTorch's default)")
     add_shard_argument(p)
@@ -415,6 +447,8 @@ def main(argv=None) -> None:
     device = resolve_device(args.device, args.threads, local_rank=launcher_env()[2])
     model, cfg, ckpt = load_model(args.model, device)
     threshold = args.threshold or ckpt["threshold"]
+    if ckpt.get("calibration_warning"):
+        print(f"warning: {args.model}: {ckpt['calibration_warning']}", file=sys.stderr)
     table = shard_path(Path(args.out) / "predictions.csv", args.shard)
     try:
         with exit_on_sigterm():

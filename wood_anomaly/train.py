@@ -11,8 +11,9 @@ EfficientNet-Lite0 into one feature map (``data.feature_map``, the very map pred
 random sample of ``--patches-per-image`` of its cells joins the memory bank (uniform, not a greedy coreset: the
 training photos may contain defects, and a coreset would keep exactly those). Held-out cells of every photo,
 scored as predict scores them, give the training spread of the deep and colour scores that standardises both
-maps, and the label-free pixel threshold (``--threshold-spreads`` spreads above the median). The design is in
-README.md.
+maps. Then every training photo is scored exactly as predict.py scores it, and the label-free pixel threshold is
+fitted to the pooled scores (model.fit_threshold: where their tail flattens into the defects; one predict pass
+more), unless ``--threshold-spreads`` fixes it. The design is in README.md.
 
 Training is one pass with no optimiser and no trained weights (the backbone is frozen; only the bank is filled):
 no epochs, no loss curve, nothing to resume. Outputs in ``--out``: ``model.pt`` (bank, config, threshold, score
@@ -112,7 +113,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> PatchCore:
 
     from wood_anomaly.model import PatchCore
 
-    model = PatchCore(parse_stages(cfg.stages), cfg.pool, cfg.k, cfg.neighbours)
+    model = PatchCore(parse_stages(cfg.stages), cfg.pool, cfg.k, cfg.neighbours, cfg.backbone)
     return model.to(device).eval().to(memory_format=torch.channels_last)
 
 
@@ -192,8 +193,7 @@ def fit_bank(model: PatchCore, paths: list[Path], cfg: TrainConfig, device: torc
 # ------------------------------------------------------------------------------------------------------- calibration
 def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig, progress: bool = True) -> dict:
     """Training spread of each score: its median and 95th percentile over the training photos, from which the
-    maps are standardised, ``(s - q50) / (q95 - q50)``; and the label-free pixel threshold on the fused,
-    standardised map, ``threshold_spreads`` (a pixel must lie that many spreads above the median).
+    maps are standardised, ``(s - q50) / (q95 - q50)`` (the threshold is fitted afterwards: fit_threshold).
 
     q95 rather than q99: the training photos contain defects, and with a few percent of defective pixels the
     99th percentile already lies inside them (it did on the fabric run), the 95th does not. The deep scores of
@@ -214,11 +214,61 @@ def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig, progress: 
                               .to(bank.device)])
         scores.append(knn_distance(feats.to(bank.device), bank, cfg.k).cpu())
     deep = np.quantile(torch.cat(scores).numpy(), [0.5, 0.95])
-    out = {"threshold": float(cfg.threshold_spreads), "deep_q50": float(deep[0]), "deep_q95": float(deep[1])}
+    out = {"deep_q50": float(deep[0]), "deep_q95": float(deep[1])}
     if cfg.colour_stride > 0:
         colour = np.quantile(torch.cat([p["colour"] for p in photos]).numpy(), [0.5, 0.95])
         out.update(colour_q50=float(colour[0]), colour_q95=float(colour[1]))
     return out
+
+
+def map_sample(model: PatchCore, index: int, path: Path, cfg: TrainConfig, stats: dict, device: torch.device) -> dict:
+    """``{"index", "scores"}``: a random sample (at most ``fit_pixels``, seeded by the photo's index) of the fused
+    map of one training photo, at ``cfg.scale``, computed exactly as predict.py computes it for that photo (its
+    own bank rows left out)."""
+    import torch
+
+    from wood_anomaly.model import fuse
+    from wood_anomaly.predict import score_maps
+
+    fused = fuse(*score_maps(model, read_rgb(path), cfg, device, stats), cfg.deep_weight).ravel()
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index + 7)
+    pick = torch.randperm(fused.size, generator=gen)[:cfg.fit_pixels].numpy()
+    return {"index": index, "scores": fused[pick].astype(np.float32)}
+
+
+def fit_threshold(model: PatchCore, paths: list[Path], parts: list[dict], cfg: TrainConfig, stats: dict,
+                  device: torch.device, rank: int = 0, world: int = 1) -> dict:
+    """The label-free pixel threshold: ``threshold_spreads`` when set, else fitted (model.fit_threshold) to the
+    pooled fused maps of the training photos, i.e. to the very scores predict.py gives these photos: the
+    threshold follows the folder's own defect share and contrast instead of a number chosen on other photos.
+    Each rank maps its share of the photos; the samples are all-gathered. Costs one predict pass."""
+    from torch.utils.data import DistributedSampler
+
+    from wood_anomaly.model import fit_threshold as fit
+
+    if cfg.threshold_spreads > 0:
+        return {"threshold": float(cfg.threshold_spreads), "threshold_rule": "fixed"}
+    usable = [p["index"] for p in parts if "error" not in p]
+    share = (DistributedSampler(usable, num_replicas=world, rank=rank, shuffle=False) if world > 1
+             else range(len(usable)))
+    samples = all_gather_photos([map_sample(model, usable[i], paths[usable[i]], cfg, stats, device)
+                                 for i in tqdm(share, desc="threshold fit", unit="photo", disable=rank > 0)], world)
+    return fit(np.concatenate([s["scores"] for s in samples]))
+
+
+def calibration_warning(parts: list[dict], cfg: TrainConfig) -> str | None:
+    """A warning when photos gave fewer held-out calibration cells than ``calib_patches`` (small photos: half of
+    their cells stay out of the bank), with the sample the spreads rest on; None when none did."""
+    photos = [p for p in parts if "error" not in p]
+    short = [p for p in photos if len(p["held_out"]) < cfg.calib_patches]
+    if not short:
+        return None
+    total = sum(len(p["held_out"]) for p in photos)
+    fewest = min(len(p["held_out"]) for p in short)
+    return (f"calibration sample short: {len(short)} of {len(photos)} photos gave fewer than the {cfg.calib_patches} "
+            f"held-out cells asked (--calib-patches; fewest {fewest}: a photo with fewer cells than "
+            "--patches-per-image plus --calib-patches keeps at most half of them for calibration); the score "
+            f"spreads rest on {total} cells in all")
 
 
 # ----------------------------------------------------------------------------------------------------------- outputs
@@ -273,13 +323,18 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
                  "with its own bank rows, so it would have no reference (NaN scores); give more photos or "
                  "--self-patches > 0")
     calib = calibrate(model, [p for p in parts if "error" not in p], cfg, progress=rank == 0)
+    warning = calibration_warning(parts, cfg)
+    if warning and rank == 0:
+        print(f"warning: {warning}", file=sys.stderr)
+    calib.update(fit_threshold(model, paths, parts, cfg, calib, device, rank, world), calibration_warning=warning)
     seconds = time.perf_counter() - t0
     if rank == 0:
         write_log(out / "log.csv", parts)
         names = [paths[p["index"]].name for p in parts if "error" not in p]
         save_checkpoint(out / "model.pt", model, cfg, calib, names)
         write_json(out / "config.json", {**asdict(cfg), "bank_size": int(model.bank.shape[0]), "world_size": world,
-                                         "threshold": calib["threshold"], "train_seconds": round(seconds, 1),
+                                         **{k: v for k, v in calib.items() if k.startswith(("threshold", "calib"))},
+                                         "train_seconds": round(seconds, 1),
                                          "train_images": names, "skipped": bad})
         print(f"memory bank {tuple(model.bank.shape)} from {len(names)} of {len(paths)} photos"
               + (f" ({len(bad)} skipped, reasons above)" if bad else "")

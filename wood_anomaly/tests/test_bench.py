@@ -11,7 +11,8 @@ import pytest
 from common.io import save_image
 from wood_anomaly import bench
 
-KEYS = ["task", "what", "command", "steps", "config", "data", "machine", "load", "date_utc", "metrics", "timings"]
+KEYS = ["task", "what", "command", "steps", "config", "data", "machine", "load", "date_utc", "metrics", "timings",
+        "protocols"]
 VOTES = {"photo a": (3, 3), "photo b": (0, 3), "photo c": (2, 3)}  # stem -> (positive votes, votes)
 
 
@@ -50,7 +51,8 @@ def fake_real_run(root):
 @pytest.fixture
 def record(tmp_path):
     data, runs = fake_real_run(tmp_path)
-    bench.main(["--data", str(data), "--runs", str(runs), "--out", str(tmp_path / "wood.json"), "--reuse"])
+    bench.main(["--data", str(data), "--runs", str(runs), "--out", str(tmp_path / "wood.json"), "--reuse",
+                "--protocols", "none"])
     return json.loads((tmp_path / "wood.json").read_text())
 
 
@@ -71,5 +73,6 @@ def test_record_holds_one_run_of_the_default(record):
 def test_demo_data_is_not_benchmarked(tmp_path, capsys):
     data, runs = fake_real_run(tmp_path)
     (data / "DEMO_DATA.txt").write_text("generated")
-    bench.main(["--data", str(data), "--runs", str(runs), "--out", str(tmp_path / "wood.json"), "--reuse"])
+    bench.main(["--data", str(data), "--runs", str(runs), "--out", str(tmp_path / "wood.json"), "--reuse",
+                "--protocols", "none"])
     assert "demo data" in capsys.readouterr().out and not (tmp_path / "wood.json").exists()

@@ -24,7 +24,8 @@ def test_notebook_executes_on_demo_data(demo_dir, tmp_path, monkeypatch, bench):
     bench_json = tmp_path / "bench.json"
     if bench == "with_null":
         data, runs = fake_real_run(tmp_path / "fake")
-        bench_script.main(["--data", str(data), "--runs", str(runs), "--out", str(bench_json), "--reuse"])
+        bench_script.main(["--data", str(data), "--runs", str(runs), "--out", str(bench_json), "--reuse",
+                           "--protocols", "none"])
         record = json.loads(bench_json.read_text())
         record["metrics"]["pixel"]["best_iou"] = None
         bench_json.write_text(json.dumps(record))

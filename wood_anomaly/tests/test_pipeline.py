@@ -25,7 +25,9 @@ def test_training_writes_model_and_log(trained_run, demo_dir):
     assert ckpt["bank"].ndim == 2 and ckpt["bank"].shape[0] == 4 * 600
     assert ckpt["bank_image"].tolist() == [i for i in range(4) for _ in range(600)]
     assert ckpt["deep_q95"] > ckpt["deep_q50"] > 0 and ckpt["colour_q95"] > ckpt["colour_q50"] >= 0
-    assert ckpt["threshold"] == ckpt["config"]["threshold_spreads"] == 10.0  # in training spreads
+    assert ckpt["config"]["threshold_spreads"] == 0 and ckpt["threshold_rule"].startswith("fitted")
+    low, high = ckpt["threshold_band"]  # fitted to the training photos' own maps, in training spreads
+    assert 0 < low <= ckpt["threshold"] <= high and 0 < ckpt["threshold_share"] < 0.12
     assert ckpt["train_images"] == sorted(p.name for p in (demo_dir / "images").iterdir())
     assert len(set(ckpt["train_ids"])) == 4 and ckpt["config"]["tile"] == 128
     config = json.loads((trained_run / "config.json").read_text())
@@ -35,8 +37,8 @@ def test_training_writes_model_and_log(trained_run, demo_dir):
 
 
 def test_label_free_threshold_separates_clean_texture(demo_dir, predicted):
-    """The threshold (10 training spreads) leaves clean texture below it and puts every planted defect's
-    photo above it; the labels follow."""
+    """The threshold fitted to the training photos' maps leaves clean texture below it and puts every planted
+    defect's photo above it; the labels follow, each with a margin (in threshold bands) that says how sure."""
     rows = rows_of(predicted)
     for p in sorted((demo_dir / "masks" / "consensus").glob("*.png")):
         truth = read_mask(p, {0: 0}, default=1) > 0
@@ -44,6 +46,7 @@ def test_label_free_threshold_separates_clean_texture(demo_dir, predicted):
         assert predicted_mask[~truth].mean() < 0.01
         assert rows[p.stem + ".jpg"]["label"] == ("anomalous" if truth.any() else "normal")
         assert (float(rows[p.stem + ".jpg"]["score"]) > 1) == truth.any()
+        assert (float(rows[p.stem + ".jpg"]["margin"]) > 0) == truth.any()
 
 
 def test_planted_defects_score_higher_than_clean_texture(demo_dir, predicted):
