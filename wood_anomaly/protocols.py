@@ -19,6 +19,8 @@ Generated (demo_data.py; always available):
 * ``new_woods``: 24 new-wood photos of 512x512, every one defective (holes, colour and liquid stains, scratches,
   knots of random size and contrast, 1-10 % of the pixels), most geometrically distorted.
 * ``new_woods_mixed``: 16 such photos, every other one clean.
+* ``new_woods_36``: 36 more (another seed), every one defective: the shape of the held-out set of another wood
+  (36 crops of 512x512), and a set the threshold rule was not designed on.
 """
 from __future__ import annotations
 
@@ -32,13 +34,14 @@ from tqdm import tqdm
 from common.io import list_images, read_mask, read_rgb, save_image
 
 REAL = ("lobo", "crops", "crops_half")
-GENERATED = ("demo_wood", "demo_fabric", "new_woods", "new_woods_mixed")
+GENERATED = ("demo_wood", "demo_fabric", "new_woods", "new_woods_mixed", "new_woods_36")
 PROTOCOLS = REAL + GENERATED
 GENERATED_SETS = {  # demo_data.write arguments
     "demo_wood": {"seed": 0, "surface": "wood"},
     "demo_fabric": {"seed": 1, "surface": "fabric"},
     "new_woods": {"seed": 11, "surface": "varied", "size": (512, 512), "n_images": 24, "clean_every": 0},
     "new_woods_mixed": {"seed": 12, "surface": "varied", "size": (512, 512), "n_images": 16, "clean_every": 2},
+    "new_woods_36": {"seed": 31, "surface": "varied", "size": (512, 512), "n_images": 36, "clean_every": 0},
 }
 
 
