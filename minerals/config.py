@@ -22,7 +22,15 @@ DEVICES = ("auto", "cpu", "cuda")
 # on held-out predictions of the backbone's default recipe at its last epoch (the all-photos run ships its last
 # epoch). Where each comes from: "source" and minerals/EXPERIMENTS.md; bench.py --folds 5 fits them on the pooled
 # out-of-fold predictions (its <name>_calibration.json).
-CV_CALIBRATION: dict[str, dict] = {}  # --device of train.py, predict.py and evaluate.py
+CV_CALIBRATION: dict[str, dict] = {
+    "orenet": {"temperature": 0.6707, "threshold": 0.32,
+               "source": "the last epoch (100) of the default recipe on validation fold 0 of 5 (212 held-out "
+                         "patches; one fold only until bench.py --folds 5 fits the pooled out-of-fold predictions)"},
+    "efficientnet_lite0": {"temperature": 0.7791, "threshold": 0.26,
+                           "source": "the last epoch (15) of the default recipe on validation fold 0 of 5 (212 "
+                                     "held-out patches; one fold only until bench.py --folds 5 fits the pooled "
+                                     "out-of-fold predictions)"},
+}  # --device of train.py, predict.py and evaluate.py
 
 # The run the scripts use when no checkpoint is given: `make train-minerals`'s, else `make demo-minerals`'s
 # (relative to the folder the scripts run from: the repository root).
