@@ -68,11 +68,14 @@ def examples(photos: list[dict], threshold: float, path: Path) -> None:
         agree[p["pred"] & ~p["true"]] = (255, 60, 60)  # false alarm
         agree[~p["pred"] & p["true"]] = (60, 140, 255)  # missed
         panels = [(p["image"], f"{p['stem']}: {p['row']['label']} (score {float(p['row']['score']):.2f})"),
-                  (p["map"], "anomaly map (training spreads)"),
+                  (p["map"], "anomaly map (own range; threshold contour)"),
                   (p["overlay"], "overlay, mask outline in cyan"),
                   (agree, "white found, red false alarm, blue missed")]
+        lo, hi = np.percentile(p["map"], [1, 99.9])  # the photo's own range, as predict.colorize
         for a, (img, title) in zip(ax, panels):
-            a.imshow(img, **({"cmap": "inferno", "vmin": 0, "vmax": 2 * threshold} if img.ndim == 2 else {}))
+            a.imshow(img, **({"cmap": "inferno", "vmin": lo, "vmax": max(hi, threshold)} if img.ndim == 2 else {}))
+            if img.ndim == 2:
+                a.contour(p["map"] > threshold, levels=[0.5], colors="cyan", linewidths=0.8)
             a.set_title(title, fontsize=7)
             a.axis("off")
     fig.tight_layout()
@@ -90,7 +93,7 @@ def demo_scores(photos: list[dict], threshold: float, path: Path) -> None:
     ax = fig.subplots()
     ax.hist(clean, bins, color="tab:green", alpha=0.6, label=f"clean pixels ({clean.size:,})")
     ax.hist(defect, bins, color="tab:red", alpha=0.6, label=f"planted-defect pixels ({defect.size:,})")
-    ax.axvline(threshold, color="k", ls="--", label=f"label-free threshold ({threshold:g} training spreads)")
+    ax.axvline(threshold, color="k", ls="--", label=f"label-free threshold, fitted ({threshold:.2f} training spreads)")
     ax.set(yscale="log", xlabel="pixel score (training spreads above the median)", ylabel="pixels",
            title="Demo photos: pixel scores of the fused map")
     ax.legend(fontsize=8)

@@ -1,6 +1,6 @@
 """The commands of README.md's "How to run" and "More than one machine" blocks work as written: the python ones
-run on demo photos (FOLDER: a generated demo folder, runs/x and /tmp/fabric: temporary folders), the make ones
-resolve (make -n); and every script answers --help without importing PyTorch."""
+run on demo photos (FOLDER: a generated demo folder, runs/x, /tmp/fabric and /tmp/new_woods: temporary
+folders), the make ones resolve (make -n); and every script answers --help without importing PyTorch."""
 from __future__ import annotations
 
 import shlex
@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "wood_anomaly" / "README.md"
-SCRIPTS = ["train.py", "predict.py", "evaluate.py", "bench.py", "figures.py", "demo_data.py",
+SCRIPTS = ["train.py", "predict.py", "evaluate.py", "bench.py", "figures.py", "demo_data.py", "protocols.py",
            "studies/fusion_weights.py"]
 
 
@@ -23,11 +23,12 @@ def test_the_readme_lists_the_commands_this_test_runs(readme_commands):
 
 @pytest.mark.slow
 def test_readme_commands_run_as_written(demo_dir, tmp_path, readme_commands):
-    """Each python command as written, with FOLDER, runs/x and /tmp/fabric pointing at temporary folders (the
-    sharded predict once per shard I of N = 2); torchrun lines are left to test_scale_out (same code, other
+    """Each python command as written, with FOLDER, runs/x, /tmp/fabric and /tmp/new_woods pointing at temporary
+    folders (the sharded predict once per shard I of N = 2); torchrun lines are left to test_scale_out (same code, other
     launcher); make lines are resolved with make -n (the real data of bench-wood is not in the tests)."""
     subs = {"FOLDER": shlex.quote(str(demo_dir)), "runs/x": shlex.quote(str(tmp_path / "runs" / "x")),
-            "/tmp/fabric": shlex.quote(str(tmp_path / "fabric")), "I/N": "{shard}"}
+            "/tmp/fabric": shlex.quote(str(tmp_path / "fabric")),
+            "/tmp/new_woods": shlex.quote(str(tmp_path / "new_woods")), "I/N": "{shard}"}
     ran = []
     for line in readme_commands(README):
         if line.startswith("torchrun"):
