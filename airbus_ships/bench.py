@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 
 from common.demo import is_demo
-from common.io import dumps_json, write_json
+from common.io import atomic_write, dumps_json, write_json
 
 HERE = Path(__file__).resolve().parent
 SPLIT_SEED = 0        # the benchmark's split: fixed, so that every record scores the same test images
@@ -85,8 +85,8 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
         folds = cv.fold_of_images(frame, k, seed)
     except ValueError as err:
         sys.exit(f"bench: {data}: {err}")
-    out.mkdir(parents=True, exist_ok=True)
-    frame.assign(fold=folds)[["ImageId", "fold"]].to_csv(out / "folds.csv", index=False)
+    with atomic_write(out / "folds.csv", "w", newline="") as f:
+        frame.assign(fold=folds)[["ImageId", "fold"]].to_csv(f, index=False)
     maps, timings, problems = {}, [], list(table.problems)
     for i in range(k):
         fold_dir, test_rows = out / f"fold{i}", frame[folds == i]
@@ -100,14 +100,18 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
             fold_maps, fold_problems = cv.predict_maps(fold_dir / "model" / "best.keras", test_rows)
             cv.save_maps(fold_dir / cv.OOF_FILE, fold_maps)
             write_json(fold_dir / "fold.json", {"train_minutes_wall": wall / 60, "train_peak_memory_mib": round(peak),
-                                                "oof_predict_seconds": time.time() - start, "problems": fold_problems})
+                                                "oof_predict_seconds": time.time() - start, "problems": fold_problems,
+                                                "train_args": train_args, "test_images": sorted(test_rows["ImageId"])})
             if i + 1 < k:
                 print(f"fold {i + 1}/{k} took {(time.time() - start + wall) / 60:.1f} min: the {k - i - 1} folds left "
                       f"take ~{(time.time() - start + wall) * (k - i - 1) / 60:.0f} min", flush=True)
         else:
             print(f"fold {i + 1}/{k}: {fold_dir / cv.OOF_FILE} exists: not trained again (delete {fold_dir} to redo)")
-        maps.update(cv.load_maps(fold_dir / cv.OOF_FILE))
         fold_json = json.loads((fold_dir / "fold.json").read_text())
+        if (fold_json.get("train_args"), fold_json.get("test_images")) != (train_args, sorted(test_rows["ImageId"])):
+            sys.exit(f"bench: {fold_dir} holds a fold of another cross-validation (other --train-args, --folds or "
+                     f"data); give another --out, or delete {fold_dir} to redo it")
+        maps.update(cv.load_maps(fold_dir / cv.OOF_FILE))
         problems += fold_json["problems"]
         summary = json.loads((fold_dir / "train_summary.json").read_text())
         timings.append({**{key: fold_json[key] for key in ("train_minutes_wall", "train_peak_memory_mib",

@@ -144,7 +144,8 @@ def test_training_has_no_time_budget_by_default():
 @pytest.mark.slow
 def test_cross_validation_end_to_end_on_demo_data(demo_dir, tmp_path, strict_json):
     """bench.run_folds with a tiny scratch U-Net: 3 folds trained by train.py, each fold's images predicted once
-    (oof_probs.npz), the record's figures per fold and over the folds; run again, no fold is trained again."""
+    (oof_probs.npz), the record's figures per fold and over the folds; run again, no fold is trained again; run
+    with other train.py options into the same folder, refused."""
     from airbus_ships.bench import run_folds
     from common.io import write_json
 
@@ -169,3 +170,5 @@ def test_cross_validation_end_to_end_on_demo_data(demo_dir, tmp_path, strict_jso
     again = run_folds(demo_dir, tmp_path, 3, args)
     assert (tmp_path / "fold1" / "model" / "best.keras").stat().st_mtime_ns == stamp
     assert again["metrics"]["over_folds"] == result["metrics"]["over_folds"]
+    with pytest.raises(SystemExit, match="fold0 holds a fold of another cross-validation"):
+        run_folds(demo_dir, tmp_path, 3, args + ["--seed", "1"])  # other settings: the saved folds are not mixed in
