@@ -13,7 +13,7 @@ test-ships: venv-tf  ## predict + score the validation images of $(RUNS)/airbus 
 
 predict-ships: test-ships  ## the same as test-ships
 
-bench-ships: venv-tf  ## benchmark on the real subset (make bench-ships DATA_ROOT=../shared/data) -> benchmarks/airbus.json
+bench-ships: venv-tf  ## 5-fold cross-validation on the real subset, ~2 h on 2 CPU cores (make bench-ships DATA_ROOT=../shared/data) -> benchmarks/airbus.json
 	$(TF_PY) airbus_ships/bench.py --data $(DATA_ROOT)/airbus --out $(RUNS)/airbus_bench
 
 demo-ships: venv-tf demo-data-ships  ## short train + test on the demo data -> $(RUNS)/airbus_demo
