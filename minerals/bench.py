@@ -145,7 +145,8 @@ def oof_calibration(name: str, out: Path, samples: Path, folds: int) -> dict:
     def at(th: float) -> dict:
         answered = pos & (conf >= th)
         return {"coverage": round(float(answered.sum() / pos.sum()), 4),
-                "answered_accuracy": round(float((idx[answered] == labels[answered]).mean()), 4),
+                "answered_accuracy": round(float((idx[answered] == labels[answered]).mean()), 4)
+                if answered.any() else None,  # (none answered)
                 "mineral_accuracy": round(float(((idx == labels) & answered).sum() / pos.sum()), 4)}
 
     cfg = json.loads((run_dir(out, name, 0) / "config.json").read_text())

@@ -1,6 +1,7 @@
 """Temperature scaling of the confidences (minerals/decision.py): the fit finds the temperature that made the
 labels, calibrated confidences match the share of right answers, the answers themselves never change."""
 import numpy as np
+import pytest
 
 from minerals.config import CLASSES, MINERALS
 from minerals.decision import calibrate, expected_calibration_error, fit_temperature, mineral_confidence, reliability
@@ -43,3 +44,42 @@ def test_calibration_error_and_reliability_of_known_answers():
     rel = reliability(probs, labels)
     assert rel["confidence"] == [0.75] and rel["accuracy"] == [0.75] and rel["count"] == [4]
     assert fit_temperature(probs[:0], labels[:0]) == 1.0 and np.isnan(expected_calibration_error(probs[:0], labels[:0]))
+
+
+@pytest.mark.slow
+def test_bench_fits_the_calibration_on_the_pooled_out_of_fold_predictions(run, samples, tmp_path):
+    """bench.oof_calibration: every fold run's last.pt scores its own validation patches without its temperature;
+    one temperature and threshold are fitted on all of them together and written where train.py --calibration
+    reads them (two fold runs here, both copies of the tiny run)."""
+    import json
+    import shutil
+
+    import torch
+
+    from minerals import bench, train
+    from minerals.checkpoint import held_out_calibration
+    from minerals.config import CLASSES
+    from minerals.decision import fit_temperature
+    from minerals.evaluate import labelled_patches
+    from minerals.predict import load_classifier, predict_probs
+
+    for k in (0, 1):
+        shutil.copytree(run, bench.run_dir(tmp_path, "scratch", k))
+    rec = bench.oof_calibration("scratch", tmp_path, samples, 2)
+    pairs = labelled_patches(samples, run / "split.csv", "val")
+    model, meta = load_classifier(run / "last.pt", torch.device("cpu"))
+    cpu = torch.device("cpu")
+    raw = np.stack([p for _, p, _ in predict_probs(model, [f for f, _ in pairs], meta["img_size"], cpu)])
+    labels = np.array([CLASSES.index(label) for _, label in pairs])
+    assert rec["held_out_patches"] == 2 * len(pairs)
+    pooled = fit_temperature(np.concatenate([raw, raw]), np.concatenate([labels, labels]))
+    assert rec["temperature"] == pytest.approx(pooled)
+    t = round(meta["temperature"], 4)
+    assert rec["per_fold_last_epoch_temperature"] == {"0": t, "1": t}
+    assert 0 <= rec["threshold"] <= 1 and 0 <= rec["ece"] <= 1 and 0 <= rec["at_0.5"]["coverage"] <= 1
+    saved = json.loads((tmp_path / "scratch_calibration.json").read_text())
+    assert saved == json.loads(json.dumps(rec))
+    cfg = train.parse_args(["--val-fold", "-1", "--calibration", str(tmp_path / "scratch_calibration.json"),
+                            "--img-size", str(meta["img_size"]), "--epochs", str(rec["epochs"])])
+    taken = held_out_calibration(cfg)
+    assert (taken["temperature"], taken["threshold"]) == (rec["temperature"], rec["threshold"])
