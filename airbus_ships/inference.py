@@ -295,10 +295,11 @@ def best_rule(rules: list[ShipRule], f2: np.ndarray, images=None, candidates=Non
 
 
 def calibrate_rule(probs: list[np.ndarray], truths: list[list[np.ndarray]], thresholds=THRESHOLDS,
-                   min_sizes=MIN_SIZES, confidences=CONFIDENCES) -> tuple[ShipRule, float]:
+                   min_sizes=MIN_SIZES, confidences=CONFIDENCES, image_confidences=(0.0,)) -> tuple[ShipRule, float]:
     """Grid-search the rule that maximises the Kaggle score on ``(probability map, true ships)`` pairs
-    (:func:`rule_table`, :func:`best_rule`). Returns ``(rule, score)``."""
-    return best_rule(*rule_table(probs, truths, thresholds, min_sizes, confidences))
+    (:func:`rule_table`, :func:`best_rule`; no image gate unless ``image_confidences`` names some). Returns
+    ``(rule, score)``."""
+    return best_rule(*rule_table(probs, truths, thresholds, min_sizes, confidences, image_confidences))
 
 
 def calibration_rows(val, train, n: int, seed: int):

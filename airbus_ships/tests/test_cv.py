@@ -115,6 +115,12 @@ def test_the_image_gate_keeps_faint_ships_on_ship_images():
     assert gated["over_folds"]["recall_iou_0.5_0-99px"]["mean"] == 1.0
     rule = gated["rule_all_folds"]
     assert rule["min_confidence"] <= 0.75 < 0.99 >= rule["image_confidence"] > 0.75
+    from airbus_ships.data import ship_instances
+    from airbus_ships.inference import IMAGE_CONFIDENCES, calibrate_rule  # what train.py would call with the gate
+    truths = [ship_instances(rles[i], size=64) for i in maps]
+    assert calibrate_rule(list(maps.values()), truths)[1] == pytest.approx((5 / 9 + 1) / 2)
+    chosen, score = calibrate_rule(list(maps.values()), truths, image_confidences=(0.0,) + IMAGE_CONFIDENCES)
+    assert score == 1.0 and vars(chosen) == {k: rule[k] for k in vars(chosen)}
 
 
 @pytest.mark.parametrize("budget_after, early_epoch, ended_by, after", [
