@@ -75,7 +75,8 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
               seed: int = SPLIT_SEED) -> dict:
     """Cross-validate train.py (with ``train_args``) on ``data`` in ``k`` folds (``cv.py``); returns the record's
     ``data``, ``metrics`` and ``timings`` parts. Each fold lives in ``out/fold{i}`` (train.py's run folder, the
-    fold's ``train.csv`` / ``test.csv`` and its ``oof_probs.npz``); a fold whose maps exist is not redone."""
+    fold's ``train.csv``, its ``oof_probs.npz`` and ``fold.json``: times, held-out images, train.py options); a
+    fold whose maps exist is not redone (one of another cross-validation is refused)."""
     from airbus_ships import cv
     from airbus_ships.data import read_mask_table
 
