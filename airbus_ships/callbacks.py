@@ -273,6 +273,29 @@ def saved_state(model_dir: Path, log_csv: Path) -> dict:
             "early_stopping": {"best": best}, "reduce_lr": {"best": best}}
 
 
+def how_training_ended(callbacks: list[keras.callbacks.Callback], epochs: int, patience: int,
+                       chief: bool = True) -> dict:
+    """How the fit with ``callbacks`` (:func:`make_callbacks`) ended, for train_summary.json: ``ended_by``
+    "epochs" (all ``epochs``), "early_stopping" (``patience`` epochs without a lower validation loss) or
+    "time_budget" (:class:`TimeBudget` has warned already), the epoch it ended after and ``cut_short`` (before
+    ``epochs``). An early stop is said on stderr too (on the ``chief``), so that no run ends early unsaid."""
+    budget = next(c for c in callbacks if isinstance(c, TimeBudget))
+    early = next(c for c in callbacks if isinstance(c, ResumableEarlyStopping))
+    if budget.stopped_after:
+        ended_by, after = "time_budget", budget.stopped_after
+    elif early.stopped_epoch:
+        ended_by, after = "early_stopping", early.stopped_epoch + 1
+        if chief:
+            best = f" below {float(early.best):.4f}" if early.best is not None else ""
+            print(f"note: early stopping ended the training after epoch {after} of {epochs}: the validation loss "
+                  f"did not fall{best} for {patience} epochs (--patience); best.keras holds the best epoch",
+                  file=sys.stderr)
+    else:
+        ended_by, after = "epochs", epochs
+    return {"epochs_planned": epochs, "ended_by": ended_by, "ended_after_epoch": after, "cut_short": after < epochs,
+            "stopped_by_time_budget_after_epoch": budget.stopped_after}
+
+
 def make_callbacks(cfg, run_dir: Path, state: dict, strategy: tf.distribute.Strategy, chief: bool,
                    run_start: float, reserve: float) -> list[keras.callbacks.Callback]:
     """The fit's callbacks for the settings ``cfg`` (train.py's Config), in the order they run at the end of an

@@ -241,30 +241,6 @@ def load_checkpoint(path: Path):
         sys.exit(str(err))
 
 
-def how_training_ended(cfg: Config, callbacks: list, chief: bool = True) -> dict:
-    """How the fit ended, for train_summary.json: ``ended_by`` "epochs" (all of ``--epochs``), "early_stopping"
-    (``--patience`` epochs without a lower validation loss) or "time_budget" (``--time-budget-min``; its callback
-    has warned already), the epoch it ended after and ``cut_short`` (ended before ``--epochs``). Training cut
-    short by early stopping is said on stderr too, so that no run stops early unsaid."""
-    from airbus_ships.callbacks import ResumableEarlyStopping, TimeBudget
-
-    budget = next(c for c in callbacks if isinstance(c, TimeBudget))
-    early = next(c for c in callbacks if isinstance(c, ResumableEarlyStopping))
-    if budget.stopped_after:
-        ended_by, after = "time_budget", budget.stopped_after
-    elif early.stopped_epoch:
-        ended_by, after = "early_stopping", early.stopped_epoch + 1
-        if chief:
-            best = f" below {float(early.best):.4f}" if early.best is not None else ""
-            print(f"note: early stopping ended the training after epoch {after} of {cfg.epochs}: the validation loss "
-                  f"did not fall{best} for {cfg.patience} epochs (--patience); best.keras holds the best epoch",
-                  file=sys.stderr)
-    else:
-        ended_by, after = "epochs", cfg.epochs
-    return {"epochs_planned": cfg.epochs, "ended_by": ended_by, "ended_after_epoch": after,
-            "cut_short": after < cfg.epochs, "stopped_by_time_budget_after_epoch": budget.stopped_after}
-
-
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> None:
     run_start = time.time()
@@ -303,7 +279,7 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
     then, on the chief, plot the curves, choose the ship rule for ``best.keras`` and write the summary."""
     import keras
 
-    from airbus_ships.callbacks import PACE_STEPS, make_callbacks
+    from airbus_ships.callbacks import PACE_STEPS, how_training_ended, make_callbacks
     from airbus_ships.figures import plot_curves
     from airbus_ships.inference import choose_ship_rule, rule_seconds
     from airbus_ships.pipeline import distributed_datasets
@@ -346,7 +322,7 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
               steps_per_epoch=cfg.steps_per_epoch, validation_steps=cfg.val_steps, callbacks=callbacks,
               verbose=2, shuffle=False)
     train_minutes = (time.time() - start) / 60
-    ended = how_training_ended(cfg, callbacks, chief)
+    ended = how_training_ended(callbacks, cfg.epochs, cfg.patience, chief)
     print(f"weights sha256 {weights_digest(model)}")
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)

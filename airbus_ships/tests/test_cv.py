@@ -128,14 +128,13 @@ def test_the_image_gate_keeps_faint_ships_on_ship_images():
 def test_how_training_ended_is_said_and_saved(budget_after, early_epoch, ended_by, after, capsys):
     import tensorflow as tf
 
-    from airbus_ships.callbacks import ResumableEarlyStopping, TimeBudget
-    from airbus_ships.train import Config, how_training_ended
+    from airbus_ships.callbacks import ResumableEarlyStopping, TimeBudget, how_training_ended
 
     budget = TimeBudget(0, tf.distribute.get_strategy())
     budget.stopped_after = budget_after
     early = ResumableEarlyStopping(monitor="val_loss", patience=2)
     early.stopped_epoch, early.best = early_epoch, 0.25
-    ended = how_training_ended(Config(epochs=10, patience=2), [early, budget])
+    ended = how_training_ended([early, budget], epochs=10, patience=2)
     assert (ended["ended_by"], ended["ended_after_epoch"], ended["cut_short"]) == (ended_by, after, after < 10)
     assert ended["epochs_planned"] == 10
     err = capsys.readouterr().err
