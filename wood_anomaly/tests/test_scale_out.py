@@ -44,8 +44,10 @@ def test_two_processes_hold_identical_state_equal_to_one_process(demo_dir, train
     single = torch.load(trained_run / "model.pt", weights_only=True)
     for key in (*STATE, "threshold"):
         assert torch.equal(torch.as_tensor(r0[key]), torch.as_tensor(r1[key])), key  # ranks agree exactly
-        # = one process, up to float rounding (the single run used 2 threads, the ranks 1 thread each)
-        torch.testing.assert_close(torch.as_tensor(r0[key]), torch.as_tensor(single[key]), rtol=1e-5, atol=1e-5)
+        # = one process, up to float rounding (the single run used 2 threads, the ranks 1 thread each); the
+        # threshold is read off the sorted pooled scores, where that rounding moves it by a few 1e-5
+        tol = 1e-3 if key == "threshold" else 1e-5
+        torch.testing.assert_close(torch.as_tensor(r0[key]), torch.as_tensor(single[key]), rtol=tol, atol=1e-5)
     saved = torch.load(out / "model.pt", weights_only=True)  # rank 0 alone wrote the run folder
     assert torch.equal(saved["bank"], r0["bank"]) and saved["train_images"] == single["train_images"]
     assert len((out / "log.csv").read_text().splitlines()) == 5
