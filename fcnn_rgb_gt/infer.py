@@ -112,6 +112,18 @@ def share_threshold(prob: np.ndarray, share: float) -> float:
     return round(float(np.clip(np.quantile(prob, 1 - share), 1e-4, 1 - 1e-4)), 4)
 
 
+def clean_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological clean-up of a building mask: an opening (drops specks and strips thinner than 2 x radius + 1
+    px) then a closing (fills gaps and holes as small), with a (2 radius + 1) px square; radius 0: unchanged."""
+    from scipy import ndimage
+
+    if radius <= 0:
+        return mask
+    k, m = 2 * radius + 1, mask.astype(np.uint8)
+    m = ndimage.maximum_filter(ndimage.minimum_filter(m, k), k)  # opening
+    return ndimage.minimum_filter(ndimage.maximum_filter(m, k), k).astype(bool)  # closing
+
+
 def averaged_weights(state: dict) -> dict:
     """An ``AveragedModel`` state dict as the plain FCN's (its ``module.`` prefix and counter dropped)."""
     return {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}

@@ -8,8 +8,9 @@ apart), each combination of
 
 * weights: ``peak`` (the epoch with the best strip IoU at 0.5, the former default), ``last`` (the last
   epoch's), ``ema`` (exponential moving average, best.pt's model), ``swa`` (uniform average, second half);
-* threshold: ``0.5`` or ``matched`` (the threshold at which the run's own validation strip is marked building
-  as often as it truly is);
+* threshold: a fixed probability (``0.5``, ...), ``matched`` (the threshold at which the run's own validation
+  strip is marked building as often as it truly is) or ``prior`` (the threshold at which the test image itself
+  is marked building as often as the training image is building: no label of the test image is used);
 * test-time flips: ``plain`` or ``flips`` (mean probability of the image and its 3 flips);
 * clean-up: ``morph0`` (none) or ``morph<r>``: opening then closing of the mask with a (2r+1) px square.
 
@@ -36,6 +37,7 @@ from fcnn_rgb_gt.infer import averaged_weights, fuse_batch_norm, predict_probs, 
 from fcnn_rgb_gt.model import FCN, ModelConfig
 
 MORPH = (0, 2, 4)
+THRESHOLDS = ("0.5", "matched")  # a number, "matched" (the strip's share) or "prior" (see below)
 
 
 def weight_sets(run: Path, names: list[str] | None) -> dict:
@@ -74,8 +76,8 @@ def clean(mask: np.ndarray, r: int) -> np.ndarray:
     return m.astype(bool)
 
 
-def score(run: Path, train_dir: Path, tests: list[Path], cache: dict, names: list[str] | None, flips: bool
-          ) -> list[dict]:
+def score(run: Path, train_dir: Path, tests: list[Path], cache: dict, names: list[str] | None, flips: bool,
+          thresholds=THRESHOLDS, morph=MORPH) -> list[dict]:
     models, best = weight_sets(run, names)
     image = read_rgb(train_dir / "rgb.png")
     mask = read_gt(train_dir / "gt.png", image.shape[:2])
@@ -84,17 +86,19 @@ def score(run: Path, train_dir: Path, tests: list[Path], cache: dict, names: lis
     rows = []
     for wname, model in models.items():
         sp = probs(model, strip, flips)
-        thr = {tta: {"0.5": 0.5, "matched": share_threshold(p, float(strip_mask.mean()))} for tta, p in sp.items()}
+        thr = {tta: {t: share_threshold(p, float(strip_mask.mean())) if t == "matched" else None if t == "prior"
+                     else float(t) for t in thresholds} for tta, p in sp.items()}
         for d in tests:
             if d not in cache:
                 img = read_rgb(d / "rgb.png")
                 cache[d] = (img, read_gt(d / "gt.png", img.shape[:2]).astype(bool))
             img, gt = cache[d]
             tp = probs(model, img, flips)
-            for tta, tname, r in itertools.product(tp, ("0.5", "matched"), MORPH):
-                pred = clean(tp[tta] >= thr[tta][tname], r)
+            for tta, tname, r in itertools.product(tp, thresholds, morph):
+                t = thr[tta][tname] if tname != "prior" else share_threshold(tp[tta], float(mask.mean()))
+                pred = clean(tp[tta] >= t, r)
                 rows.append({"train": train_dir.name, "test": d.name, "weights": wname, "threshold": tname,
-                             "tta": tta, "morph": r, "t": round(thr[tta][tname], 4), "iou": round(iou(pred, gt), 4),
+                             "tta": tta, "morph": r, "t": round(t, 4), "iou": round(iou(pred, gt), 4),
                              "share": round(float(pred.mean()), 4), "true_share": round(float(gt.mean()), 4)})
         print(f"  {run}: {wname} done", flush=True)
     return rows
@@ -126,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--weights", nargs="+", default=None, help="only these weight sets (default: all)")
     p.add_argument("--no-flips", action="store_true", help="leave out the test-time flips")
+    p.add_argument("--thresholds", nargs="+", default=list(THRESHOLDS), help="numbers, matched, prior")
+    p.add_argument("--morph", nargs="+", type=int, default=list(MORPH), help="clean-up radii (0: none)")
     p.add_argument("--out", default=str(REPO_ROOT / "runs" / "fcnn_studies" / "crosspair.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -134,7 +140,8 @@ def main(argv=None) -> int:
     for train_dir, seed in itertools.product(pool, args.seeds):
         run = Path(args.runs) / train_dir.name / f"seed{seed}"
         tests = [d for d in pool if d != train_dir] + (others if train_dir == pool[0] else [])
-        rows += [{**r, "seed": seed} for r in score(run, train_dir, tests, cache, args.weights, not args.no_flips)]
+        rows += [{**r, "seed": seed} for r in score(run, train_dir, tests, cache, args.weights, not args.no_flips,
+                                                              args.thresholds, args.morph)]
     table = summary(rows, {d.name for d in pool})
     write_json(args.out, {"rows": rows, "summary": table})
     print("| weights | threshold | tta | morph | matrix mean | worst cell | share marked (true) | cells |")
