@@ -34,7 +34,7 @@ import numpy as np
 from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import read_rgb, write_json
-from fcnn_rgb_gt.config import DOCS, REPO_ROOT, TrainConfig
+from fcnn_rgb_gt.config import CLEAN_RADIUS, DOCS, REPO_ROOT, TrainConfig
 
 TRAIN_PY = Path(__file__).with_name("train.py")
 TARGET_IOU = 0.60  # the building IoU asked for on every test pair
@@ -94,23 +94,24 @@ def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0) -> float:
 
 
 def score_run(run: Path, pairs: list[Path]) -> dict:
-    """A run's ``best.pt`` (the weights and threshold predict.py uses) scored on every pair: building IoU, F1,
+    """A run's ``best.pt`` with predict.py's defaults (its weights and threshold, the clean-up) scored on every
+    pair: building IoU, F1,
     precision, recall, accuracy and the share of pixels marked building (``share``; ``true_share``: the gt's)."""
     import torch
 
     from common.metrics import segmentation_report
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
+    from fcnn_rgb_gt.infer import clean_mask, load_checkpoint, predict_probs
 
     model, ckpt = load_checkpoint(run / "best.pt", torch.device("cpu"))
     row = ckpt["history"][-1]
     threshold = float(ckpt.get("threshold", 0.5))
-    scores = {"epochs_run": ckpt["epoch"], "val_iou": row.get("avg_val_iou", row["val_iou"]),
+    scores = {"epochs_run": ckpt["epoch"], "val_iou": row["val_iou"],
               "threshold": round(threshold, 4), "train_loop_seconds": row["seconds"], "pairs": {}}
     for d in pairs:
         image = read_rgb(d / "rgb.png")
         gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
-        pred = predict_probs(model, image) >= threshold
+        pred = clean_mask(predict_probs(model, image) >= threshold, CLEAN_RADIUS)
         rep = segmentation_report(pred, gt)
         scores["pairs"][d.name] = {**{k: round(v, 4) for k, v in rep.items() if k != "dice"},  # dice == f1
                                    "share": round(float(pred.mean()), 4), "true_share": round(float(gt.mean()), 4)}
@@ -148,7 +149,7 @@ def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
     import torch
 
     from common.tiling import MAX_TILE, tile_grid
-    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, set_threads
+    from fcnn_rgb_gt.infer import clean_mask, load_checkpoint, predict_probs, set_threads
     from fcnn_rgb_gt.model import flops_per_pixel
 
     set_threads(0)
@@ -161,7 +162,7 @@ def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
     times, cpus = [], []
     for _ in range(2):
         t0, c0 = time.perf_counter(), time.process_time()
-        predict_probs(model, image)
+        clean_mask(predict_probs(model, image) >= 0.5, CLEAN_RADIUS)  # with predict's clean-up
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     h, w = image.shape[:2]

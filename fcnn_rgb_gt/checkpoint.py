@@ -28,8 +28,7 @@ def read_resume(out: Path, main_rank: bool, world: int) -> dict:
         try:
             if not path.is_file():
                 raise CheckpointError(f"{path}: nothing to resume (no last.pt in --out)")
-            got = read_checkpoint(path, keys=("model", "optimizer", "scheduler", "epoch", "history", "config",
-                                              "best_iou", "best_epoch"))
+            got = read_checkpoint(path, keys=("model", "optimizer", "scheduler", "epoch", "history", "config"))
             got["config"] = stored_options(path, got["config"])
         except CheckpointError as err:
             got = err
@@ -79,15 +78,14 @@ def restore_rng(states: list[dict] | None, sampler: CropSampler, device: torch.d
     return ""
 
 
-def save_checkpoint(path: Path, run: dict, epoch: int, best: dict, cfg, history: list, extra: dict,
-                    model_state: dict | None = None, threshold: float = THRESHOLD) -> None:
-    """The run's state after ``epoch`` (``cfg``: its config dataclass); ``extra``: the random-number states and
-    the data fingerprint, for --resume. ``model_state`` (default: the trained weights) and ``threshold`` are
-    what predict.py uses; the weight averages travel in ``averages`` for --resume."""
+def save_checkpoint(path: Path, run: dict, epoch: int, cfg, history: list, extra: dict,
+                    model_state: dict | None = None) -> None:
+    """The run's state after ``epoch`` (``cfg``: its config dataclass); ``extra``: the random-number states, the
+    data fingerprint and the training image's statistics. ``model`` is ``model_state`` (default: the trained
+    weights), what predict.py uses with ``threshold``; the weight average travels in ``averages`` for --resume."""
     state = {"model": model_state or run["model"].state_dict(), "optimizer": run["opt"].state_dict(),
-             "scheduler": run["sched"].state_dict(), "epoch": epoch, "best_iou": best["iou"],
-             "averages": {"ema": run["ema"].state_dict(), "swa": run["swa"].state_dict()},
-             "best_epoch": best["epoch"], "threshold": threshold, "config": asdict(cfg),
+             "scheduler": run["sched"].state_dict(), "epoch": epoch, "averages": {"ema": run["ema"].state_dict()},
+             "threshold": THRESHOLD, "config": asdict(cfg),
              "model_config": run["model"].cfg.to_dict(), "history": history, "classes": ["background", "building"],
              **extra}
     with atomic_path(path) as tmp:
@@ -95,18 +93,17 @@ def save_checkpoint(path: Path, run: dict, epoch: int, best: dict, cfg, history:
 
 
 def restore(run: dict, ckpt: dict, out: Path, device: torch.device, rank: int, world: int, log) -> tuple:
-    """Load a --resume checkpoint into the run; return ``(history, best, first epoch)``."""
+    """Load a --resume checkpoint into the run; return ``(history, first epoch)``."""
     try:
         run["model"].load_state_dict(ckpt["model"])
         run["opt"].load_state_dict(ckpt["optimizer"])
         run["sched"].load_state_dict(ckpt["scheduler"])
-        for name, state in ckpt.get("averages", {}).items():  # an older run's averages start afresh
-            run[name].load_state_dict(state)
+        if "ema" in ckpt.get("averages", {}):  # an older run's average starts afresh
+            run["ema"].load_state_dict(ckpt["averages"]["ema"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{out / 'last.pt'}: does not fit this run ({str(err).splitlines()[0]})") from None
-    best = {"iou": ckpt["best_iou"], "epoch": ckpt["best_epoch"]}
     warning = restore_rng(ckpt.get("rng"), run["sampler"], device, rank, world)
     if warning and rank == 0:
         print(f"warning: {out / 'last.pt'}: {warning}", file=sys.stderr)
-    log(f"resumed {out / 'last.pt'} at epoch {ckpt['epoch']} (best IoU {best['iou']:.4f} at epoch {best['epoch']})")
-    return ckpt["history"], best, ckpt["epoch"] + 1
+    log(f"resumed {out / 'last.pt'} at epoch {ckpt['epoch']}")
+    return ckpt["history"], ckpt["epoch"] + 1

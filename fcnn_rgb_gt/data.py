@@ -73,11 +73,6 @@ def load_data(cfg: TrainConfig):
                                   "give --data DIR or --rgb/--gt, or run `make demo-data-fcnn` for a synthetic "
                                   f"demo pair in {DEFAULT_DATA}")
     image, mask = load_training_pair(rgb, gt)
-    if cfg.input_scale != 1:
-        from fcnn_rgb_gt.infer import rescale
-
-        image, mask = rescale(image, cfg.input_scale), rescale(mask, cfg.input_scale, nearest=True)
-        check_both_classes(mask, gt)
     return image, mask, spatial_split(mask, cfg.val_fraction, gap=16), rgb, gt
 
 

@@ -57,15 +57,15 @@ def busiest_crop(mask: np.ndarray, side: int) -> tuple[slice, slice]:
 
 
 def plot_prediction(path: Path, image: np.ndarray, gt: np.ndarray, prob: np.ndarray, title: str,
-                    side: int = 480) -> Path:
-    """A crop of ``image``: predicted buildings at 0.5 against ``gt`` (red hit, yellow false alarm, blue miss),
-    and the building probability. Saved with a 256-colour palette to stay small."""
+                    side: int = 480, pred: np.ndarray | None = None) -> Path:
+    """A crop of ``image``: the predicted mask ``pred`` (default: probability >= 0.5) against ``gt`` (red hit,
+    yellow false alarm, blue miss), and the building probability. Saved with a 256-colour palette to stay small."""
     from PIL import Image
 
     from fcnn_rgb_gt.predict import overlay
 
     ys, xs = busiest_crop(gt, side)
-    pred = prob[ys, xs] >= 0.5
+    pred = (prob >= 0.5 if pred is None else pred)[ys, xs]
     fig, axes = _plt().subplots(1, 2, figsize=(8, 4.3))
     axes[0].imshow(overlay(image[ys, xs], pred, gt[ys, xs]))
     axes[0].set_title("red hit, yellow false alarm, blue miss", fontsize=9)
@@ -80,20 +80,23 @@ def plot_prediction(path: Path, image: np.ndarray, gt: np.ndarray, prob: np.ndar
 
 
 def run_figures(run: Path, pair: Path, out: Path, name: str, title: str = "") -> list[Path]:
-    """The loss curve of the whole run (``last.pt``) and the prediction of its ``best.pt`` on the pair folder
-    ``pair`` (rgb.png + gt.png)."""
+    """The loss curve of the whole run (``last.pt``) and the prediction of its ``best.pt`` (predict.py's mask) on
+    the pair folder ``pair`` (rgb.png + gt.png)."""
     import torch
 
+    from fcnn_rgb_gt.config import CLEAN_RADIUS
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs, read_checkpoint
+    from fcnn_rgb_gt.infer import clean_mask, load_checkpoint, predict_probs, read_checkpoint
 
     last = read_checkpoint(run / "last.pt", keys=("history",))
     curve = plot_losses(out / f"{name}_loss_vs_epochs.png", last["history"], dpi=80)
-    model, _ = load_checkpoint(run / "best.pt", torch.device("cpu"))
+    model, ckpt = load_checkpoint(run / "best.pt", torch.device("cpu"))
     image = read_rgb(pair / "rgb.png")
     gt = read_gt(pair / "gt.png", image.shape[:2], pair / "rgb.png").astype(bool)
     prob = predict_probs(model, image)
-    panel = plot_prediction(out / f"{name}_prediction.png", image, gt, prob, title or f"{pair.name}, {run.name}")
+    pred = clean_mask(prob >= float(ckpt.get("threshold", 0.5)), CLEAN_RADIUS)  # predict.py's mask
+    panel = plot_prediction(out / f"{name}_prediction.png", image, gt, prob, title or f"{pair.name}, {run.name}",
+                            pred=pred)
     return [curve, panel]
 
 

@@ -93,25 +93,6 @@ def load_checkpoint(path: str | Path, device: torch.device, fuse: bool = True) -
     return prepare(model, device), ckpt
 
 
-def rescale(array: np.ndarray, scale: float, nearest: bool = False, size: tuple[int, int] | None = None
-            ) -> np.ndarray:
-    """An ``(H, W[, C])`` uint8 image or mask resized by ``scale`` (or to ``size`` = (H, W)): area-weighted
-    (PIL's antialiased bilinear), or nearest for masks."""
-    from PIL import Image
-
-    h, w = array.shape[:2]
-    th, tw = size or (max(2, round(h * scale)), max(2, round(w * scale)))
-    return np.asarray(Image.fromarray(array).resize((tw, th), Image.NEAREST if nearest else Image.BILINEAR))
-
-
-def share_threshold(prob: np.ndarray, share: float) -> float:
-    """The probability threshold at which ``share`` of the pixels of ``prob`` are marked building: the output's
-    building share matches a known prior (0.5 when the share is 0 or 1, where no threshold can match it)."""
-    if not 0 < share < 1:
-        return 0.5
-    return round(float(np.clip(np.quantile(prob, 1 - share), 1e-4, 1 - 1e-4)), 4)
-
-
 def clean_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     """Morphological clean-up of a building mask: an opening (drops specks and strips thinner than 2 x radius + 1
     px) then a closing (fills gaps and holes as small), with a (2 radius + 1) px square; radius 0: unchanged."""
@@ -182,19 +163,12 @@ def _even_tile(tile: int, height: int, width: int) -> int:
 
 @torch.inference_mode()
 def predict_probs(model: FCN, image: np.ndarray, device: torch.device | None = None, tile: int = MAX_TILE,
-                  overlap: int = 32, batch_size: int = 1, progress=None, scale: float | None = None) -> np.ndarray:
+                  overlap: int = 32, batch_size: int = 1, progress=None) -> np.ndarray:
     """Building probability ``(H, W)`` float32 of an ``(H, W, 3)`` uint8 image, from blended overlapping tiles.
     ``tile`` and ``overlap`` are rounded down to even numbers: with an odd stride between tiles the 2x2 max-pool
     of neighbouring tiles pairs different pixels, and their blend differs from one untiled pass (measured: up to
-    0.47 in probability at overlap 15 of 64 px tiles, against 0.06 at overlap 16). ``scale`` (default: the
-    model's ``input_scale``): the image is resized by it first, the probability back to the image's size."""
+    0.47 in probability at overlap 15 of 64 px tiles, against 0.06 at overlap 16)."""
     device = device or next(model.parameters()).device
-    scale = model.cfg.input_scale if scale is None else scale
-    if scale != 1:  # the network sees the resized image; its probability goes back to the image's size
-        small = predict_probs(model, rescale(image, scale), device, tile, overlap, batch_size, progress, scale=1)
-        back = torch.nn.functional.interpolate(torch.from_numpy(small)[None, None], size=image.shape[:2],
-                                               mode="bilinear", align_corners=False)
-        return back[0, 0].numpy()
     h, w = image.shape[:2]
     tile = _even_tile(tile, h, w)
     overlap = min(overlap, tile // 2) // 2 * 2

@@ -27,7 +27,6 @@ NUM_CLASSES = 2  # 0 = background, 1 = building
 class ModelConfig:
     normalize: bool = False  # fixed per-channel input standardisation (non-convolutional)
     batch_norm: bool = False  # BatchNorm2d after conv1..conv3
-    input_scale: float = 1.0  # images are resized by this factor before the network, its output back (infer.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -53,6 +53,7 @@ from common.io import (
 from common.shard import add_shard_argument, select_shard, shard_path
 from common.tiling import MAX_TILE
 from fcnn_rgb_gt.config import (
+    CLEAN_RADIUS,
     DEFAULT_RUNS,
     DEVICES,
     MIN_PREDICT_SIDE,
@@ -92,6 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "within 256^2 pixels (the brief's memory limit: one 256x256x3 input); on a CPU 1 is fastest")
     p.add_argument("--threshold", type=float, default=-1.0,
                    help="building probability threshold; < 0: the one stored in the checkpoint")
+    p.add_argument("--clean-radius", type=int, default=CLEAN_RADIUS,
+                   help="clean-up of the mask: an opening then a closing with a (2r+1) px square (drops specks and "
+                        "fills holes smaller than that); 0: none. Set for a ground resolution like the training "
+                        "image's: use less on coarser images")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = min(2, CPU count)")
     args = p.parse_args(argv)
@@ -103,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--overlap must be in 0..{args.tile // 2} (half the tile), got {args.overlap}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.clean_radius < 0:
+        p.error(f"--clean-radius must be >= 0 (0 = no clean-up), got {args.clean_radius}")
     if args.threads < 0:
         p.error(f"--threads must be >= 0 (0 = automatic), got {args.threads}")
     if not args.threshold <= 1:  # NaN too: it was silently the checkpoint's threshold
@@ -218,7 +225,7 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
 
     from common.metrics import segmentation_report
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import input_warnings, predict_probs
+    from fcnn_rgb_gt.infer import clean_mask, input_warnings, predict_probs
 
     if item.problem:
         raise ImageReadError(item.key, item.problem)
@@ -231,8 +238,8 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
     t0 = time.perf_counter()
     bar = partial(tqdm, desc="tiles", leave=False, disable=not sys.stderr.isatty())
     prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar)
+    pred = clean_mask(prob >= threshold, args.clean_radius)
     seconds = time.perf_counter() - t0
-    pred = prob >= threshold
     warnings = input_warnings(image, float(pred.mean()), train_stats)
     for w in warnings:
         print(f"warning: {item.key}: {w}", file=sys.stderr, flush=True)

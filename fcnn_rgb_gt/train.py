@@ -6,8 +6,11 @@
     torchrun --nproc_per_node=2 fcnn_rgb_gt/train.py # DistributedDataParallel over 2 processes (see README)
 
 A border strip of the image (``--val-fraction`` of one axis) is held out: training crops come only from the
-rest, and the strip picks the best epoch (building IoU at probability 0.5). Outputs in ``--out``: ``best.pt`` /
-``last.pt`` (model, optimizer, scheduler, epoch, best metric, config, history, random-number states),
+rest, and the strip tracks the run (validation loss and building IoU of the averaged weights). An exponential
+moving average of the weights (EMA_EPOCHS horizon) is kept at every step. Outputs in ``--out``: ``best.pt`` (the
+model to predict with: the averaged weights after the latest epoch, the decision threshold, the training image's
+colour statistics), ``last.pt`` (model, weight average, optimizer, scheduler, epoch, config, history,
+random-number states),
 ``config.json`` (the resolved config: absolute paths, the device and threads used), ``log.csv`` and
 ``loss_vs_epochs.png``. Training into a folder that holds an earlier run replaces its files (a warning says so);
 ``--resume`` continues it instead, with the options stored in its ``last.pt`` (a resumed run equals an
@@ -39,6 +42,7 @@ import numpy as np
 from common.config import HelpFormatter, add_config_args, resumed_config
 from common.io import ImageReadError, atomic_write, remove_leftovers, write_json
 from fcnn_rgb_gt.config import (
+    CLEAN_RADIUS,
     DEFAULT_DATA,
     DEVICES,
     THRESHOLD,
@@ -149,20 +153,17 @@ def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, sho
 
 def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device, weights: torch.Tensor) -> dict:
     """Tiled prediction of the validation strip: the training loss (same class weights, so the two curves
-    compare), building IoU / F1 / accuracy at probability 0.5, and the threshold at which the strip's predicted
-    building share equals its true share (``threshold``) with the IoU there (``iou_matched``)."""
-    from common.metrics import iou, segmentation_report
-    from fcnn_rgb_gt.infer import predict_probs, share_threshold
+    compare), building IoU / F1 / accuracy of the mask predict.py makes (THRESHOLD, clean-up CLEAN_RADIUS)."""
+    from common.metrics import segmentation_report
+    from fcnn_rgb_gt.infer import clean_mask, predict_probs
 
     model.eval()
-    prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4), scale=1)  # resized
+    prob = predict_probs(model, image, device, tile=cfg.tile, overlap=min(32, cfg.tile // 4))
     p = np.clip(prob, 1e-6, 1 - 1e-6)
     nll = np.where(mask == 1, -np.log(p), -np.log(1 - p))
     w = weights.numpy()[mask]  # F.cross_entropy(weight=...) normalises by the summed weights
-    rep = segmentation_report(prob >= THRESHOLD, mask)
-    t = share_threshold(prob, float(mask.mean()))
-    return {"val_loss": float((w * nll).sum() / w.sum()), **{f"val_{k}": float(v) for k, v in rep.items()},
-            "threshold": t, "iou_matched": iou(prob >= t, mask)}
+    rep = segmentation_report(clean_mask(prob >= THRESHOLD, CLEAN_RADIUS), mask)
+    return {"val_loss": float((w * nll).sum() / w.sum()), **{f"val_{k}": float(v) for k, v in rep.items()}}
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -194,7 +195,7 @@ def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: d
         f"train region {tr_mask.shape[1]}x{tr_mask.shape[0]}, validation strip ({split.side}) "
         f"{va_mask.shape[1]}x{va_mask.shape[0]}, building {va_mask.mean():.1%}")
 
-    model = FCN(ModelConfig(normalize=not cfg.plain, batch_norm=not cfg.plain, input_scale=cfg.input_scale))
+    model = FCN(ModelConfig(normalize=not cfg.plain, batch_norm=not cfg.plain))
     x = to_tensor(tr_img)
     model.set_input_stats(x.mean((1, 2)), x.std((1, 2)))
     model = prepare(model, device)
@@ -203,16 +204,14 @@ def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: d
                           generator=torch.Generator().manual_seed(cfg.seed + 1000 * rank))
     crop = sampler.crop
     steps = max(4, round(tr_mask.size / (world * cfg.batch_size * crop * crop)))
-    # weight averages, batch-norm statistics included: an exponential one (EMA_EPOCHS horizon) and a uniform one
-    # over the second half of the run (SWA)
+    # the exponential moving average of the weights (EMA_EPOCHS horizon), batch-norm statistics included
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1 - 1 / (EMA_EPOCHS * steps)), use_buffers=True)
-    swa = AveragedModel(model, use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps))
     log(f"model: {count_parameters(model)} parameters {model.cfg.to_dict()}; {steps} steps/epoch of "
         f"{world}x{cfg.batch_size}x{crop}x{crop} crops ({world} process{'es' * (world > 1)}), "
         f"device {device}, {torch.get_num_threads()} threads")
-    return {"model": model, "ema": ema, "swa": swa, "sampler": sampler, "opt": opt, "sched": sched, "steps": steps,
+    return {"model": model, "ema": ema, "sampler": sampler, "opt": opt, "sched": sched, "steps": steps,
             "weights": class_weights(tr_mask), "val": (split.val(image), va_mask), "fingerprint": fingerprint,
             "input_stats": image_stats(image, mask),
             "device": device}
@@ -251,41 +250,30 @@ def estimate(run: dict, cfg: TrainConfig, epochs: int) -> str:
             + (f"; the --max-minutes {cfg.max_minutes:g} safety stop ends it earlier" if stop else ""))
 
 
-def end_epoch(run: dict, cfg: TrainConfig, epoch: int, train_loss: float, history: list, best: dict,
-              extra: dict, seconds: float, done: int) -> dict:
-    """Rank 0 after each epoch: validate the trained weights and their average, log, checkpoint and plot; the
-    best. best.pt holds the averaged weights and the threshold at which their building share on the strip is
-    the strip's own. ``seconds``: since this process started training, ``done``: the epochs it has trained (for
-    the time left)."""
-    import copy
-
+def end_epoch(run: dict, cfg: TrainConfig, epoch: int, train_loss: float, history: list, extra: dict,
+              seconds: float, done: int) -> dict:
+    """Rank 0 after each epoch: validate the averaged weights, log, checkpoint (best.pt: the averaged weights
+    and THRESHOLD; last.pt: the run's state) and plot; return the validation metrics. ``seconds``: since this
+    process started training, ``done``: the epochs it has trained (for the time left)."""
     from fcnn_rgb_gt.checkpoint import save_checkpoint
     from fcnn_rgb_gt.figures import plot_losses
     from fcnn_rgb_gt.infer import averaged_weights
 
     out = Path(cfg.out)
-    m = evaluate(run["model"], *run["val"], cfg, run["device"], run["weights"])
-    a = evaluate(run["ema"].module, *run["val"], cfg, run["device"], run["weights"])
+    m = evaluate(run["ema"].module, *run["val"], cfg, run["device"], run["weights"])
     history.append({"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(m["val_loss"], 5),
                     "val_iou": round(m["val_iou"], 4), "val_f1": round(m["val_f1"], 4),
-                    "val_accuracy": round(m["val_accuracy"], 4), "avg_val_iou": round(a["iou_matched"], 4),
-                    "avg_threshold": round(a["threshold"], 4), "lr": f"{run['sched'].get_last_lr()[0]:.2e}",
+                    "val_accuracy": round(m["val_accuracy"], 4), "lr": f"{run['sched'].get_last_lr()[0]:.2e}",
                     "seconds": round(seconds, 1)})
-    improved = m["val_iou"] > best["iou"]
-    if improved:
-        best = {"iou": m["val_iou"], "epoch": epoch}
-        run["peak"] = copy.deepcopy(run["model"].state_dict())
-    save_checkpoint(out / "best.pt", run, epoch, best, cfg, history,
-                    {**extra, "peak_model": run["peak"]},
-                    model_state=averaged_weights(run["ema"].state_dict()), threshold=a["threshold"])
-    save_checkpoint(out / "last.pt", run, epoch, best, cfg, history, extra)
+    save_checkpoint(out / "best.pt", run, epoch, cfg, history, extra,
+                    model_state=averaged_weights(run["ema"].state_dict()))
+    save_checkpoint(out / "last.pt", run, epoch, cfg, history, extra)
     write_log(out / "log.csv", history)
     plot_losses(out / "loss_vs_epochs.png", history)
     left = f"  about {duration(seconds / done * (cfg.epochs - epoch))} left" if epoch < cfg.epochs else ""
     print(f"epoch {epoch:3d}/{cfg.epochs}  train {train_loss:.4f}  val {m['val_loss']:.4f}  IoU {m['val_iou']:.4f}  "
-          f"F1 {m['val_f1']:.4f}  averaged IoU {a['iou_matched']:.4f} at {a['threshold']:.3f}  {seconds:.0f}s"
-          + ("  *best" if improved else "") + left, flush=True)
-    return best
+          f"F1 {m['val_f1']:.4f}  {seconds:.0f}s" + left, flush=True)
+    return m
 
 
 def train(cfg: TrainConfig) -> tuple[dict, FCN]:
@@ -320,9 +308,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
     if main_rank and ckpt is None:
         warn_if_earlier_run(out)
     run = build(cfg, rank, world, device, ckpt, log)
-    history, best, start = [], {"iou": -1.0, "epoch": 0}, 1
+    history, start, last = [], 1, {}
     if ckpt is not None:
-        history, best, start = restore(run, ckpt, out, device, rank, world, log)
+        history, start = restore(run, ckpt, out, device, rank, world, log)
     ddp = wrap_ddp(run["model"], device, world)  # after loading: DDP broadcasts rank 0's weights
     if world > 1:
         run["model"] = ddp.module  # the bare FCN (SyncBatchNorm on CUDA) for evaluation and saving
@@ -330,12 +318,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
         write_json(out / "config.json", {**asdict(cfg), "world_size": world})
         log(estimate(run, cfg, cfg.epochs - start + 1))
 
-    run.setdefault("peak", None)  # the weights of the epoch with the best strip IoU at 0.5 (comparison only)
-
-    def average() -> None:  # after every optimiser step: the EMA, and the SWA over the second half of the run
+    def average() -> None:  # after every optimiser step
         run["ema"].update_parameters(run["model"])
-        if run["sched"].last_epoch > cfg.epochs * run["steps"] // 2:
-            run["swa"].update_parameters(run["model"])
 
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs + 1):
@@ -346,17 +330,17 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
                                      run["weights"], device, show=main_rank, after_step=average)
         train_loss = mean_over_ranks(train_loss, device, world)  # for the log
         extra = {"rng": rng_states(run["sampler"], device, world), "data_sha256": run["fingerprint"],
-                 "input_stats": run["input_stats"],
-                 "world_size": world}
+                 "input_stats": run["input_stats"], "world_size": world}
         if main_rank:  # validation, checkpoints, log and plot: rank 0 only
-            best = end_epoch(run, cfg, epoch, train_loss, history, best, extra, time.perf_counter() - t0,
+            last = end_epoch(run, cfg, epoch, train_loss, history, extra, time.perf_counter() - t0,
                              epoch - start + 1)
 
-    summary = {"best_epoch": best["epoch"], "val_iou": round(best["iou"], 4), "threshold": THRESHOLD,
+    done = history[-1]["epoch"] if history else 0
+    summary = {"epochs": done, "val_iou": round(last.get("val_iou", math.nan), 4), "threshold": THRESHOLD,
                "train_seconds": round(time.perf_counter() - t0, 1), "out": str(out), "rank": rank,
                "world_size": world}
-    log(f"best epoch {best['epoch']}: validation IoU {best['iou']:.4f}; checkpoint {out / 'best.pt'}, "
-        f"plot {out / 'loss_vs_epochs.png'}")
+    log(f"averaged weights after epoch {done}: validation IoU {summary['val_iou']:.4f} (threshold {THRESHOLD}, "
+        f"clean-up radius {CLEAN_RADIUS}); checkpoint {out / 'best.pt'}, plot {out / 'loss_vs_epochs.png'}")
     return summary, run["model"]
 
 
