@@ -20,7 +20,7 @@ $(RUNS)/fcnn/best.pt:
 predict-fcnn: venv-torch demo-data-fcnn $(RUNS)/fcnn/best.pt  ## predict the training image -> $(RUNS)/fcnn/predictions.jpg (+ mask, overlay)
 	$(TORCH_PY) fcnn_rgb_gt/predict.py --checkpoint $(RUNS)/fcnn/best.pt --data $(FCNN_DATA) $(FCNN_PREDICT_ARGS)
 
-bench-fcnn: venv-torch  ## real data (DATA_ROOT=../shared/data): 3 seeds of the default, scored on extra/* -> benchmarks/fcnn.json, fcnn_rgb_gt/docs/dubai_*.png
+bench-fcnn: venv-torch  ## real data (DATA_ROOT=../shared/data): the default trained on each Dubai pair, scored on the others (3 seeds) -> benchmarks/fcnn.json, fcnn_rgb_gt/docs/dubai_*.png
 	$(TORCH_PY) fcnn_rgb_gt/bench.py --data $(DATA_ROOT)/fcnn --runs $(RUNS)/fcnn_bench --out benchmarks/fcnn.json
 
 demo-fcnn: venv-torch demo-data-fcnn  ## short train + predict on the demo pair and its unseen image (80 s on 2 loaded cores)
