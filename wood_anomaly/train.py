@@ -4,28 +4,23 @@
     python wood_anomaly/train.py --data ../shared/data/wood --out runs/wood_real
     torchrun --nproc_per_node=N wood_anomaly/train.py ...         # N processes (README.md: more machines)
 
-Reads top to bottom: options (the TrainConfig dataclass and its checks live in config.py, so that they are
-parsed before PyTorch is imported) -> device and processes -> per-photo features (data) -> memory bank (model)
--> calibration -> checkpoint. Each photo is resized by ``--scale``, featurised tile by tile by a frozen ImageNet
-EfficientNet-Lite0 into one feature map (``data.feature_map``, the very map predict scores), and a uniform
-random sample of ``--patches-per-image`` of its cells joins the memory bank (uniform, not a greedy coreset: the
-training photos may contain defects, and a coreset would keep exactly those). Held-out cells of every photo,
-scored as predict scores them, give the training spread of the deep and colour scores that standardises both
-maps. Then every training photo is scored exactly as predict.py scores it, and the label-free pixel threshold is
-fitted to the pooled scores (model.fit_threshold: where their tail flattens into the defects; one predict pass
-more), unless ``--threshold-spreads`` fixes it. The design is in README.md.
+Reads top to bottom: options (TrainConfig and its checks live in config.py, parsed before PyTorch is imported)
+-> device and processes -> per-photo features (data) -> memory bank (model) -> calibration -> checkpoint. Each
+photo is resized by ``--scale`` and featurised tile by tile by a frozen ImageNet EfficientNet-Lite0 into one
+feature map (``data.feature_map``, the very map predict scores); a uniform random sample of
+``--patches-per-image`` of its cells joins the memory bank (not a greedy coreset: the training photos may contain
+defects, and a coreset would keep exactly those). Held-out cells, scored as predict scores them, give the
+training spreads that standardise the deep and colour maps. Then every training photo is scored as predict.py
+scores it and the label-free pixel threshold is fitted to the pooled scores (model.fit_threshold: where their
+tail flattens into the defects), unless ``--threshold-spreads`` fixes it. The design is in README.md.
 
-Training is one pass with no optimiser and no trained weights (the backbone is frozen; only the bank is filled):
-no epochs, no loss curve, nothing to resume. Outputs in ``--out``: ``model.pt`` (bank, config, threshold, score
-statistics, training photos' names and identities), ``config.json`` (also the photos used and those skipped)
-and ``log.csv`` (one row per photo), written at the end, each under a temporary name then renamed: a run that
-is stopped or killed (even by SIGKILL) leaves the earlier run's files whole and no partial file; run it again.
-Every option is checked before any work (``check_config``), so a setting predict.py could not use stops here.
-A photo that cannot be used (unreadable, too small to score) is named with the reason and left out.
+One pass, no optimiser, no trained weights (the backbone is frozen): no epochs, nothing to resume. Outputs in
+``--out``: ``model.pt`` (bank, config, threshold, score statistics, training photos' names and identities),
+``config.json`` (also the photos used and those skipped) and ``log.csv`` (one row per photo), each written under
+a temporary name then renamed: a stopped or killed run (even SIGKILL) leaves the earlier files whole.
 
-Under torchrun each rank featurises its DistributedSampler share of the photos and the per-photo samples are
-all-gathered (gloo on CPU, nccl on CUDA): every rank ends with the bank and threshold of a single process (each
-photo's sample is seeded by its index in the sorted folder). Rank 0 alone writes the run folder.
+Under torchrun each rank featurises its share of the photos, the per-photo samples are all-gathered (gloo/nccl)
+and every rank ends with a single process's bank and threshold (samples seeded by photo index); rank 0 writes.
 """
 from __future__ import annotations
 
@@ -122,10 +117,9 @@ def photo_features(model: PatchCore, index: int, path: Path, cfg: TrainConfig, d
     """One training photo -> its bank sample, held-out calibration sample, mean feature, identity and a log row
     (or ``{"index", "error"}``: the file and the reason, for a photo that could not be read or featurised).
 
-    The cells are those of the stitched feature map predict scores (``data.feature_map``), so the mean feature
-    and the samples describe the same cells as at predict time. The random split of the cells is seeded by the
-    photo's index in the sorted folder, so the result does not depend on which process handles the photo or in
-    which order (distributed = single process). A photo too small to score (config.too_small) is refused."""
+    The cells are those of the feature map predict scores (``data.feature_map``). Their random split is seeded by
+    the photo's index in the sorted folder: the result does not depend on which process handles the photo or in
+    which order. A photo too small to score (config.too_small) is refused."""
     import torch
 
     from wood_anomaly.data import colour_map, feature_map, image_id, resize
@@ -198,8 +192,7 @@ def calibrate(model: PatchCore, photos: list[dict], cfg: TrainConfig, progress: 
     q95 rather than q99: the training photos contain defects, and with a few percent of defective pixels the
     99th percentile already lies inside them (it did on the fabric run), the 95th does not. The deep scores of
     each photo's held-out cells are computed as predict computes them: against the bank rows of the photos
-    retrieved for it (never its own rows) plus a random sample of its own cells (self-reference).
-    """
+    retrieved for it (never its own rows) plus a random sample of its own cells (self-reference)."""
     import torch
 
     from wood_anomaly.model import knn_distance
@@ -239,9 +232,8 @@ def map_sample(model: PatchCore, index: int, path: Path, cfg: TrainConfig, stats
 def fit_threshold(model: PatchCore, paths: list[Path], parts: list[dict], cfg: TrainConfig, stats: dict,
                   device: torch.device, rank: int = 0, world: int = 1) -> dict:
     """The label-free pixel threshold: ``threshold_spreads`` when set, else fitted (model.fit_threshold) to the
-    pooled fused maps of the training photos, i.e. to the very scores predict.py gives these photos: the
-    threshold follows the folder's own defect share and contrast instead of a number chosen on other photos.
-    Each rank maps its share of the photos; the samples are all-gathered. Costs one predict pass."""
+    pooled fused maps of the training photos as predict.py scores them, so that it follows the folder's own
+    defect share and contrast. Each rank maps its share; the samples are all-gathered. One predict pass."""
     from torch.utils.data import DistributedSampler
 
     from wood_anomaly.model import fit_threshold as fit
