@@ -157,19 +157,24 @@ def plot_threshold(curve: dict, threshold: float, path: Path, dpi: int = 120) ->
     save_figure(fig, path, dpi=dpi)
 
 
+def draw_reliability(ax, rel: dict, label: str, title: str) -> None:
+    """One reliability diagram on ``ax``: per confidence bin (``rel``: confidence, accuracy, count lists), the
+    share of right answers against the mean confidence, each point labelled with its number of patches."""
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    ax.plot(rel["confidence"], rel["accuracy"], "o-", label=label)
+    for x, y, n in zip(rel["confidence"], rel["accuracy"], rel["count"]):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlabel="confidence (most likely mineral)", ylabel="share right", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+
+
 def plot_reliability(rel: dict, ece: float, path: Path, dpi: int = 120) -> None:
-    """Reliability diagram: per confidence bin, the share of right answers against the mean confidence."""
+    """Reliability diagram of one run (``draw_reliability``) -> ``path``."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
-    ax.plot(rel["confidence"], rel["accuracy"], "o-", label="this model")
-    for x, y, n in zip(rel["confidence"], rel["accuracy"], rel["count"]):
-        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set(xlabel="confidence (most likely mineral)", ylabel="share right", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"reliability (ECE {ece:.3f}; numbers: patches)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    draw_reliability(ax, rel, "this model", f"reliability (ECE {ece:.3f}; numbers: patches)")
     save_figure(fig, path, dpi=dpi)
 
 

@@ -26,7 +26,7 @@ from common.demo import is_demo
 from common.io import read_rgb, save_figure
 from minerals.config import CLASSES, MINERALS
 from minerals.decision import decide
-from minerals.evaluate import plot_threshold
+from minerals.evaluate import draw_reliability, plot_threshold
 from minerals.outputs import plot_curves
 
 DPI = 80  # small PNGs for the README
@@ -139,15 +139,8 @@ def reliability_figure(runs: Path, names: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         m = json.loads((runs / name / "eval" / "metrics.json").read_text())
-        rel = m["reliability"]
-        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
-        ax.plot(rel["confidence"], rel["accuracy"], "o-", label=f"T = {m['temperature']:.2f}")
-        for x, y, n in zip(rel["confidence"], rel["accuracy"], rel["count"]):
-            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        ax.set(xlabel="confidence (most likely mineral)", ylabel="share right", xlim=(0, 1), ylim=(0, 1.02),
-               title=f"{name}, fold 0: ECE {m['ece']:.3f} (numbers: patches)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        draw_reliability(ax, m["reliability"], f"T = {m['temperature']:.2f}",
+                         f"{name}, fold 0: ECE {m['ece']:.3f} (numbers: patches)")
     save_figure(fig, path, dpi=DPI)
 
 
