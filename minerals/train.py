@@ -85,7 +85,8 @@ def train_one_epoch(model, loader, opt, sched, weights, cfg, device, step: int, 
     model.train()
     total, n = 0.0, 0
     mixer = v2.RandomChoice([v2.MixUp(num_classes=len(CLASSES)), v2.CutMix(num_classes=len(CLASSES))])
-    for x, y in tqdm(loader, desc="train", leave=False, file=sys.stderr, disable=rank != 0):
+    # the batch bar on a terminal only (disable=None: off when stderr is a log file; the epoch lines stay)
+    for x, y in tqdm(loader, desc="train", leave=False, file=sys.stderr, disable=None if rank == 0 else True):
         if cfg.mix and torch.rand(()) < cfg.mix:
             x, y = mixer(x, y)  # y becomes mixed one-hot targets
         x = x.to(device, memory_format=torch.channels_last)
