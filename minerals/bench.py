@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -120,7 +121,13 @@ def oof_calibration(name: str, out: Path, samples: Path, folds: int) -> dict:
     threshold and at 0.5, and each fold's own last-epoch temperature (the spread)."""
     import torch
 
-    from minerals.decision import calibrate, choose_threshold, expected_calibration_error, fit_temperature
+    from minerals.decision import (
+        answered_at,
+        calibrate,
+        choose_threshold,
+        expected_calibration_error,
+        fit_temperature,
+    )
 
     cpu, probs, labels, fold_of, per_fold = torch.device("cpu"), [], [], [], {}
     for k in range(folds):
@@ -139,15 +146,9 @@ def oof_calibration(name: str, out: Path, samples: Path, folds: int) -> dict:
                               for k in range(folds)])
     cal = calibrate(probs, t)
     thr = choose_threshold(cal, labels)
-    conf, idx = cal[:, :7].max(1), cal[:, :7].argmax(1)
-    pos = labels < 7
 
-    def at(th: float) -> dict:
-        answered = pos & (conf >= th)
-        return {"coverage": round(float(answered.sum() / pos.sum()), 4),
-                "answered_accuracy": round(float((idx[answered] == labels[answered]).mean()), 4)
-                if answered.any() else None,  # (none answered)
-                "mineral_accuracy": round(float(((idx == labels) & answered).sum() / pos.sum()), 4)}
+    def at(th: float) -> dict:  # (None: none answered)
+        return {k: None if math.isnan(v) else round(v, 4) for k, v in answered_at(cal, labels, th).items()}
 
     cfg = json.loads((run_dir(out, name, 0) / "config.json").read_text())
     rec = {"backbone": cfg["backbone"], "img_size": cfg["img_size"], "epochs": cfg["epochs"], "temperature": t,

@@ -29,6 +29,19 @@ def mineral_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     return classification_summary(labels[pos].tolist(), mineral_confidence(probs[pos])[1].tolist(), MINERALS)
 
 
+def answered_at(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """On the mineral patches (``labels`` < 7) at ``threshold``: ``coverage`` (share answered with a mineral),
+    ``mineral_accuracy`` (right and answered: an "unknown" counts as wrong) and ``answered_accuracy`` (right among
+    those answered); NaN where there is nothing to count."""
+    pos = labels < len(MINERALS)
+    conf, idx = mineral_confidence(probs[pos])
+    answered, right = conf >= threshold, idx == labels[pos]
+    nan = float("nan")
+    return {"coverage": float(answered.mean()) if pos.any() else nan,
+            "mineral_accuracy": float((answered & right).mean()) if pos.any() else nan,
+            "answered_accuracy": float(right[answered].mean()) if answered.any() else nan}
+
+
 def decide(probs: np.ndarray, threshold: float, decimals: int | None = None) -> tuple[np.ndarray, list[str]]:
     """(confidence (N,), results: a mineral name or ``"unknown"``) for ``probs`` (N, 8).
 

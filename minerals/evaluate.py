@@ -28,6 +28,7 @@ from common.io import IMAGE_EXTENSIONS, atomic_write, save_figure, write_json
 from minerals.config import CLASSES, DEVICES, MINERALS, NEGATIVE, default_checkpoint
 from minerals.decision import (
     UNKNOWN,
+    answered_at,
     decide,
     expected_calibration_error,
     mineral_confidence,
@@ -88,16 +89,12 @@ def summarise(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     truth = [CLASSES[i] if i < len(MINERALS) else UNKNOWN for i in labels]
     open_set = classification_summary(truth, results, MINERALS + [UNKNOWN])
     curve = threshold_curve(probs, labels)
-    conf, idx = mineral_confidence(probs[pos])
-    answered, right = conf >= threshold, idx == labels[pos]
+    at = answered_at(probs, labels, threshold)
     return {"n_patches": int(len(labels)), "n_mineral_patches": int(pos.sum()), "threshold": threshold,
             "closed_set": closed,  # the most likely mineral, mineral patches only (the usual dataset metric)
             "open_set": open_set,  # with the threshold: negatives must come out "unknown"
-            "coverage_at_threshold": float(np.mean([r != UNKNOWN for r, p in zip(results, pos) if p]))
-            if pos.any() else float("nan"),
-            # mineral patches right and answered (an "unknown" counts as wrong) / right among those answered
-            "mineral_accuracy_at_threshold": float((answered & right).mean()) if pos.any() else float("nan"),
-            "answered_accuracy_at_threshold": float(right[answered].mean()) if answered.any() else float("nan"),
+            # mineral patches answered / right and answered (an "unknown" counts as wrong) / right among those answered
+            **{f"{k}_at_threshold": v for k, v in at.items()},
             "ece": expected_calibration_error(probs, labels),  # confidence against the share of right answers
             "reliability": reliability(probs, labels),
             "threshold_curve": curve}

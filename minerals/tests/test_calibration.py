@@ -83,3 +83,18 @@ def test_bench_fits_the_calibration_on_the_pooled_out_of_fold_predictions(run, s
                             "--img-size", str(meta["img_size"]), "--epochs", str(rec["epochs"])])
     taken = held_out_calibration(cfg)
     assert (taken["temperature"], taken["threshold"]) == (rec["temperature"], rec["threshold"])
+
+
+def test_answered_at_counts_mineral_patches_only():
+    from minerals.decision import answered_at
+
+    # 4 mineral patches (labels 0, 1, 2, 3) and one negative (7): confidences 0.9 right, 0.8 wrong, 0.4 right
+    # (unanswered at 0.5), 0.6 right; the negative's confidence never counts
+    probs = np.zeros((5, 8))
+    probs[0, 0], probs[1, 2], probs[2, 2], probs[3, 3], probs[4, 1] = 0.9, 0.8, 0.4, 0.6, 0.95
+    labels = np.array([0, 1, 2, 3, 7])
+    at = answered_at(probs, labels, 0.5)
+    assert at == {"coverage": 0.75, "mineral_accuracy": 0.5, "answered_accuracy": 2 / 3}
+    none = answered_at(probs, labels, 0.99)
+    assert none["coverage"] == 0.0 and none["mineral_accuracy"] == 0.0 and np.isnan(none["answered_accuracy"])
+    assert all(np.isnan(v) for v in answered_at(probs[4:], labels[4:], 0.5).values())  # negatives only
