@@ -40,6 +40,9 @@ TRAIN_PY = Path(__file__).with_name("train.py")
 TARGET_IOU = 0.60  # the building IoU asked for on every test pair
 FIGURE_PAIR = "dubai_t8_p5"  # the test pair of the prediction figure (CC0), when present
 POOL_PREFIX = "dubai_"  # extra/* pairs of the training pair's own source: they join the cross-pair matrix
+# the decision settings (building probability threshold, clean-up radius) every test pair is also scored at, for
+# the leave-one-training-pair-out choice of predict's defaults (metrics' "nested")
+GRID = [(t, r) for t in (0.5, 0.55, 0.6, 0.65, 0.7) for r in (0, 3, 6, 9)]
 # left out of the record's config, which holds the training choices: paths, device, threads and --resume say
 # where and how a run went, and the seeds are the metrics' own
 RUN_FIELDS = ("data", "rgb", "gt", "out", "device", "threads", "resume", "seed")
@@ -83,10 +86,10 @@ def cross_pairs(data: Path, names: list[str] | None = None) -> tuple[list[Path],
     return [train_dir, *pool], [d for d in pairs if d not in pool]
 
 
-def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0) -> float:
-    """train.py with its defaults (no time limit) in a fresh process; its wall time in seconds."""
+def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0, flags: tuple[str, ...] = ()) -> float:
+    """train.py with its defaults and ``flags`` (no time limit) in a fresh process; its wall time in seconds."""
     cmd = [sys.executable, str(TRAIN_PY), "--data", str(train_dir), "--out", str(out), "--seed", str(seed),
-           "--max-minutes", "0", *(["--threads", str(threads)] if threads else [])]
+           "--max-minutes", "0", *(["--threads", str(threads)] if threads else []), *flags]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -95,11 +98,11 @@ def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0) -> float:
 
 def score_run(run: Path, pairs: list[Path]) -> dict:
     """A run's ``best.pt`` with predict.py's defaults (its weights and threshold, the clean-up) scored on every
-    pair: building IoU, F1,
-    precision, recall, accuracy and the share of pixels marked building (``share``; ``true_share``: the gt's)."""
+    pair: building IoU, F1, precision, recall, accuracy, the share of pixels marked building (``share``;
+    ``true_share``: the gt's) and ``grid``: the IoU at each threshold and clean-up radius of GRID."""
     import torch
 
-    from common.metrics import segmentation_report
+    from common.metrics import iou, segmentation_report
     from fcnn_rgb_gt.data import read_gt
     from fcnn_rgb_gt.infer import clean_mask, load_checkpoint, predict_probs
 
@@ -111,10 +114,12 @@ def score_run(run: Path, pairs: list[Path]) -> dict:
     for d in pairs:
         image = read_rgb(d / "rgb.png")
         gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
-        pred = clean_mask(predict_probs(model, image) >= threshold, CLEAN_RADIUS)
+        prob = predict_probs(model, image)
+        pred = clean_mask(prob >= threshold, CLEAN_RADIUS)
         rep = segmentation_report(pred, gt)
         scores["pairs"][d.name] = {**{k: round(v, 4) for k, v in rep.items() if k != "dice"},  # dice == f1
-                                   "share": round(float(pred.mean()), 4), "true_share": round(float(gt.mean()), 4)}
+                                   "share": round(float(pred.mean()), 4), "true_share": round(float(gt.mean()), 4),
+                                   "grid": [round(float(iou(clean_mask(prob >= t, r), gt)), 4) for t, r in GRID]}
         print(f"  {run}: {d.name} IoU {rep['iou']:.4f}  F1 {rep['f1']:.4f}  marked {pred.mean():.1%} "
               f"(truth {gt.mean():.1%})", flush=True)
     return scores
@@ -166,7 +171,7 @@ def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     h, w = image.shape[:2]
-    bound = flops_per_pixel() * h * w / (rate * 1e9)
+    bound = flops_per_pixel(model.cfg.scales) * h * w / (rate * 1e9)
     return {"size": [w, h], "seconds": round(min(times), 2), "cpu_seconds": round(min(cpus), 2),
             "tiles": len(tile_grid(h, w, MAX_TILE, 32)), "peak_increase_mib": round(_vm_kib("VmHWM") / 1024
                                                                                     - rss_before, 1),
@@ -193,10 +198,32 @@ def spread(values: list[float]) -> dict:
     return {"mean": round(float(np.mean(values)), 4), "min": min(values), "max": max(values), "per_seed": values}
 
 
+def nested(scores: dict[str, dict[int, dict]], pool: list[str], seeds: list[int]) -> dict:
+    """predict's decision settings chosen without the cells they are scored on: for each training pair held out,
+    the GRID setting (threshold, clean-up radius) with the best mean of the other training pairs' cells (seed
+    means), scored on the held-out pair's cells. The matrix mean of those cells, its per-seed spread, the
+    choices, and every GRID setting's matrix mean (chosen on all cells, as a user tuning on the matrix would)."""
+    grids = {(train, test): np.array([scores[train][s]["pairs"][test]["grid"] for s in seeds])  # seeds x GRID
+             for train in pool for test in pool if test != train}
+    chosen, cells = {}, {}
+    for held in pool:
+        fit = np.mean([g.mean(0) for (train, _), g in grids.items() if train != held], axis=0)
+        k = int(np.argmax(fit))
+        chosen[held] = {"threshold": GRID[k][0], "clean_radius": GRID[k][1]}
+        cells.update({f"{train}->{test}": g[:, k] for (train, test), g in grids.items() if train == held})
+    per_seed = np.mean(list(cells.values()), axis=0)
+    by_setting = np.mean([g.mean(0) for g in grids.values()], axis=0)
+    return {"matrix_mean_iou": round(float(per_seed.mean()), 4),
+            "worst_cell": round(float(min(c.mean() for c in cells.values())), 4),
+            "matrix_mean_per_seed": spread([round(float(v), 4) for v in per_seed]), "chosen": chosen,
+            "matrix_mean_by_setting": {f"{t}/{r}": round(float(v), 4) for (t, r), v in zip(GRID, by_setting)}}
+
+
 def metrics(scores: dict[str, dict[int, dict]], pool: list[str]) -> dict:
     """The record's metrics from :func:`score_run` per training pair and seed: every cell (train pair -> test
     pair) of the matrix over the seeds, the matrix mean (of the cells' seed means), its worst cell, the per-seed
-    matrix means, the share of pixels marked building against the truth, the other pairs (from the runs on the
+    matrix means, the nested figure (:func:`nested`), the share of pixels marked building against the truth, the
+    other pairs (from the runs on the
     first pool pair), each run's strip IoU and threshold, and the target."""
     seeds = sorted(set.intersection(*(set(by_seed) for by_seed in scores.values())))
     cells, shares = {}, {}
@@ -213,7 +240,8 @@ def metrics(scores: dict[str, dict[int, dict]], pool: list[str]) -> dict:
               for name in first[seeds[0]]["pairs"] if name not in pool}
     mean = round(float(np.mean([v["mean"] for v in cells.values()])), 4)
     return {"seeds": seeds, "matrix_mean_iou": mean, "worst_cell": {"cell": worst, **cells[worst]},
-            "matrix_mean_per_seed": spread(per_seed), "cells_iou": cells, "building_share": shares,
+            "matrix_mean_per_seed": spread(per_seed), "nested": nested(scores, pool, seeds),
+            "cells_iou": cells, "building_share": shares,
             "other_source_iou": others,
             "val_strip_iou": {t: spread([by_seed[s]["val_iou"] for s in seeds]) for t, by_seed in scores.items()},
             "threshold": {train: [by_seed[s]["threshold"] for s in seeds] for train, by_seed in scores.items()},
@@ -221,14 +249,15 @@ def metrics(scores: dict[str, dict[int, dict]], pool: list[str]) -> dict:
 
 
 def record(config: dict, data: Path, scores: dict[str, dict[int, dict]], pool: list[str],
-           train_seconds: dict[str, dict[int, float]], predict: dict, load: dict) -> dict:
+           train_seconds: dict[str, dict[int, float]], predict: dict, load: dict, train_args: str = "") -> dict:
     """benchmarks/fcnn.json: one record of the current default."""
     import torch
 
     return {"task": "fcnn_rgb_gt",
             "what": "cross-pair building IoU of train.py's default with predict.py's defaults: trained on each pair "
                     "of the pool, scored on every other one, over seeds; the target is 0.60",
-            "command": f"python fcnn_rgb_gt/bench.py --data {data}",
+            "command": f"python fcnn_rgb_gt/bench.py --data {data}"
+                       + (f" --train-args '{train_args}'" if train_args else ""),
             "config": {k: v for k, v in config.items() if k not in RUN_FIELDS},
             "data": {"pool": pool, "other_source": list(scores[pool[0]][min(scores[pool[0]])]["pairs"])},
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, "
@@ -252,6 +281,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"extra/* pairs crossed with train_substitute/ (default: those named {POOL_PREFIX}*)")
     p.add_argument("--skip-train", action="store_true", help="score the runs already in --runs (<pair>/seed<S>/)")
     p.add_argument("--threads", type=int, default=0, help="train.py --threads of every run (0: its default)")
+    p.add_argument("--train-args", default="", metavar="FLAGS",
+                   help='train.py options added to every run, to measure a variant the same way (e.g. "--scales 1,2")')
     return p.parse_args(argv)
 
 
@@ -276,7 +307,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run = runs / train_dir.name / f"seed{seed}"
             if not args.skip_train:
-                seconds.setdefault(train_dir.name, {})[seed] = train_run(train_dir, run, seed, args.threads)
+                seconds.setdefault(train_dir.name, {})[seed] = train_run(train_dir, run, seed, args.threads,
+                                                                         tuple(args.train_args.split()))
             scores.setdefault(train_dir.name, {})[seed] = score_run(run, tests)
     first = runs / pool[0].name / f"seed{args.seeds[0]}"
     config = read_checkpoint(first / "best.pt", keys=("config",))["config"]
@@ -286,7 +318,7 @@ def main(argv=None) -> int:
                             f"{args.seeds[0]} of the default trained on {pool[0].name}"):
         print(f"wrote {path}")
     report = record({**asdict(TrainConfig()), **config}, data, scores, [d.name for d in pool], seconds, predict,
-                    {"start": start, "end": load_avg()})
+                    {"start": start, "end": load_avg()}, args.train_args)
     write_json(args.out, report)
     m = report["metrics"]
     print(f"matrix mean IoU {m['matrix_mean_iou']}, worst cell {m['worst_cell']['cell']} {m['worst_cell']['mean']}")

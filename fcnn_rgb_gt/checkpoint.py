@@ -40,7 +40,8 @@ def read_resume(out: Path, main_rank: bool, world: int) -> dict:
 
 def stored_options(path: Path, stored: dict) -> dict:
     """A checkpoint's config in this version's options: older options at the value now built in are dropped,
-    ``normalize`` / ``batch_norm`` become ``plain``; another value is a CheckpointError naming it."""
+    ``normalize`` / ``batch_norm`` become ``plain``, no ``scales`` is one scale; another value is a
+    CheckpointError naming it."""
     stored = dict(stored)
     other = drop_legacy(stored, LEGACY_OPTIONS)
     if other:
@@ -51,6 +52,7 @@ def stored_options(path: Path, stored: dict) -> dict:
                               "version no longer offers (the default has both, --plain neither); start a new run")
     if extras:
         stored["plain"] = not extras.pop()
+    stored.setdefault("scales", "1")  # runs of versions without the pyramid: one scale
     return stored
 
 

@@ -47,8 +47,12 @@ class TrainConfig:
     val_fraction: float = 0.2  # share of one axis held out as a border validation strip (see data.spatial_split)
     augment: bool = True  # random flips, 90-degree turns, +-25 % scale, colour jitter; --no-augment trains on
     #                       the crops as they are, for images whose orientation or colours carry meaning
-    plain: bool = False  # the bare brief network: no input standardisation and no batch norm (use --lr 1e-3;
-    #                      the default adds both, which lets it train at lr 1e-2 without collapsing)
+    plain: bool = False  # the bare brief network: no input standardisation, no batch norm, one scale (use --lr
+    #                      1e-3; the default adds the first two, which let it train at lr 1e-2 without collapsing)
+    scales: str = "1,2"  # input pyramid: comma-separated downsampling factors; the same four convolutions run
+    #                      on the tile and on it average-pooled by each factor, and their logits, resized back,
+    #                      are averaged (1,2: a 28 px field of view beside the 14 px one, at 1.25x the cost;
+    #                      1: the single pass; --plain always uses 1)
     seed: int = 0  # 0..2^32-1: initial weights and the crop stream (process r of torchrun: seed + 1000 x r)
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # CPU threads; 0 = min(2, CPU count)
@@ -66,6 +70,28 @@ def over_memory_limit(batch_size: int, tile: int) -> str:
             f"--batch-size {max(1, MAX_TILE * MAX_TILE // (tile * tile))} at most at this tile")
 
 
+MAX_SCALE = 8  # the largest pyramid factor: a 128 px training crop still holds a 16 px copy
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``: distinct factors in 1..MAX_SCALE, sorted; ValueError says what is wrong."""
+    try:
+        scales = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        raise ValueError(f"--scales must be comma-separated whole numbers, e.g. 1,2; got {text!r}") from None
+    if not all(1 <= s <= MAX_SCALE for s in scales):
+        raise ValueError(f"--scales must be in 1..{MAX_SCALE}, got {text!r}")
+    return scales
+
+
+def scales_problem(text: str) -> str:
+    try:
+        parse_scales(text)
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 def config_problem(cfg: TrainConfig) -> str:
     """Why ``cfg`` cannot train, or ""."""
     checks = [(2 <= cfg.tile <= MAX_TILE, f"--tile must be in 2..{MAX_TILE} (the network never sees more than "
@@ -79,7 +105,7 @@ def config_problem(cfg: TrainConfig) -> str:
               (cfg.threads >= 0, f"--threads must be >= 0 (0 = automatic), got {cfg.threads}"),
               (0 <= cfg.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {cfg.seed}"),
               (not Path(cfg.out).exists() or Path(cfg.out).is_dir(), f"--out {cfg.out}: is a file, not a folder")]
-    problems = [msg for ok, msg in checks if not ok]
-    if not problems:
+    problems = [msg for ok, msg in checks if not ok] + [scales_problem(cfg.scales)]
+    if not any(problems):
         problems.append(over_memory_limit(cfg.batch_size, cfg.tile))
     return "; ".join(p for p in problems if p)

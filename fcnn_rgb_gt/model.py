@@ -10,6 +10,11 @@ the plain network (``FCN()``) and both on in train.py's default:
   from the training image by train.py) instead of the plain ``x / 255``.
 * ``batch_norm``: BatchNorm2d after Conv1, Conv2 and Conv3 (before each ReLU).
 
+A third, ``scales``, is a pyramid around the same four convolutions (shared weights): for each scale ``s`` the
+input is average-pooled by ``s``, the network runs on that smaller copy of the same tile, its logits are resized
+back (bilinear) and the logits of all scales are averaged. Scale ``s`` sees an ``s x 14`` px field of view at
+``1 / s^2`` of the cost; ``(1,)`` is the plain single pass, train.py's default is ``(1, 2)``.
+
 Input: ``(B, 3, H, W)`` float in [0, 1] (RGB / 255), H and W even. Output: ``(B, 2, H, W)`` logits; channel 1
 is "building". Receptive field of one output pixel: 14x14 input pixels (3, 5, 6, 10, 14 through the layers).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NUM_CLASSES = 2  # 0 = background, 1 = building
@@ -27,6 +33,7 @@ NUM_CLASSES = 2  # 0 = background, 1 = building
 class ModelConfig:
     normalize: bool = False  # fixed per-channel input standardisation (non-convolutional)
     batch_norm: bool = False  # BatchNorm2d after conv1..conv3
+    scales: tuple[int, ...] = (1,)  # input downsampling factors whose logits are averaged (non-convolutional)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +46,8 @@ class ModelConfig:
         other = drop_legacy(stored, LEGACY_OPTIONS)
         if other:
             raise ValueError(f"model option {other}")
+        if "scales" in stored:  # a list once stored as JSON; absent in older checkpoints: one scale
+            stored["scales"] = tuple(stored["scales"])
         return cls(**stored)
 
 
@@ -89,6 +98,24 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.normalize:
             x = (x - self.mean) / self.std
+        if self.cfg.scales == (1,):
+            return self.convs(x)
+        return torch.stack([self.at_scale(x, s) for s in self.cfg.scales]).mean(0)
+
+    def at_scale(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        """Logits of ``x`` average-pooled by ``s``, resized back to its size. The input is first padded (edge
+        pixels repeated) to a multiple of 2s, so the pooled copy has even sides for the max-pool / upsample."""
+        if s == 1:
+            return self.convs(x)
+        h, w = x.shape[-2:]
+        ph, pw = -h % (2 * s), -w % (2 * s)
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        y = self.convs(F.avg_pool2d(x, s))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
+
+    def convs(self, x: torch.Tensor) -> torch.Tensor:
+        """The brief's network on ``x`` (already standardised)."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.pool(x)
@@ -101,7 +128,8 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def flops_per_pixel() -> int:
-    """Multiply-add FLOPs (2 per MAC) of the four convolutions per input pixel (conv3 runs at 1/4 resolution)."""
+def flops_per_pixel(scales: tuple[int, ...] = (1,)) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the four convolutions per input pixel (conv3 runs at 1/4 resolution),
+    summed over the pyramid's ``scales`` (scale s runs on 1/s^2 of the pixels)."""
     macs = 3 * 16 * 9 + 16 * 32 * 9 + (32 * 16 * 9) / 4 + 16 * 2 * 25
-    return int(2 * macs)
+    return int(2 * macs * sum(1 / s ** 2 for s in scales))

@@ -49,6 +49,7 @@ from fcnn_rgb_gt.config import (
     CheckpointError,
     TrainConfig,
     config_problem,
+    parse_scales,
 )
 
 if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the options are parsed
@@ -195,7 +196,8 @@ def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: d
         f"train region {tr_mask.shape[1]}x{tr_mask.shape[0]}, validation strip ({split.side}) "
         f"{va_mask.shape[1]}x{va_mask.shape[0]}, building {va_mask.mean():.1%}")
 
-    model = FCN(ModelConfig(normalize=not cfg.plain, batch_norm=not cfg.plain))
+    scales = (1,) if cfg.plain else parse_scales(cfg.scales)
+    model = FCN(ModelConfig(normalize=not cfg.plain, batch_norm=not cfg.plain, scales=scales))
     x = to_tensor(tr_img)
     model.set_input_stats(x.mean((1, 2)), x.std((1, 2)))
     model = prepare(model, device)

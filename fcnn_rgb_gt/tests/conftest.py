@@ -21,7 +21,7 @@ def untrained_run(pair_dir, tmp_path_factory):
     predict.py reads, in the format train.py writes."""
     out = tmp_path_factory.mktemp("fcnn_untrained")
     torch.manual_seed(0)
-    model = FCN(ModelConfig(normalize=True, batch_norm=True))
+    model = FCN(ModelConfig(normalize=True, batch_norm=True, scales=(1, 2)))
     torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(), "threshold": 0.5,
                 "config": {"data": str(pair_dir), "rgb": "", "gt": ""}}, out / "best.pt")
     return out

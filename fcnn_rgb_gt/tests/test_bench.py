@@ -17,7 +17,7 @@ RECORD_KEYS = {"task", "what", "command", "config", "data", "machine", "load", "
 
 def _report(iou: float) -> dict:
     return {"iou": iou, "f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9, "share": 0.1,
-            "true_share": 0.12}
+            "true_share": 0.12, "grid": [iou] * len(bench.GRID)}
 
 
 def _score(val: float, **ious: float) -> dict:
@@ -46,6 +46,24 @@ def test_the_record_holds_the_cross_pair_matrix_its_worst_cell_and_the_other_sou
     assert m["building_share"]["a->b"] == {"marked": 0.1, "truth": 0.12}
     assert m["target_met_on_every_cell"] is False and m["threshold"]["a"] == [0.7, 0.7]
     json.dumps(r)  # JSON as it is
+
+
+def test_the_nested_figure_chooses_each_held_out_pairs_setting_on_the_other_pairs():
+    def score(**grids: list[float]) -> dict:  # one run: its grid per test pair, the rest unused
+        return {"pairs": {name: {"grid": g} for name, g in grids.items()}}
+
+    n, a, b = len(bench.GRID), 0, 5  # GRID settings a = (0.5, 0), b = (0.55, 3)
+    good_a, good_b = [0.0] * n, [0.0] * n
+    good_a[a], good_b[b] = 0.6, 0.4
+    # pairs x and y do best at setting a, pair z at b: z held out gets a, chosen on x's and y's cells
+    scores = {"x": {0: score(y=good_a, z=good_a)}, "y": {0: score(x=good_a, z=good_a)},
+              "z": {0: score(x=good_b, y=good_b)}}
+    m = bench.nested(scores, ["x", "y", "z"], [0])
+    assert m["chosen"]["z"] == {"threshold": 0.5, "clean_radius": 0}
+    # x held out: y's cells (0.6 at a) beat z's (0.4 at b)
+    assert m["chosen"]["x"] == m["chosen"]["y"] == {"threshold": 0.5, "clean_radius": 0}
+    assert m["matrix_mean_iou"] == 0.4 and m["worst_cell"] == 0.0  # z's cells score 0 at a
+    assert m["matrix_mean_by_setting"]["0.5/0"] == 0.4 and m["matrix_mean_by_setting"]["0.55/3"] == 0.1333
 
 
 def test_the_pool_is_the_training_pair_and_its_own_source(tmp_path):
@@ -98,19 +116,22 @@ def test_bench_end_to_end_writes_the_record_and_figures(pair_dir, tmp_path, monk
         for name in ("rgb.png", "gt.png"):
             shutil.copy(src / name, data / sub / name)
 
-    def short_run(train_dir, out, seed, threads=0):
+    def short_run(train_dir, out, seed, threads=0, flags=()):
+        assert flags == ("--tile", "64")
         assert train.main(["--data", str(train_dir), "--out", str(out), "--seed", str(seed), "--epochs", "1",
-                           "--tile", "64"]) == 0
+                           *flags]) == 0
         return 1.0
 
     monkeypatch.setattr(bench, "train_run", short_run)
     out, docs = tmp_path / "fcnn.json", tmp_path / "docs"
     assert bench.main(["--data", str(data), "--runs", str(tmp_path / "runs"), "--out", str(out),
-                       "--docs", str(docs), "--seeds", "0", "--pool", "p1", "p2"]) == 0
+                       "--docs", str(docs), "--seeds", "0", "--pool", "p1", "p2", "--train-args", "--tile 64"]) == 0
     r = json.loads(out.read_text())
     m = r["metrics"]
     assert set(r) == RECORD_KEYS and m["seeds"] == [0] and r["data"]["pool"] == ["train_substitute", "p1", "p2"]
     assert len(m["cells_iou"]) == 6 and set(m["other_source_iou"]) == {"q"} and 0 <= m["matrix_mean_iou"] <= 1
+    assert r["config"]["tile"] == 64 and r["command"].endswith("--train-args '--tile 64'")
+    assert set(m["nested"]["chosen"]) == {"train_substitute", "p1", "p2"} and 0 <= m["nested"]["worst_cell"] <= 1
     assert (tmp_path / "runs" / "p2" / "seed0" / "best.pt").is_file()
     assert set(r["timings"]["predict"]) == {"1x", "4x_area"}
     assert r["timings"]["predict"]["4x_area"]["size"] == [400, 320]

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fcnn_rgb_gt.model import FCN, ModelConfig, count_parameters, flops_per_pixel
 
@@ -29,11 +30,35 @@ def test_options_add_no_convolution():
 
 def test_flops_per_pixel():
     assert flops_per_pixel() == 2 * (432 + 4608 + 1152 + 800)
+    assert flops_per_pixel((1, 2)) == int(2 * (432 + 4608 + 1152 + 800) * 1.25)
+
+
+def _brief_convs(net) -> list[tuple]:
+    return [(c.in_channels, c.out_channels, c.kernel_size, c.padding)
+            for c in net.modules() if isinstance(c, torch.nn.Conv2d)]
+
+
+def test_the_pyramid_runs_the_same_four_convolutions_at_each_scale():
+    torch.manual_seed(0)
+    net = FCN(ModelConfig(normalize=True, batch_norm=True, scales=(1, 2, 4))).eval()
+    assert _brief_convs(net) == _brief_convs(FCN())  # four convolutions, the brief's shapes, no more weights
+    assert count_parameters(net) == 10514 + 2 * (16 + 32 + 16)
+    assert net(torch.rand(2, 3, 256, 256)).shape == (2, 2, 256, 256)
+    assert net(torch.rand(1, 3, 64, 38)).shape == (1, 2, 64, 38)  # 38: padded to 40 for the x4 copy
+    # the mean of the full-size logits and those of the 2x average-pooled copy, resized back
+    two = FCN(ModelConfig(scales=(1, 2))).eval()
+    x = torch.rand(1, 3, 32, 48)
+    half = F.interpolate(two.convs(F.avg_pool2d(x, 2)), size=(32, 48), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(two(x), (two.convs(x) + half) / 2)
+    one = FCN().eval()
+    one.load_state_dict(two.state_dict())  # same weights: one scale is the plain pass
+    torch.testing.assert_close(one(x), two.convs(x))
 
 
 def test_a_stored_model_config_of_an_older_version_loads_at_the_built_in_values():
     old = {"normalize": True, "batch_norm": True, "dropout": 0.0, "upsample": "nearest"}
-    assert ModelConfig.from_dict(old) == ModelConfig(normalize=True, batch_norm=True)
+    assert ModelConfig.from_dict(old) == ModelConfig(normalize=True, batch_norm=True)  # no scales: one
+    assert ModelConfig.from_dict({"scales": [1, 2]}).scales == (1, 2)  # as a checkpoint's JSON copy holds it
     for name, value in (("dropout", 0.1), ("upsample", "bilinear")):
         with pytest.raises(ValueError, match=f"model option {name}="):
             ModelConfig.from_dict({**old, name: value})

@@ -101,6 +101,22 @@ def test_checkpoint_loads_with_config(untrained_run):
     assert not model.training and ckpt["model_config"]["batch_norm"] is True
 
 
+def test_a_checkpoint_without_scales_loads_as_one_scale_and_a_pyramid_one_as_saved(untrained_run, tmp_path):
+    from fcnn_rgb_gt.model import FCN, ModelConfig
+
+    old = torch.load(untrained_run / "best.pt", weights_only=True)
+    old["model_config"].pop("scales", None)  # what versions before the pyramid saved
+    torch.save(old, tmp_path / "old.pt")
+    model, _ = load_checkpoint(tmp_path / "old.pt", torch.device("cpu"))
+    assert model.cfg.scales == (1,)
+    pyramid = FCN(ModelConfig(normalize=True, batch_norm=True, scales=(1, 2)))
+    torch.save({**old, "model": pyramid.state_dict(), "model_config": pyramid.cfg.to_dict()}, tmp_path / "new.pt")
+    model, _ = load_checkpoint(tmp_path / "new.pt", torch.device("cpu"))
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), pyramid.eval()(x), atol=1e-5, rtol=1e-4)  # batch norm folded
+    assert model.cfg.scales == (1, 2)
+
+
 @pytest.mark.parametrize("case", ["missing_image", "corrupt_image", "size_mismatch", "bad_gt_values",
                                   "missing_checkpoint", "text_checkpoint", "cut_checkpoint", "unsafe_checkpoint"])
 def test_bad_predict_input_is_one_line_error(case, untrained_run, pair_dir, tmp_path, capsys):

@@ -70,6 +70,7 @@ def test_best_pt_holds_the_averaged_weights_and_the_threshold(trained_run, pair_
     best = torch.load(trained_run / "best.pt", weights_only=True)
     last = torch.load(trained_run / "last.pt", weights_only=True)
     assert best["threshold"] == THRESHOLD and set(best["input_stats"]) == {"mean", "std", "chroma", "building_share"}
+    assert best["model_config"]["scales"] == (1, 2)  # the default's pyramid, what predict.py rebuilds
     ema = averaged_weights(last["averages"]["ema"])
     assert best["model"].keys() == ema.keys() and all(torch.equal(best["model"][k], ema[k]) for k in ema)
     assert not all(torch.equal(best["model"][k], last["model"][k]) for k in ema)  # not the last step's weights
@@ -210,7 +211,7 @@ def test_default_step_fits_the_memory_limit_and_larger_ones_are_refused(capsys):
 
 @pytest.mark.parametrize("args", [["--device", "gpu"], ["--batch-size", "0"], ["--val-fraction", "1.5"],
                                   ["--seed", "-1"], ["--seed", str(2 ** 32)], ["--lr", "inf"],
-                                  ["--weight-decay", "nan"]])
+                                  ["--weight-decay", "nan"], ["--scales", "0,1"], ["--scales", "1,x"]])
 def test_bad_options_are_refused_before_anything_runs(args, capsys):
     # a --seed outside numpy's range was 'error: Seed must be between 0 and 2**32 - 1' (no option named) after
     # the data were read; --lr inf trained NaN weights and reported success
@@ -296,7 +297,8 @@ def test_a_stored_config_of_an_older_version_resumes_at_the_built_in_values(tmp_
 
     old = {"lr": 0.01, "loss": "wce", "dropout": 0.0, "upsample": "nearest", "threshold": 0.5,
            "exceed_memory_limit": False, "normalize": True, "batch_norm": True}
-    assert stored_options(tmp_path / "last.pt", old) == {"lr": 0.01, "plain": False}
+    assert stored_options(tmp_path / "last.pt", old) == {"lr": 0.01, "plain": False, "scales": "1"}
+    assert stored_options(tmp_path / "last.pt", {**old, "scales": "1,2"})["scales"] == "1,2"
     assert stored_options(tmp_path / "last.pt", {**old, "normalize": False, "batch_norm": False})["plain"] is True
     for change in ({"loss": "ce_dice"}, {"threshold": -1.0}, {"exceed_memory_limit": True}, {"batch_norm": False}):
         with pytest.raises(ValueError, match="start a new run"):
