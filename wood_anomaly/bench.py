@@ -183,7 +183,8 @@ def metrics(data: Path, pred: Path, config: dict) -> dict:
     base = baseline(data, config["scale"], config["sigma"], votes)
     beats = {k: model[k] > max(base["raw"]["pixel"][k], base["smoothed"]["pixel"][k])
              for k in ("pixel_auroc", "pixel_ap", "aupro_0.3", "best_f1")}
-    return {"pixel": {k: model.get(k) for k in PIXEL_KEYS},
+    used = json.loads((pred / "threshold.json").read_text()) if (pred / "threshold.json").is_file() else {}
+    return {"pixel": {k: model.get(k) for k in PIXEL_KEYS}, "threshold_used": used,
             "image": {**image, "labels": {s: r["label"] for s, r in rows.items()}},
             "baseline_median_colour": base, "model_beats_baseline": beats}
 

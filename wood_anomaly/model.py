@@ -159,21 +159,39 @@ class PatchCore(nn.Module):
 
 
 
-def log_survival_slope(scores: np.ndarray, max_share: float = 0.12, window: float = 0.8, points: int = 400,
+FIT_SHARE = 0.12  # the threshold fit reads the top 12 % of the pooled scores
+KEPT_SHARE = 2 * FIT_SHARE  # what train.py keeps of its training scores for predict's pooled refit
+
+
+def upper_part(scores: np.ndarray, share: float = KEPT_SHARE) -> tuple[np.ndarray, int]:
+    """``(part, count)``: the largest ``share`` of the finite ``scores`` (float32, descending) and how many finite
+    scores there were. All that the fit needs of them when they are pooled with other scores, as long as the
+    pooled top 12 % reaches no lower than the part (with another folder as large as this one pooled in, even
+    if none of that folder's scores were high); where it would, the fit starts at the part's lowest value."""
+    finite = np.asarray(scores, np.float32)[np.isfinite(scores)]
+    n = min(finite.size, int(np.ceil(share * finite.size)))
+    part = np.partition(finite, finite.size - n)[finite.size - n:] if n else finite[:0]
+    return np.ascontiguousarray(np.sort(part)[::-1]), int(finite.size)
+
+
+def log_survival_slope(scores: np.ndarray, count: int | None = None, max_share: float = FIT_SHARE,
+                       window: float = 0.8, points: int = 400,
                        min_count: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pooled scores' tail in log-log form: ``(t, S, h)`` on ``points`` thresholds ``t`` from the one that
     ``max_share`` of the scores exceed up to the one ``min_count`` exceed; ``S(t)`` the share above ``t``, ``h(t)
-    = -d log S / d log t`` its local slope over a ``window`` of log t (NaN near the ends). Empty arrays when
-    fewer than ``10 * min_count`` scores are positive."""
+    = -d log S / d log t`` its local slope over a ``window`` of log t (NaN near the ends). ``count``: the scores
+    are the upper part of ``count`` scores (upper_part; the range then starts no lower than the part). Empty
+    arrays when fewer than ``10 * min_count`` scores are positive."""
     scores = scores[np.isfinite(scores)]
+    total = scores.size if count is None else count
     positive = np.sort(scores[scores > 0])[::-1]
     if positive.size < 10 * min_count:
         return np.zeros(0), np.zeros(0), np.zeros(0)
-    lo = positive[min(int(scores.size * max_share), positive.size - 1)]
+    lo = positive[min(int(total * max_share), positive.size - 1)]
     hi = max(positive[min_count], lo * 1.0001)
     g = np.linspace(np.log(lo), np.log(hi), points)
-    share = np.searchsorted(-np.log(positive), -g, side="left") / scores.size
-    log_s = np.log(np.maximum(share, 1 / scores.size))
+    share = np.searchsorted(-np.log(positive), -g, side="left") / total
+    log_s = np.log(np.maximum(share, 1 / total))
     k = max(1, int(round(window / 2 / (g[1] - g[0]))))
     h = np.full(points, np.nan)
     if 2 * k < points:
@@ -181,9 +199,10 @@ def log_survival_slope(scores: np.ndarray, max_share: float = 0.12, window: floa
     return np.exp(g), share, h
 
 
-def fit_threshold(scores: np.ndarray, plateau: float = 0.5, dip: float = 0.05) -> dict:
+def fit_threshold(scores: np.ndarray, count: int | None = None, plateau: float = 0.5, dip: float = 0.05) -> dict:
     """The label-free pixel threshold of one folder, from the pooled fused-map scores of its photos (no labels, no
     assumed defect share or photo size): where the log-log survival curve of the scores says the defects begin.
+    ``count``: ``scores`` is the upper part of that many scores (upper_part), as predict pools them.
 
     Below the defects, the share ``S(t)`` of scores above ``t`` falls fast (the normal texture's tail: a slope
     ``h = -d log S / d log t`` of 1.1-2 that only steepens); where defects take over, it flattens (they hold
@@ -201,7 +220,7 @@ def fit_threshold(scores: np.ndarray, plateau: float = 0.5, dip: float = 0.05) -
     ``threshold_band``: the two readings (flattest point, plateau end), between which no rule can be sure; predict
     gives a photo whose peak falls inside it a margin between -1 and 1. ``threshold_share``: the estimated defect
     share, S at the threshold."""
-    t, share, h = log_survival_slope(scores)
+    t, share, h = log_survival_slope(scores, count)
     valid = np.flatnonzero(np.isfinite(h))
     if valid.size == 0 or float(np.min(h[valid])) >= 1:
         top = float(np.max(scores)) if scores.size else 1.0

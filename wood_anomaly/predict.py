@@ -10,7 +10,8 @@ evaluate.py). Two photos with the same
 stem (``board.jpg``, ``board.png``) each get a folder named by the whole file name (``board.jpg/``,
 ``board.png/``) instead. ``<out>/predictions.csv`` has one row per photo, in sorted file-name order: ``image,
 score, margin, label, anomalous_area_px, anomalous_area_frac, status``; ``<out>/timings.csv`` has ``image, seconds,
-cpu_seconds`` (kept apart so that the predictions are the same bytes on every run). A photo that cannot be
+cpu_seconds`` (kept apart so that the predictions are the same bytes on every run), ``<out>/threshold.json`` the
+threshold used and where it comes from (and the fit's band, share and rule). A photo that cannot be
 read or processed (also a folder or a dead link named like a photo, and a photo too small to score) gets a
 row with label ``error`` and ``status`` = the file and the reason, and no outputs in its folder (those of an
 earlier run are removed, so none pass for its result); the others are processed.
@@ -21,7 +22,9 @@ folders hold. A photo not reached yet keeps the row and outputs of an earlier ru
 (its status says so: ``not processed: ...; the row and the outputs of an earlier run are kept ...``), or is
 listed ``not processed`` with no outputs. An earlier table is not touched before the new run has a row, so a
 rerun that is stopped or killed never leaves less than there was; running the same command again ends with
-the outputs of an uninterrupted run.
+the outputs of an uninterrupted run. With the pooled refit the tables are first written in the second pass
+(a stop in the first leaves an earlier run's files as they were), and a row kept from an earlier run carries
+that run's threshold.
 Exit status: 0 when at least one photo was scored (or this shard has no photo), 1 when none could be or the
 outputs cannot be written, 2 for a wrong path or option, 130 after Ctrl-C.
 
@@ -31,13 +34,23 @@ The brief's deliverable layout (``data/positive/<id>/preds.png``, classification
 
 Many workers or machines: ``--shard I/N`` processes every N-th photo of the sorted folder (the default under
 ``torchrun --nproc_per_node=N`` is RANK/WORLD_SIZE) and writes ``predictions.shard-I-of-N.csv`` (and
-timings); the per-photo folders of the shards are disjoint. ``python -m common.shard merge
-<out>/predictions.csv`` then writes exactly the file one worker would have written.
+timings, threshold); the per-photo folders of the shards are disjoint. ``python -m common.shard merge
+<out>/predictions.csv`` then writes exactly the file one worker would have written with the same threshold:
+with ``--threshold-from training`` or a set ``--threshold``; by default each shard refits the threshold on its
+own photos (its threshold file says which).
 
 Threshold rule (no labels): maps are in units of the training photos' score spread (train.calibrate), and a
-pixel is anomalous above the threshold stored in the checkpoint: fitted at training to the training photos' own
-maps (model.fit_threshold: where the tail of their pooled scores flattens into the defects), or a fixed
-``--threshold-spreads``; ``--threshold`` overrides it. A photo is ``anomalous`` when its mask covers at least
+pixel is anomalous above the threshold. By default (``--threshold-from pooled``) it is refitted here
+(model.fit_threshold: where the tail of the pooled scores flattens into the defects) on the training photos'
+map scores, stored in the checkpoint, pooled with a random sample of every photo predicted (the same number
+of pixels per photo as at training): a first pass scores the whole folder (its maps wait on disk in
+``<out>/.refit-maps``; in memory, about 0.2 MB of sampled scores per photo), a second writes the masks, labels
+and margins. A folder whose defects are fainter or more common than the training folder's then gets a
+threshold that finds them; a label depends on the photos predicted together, and one photo predicted alone
+gets about the training fit. ``--threshold-from training``:
+the threshold fitted at training to the training photos' maps alone, the same for every photo (also used for
+a model of an older train.py, which stores no scores, with a note). A fixed ``--threshold-spreads`` of training
+is used as it is; ``--threshold`` overrides all. A photo is ``anomalous`` when its mask covers at least
 ``min_area`` of it (default 2e-5, about 100 pixels of a 5-megapixel photo); its ``score`` is the maximum of
 its smoothed map divided by the threshold (> 1 means some pixel passed the threshold) and its ``margin`` that
 maximum's distance from the threshold in widths of the fit's uncertainty band (between -1 and 1: unsure).
@@ -56,6 +69,8 @@ import argparse
 import contextlib
 import csv
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -76,6 +91,7 @@ from common.io import (
     read_rgb,
     remove_leftovers,
     save_image,
+    write_json,
 )
 from common.shard import Shard, add_shard_argument, launcher_env, select_shard, shard_path
 from wood_anomaly.config import (
@@ -198,15 +214,22 @@ def score_maps(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: to
     return deep, standardise(colour, (stats["colour_q50"], stats["colour_q95"]))
 
 
-def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device,
-                stats: dict) -> np.ndarray:
-    """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo: the two maps of
-    :func:`score_maps` (at ``cfg.scale``) fused by model.fuse with ``cfg.deep_weight``, resized to the photo."""
-    from wood_anomaly.data import resize_map
+def fused_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device,
+              stats: dict) -> np.ndarray:
+    """The two maps of :func:`score_maps` (at ``cfg.scale``) fused by model.fuse with ``cfg.deep_weight``: the
+    map train.py samples for the threshold fit, and predict's first pass for the pooled refit."""
     from wood_anomaly.model import fuse
 
-    deep, colour = score_maps(model, image, cfg, device, stats)
-    return resize_map(fuse(deep, colour, cfg.deep_weight), image.shape[:2])
+    return fuse(*score_maps(model, image, cfg, device, stats), cfg.deep_weight)
+
+
+def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device, stats: dict,
+                small: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo: its
+    :func:`fused_map` (``small`` when it was computed already), resized to the photo."""
+    from wood_anomaly.data import resize_map
+
+    return resize_map(fused_map(model, image, cfg, device, stats) if small is None else small, image.shape[:2])
 
 
 def colorize(score: np.ndarray, threshold: float) -> np.ndarray:
@@ -239,18 +262,31 @@ def overlay(image: np.ndarray, heat: np.ndarray, mask: np.ndarray) -> np.ndarray
 OUTPUTS = ("preds.png", "heatmap.jpg", "overlay.jpg", "anomaly_map.npy")  # per photo, in <out>/<folder>/
 
 
+def staging(folder: Path) -> Path:
+    """Where a photo's outputs are written before they move into its ``folder`` together."""
+    return folder.with_name(f".{folder.name}.partial")
+
+
 def write_outputs(folder: Path, image: np.ndarray, score: np.ndarray, mask: np.ndarray, threshold: float) -> None:
     """preds.png, heatmap.jpg (colorize: the photo's own colour range; the threshold contour in cyan), overlay.jpg
-    and anomaly_map.npy of one photo."""
-    folder.mkdir(parents=True, exist_ok=True)
+    and anomaly_map.npy of one photo: written into :func:`staging`, then moved into ``folder`` by four renames,
+    so that a run killed while it encodes them leaves no partial set in the folder (the next run removes the
+    staging folder)."""
+    stage = staging(folder)
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     heat = colorize(score, threshold)
-    save_image(folder / "preds.png", mask.astype(np.uint8) * 255)
+    save_image(stage / "preds.png", mask.astype(np.uint8) * 255)
     contour = heat.copy()
     contour[outline(mask)] = (0, 255, 255)
-    save_image(folder / "heatmap.jpg", contour, quality=90)
-    save_image(folder / "overlay.jpg", overlay(image, heat, mask), quality=90)
-    with atomic_write(folder / "anomaly_map.npy", "wb") as f:
+    save_image(stage / "heatmap.jpg", contour, quality=90)
+    save_image(stage / "overlay.jpg", overlay(image, heat, mask), quality=90)
+    with atomic_write(stage / "anomaly_map.npy", "wb") as f:
         np.save(f, score.astype(np.float16))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        os.replace(stage / name, folder / name)
+    stage.rmdir()
 
 
 def write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
@@ -275,6 +311,7 @@ def photo_label(area: int, frac: float, min_area: float) -> str:
 def discard_outputs(folder: Path) -> None:
     """Remove a failed photo's outputs from ``folder``: those of an earlier run, or the first files of this one,
     would otherwise pass for its result (the table says error)."""
+    shutil.rmtree(staging(folder), ignore_errors=True)
     for name in OUTPUTS:
         with contextlib.suppress(OSError):  # none there, or not removable: the table says error either way
             (folder / name).unlink()
@@ -282,8 +319,8 @@ def discard_outputs(folder: Path) -> None:
 
 def margin(peak: float, threshold: float, band: list[float] | None) -> str:
     """How sure a photo's label is: ``ln(peak / threshold) / ln(high / low)``, its peak score's distance from the
-    threshold in units of the width of the threshold's uncertainty ``band`` (low, high) fitted at training (at
-    least a factor 1.5). Between -1 and 1 the peak lies within one band width of the threshold, so the label is
+    threshold in units of the width of the threshold's uncertainty ``band`` (low, high) of the fit (at least a
+    factor 1.5). Between -1 and 1 the peak lies within one band width of the threshold, so the label is
     unsure; '' without a band (a fixed --threshold-spreads or --threshold, or an older model)."""
     if band is None or peak <= 0:
         return ""
@@ -291,9 +328,11 @@ def margin(peak: float, threshold: float, band: list[float] | None) -> str:
     return f"{math.log(peak / threshold) / width:.2f}"
 
 
-def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, path: Path,
-                  folder: Path | None, device: torch.device) -> tuple[dict, dict | None]:
-    """``(predictions row, timings row or None)`` of one photo; its outputs go to ``folder``. Any of
+def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, fit: dict, path: Path, folder: Path | None,
+                  device: torch.device, first: tuple[Path, float, float] | None = None) -> tuple[dict, dict | None]:
+    """``(predictions row, timings row or None)`` of one photo at the threshold ``fit["threshold"]`` (a margin
+    with ``fit["threshold_band"]``); its outputs go to ``folder``. ``first``: its fused map saved by the first
+    pass of the pooled refit, with that pass's seconds and CPU seconds (added to the timings). Any of
     ``PHOTO_ERRORS``, and a photo too small to score (config.too_small), becomes an error row naming the file
     and the reason."""
     row = empty_row(path.name)
@@ -306,7 +345,8 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
         if small:
             raise ImageReadError(path, small)
         t0, c0 = time.perf_counter(), time.process_time()  # the photo's processing, reading excluded
-        score = anomaly_map(model, image, cfg, device, stats)
+        score = anomaly_map(model, image, cfg, device, stats, None if first is None else np.load(first[0]))
+        threshold = fit["threshold"]
         mask = score > threshold
         write_outputs(folder, image, score, mask, threshold)
     except PHOTO_ERRORS as err:  # ImageReadError's message starts with the file already
@@ -315,12 +355,13 @@ def predict_photo(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: fl
         return {**row, "label": "error", "status": reason}, None
     area = int(mask.sum())
     frac = area / mask.size
-    band = stats.get("threshold_band") if threshold == stats.get("threshold") else None
-    return ({**row, "score": f"{score.max() / threshold:.4f}", "margin": margin(float(score.max()), threshold, band),
+    before = (0.0, 0.0) if first is None else first[1:]
+    return ({**row, "score": f"{score.max() / threshold:.4f}",
+             "margin": margin(float(score.max()), threshold, fit.get("threshold_band")),
              "label": photo_label(area, frac, cfg.min_area),
              "anomalous_area_px": area, "anomalous_area_frac": f"{frac:.6f}"},
-            {"image": path.name, "seconds": f"{time.perf_counter() - t0:.2f}",
-             "cpu_seconds": f"{time.process_time() - c0:.2f}"})
+            {"image": path.name, "seconds": f"{time.perf_counter() - t0 + before[0]:.2f}",
+             "cpu_seconds": f"{time.process_time() - c0 + before[1]:.2f}"})
 
 
 def earlier_rows(out: Path, shard: Shard | None, folders: dict[str, str | None]) -> dict[str, dict]:
@@ -340,10 +381,59 @@ def earlier_rows(out: Path, shard: Shard | None, folders: dict[str, str | None])
     return {}
 
 
-def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: float, folder: Path, out: Path,
-                   device: torch.device, shard: Shard | None = None) -> list[dict]:
+def first_pass(model: PatchCore, cfg: TrainConfig, stats: dict, paths: list[Path], mine: list[Path], maps: Path,
+               device: torch.device, floor: float) -> tuple[dict[str, tuple[Path, float, float]], list, int]:
+    """The pooled refit's first pass over ``mine`` (of the sorted folder ``paths``): each photo's fused map is
+    saved in ``maps`` (float32 at ``cfg.scale``, for the second pass), and a random sample of it, drawn as
+    train.map_sample draws it (``fit_pixels`` pixels seeded by the photo's place in the folder: the training
+    folder predicted again gives the very samples of training), keeps its scores from ``floor`` up (the lowest
+    of the training part: all that the fit reads). Returns ``(name -> (saved map, seconds, CPU seconds), the
+    kept scores of each photo, how many scores were sampled)``. A photo that fails here is left out: the second
+    pass scores it again and names the error in its row."""
+    import torch
+
+    saved, kept, count = {}, [], 0
+    place = {p.name: i for i, p in enumerate(paths)}
+    for path in tqdm(mine, desc="score for the refit", unit="photo"):
+        try:
+            image = read_rgb(path)
+            if too_small(*image.shape[:2], cfg):
+                continue
+            t0, c0 = time.perf_counter(), time.process_time()
+            small = fused_map(model, image, cfg, device, stats).astype(np.float32)
+            np.save(maps / f"{place[path.name]}.npy", small)
+        except PHOTO_ERRORS:
+            continue
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + place[path.name] + 7)
+        sample = small.ravel()[torch.randperm(small.size, generator=gen)[:cfg.fit_pixels].numpy()]
+        sample = sample[np.isfinite(sample)]
+        kept.append(sample[sample >= floor])
+        count += sample.size
+        saved[path.name] = (maps / f"{place[path.name]}.npy", time.perf_counter() - t0, time.process_time() - c0)
+    return saved, kept, count
+
+
+def refit(fit: dict, ckpt: dict, kept: list[np.ndarray], count: int, photos: int) -> dict:
+    """The threshold fitted (model.fit_threshold) to the training scores (the upper part stored in ``ckpt``)
+    pooled with the ``count`` scores sampled from ``photos`` predicted photos (``kept``: their part from the
+    training part's lowest value up); ``fit``, the training fit, when no photo was sampled."""
+    from wood_anomaly.model import fit_threshold
+
+    if count == 0:
+        return fit
+    pooled = fit_threshold(np.concatenate([ckpt["fit_tail"].numpy(), *kept]), int(ckpt["fit_count"]) + count)
+    return {**pooled, "source": f"refitted on the training photos' scores pooled with those of the {photos} "
+                                f"photo(s) predicted here (--threshold-from pooled)",
+            "training_threshold": fit["threshold"]}
+
+
+def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, fit: dict, folder: Path, out: Path,
+                   device: torch.device, shard: Shard | None = None, pooled: bool = False) -> list[dict]:
     """Process every image of ``folder`` (of its ``shard`` only, when given), in sorted name order; return one
-    row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``.
+    row per image and write them to ``out/predictions.csv`` (its shard name), timings to ``out/timings.csv``
+    and the threshold used, with where it comes from, to ``out/threshold.json``. The threshold is ``fit``, or
+    with ``pooled`` refitted first (first_pass, refit: on this shard's photos; their maps are kept on disk
+    in ``out/.refit-maps*`` between the passes, removed at the end).
 
     The tables on disk always describe what the photo folders hold. They are rewritten (atomically) after every
     photo, so that what no ``finally`` survives (SIGKILL, the machine going down) keeps every photo done; and in
@@ -357,9 +447,12 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: f
     folders = output_folders([p.name for p in paths])
     mine = select_shard(paths, shard, key=lambda p: p.name)
     out.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out, [shard_path(out / t, shard).name for t in ("predictions.csv", "timings.csv")])
+    remove_leftovers(out, [shard_path(out / t, shard).name for t in ("predictions.csv", "timings.csv",
+                                                                              "threshold.json")])
     earlier = {n: r for n, r in earlier_rows(out, shard, folders).items() if n in {p.name for p in mine}}
     for p in mine:
+        if folders[p.name]:
+            shutil.rmtree(staging(out / folders[p.name]), ignore_errors=True)  # of a killed run
         if folders[p.name] and (out / folders[p.name]).is_dir():
             remove_leftovers(out / folders[p.name], list(OUTPUTS))
             if p.name not in earlier:
@@ -373,13 +466,26 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: f
                         else {**empty_row(n), "label": "error", "status": f"not processed: {reason}"} for n in rest]
         write_csv(shard_path(out / "predictions.csv", shard), table, FIELDS)
         write_csv(shard_path(out / "timings.csv", shard), timings, TIMING_FIELDS)
+        write_json(shard_path(out / "threshold.json", shard), fit)
         return table
 
     stopped = "the run stopped before this photo"
+    maps = out / shard_path(".refit-maps", shard).name
+    shutil.rmtree(maps, ignore_errors=True)  # of a killed run
+    saved: dict[str, tuple[Path, float, float]] = {}
     try:
+        if pooled:
+            maps.mkdir()
+            saved, kept, count = first_pass(model, cfg, stats, paths, mine, maps, device,
+                                            float(stats["fit_tail"][-1]) if len(stats["fit_tail"]) else 0.0)
+            fit = refit(fit, stats, kept, count, len(saved))
+        tqdm.write(f"threshold {fit['threshold']:.3f} training spreads, {fit['source']}"
+                   + ("; the labels depend on the photos predicted together (--threshold-from training: the "
+                      "training fit alone)" if pooled else ""), file=sys.stderr)
         for path in tqdm(mine, desc="predict", unit="photo"):
             name = folders[path.name]
-            row, timing = predict_photo(model, cfg, stats, threshold, path, out / name if name else None, device)
+            row, timing = predict_photo(model, cfg, stats, fit, path, out / name if name else None, device,
+                                        saved.get(path.name))
             if row["status"] != "ok":
                 tqdm.write(f"error: {row['status']}", file=sys.stderr)  # not inside the progress bar
             rows.append(row)
@@ -390,6 +496,7 @@ def predict_folder(model: PatchCore, cfg: TrainConfig, stats: dict, threshold: f
         stopped = f"the run stopped before this photo ({type(err).__name__}{f': {err}' if str(err) else ''})"
         raise
     finally:
+        shutil.rmtree(maps, ignore_errors=True)
         if rows or not earlier:  # an earlier table stays as it is until this run has a row
             rows = save(stopped)
     return rows
@@ -402,8 +509,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                 f"else {DEMO_RUNS}/model.pt of make demo-wood)")
     p.add_argument("--out", default="", help="output folder (default: pred/ beside the model)")
     p.add_argument("--threshold", type=float, default=0.0,
-                   help="pixel threshold on the fused map, in training spreads; 0: the one stored at training "
-                        "(fitted to the training photos' maps, or train.py's --threshold-spreads)")
+                   help="pixel threshold on the fused map, in training spreads; 0: fitted without labels (see "
+                        "--threshold-from), or train.py's --threshold-spreads when that was set")
+    p.add_argument("--threshold-from", default="pooled", choices=("pooled", "training"),
+                   help="pooled: refit the threshold on the training photos' scores pooled with those of the photos "
+                        "predicted together (a label then depends on its companions; a shard refits on its own "
+                        "photos); training: the one fitted at training, the same for every photo")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of PyTorch (0: PyTorch's default)")
     add_shard_argument(p)
@@ -440,20 +551,39 @@ def exit_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+def first_threshold(args: argparse.Namespace, ckpt: dict) -> tuple[dict, bool]:
+    """``(fit, pooled)``: the threshold before any photo is scored (``threshold``, ``source``, and the fit's band,
+    share and rule when fitted), and whether predict_folder refits it on the pooled scores: the default, for a
+    model whose threshold was fitted and which stores its training scores (an older one gets the training fit
+    and a note)."""
+    if args.threshold > 0:
+        return {"threshold": args.threshold, "source": "--threshold"}, False
+    fit = {k: v for k, v in ckpt.items() if k.startswith("threshold")}  # threshold, band, share, rule, ...
+    if ckpt.get("threshold_rule") == "fixed" or ckpt["config"].get("threshold_spreads", 0) > 0:
+        return {**fit, "source": "fixed at training (train.py --threshold-spreads)"}, False
+    if args.threshold_from == "training":
+        return {**fit, "source": "fitted to the training photos (--threshold-from training)"}, False
+    if "fit_tail" not in ckpt:
+        print(f"note: {args.model} stores no training scores (an older train.py): the threshold fitted at training "
+              "is used, not refitted on the photos predicted here", file=sys.stderr)
+        return {**fit, "source": "fitted to the training photos (an older model.pt: no refit)"}, False
+    return {**fit, "source": "fitted to the training photos"}, True
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)  # before PyTorch is imported: --help and a wrong option answer at once
     from wood_anomaly.train import resolve_device
 
     device = resolve_device(args.device, args.threads, local_rank=launcher_env()[2])
     model, cfg, ckpt = load_model(args.model, device)
-    threshold = args.threshold or ckpt["threshold"]
+    fit, pooled = first_threshold(args, ckpt)
     if ckpt.get("calibration_warning"):
         print(f"warning: {args.model}: {ckpt['calibration_warning']}", file=sys.stderr)
     table = shard_path(Path(args.out) / "predictions.csv", args.shard)
     try:
         with exit_on_sigterm():
-            rows = predict_folder(model, cfg, ckpt, threshold, image_folder(args.data), Path(args.out), device,
-                                  shard=args.shard)
+            rows = predict_folder(model, cfg, ckpt, fit, image_folder(args.data), Path(args.out), device,
+                                  shard=args.shard, pooled=pooled)
     except OSError as err:  # the output folder or a table (a photo's own write errors are rows of the table)
         sys.exit(f"--out {args.out}: cannot write the outputs ({err})")
     except KeyboardInterrupt:
@@ -463,7 +593,8 @@ def main(argv=None) -> None:
     failed = [r for r in rows if r["status"] != "ok"]
     for r in rows:
         print(f"{r['image']}: {r['label']} (score {r['score'] or '-'}, area {r['anomalous_area_frac'] or '-'})")
-    print(f"{len(rows) - len(failed)} photos -> {args.out}/<stem>/, table {table}"
+    print(f"{len(rows) - len(failed)} photos -> {args.out}/<stem>/, table {table}, threshold "
+          f"{shard_path(Path(args.out) / 'threshold.json', args.shard)}"
           + (f"; {len(failed)} failed (reasons in the table)" if failed else ""))
     if rows and len(failed) == len(rows):
         sys.exit(f"no photo could be scored ({len(failed)} failed; reasons in {table})")

@@ -123,14 +123,19 @@ def folds(name: str, data: Path, work: Path) -> list[tuple[Path, Path]]:
 def score(pairs: list[tuple[Path, Path]]) -> dict:
     """Pooled metrics of the predictions in ``<predict folder>/../pred`` of every fold against its masks."""
     import csv
+    import json
 
     from wood_anomaly.evaluate import pixel_metrics
 
-    maps, masks, binary, labels = [], [], [], []
+    maps, masks, binary, labels, thresholds = [], [], [], [], []
     for _, test in pairs:
         pred = test.parent / "pred"
         with open(pred / "predictions.csv", newline="") as f:
             rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+        if (pred / "threshold.json").is_file():  # the threshold of the training fit and the one used
+            used = json.loads((pred / "threshold.json").read_text())
+            thresholds.append([round(used.get("training_threshold", used["threshold"]), 3),
+                               round(used["threshold"], 3)])
         for p in list_images(test / "images"):
             truth = consensus(test, p.stem)
             maps.append(np.load(pred / p.stem / "anomaly_map.npy").astype(np.float32))
@@ -143,6 +148,7 @@ def score(pairs: list[tuple[Path, Path]]) -> dict:
         out["mask_f1_over_best"] = out["mask_f1"] / max(out["best_f1"], 1e-9)
     out["defective_labelled_anomalous"] = f"{sum(t and p for t, p in labels)} of {sum(t for t, _ in labels)}"
     out["clean_labelled_normal"] = f"{sum(not t and not p for t, p in labels)} of {sum(not t for t, _ in labels)}"
+    out["threshold_training_and_used"] = thresholds  # per fold, in training spreads
     return out
 
 

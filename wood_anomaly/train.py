@@ -12,7 +12,8 @@ feature map (``data.feature_map``, the very map predict scores); a uniform rando
 defects, and a coreset would keep exactly those). Held-out cells, scored as predict scores them, give the
 training spreads that standardise the deep and colour maps. Then every training photo is scored as predict.py
 scores it and the label-free pixel threshold is fitted to the pooled scores (model.fit_threshold: where their
-tail flattens into the defects), unless ``--threshold-spreads`` fixes it. The design is in README.md.
+tail flattens into the defects), unless ``--threshold-spreads`` fixes it; the upper part of those scores is
+kept for predict.py's refit on them pooled with the photos it predicts. The design is in README.md.
 
 One pass, no optimiser, no trained weights (the backbone is frozen): no epochs, nothing to resume. Outputs in
 ``--out``: ``model.pt`` (bank, config, threshold, score statistics, training photos' names and identities),
@@ -220,10 +221,9 @@ def map_sample(model: PatchCore, index: int, path: Path, cfg: TrainConfig, stats
     own bank rows left out)."""
     import torch
 
-    from wood_anomaly.model import fuse
-    from wood_anomaly.predict import score_maps
+    from wood_anomaly.predict import fused_map
 
-    fused = fuse(*score_maps(model, read_rgb(path), cfg, device, stats), cfg.deep_weight).ravel()
+    fused = fused_map(model, read_rgb(path), cfg, device, stats).ravel()
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index + 7)
     pick = torch.randperm(fused.size, generator=gen)[:cfg.fit_pixels].numpy()
     return {"index": index, "scores": fused[pick].astype(np.float32)}
@@ -233,10 +233,14 @@ def fit_threshold(model: PatchCore, paths: list[Path], parts: list[dict], cfg: T
                   device: torch.device, rank: int = 0, world: int = 1) -> dict:
     """The label-free pixel threshold: ``threshold_spreads`` when set, else fitted (model.fit_threshold) to the
     pooled fused maps of the training photos as predict.py scores them, so that it follows the folder's own
-    defect share and contrast. Each rank maps its share; the samples are all-gathered. One predict pass."""
+    defect share and contrast. Each rank maps its share; the samples are all-gathered. One predict pass.
+    With the fit, the upper part of the pooled scores and their count (``fit_tail``, ``fit_count``:
+    model.upper_part), from which predict.py refits on these scores pooled with the photos it predicts."""
+    import torch
     from torch.utils.data import DistributedSampler
 
     from wood_anomaly.model import fit_threshold as fit
+    from wood_anomaly.model import upper_part
 
     if cfg.threshold_spreads > 0:
         return {"threshold": float(cfg.threshold_spreads), "threshold_rule": "fixed"}
@@ -245,7 +249,9 @@ def fit_threshold(model: PatchCore, paths: list[Path], parts: list[dict], cfg: T
              else range(len(usable)))
     samples = all_gather_photos([map_sample(model, usable[i], paths[usable[i]], cfg, stats, device)
                                  for i in tqdm(share, desc="threshold fit", unit="photo", disable=rank > 0)], world)
-    return fit(np.concatenate([s["scores"] for s in samples]))
+    pooled = np.concatenate([s["scores"] for s in samples])
+    tail, count = upper_part(pooled)
+    return {**fit(pooled), "fit_tail": torch.from_numpy(tail), "fit_count": count}
 
 
 def calibration_warning(parts: list[dict], cfg: TrainConfig) -> str | None:
@@ -330,7 +336,8 @@ def train(cfg: TrainConfig) -> tuple[PatchCore, dict]:
                                          "train_images": names, "skipped": bad})
         print(f"memory bank {tuple(model.bank.shape)} from {len(names)} of {len(paths)} photos"
               + (f" ({len(bad)} skipped, reasons above)" if bad else "")
-              + f", score spreads {calib}, {seconds:.0f} s -> {out / 'model.pt'}")
+              + f", score spreads {({k: v for k, v in calib.items() if k != 'fit_tail'})}, {seconds:.0f} s -> "
+              f"{out / 'model.pt'}")
     return model, calib
 
 

@@ -59,7 +59,7 @@ def record(tmp_path):
 def test_record_holds_one_run_of_the_default(record):
     assert list(record) == KEYS
     m = record["metrics"]
-    assert list(m) == ["pixel", "image", "baseline_median_colour", "model_beats_baseline"]
+    assert list(m) == ["pixel", "threshold_used", "image", "baseline_median_colour", "model_beats_baseline"]
     assert list(m["pixel"]) == list(bench.PIXEL_KEYS) and m["pixel"]["pixel_auroc"] == pytest.approx(1.0)
     assert m["image"]["image_auroc_majority"] == 1.0 and m["image"]["unanimous_anomalous_above_clean"] is True
     assert m["image"]["labels"] == {"photo a": "anomalous", "photo b": "normal", "photo c": "anomalous"}

@@ -68,7 +68,7 @@ def test_a_failed_photo_keeps_no_outputs_of_an_earlier_run(trained_run, three_ph
     real, first = predict.save_image, sorted(rows)[0]
 
     def failing_heatmap(path, *args, **kwargs):  # preds.png written, then the disk fills up
-        if path.name == "heatmap.jpg" and path.parent == folders[first]:
+        if path.name == "heatmap.jpg" and path.parent == predict.staging(folders[first]):
             raise OSError(28, "No space left on device")
         return real(path, *args, **kwargs)
 

@@ -28,6 +28,8 @@ def test_training_writes_model_and_log(trained_run, demo_dir):
     assert ckpt["config"]["threshold_spreads"] == 0 and ckpt["threshold_rule"].startswith("fitted")
     low, high = ckpt["threshold_band"]  # fitted to the training photos' own maps, in training spreads
     assert 0 < low <= ckpt["threshold"] <= high and 0 < ckpt["threshold_share"] < 0.12
+    # for predict's pooled refit: the upper 24 % of the 4 x 192 x 256 map pixels sampled (every one of them here)
+    assert ckpt["fit_count"] == 4 * 192 * 256 and len(ckpt["fit_tail"]) == int(np.ceil(0.24 * 4 * 192 * 256))
     assert ckpt["train_images"] == sorted(p.name for p in (demo_dir / "images").iterdir())
     assert len(set(ckpt["train_ids"])) == 4 and ckpt["config"]["tile"] == 128
     config = json.loads((trained_run / "config.json").read_text())
@@ -93,3 +95,25 @@ def test_constant_image_flat_without_self_reference(trained_run):
     m = predict.anomaly_map(model, np.full((200, 300, 3), 128, np.uint8), cfg, torch.device("cpu"), ckpt)
     threshold = torch.load(trained_run / "model.pt", weights_only=True)["threshold"]
     assert m.shape == (200, 300) and m.max() - m.min() < 0.05 * threshold
+
+
+def test_the_training_folder_predicted_again_keeps_the_training_fit(trained_run, demo_dir, tmp_path, capsys):
+    """The default refit on the training scores pooled with those of the photos predicted: for the training
+    photos themselves the same scores twice, so about the threshold of training; recorded in threshold.json."""
+    predict.main(["--data", str(demo_dir), "--model", str(trained_run / "model.pt"), "--out", str(tmp_path / "p")])
+    used = json.loads((tmp_path / "p" / "threshold.json").read_text())
+    trained = torch.load(trained_run / "model.pt", weights_only=True)["threshold"]
+    assert used["threshold"] == pytest.approx(trained, rel=0.05) and used["training_threshold"] == trained
+    assert "pooled with those of the 4 photo(s)" in used["source"] and "depend on the photos" in capsys.readouterr().err
+
+
+def test_an_older_model_without_training_scores_uses_the_training_fit(trained_run, demo_dir, tmp_path, capsys):
+    ckpt = torch.load(trained_run / "model.pt", weights_only=True)
+    del ckpt["fit_tail"], ckpt["fit_count"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    predict.main(["--data", str(demo_dir), "--model", str(tmp_path / "old.pt"), "--out", str(tmp_path / "p")])
+    used = json.loads((tmp_path / "p" / "threshold.json").read_text())
+    assert used["threshold"] == ckpt["threshold"] and "older model.pt" in used["source"]
+    assert "stores no training scores" in capsys.readouterr().err
+    rows = rows_of(tmp_path / "p")
+    assert all(r["status"] == "ok" and r["margin"] for r in rows.values())

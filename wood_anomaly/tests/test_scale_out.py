@@ -54,17 +54,19 @@ def test_two_processes_hold_identical_state_equal_to_one_process(demo_dir, train
 
 
 def test_two_shards_merged_equal_one_worker(trained_run, predict_dir, predicted, tmp_path):
-    out = tmp_path / "sharded"
+    """With the threshold of training (the default refit pools each shard's own photos: documented)."""
+    out, one = tmp_path / "sharded", tmp_path / "one"
+    same = ["--data", str(predict_dir), "--model", str(trained_run / "model.pt"), "--threshold-from", "training"]
+    predict.main([*same, "--out", str(one)])
     for i in range(2):
-        predict.main(["--data", str(predict_dir), "--model", str(trained_run / "model.pt"), "--out", str(out),
-                      "--shard", f"{i}/2"])
+        predict.main([*same, "--out", str(out), "--shard", f"{i}/2"])
     shards = [set(rows_of(out, f"predictions.shard-{i}-of-2.csv")) for i in range(2)]
     assert not shards[0] & shards[1] and shards[0] | shards[1] == {p.name for p in predict_dir.iterdir()}
     assert {p.name for p in out.iterdir() if p.is_dir()} == {p.name for p in predicted.iterdir() if p.is_dir()}
     assert not (out / "predictions.csv").exists()
     assert shard_main(["merge", str(out / "predictions.csv")]) == 0
-    assert (out / "predictions.csv").read_bytes() == (predicted / "predictions.csv").read_bytes()
+    assert (out / "predictions.csv").read_bytes() == (one / "predictions.csv").read_bytes()
     # the command line a user types
     (out / "predictions.csv").unlink()
     subprocess.run([sys.executable, "-m", "common.shard", "merge", str(out / "predictions.csv")], check=True)
-    assert (out / "predictions.csv").read_bytes() == (predicted / "predictions.csv").read_bytes()
+    assert (out / "predictions.csv").read_bytes() == (one / "predictions.csv").read_bytes()

@@ -7,11 +7,12 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
 from common.io import list_images, read_mask, save_image
 from wood_anomaly import demo_data, predict, protocols, train
 from wood_anomaly.config import TrainConfig
-from wood_anomaly.model import fit_threshold
+from wood_anomaly.model import fit_threshold, upper_part
 
 
 def mixture(rng, n: int, share: float, centre: float, spread: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +67,47 @@ def test_a_folder_without_defects_gets_an_empty_mask_and_says_it_is_unsure():
 def test_too_few_or_identical_scores_give_a_threshold_not_an_error(scores):
     fit = fit_threshold(scores)
     assert np.isfinite(fit["threshold"]) and fit["threshold_sure"] is False
+
+
+def pooled_refit(train_scores: np.ndarray, inspected: np.ndarray) -> tuple[dict, dict]:
+    """``(training fit, refit)``: the training scores kept as train.py keeps them (model.upper_part), pooled
+    by predict.refit with an inspected folder's scores from the part's lowest value up, as predict's first pass
+    keeps them."""
+    fit = fit_threshold(train_scores)
+    tail, count = upper_part(train_scores)
+    ckpt = {"fit_tail": torch.from_numpy(tail), "fit_count": count}
+    kept = [inspected[inspected >= tail[-1]]]
+    return fit, predict.refit({**fit, "source": "training"}, ckpt, kept, inspected.size, 1)
+
+
+def test_the_stored_upper_part_gives_the_training_fit_exactly():
+    scores = mixture(np.random.default_rng(3), 300_000, 0.01, 8.0, 0.6)[0].astype(np.float32)
+    tail, count = upper_part(scores)
+    assert count == scores.size and tail.size == int(np.ceil(0.24 * scores.size)) and tail[0] == scores.max()
+    assert fit_threshold(tail, count) == fit_threshold(scores)
+
+
+def test_refit_on_a_folder_with_more_and_fainter_defects_lowers_the_threshold():
+    """Training photos with rare, far defects (the fold whose training folder holds few defects) and inspected
+    photos with a heavier tail of fainter ones: the training fit finds almost none of them, the refit on both
+    folders pooled keeps most of the best F1 (no label used)."""
+    rng = np.random.default_rng(0)
+    train_scores = mixture(rng, 400_000, 0.003, 30.0, 0.4)[0].astype(np.float32)
+    inspected, truth = mixture(rng, 200_000, 0.02, 5.0, 0.5)
+    fit, pooled = pooled_refit(train_scores, inspected.astype(np.float32))
+    assert pooled["threshold"] < 0.5 * fit["threshold"] and "pooled" in pooled["source"]
+    assert f1(inspected, truth, fit["threshold"]) < 0.1 * best_f1(inspected, truth)
+    assert f1(inspected, truth, pooled["threshold"]) >= 0.8 * best_f1(inspected, truth)
+    assert pooled["training_threshold"] == fit["threshold"]
+
+
+def test_refit_on_the_training_scores_again_gives_the_training_fit():
+    """The training folder predicted again: the pooled scores are the same scores twice (predict draws the very
+    samples of training), and the threshold moves only by the finer top of the range (within 2 %)."""
+    scores = mixture(np.random.default_rng(4), 300_000, 0.01, 8.0, 0.6)[0].astype(np.float32)
+    fit, pooled = pooled_refit(scores, scores)
+    assert pooled["threshold"] == pytest.approx(fit["threshold"], rel=0.02)
+    assert predict.refit(fit, {}, [], 0, 0) is fit  # no photo sampled: the training fit itself
 
 
 def test_margin_in_units_of_the_band():
