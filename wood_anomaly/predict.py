@@ -46,9 +46,10 @@ map scores, stored in the checkpoint, pooled with a random sample of every photo
 of pixels per photo as at training): a first pass scores the whole folder (its maps wait on disk in
 ``<out>/.refit-maps``; in memory, about 0.2 MB of sampled scores per photo), a second writes the masks, labels
 and margins. A folder whose defects are fainter or more common than the training folder's then gets a
-threshold that finds them; a label depends on the photos predicted together, and one photo predicted alone
-gets about the training fit. ``--threshold-from training``:
-the threshold fitted at training to the training photos' maps alone, the same for every photo (also used for
+threshold that finds them; a label depends on the photos predicted together (a photo predicted alone weighs
+as much as one training photo: with few training photos it can still move the threshold, e.g. one strongly
+defective board among six). ``--threshold-from training``: the threshold fitted at training to the training
+photos' maps alone, the same for every photo (also used for
 a model of an older train.py, which stores no scores, with a note). A fixed ``--threshold-spreads`` of training
 is used as it is; ``--threshold`` overrides all. A photo is ``anomalous`` when its mask covers at least
 ``min_area`` of it (default 2e-5, about 100 pixels of a 5-megapixel photo); its ``score`` is the maximum of
