@@ -34,7 +34,7 @@ RESUME_MAY_CHANGE = ("data", "out", "resume", "device", "threads", "max_steps", 
 # options of earlier versions, with the value that did nothing: a run saved with any other value trained
 # something this version cannot continue (their measurements: minerals/EXPERIMENTS.md)
 REMOVED_OPTIONS = {"quarter_turns": False, "augment": "basic", "ema_decay": 0.0, "head_epochs": 0, "tta": False,
-                   "train_share": 1.0, "photos": ""}
+                   "train_share": 1.0}
 
 
 def removed_options_in_use(saved_config: dict) -> list[str]:

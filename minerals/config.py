@@ -60,6 +60,9 @@ class Config:
     #                   the run plans fewer (the schedule then spans those); 0 = no limit. A resumed run keeps
     #                   the epochs it planned and stops before an epoch that would end past this (from its restart)
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
+    photos: str = ""  # the photos the samples were extracted from (<class>/<image>): each training mineral patch
+    #                   cut from a larger photo is joined by that whole photo, so the model learns both inputs a
+    #                   user may pass; validation stays on the patches. Empty: the patches only
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
     drop_path: float = -1.0  # stochastic depth rate of the deepest block (-1: 0.1 for orenet, 0 for transfer)
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for a transfer model's new classifier)

@@ -43,6 +43,19 @@ def split_rows(rows: list[dict], n_folds: int = 5, fold: int = 0, seed: int = 0)
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
 
 
+def with_photos(rows: list[dict], photos: str | Path) -> list[dict]:
+    """``rows`` plus, for every mineral patch cut out of a larger photo (a found or given box; not the whole-image
+    fallback, which already is the photo), the whole source photo ``photos/<source>`` with the patch's label and
+    group: a model trained on both takes a tight patch or a whole photo. ``FileNotFoundError`` names a missing one."""
+    extra = [{**r, "file": str(Path(photos) / r["source"]), "kind": "photo"} for r in rows
+             if r["kind"] == "positive" and r["method"] != "full"]
+    missing = [r["file"] for r in extra if not Path(r["file"]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} source photos of the patches are not in {photos} (e.g. "
+                                f"{missing[0]}): give the folder the samples were extracted from")
+    return rows + extra
+
+
 def fold_indices(rows: list[dict], n_folds: int, seed: int) -> list[np.ndarray]:
     """The row indices of each fold of a seeded ``StratifiedGroupKFold`` over the rows' labels and groups."""
     y = [CLASSES.index(r["label"]) for r in rows]

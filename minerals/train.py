@@ -38,12 +38,13 @@ if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the
 def make_loaders(cfg: Config, rank: int = 0, world: int = 1):
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from minerals.data import PatchDataset, eval_transform, read_index, split_rows, train_transform
+    from minerals.data import PatchDataset, eval_transform, read_index, split_rows, train_transform, with_photos
 
     rows = read_index(cfg.data)
     split_seed = cfg.seed if cfg.split_seed < 0 else cfg.split_seed
     train_rows, val_rows = (rows, []) if cfg.val_fold < 0 else split_rows(rows, cfg.n_folds, cfg.val_fold, split_seed)
-    train_ds = PatchDataset(train_rows, train_transform(cfg.img_size, cfg.crop_scale), int(cfg.img_size * 1.25))
+    train_ds = PatchDataset(with_photos(train_rows, cfg.photos) if cfg.photos else train_rows,
+                            train_transform(cfg.img_size, cfg.crop_scale), int(cfg.img_size * 1.25))
     val_ds = PatchDataset(val_rows, eval_transform(cfg.img_size), 0)
     # one seeded permutation per epoch (sampler.set_epoch), process r takes its items r, r+N, ...: with N
     # processes of batch_size // N, step k covers the same samples as step k of a single process
@@ -224,7 +225,9 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
         log(f"every photo trains (--val-fold -1), {cfg.epochs} epochs, the last one kept; temperature "
             f"{calibration['temperature']:.3g} and threshold {calibration['threshold']:.2f} from "
             f"{calibration['source']}")
-    log(f"{len(train_rows)} training / {len(val_rows)} validation patches (loaded in {time.time() - t0:.0f}s); "
+    log(f"{len(train_rows)} training / {len(val_rows)} validation patches"
+        + (f" (+ {len(train_dl.dataset) - len(train_rows)} whole photos from --photos)" if cfg.photos else "")
+        + f" (loaded in {time.time() - t0:.0f}s); "
         f"training counts {counts}" + (f"; {world} processes x batch {train_dl.batch_size}" if world > 1 else ""))
 
     # model, optimizer, schedule (the epochs planned within the time budget)

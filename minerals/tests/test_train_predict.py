@@ -247,6 +247,27 @@ def test_split_seed_keeps_the_split_while_the_training_seed_changes(samples):
     assert val_patches("--seed", "1") != default
 
 
+def test_photos_option_trains_on_the_whole_photo_of_each_cut_out_patch_too(samples, photos, tmp_path):
+    """--photos: every training mineral patch cut from a larger photo is joined by that photo (same label and
+    group); the whole-image fallbacks and the negatives are not doubled; validation keeps the patches only; a
+    folder without the photos is an error naming one."""
+    from minerals.data import read_index, with_photos
+
+    rows = read_index(samples)
+    cut = [r for r in rows if r["kind"] == "positive" and r["method"] != "full"]
+    extra = with_photos(rows, photos)[len(rows):]
+    assert len(extra) == len(cut) > 0
+    for r, e in zip(cut, extra):
+        assert Path(e["file"]) == photos / r["source"] and Path(e["file"]).is_file()
+        assert (e["label"], e["group"]) == (r["label"], r["group"])
+    cfg = train.parse_args(["--data", str(samples), "--img-size", "32", "--photos", str(photos)])
+    train_rows, val_rows, train_dl, val_dl = train.make_loaders(cfg)
+    n_cut = sum(r["kind"] == "positive" and r["method"] != "full" for r in train_rows)
+    assert len(train_dl.dataset) == len(train_rows) + n_cut and len(val_dl.dataset) == len(val_rows)
+    with pytest.raises(FileNotFoundError, match="source photos of the patches are not in"):
+        with_photos(rows, tmp_path)
+
+
 @pytest.mark.slow
 def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path, bench_record):
     """make docs-minerals on a tiny run: every page of the PDF (the summary quotes a benchmark record), the box
