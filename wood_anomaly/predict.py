@@ -224,6 +224,17 @@ def fused_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: tor
     return fuse(*score_maps(model, image, cfg, device, stats), cfg.deep_weight)
 
 
+def fit_sample(fused: np.ndarray, index: int, cfg: TrainConfig) -> np.ndarray:
+    """The threshold fit's random sample of a fused map: at most ``cfg.fit_pixels`` of its scores (float32),
+    seeded by the photo's ``index`` in its sorted folder, so a training photo predicted again gives the sample
+    that train.py drew from it."""
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index + 7)
+    pick = torch.randperm(fused.size, generator=gen)[:cfg.fit_pixels].numpy()
+    return fused.ravel()[pick].astype(np.float32)
+
+
 def anomaly_map(model: PatchCore, image: np.ndarray, cfg: TrainConfig, device: torch.device, stats: dict,
                 small: np.ndarray | None = None) -> np.ndarray:
     """``(H, W)`` float32 anomaly scores, in training spreads, of an ``(H, W, 3)`` uint8 photo: its
@@ -391,7 +402,6 @@ def first_pass(model: PatchCore, cfg: TrainConfig, stats: dict, paths: list[Path
     of the training part: all that the fit reads). Returns ``(name -> (saved map, seconds, CPU seconds), the
     kept scores of each photo, how many scores were sampled)``. A photo that fails here is left out: the second
     pass scores it again and names the error in its row."""
-    import torch
 
     saved, kept, count = {}, [], 0
     place = {p.name: i for i, p in enumerate(paths)}
@@ -405,8 +415,7 @@ def first_pass(model: PatchCore, cfg: TrainConfig, stats: dict, paths: list[Path
             np.save(maps / f"{place[path.name]}.npy", small)
         except PHOTO_ERRORS:
             continue
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + place[path.name] + 7)
-        sample = small.ravel()[torch.randperm(small.size, generator=gen)[:cfg.fit_pixels].numpy()]
+        sample = fit_sample(small, place[path.name], cfg)
         sample = sample[np.isfinite(sample)]
         kept.append(sample[sample >= floor])
         count += sample.size

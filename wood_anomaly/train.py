@@ -219,14 +219,9 @@ def map_sample(model: PatchCore, index: int, path: Path, cfg: TrainConfig, stats
     """``{"index", "scores"}``: a random sample (at most ``fit_pixels``, seeded by the photo's index) of the fused
     map of one training photo, at ``cfg.scale``, computed exactly as predict.py computes it for that photo (its
     own bank rows left out)."""
-    import torch
+    from wood_anomaly.predict import fit_sample, fused_map
 
-    from wood_anomaly.predict import fused_map
-
-    fused = fused_map(model, read_rgb(path), cfg, device, stats).ravel()
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index + 7)
-    pick = torch.randperm(fused.size, generator=gen)[:cfg.fit_pixels].numpy()
-    return {"index": index, "scores": fused[pick].astype(np.float32)}
+    return {"index": index, "scores": fit_sample(fused_map(model, read_rgb(path), cfg, device, stats), index, cfg)}
 
 
 def fit_threshold(model: PatchCore, paths: list[Path], parts: list[dict], cfg: TrainConfig, stats: dict,
