@@ -72,11 +72,12 @@ def write_split(data: Path, out: Path, test_fraction: float = TEST_FRACTION,
 
 
 def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str = "auto",
-              seed: int = SPLIT_SEED) -> dict:
+              seed: int = SPLIT_SEED, stop_after: int = 0) -> dict | None:
     """Cross-validate train.py (with ``train_args``) on ``data`` in ``k`` folds (``cv.py``); returns the record's
     ``data``, ``metrics`` and ``timings`` parts. Each fold lives in ``out/fold{i}`` (train.py's run folder, the
     fold's ``train.csv``, its ``oof_probs.npz`` and ``fold.json``: times, held-out images, train.py options); a
-    fold whose maps exist is not redone (one of another cross-validation is refused)."""
+    fold whose maps exist is not redone (one of another cross-validation is refused). ``stop_after`` > 0: train at
+    most that many folds in this call; returns None while folds remain (the same call again goes on)."""
     from airbus_ships import cv
     from airbus_ships.data import read_mask_table
 
@@ -88,10 +89,15 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
         sys.exit(f"bench: {data}: {err}")
     with atomic_write(out / "folds.csv", "w", newline="") as f:
         frame.assign(fold=folds)[["ImageId", "fold"]].to_csv(f, index=False)
-    maps, timings, problems = {}, [], list(table.problems)
+    maps, timings, problems, trained = {}, [], list(table.problems), 0
     for i in range(k):
         fold_dir, test_rows = out / f"fold{i}", frame[folds == i]
         if not (fold_dir / cv.OOF_FILE).is_file():
+            if stop_after and trained == stop_after:
+                print(f"bench: stopped after {trained} new fold(s) (--stop-after); folds {i + 1}-{k} remain: run the "
+                      f"same command again to go on")
+                return None
+            trained += 1
             train_csv = cv.write_rows(data / "masks.csv", set(frame.loc[folds != i, "ImageId"]), fold_dir / "train.csv")
             print(f"fold {i + 1}/{k}: train.py on {int((folds != i).sum())} images, then its "
                   f"{len(test_rows)} held-out images are predicted", flush=True)
@@ -170,6 +176,9 @@ def main(argv=None) -> None:
     p.add_argument("--train-args", default="",
                    help="extra train.py arguments, e.g. '--seed 1' to measure the seed spread or a variant on the same "
                         "folds (give --json another file: benchmarks/airbus.json records the default)")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="train at most this many folds, then stop without a record; the same command again goes on "
+                        "with the folds left (trained folds are kept in --out); 0: all folds")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile; stored with the load")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
@@ -184,7 +193,9 @@ def main(argv=None) -> None:
     load_start = os.getloadavg()
     command = " ".join(["python airbus_ships/bench.py", *(sys.argv[1:] if argv is None else argv)])
     if args.folds:
-        result = run_folds(data, out, args.folds, args.train_args.split(), args.device)
+        result = run_folds(data, out, args.folds, args.train_args.split(), args.device, stop_after=args.stop_after)
+        if result is None:
+            return
         record = {"task": "airbus_ships", "what": CV_WHAT.format(k=args.folds), "command": command,
                   "config": json.loads((out / "fold0" / "model" / "config.json").read_text()),
                   "data": result["data"], "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

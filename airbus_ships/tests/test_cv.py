@@ -149,13 +149,16 @@ def test_training_has_no_time_budget_by_default():
 @pytest.mark.slow
 def test_cross_validation_end_to_end_on_demo_data(demo_dir, tmp_path, strict_json):
     """bench.run_folds with a tiny scratch U-Net: 3 folds trained by train.py, each fold's images predicted once
-    (oof_probs.npz), the record's figures per fold and over the folds; run again, no fold is trained again; run
-    with other train.py options into the same folder, refused."""
+    (oof_probs.npz), the record's figures per fold and over the folds; stopped after one fold, a second call goes
+    on with the others; run again, no fold is trained again; run with other train.py options into the same folder,
+    refused."""
     from airbus_ships.bench import run_folds
     from common.io import write_json
 
     args = ["--encoder", "scratch", "--widths", "4,8", "--batch-size", "2", "--steps-per-epoch", "2",
             "--val-steps", "1", "--epochs", "1", "--val-fraction", "0.25", "--calib-images", "2"]
+    assert run_folds(demo_dir, tmp_path, 3, args, stop_after=1) is None  # --stop-after 1: fold 0 only, no record
+    assert (tmp_path / "fold0" / "oof_probs.npz").is_file() and not (tmp_path / "fold1").exists()
     result = run_folds(demo_dir, tmp_path, 3, args)
     folds = pd.read_csv(tmp_path / "folds.csv")
     assert len(folds) == 12 and sorted(folds["fold"].unique()) == [0, 1, 2]
