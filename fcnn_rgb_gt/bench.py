@@ -3,15 +3,15 @@
     python fcnn_rgb_gt/bench.py --data ../shared/data/fcnn                # what `make bench-fcnn` runs
     python fcnn_rgb_gt/bench.py --data ../shared/data/fcnn --skip-train   # re-score the runs already in --runs
 
-The cross-pair protocol: train.py with its defaults is trained on each pair of the pool (``train_substitute/``
-and the ``extra/*`` pairs of the same source, by default those named ``dubai_*``) once per ``--seeds``, into
+The cross-pair protocol: train.py with its defaults is trained on each pair of the pool (``train_substitute/`` and
+the ``extra/*`` pairs of the same source, by default those named ``dubai_*``) once per ``--seeds``, into
 ``<runs>/<pair>/seed<S>/``, and each run's ``best.pt`` predicts every other pair of the pool with predict.py's
-defaults (the checkpoint's threshold): a matrix of building IoU, train pair x test pair. The record gives each
-cell over the seeds, the matrix mean (of the cells' seed means), its worst cell and the spread of the per-seed
-matrix means. The runs on ``train_substitute/`` also predict the other ``extra/*`` pairs (another source),
-reported apart. Predict is timed in a fresh process on the training image and on the same image tiled 2x2 (4x
-the area): seconds, CPU seconds, peak resident memory it adds, and the time over the FLOP bound (the four
-convolutions' FLOPs at this CPU's float32 torch.mm rate). The record: ``{task, what, command, config, data,
+defaults (the checkpoint's threshold, the share limit, the clean-up): a matrix of building IoU, train pair x test
+pair. The record gives each cell over the seeds, the matrix mean (of the cells' seed means), its worst cell and the
+spread of the per-seed matrix means. The runs on ``train_substitute/`` also predict the other ``extra/*`` pairs
+(another source), reported apart. Predict is timed in a fresh process on the training image and on the same image
+tiled 2x2 (4x the area): seconds, CPU seconds, peak resident memory it adds, and the time over the FLOP bound (the
+four convolutions' FLOPs at this CPU's float32 torch.mm rate). The record: ``{task, what, command, config, data,
 machine, load, date_utc, metrics, timings}``. The first seed's run on ``train_substitute/`` also gives
 ``docs/dubai_loss_vs_epochs.png`` and ``docs/dubai_prediction.png`` (a crop of a test pair; the Dubai pairs are
 CC0). Other settings, the network's ceiling and the tiling seams are studies: see studies/README.md.
@@ -34,15 +34,15 @@ import numpy as np
 from common.config import HelpFormatter
 from common.demo import is_demo
 from common.io import read_rgb, write_json
-from fcnn_rgb_gt.config import CLEAN_RADIUS, DOCS, REPO_ROOT, TrainConfig
+from fcnn_rgb_gt.config import CLEAN_RADIUS, DOCS, MAX_SHARE, REPO_ROOT, TrainConfig
 
 TRAIN_PY = Path(__file__).with_name("train.py")
 TARGET_IOU = 0.60  # the building IoU asked for on every test pair
 FIGURE_PAIR = "dubai_t8_p5"  # the test pair of the prediction figure (CC0), when present
 POOL_PREFIX = "dubai_"  # extra/* pairs of the training pair's own source: they join the cross-pair matrix
-# the decision settings (building probability threshold, clean-up radius) every test pair is also scored at, for
-# the leave-one-training-pair-out choice of predict's defaults (metrics' "nested")
-GRID = [(t, r) for t in (0.5, 0.55, 0.6, 0.65, 0.7) for r in (0, 3, 6, 9)]
+# the decision settings (building probability threshold, share limit --max-share (0: none), clean-up radius)
+# every test pair is also scored at, for the leave-one-training-pair-out choice of predict's defaults ("nested")
+GRID = [(t, k, r) for t in (0.5, 0.55, 0.6, 0.65, 0.7) for k in (0, 2) for r in (0, 3, 6, 9)]
 # left out of the record's config, which holds the training choices: paths, device, threads and --resume say
 # where and how a run went, and the seeds are the metrics' own
 RUN_FIELDS = ("data", "rgb", "gt", "out", "device", "threads", "resume", "seed")
@@ -97,29 +97,31 @@ def train_run(train_dir: Path, out: Path, seed: int, threads: int = 0, flags: tu
 
 
 def score_run(run: Path, pairs: list[Path]) -> dict:
-    """A run's ``best.pt`` with predict.py's defaults (its weights and threshold, the clean-up) scored on every
-    pair: building IoU, F1, precision, recall, accuracy, the share of pixels marked building (``share``;
-    ``true_share``: the gt's) and ``grid``: the IoU at each threshold and clean-up radius of GRID."""
+    """A run's ``best.pt`` with predict.py's defaults (its weights, threshold and share limit, the clean-up) scored
+    on every pair: building IoU, F1, precision, recall, accuracy, the threshold used, the share of pixels marked
+    building (``share``; ``true_share``: the gt's) and ``grid``: the IoU at each setting of GRID."""
     import torch
 
     from common.metrics import iou, segmentation_report
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import clean_mask, load_checkpoint, predict_probs
+    from fcnn_rgb_gt.infer import decide, load_checkpoint, predict_probs
 
     model, ckpt = load_checkpoint(run / "best.pt", torch.device("cpu"))
     row = ckpt["history"][-1]
-    threshold = float(ckpt.get("threshold", 0.5))
+    threshold, prior = float(ckpt.get("threshold", 0.5)), ckpt.get("input_stats", {}).get("building_share", 0.0)
     scores = {"epochs_run": ckpt["epoch"], "val_iou": row["val_iou"],
               "threshold": round(threshold, 4), "train_loop_seconds": row["seconds"], "pairs": {}}
     for d in pairs:
         image = read_rgb(d / "rgb.png")
         gt = read_gt(d / "gt.png", image.shape[:2], d / "rgb.png").astype(bool)
         prob = predict_probs(model, image)
-        pred = clean_mask(prob >= threshold, CLEAN_RADIUS)
+        pred, used = decide(prob, threshold, CLEAN_RADIUS, prior, MAX_SHARE)
         rep = segmentation_report(pred, gt)
         scores["pairs"][d.name] = {**{k: round(v, 4) for k, v in rep.items() if k != "dice"},  # dice == f1
-                                   "share": round(float(pred.mean()), 4), "true_share": round(float(gt.mean()), 4),
-                                   "grid": [round(float(iou(clean_mask(prob >= t, r), gt)), 4) for t, r in GRID]}
+                                   "threshold": round(used, 4), "share": round(float(pred.mean()), 4),
+                                   "true_share": round(float(gt.mean()), 4),
+                                   "grid": [round(float(iou(decide(prob, t, r, prior, k)[0], gt)), 4)
+                                            for t, k, r in GRID]}
         print(f"  {run}: {d.name} IoU {rep['iou']:.4f}  F1 {rep['f1']:.4f}  marked {pred.mean():.1%} "
               f"(truth {gt.mean():.1%})", flush=True)
     return scores
@@ -154,11 +156,12 @@ def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
     import torch
 
     from common.tiling import MAX_TILE, tile_grid
-    from fcnn_rgb_gt.infer import clean_mask, load_checkpoint, predict_probs, set_threads
+    from fcnn_rgb_gt.infer import decide, load_checkpoint, predict_probs, set_threads
     from fcnn_rgb_gt.model import flops_per_pixel
 
     set_threads(0)
-    model, _ = load_checkpoint(ckpt, torch.device("cpu"))
+    model, stored = load_checkpoint(ckpt, torch.device("cpu"))
+    threshold, prior = float(stored.get("threshold", 0.5)), stored.get("input_stats", {}).get("building_share", 0.0)
     image = np.tile(read_rgb(image_path), (repeat, repeat, 1))
     predict_probs(model, image[:256, :256])  # warm-up (first-call allocations, oneDNN kernel choice)
     rate = matmul_gflops()
@@ -167,7 +170,7 @@ def measure_predict(ckpt: str, image_path: str, repeat: int) -> dict:
     times, cpus = [], []
     for _ in range(2):
         t0, c0 = time.perf_counter(), time.process_time()
-        clean_mask(predict_probs(model, image) >= 0.5, CLEAN_RADIUS)  # with predict's clean-up
+        decide(predict_probs(model, image), threshold, CLEAN_RADIUS, prior, MAX_SHARE)  # predict's mask
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     h, w = image.shape[:2]
@@ -200,8 +203,8 @@ def spread(values: list[float]) -> dict:
 
 def nested(scores: dict[str, dict[int, dict]], pool: list[str], seeds: list[int]) -> dict:
     """predict's decision settings chosen without the cells they are scored on: for each training pair held out,
-    the GRID setting (threshold, clean-up radius) with the best mean of the other training pairs' cells (seed
-    means), scored on the held-out pair's cells. The matrix mean of those cells, its per-seed spread, the
+    the GRID setting (threshold, share limit, clean-up radius) with the best mean of the other training pairs'
+    cells (seed means), scored on the held-out pair's cells. The matrix mean of those cells, its per-seed spread, the
     choices, and every GRID setting's matrix mean (chosen on all cells, as a user tuning on the matrix would)."""
     grids = {(train, test): np.array([scores[train][s]["pairs"][test]["grid"] for s in seeds])  # seeds x GRID
              for train in pool for test in pool if test != train}
@@ -209,14 +212,14 @@ def nested(scores: dict[str, dict[int, dict]], pool: list[str], seeds: list[int]
     for held in pool:
         fit = np.mean([g.mean(0) for (train, _), g in grids.items() if train != held], axis=0)
         k = int(np.argmax(fit))
-        chosen[held] = {"threshold": GRID[k][0], "clean_radius": GRID[k][1]}
+        chosen[held] = dict(zip(("threshold", "max_share", "clean_radius"), GRID[k]))
         cells.update({f"{train}->{test}": g[:, k] for (train, test), g in grids.items() if train == held})
     per_seed = np.mean(list(cells.values()), axis=0)
     by_setting = np.mean([g.mean(0) for g in grids.values()], axis=0)
     return {"matrix_mean_iou": round(float(per_seed.mean()), 4),
             "worst_cell": round(float(min(c.mean() for c in cells.values())), 4),
             "matrix_mean_per_seed": spread([round(float(v), 4) for v in per_seed]), "chosen": chosen,
-            "matrix_mean_by_setting": {f"{t}/{r}": round(float(v), 4) for (t, r), v in zip(GRID, by_setting)}}
+            "matrix_mean_by_setting": {"/".join(map(str, g)): round(float(v), 4) for g, v in zip(GRID, by_setting)}}
 
 
 def metrics(scores: dict[str, dict[int, dict]], pool: list[str]) -> dict:
@@ -249,7 +252,8 @@ def metrics(scores: dict[str, dict[int, dict]], pool: list[str]) -> dict:
 
 
 def record(config: dict, data: Path, scores: dict[str, dict[int, dict]], pool: list[str],
-           train_seconds: dict[str, dict[int, float]], predict: dict, load: dict, train_args: str = "") -> dict:
+           train_seconds: dict[str, dict[int, float]], predict: dict, load: dict, train_args: str = "",
+           skip_train: bool = False) -> dict:
     """benchmarks/fcnn.json: one record of the current default."""
     import torch
 
@@ -257,7 +261,7 @@ def record(config: dict, data: Path, scores: dict[str, dict[int, dict]], pool: l
             "what": "cross-pair building IoU of train.py's default with predict.py's defaults: trained on each pair "
                     "of the pool, scored on every other one, over seeds; the target is 0.60",
             "command": f"python fcnn_rgb_gt/bench.py --data {data}"
-                       + (f" --train-args '{train_args}'" if train_args else ""),
+                       + (f" --train-args '{train_args}'" if train_args else "") + " --skip-train" * skip_train,
             "config": {k: v for k, v in config.items() if k not in RUN_FIELDS},
             "data": {"pool": pool, "other_source": list(scores[pool[0]][min(scores[pool[0]])]["pairs"])},
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, "
@@ -318,7 +322,7 @@ def main(argv=None) -> int:
                             f"{args.seeds[0]} of the default trained on {pool[0].name}"):
         print(f"wrote {path}")
     report = record({**asdict(TrainConfig()), **config}, data, scores, [d.name for d in pool], seconds, predict,
-                    {"start": start, "end": load_avg()}, args.train_args)
+                    {"start": start, "end": load_avg()}, args.train_args, args.skip_train)
     write_json(args.out, report)
     m = report["metrics"]
     print(f"matrix mean IoU {m['matrix_mean_iou']}, worst cell {m['worst_cell']['cell']} {m['worst_cell']['mean']}")

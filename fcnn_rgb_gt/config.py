@@ -23,6 +23,10 @@ MIN_PREDICT_SIDE = RECEPTIVE_FIELD  # a smaller image holds no pixel whose whole
 # threshold is stored in the checkpoint for predict.py, which applies the clean-up (--clean-radius)
 THRESHOLD = 0.6
 CLEAN_RADIUS = 6
+# predict.py raises the threshold on an image where it would mark more than MAX_SHARE x the training image's
+# building share (stored in the checkpoint) to the value that marks that share: a model trained on a denser
+# image over-marks a sparser one (EXPERIMENTS.md); predict.py --max-share, 0 for none
+MAX_SHARE = 2.0
 
 
 class CheckpointError(ValueError):

@@ -84,9 +84,9 @@ def run_figures(run: Path, pair: Path, out: Path, name: str, title: str = "") ->
     the pair folder ``pair`` (rgb.png + gt.png)."""
     import torch
 
-    from fcnn_rgb_gt.config import CLEAN_RADIUS
+    from fcnn_rgb_gt.config import CLEAN_RADIUS, MAX_SHARE
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import clean_mask, load_checkpoint, predict_probs, read_checkpoint
+    from fcnn_rgb_gt.infer import decide, load_checkpoint, predict_probs, read_checkpoint
 
     last = read_checkpoint(run / "last.pt", keys=("history",))
     curve = plot_losses(out / f"{name}_loss_vs_epochs.png", last["history"], dpi=80)
@@ -94,7 +94,8 @@ def run_figures(run: Path, pair: Path, out: Path, name: str, title: str = "") ->
     image = read_rgb(pair / "rgb.png")
     gt = read_gt(pair / "gt.png", image.shape[:2], pair / "rgb.png").astype(bool)
     prob = predict_probs(model, image)
-    pred = clean_mask(prob >= float(ckpt.get("threshold", 0.5)), CLEAN_RADIUS)  # predict.py's mask
+    pred, _ = decide(prob, float(ckpt.get("threshold", 0.5)), CLEAN_RADIUS,  # predict.py's mask
+                     ckpt.get("input_stats", {}).get("building_share", 0.0), MAX_SHARE)
     panel = plot_prediction(out / f"{name}_prediction.png", image, gt, prob, title or f"{pair.name}, {run.name}",
                             pred=pred)
     return [curve, panel]

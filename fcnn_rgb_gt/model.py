@@ -98,9 +98,10 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.normalize:
             x = (x - self.mean) / self.std
-        if self.cfg.scales == (1,):
-            return self.convs(x)
-        return torch.stack([self.at_scale(x, s) for s in self.cfg.scales]).mean(0)
+        y = self.at_scale(x, self.cfg.scales[0])
+        for s in self.cfg.scales[1:]:
+            y = y + self.at_scale(x, s)
+        return y / len(self.cfg.scales) if len(self.cfg.scales) > 1 else y
 
     def at_scale(self, x: torch.Tensor, s: int) -> torch.Tensor:
         """Logits of ``x`` average-pooled by ``s``, resized back to its size. The input is first padded (edge
@@ -117,8 +118,7 @@ class FCN(nn.Module):
     def convs(self, x: torch.Tensor) -> torch.Tensor:
         """The brief's network on ``x`` (already standardised)."""
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        x = self.pool(x)
+        x = self.relu(self.pool(self.bn2(self.conv2(x))))  # max-pool then ReLU: the same values, 1/4 the ReLUs
         x = self.relu(self.bn3(self.conv3(x)))
         x = self.up(x)
         return self.conv4(x)

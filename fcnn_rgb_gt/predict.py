@@ -56,6 +56,7 @@ from fcnn_rgb_gt.config import (
     CLEAN_RADIUS,
     DEFAULT_RUNS,
     DEVICES,
+    MAX_SHARE,
     MIN_PREDICT_SIDE,
     RECEPTIVE_FIELD,
     CheckpointError,
@@ -97,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="clean-up of the mask: an opening then a closing with a (2r+1) px square (drops specks and "
                         "fills holes smaller than that); 0: none. Set for a ground resolution like the training "
                         "image's: use less on coarser images")
+    p.add_argument("--max-share", type=float, default=MAX_SHARE,
+                   help="on an image where the threshold would mark more than this many times the training image's "
+                        "building share (stored in the checkpoint), raise it to mark that share; 0: no limit")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = min(2, CPU count)")
     args = p.parse_args(argv)
@@ -110,6 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.clean_radius < 0:
         p.error(f"--clean-radius must be >= 0 (0 = no clean-up), got {args.clean_radius}")
+    if not args.max_share >= 0:  # NaN too
+        p.error(f"--max-share must be >= 0 (0 = no limit), got {args.max_share}")
     if args.threads < 0:
         p.error(f"--threads must be >= 0 (0 = automatic), got {args.threads}")
     if not args.threshold <= 1:  # NaN too: it was silently the checkpoint's threshold
@@ -225,7 +231,7 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
 
     from common.metrics import segmentation_report
     from fcnn_rgb_gt.data import read_gt
-    from fcnn_rgb_gt.infer import clean_mask, input_warnings, predict_probs
+    from fcnn_rgb_gt.infer import decide, input_warnings, predict_probs
 
     if item.problem:
         raise ImageReadError(item.key, item.problem)
@@ -238,13 +244,18 @@ def predict_one(model, item: Item, out: Path, threshold: float, args: argparse.N
     t0 = time.perf_counter()
     bar = partial(tqdm, desc="tiles", leave=False, disable=not sys.stderr.isatty())
     prob = predict_probs(model, image, device, args.tile, args.overlap, args.batch_size, progress=bar)
-    pred = clean_mask(prob >= threshold, args.clean_radius)
+    prior = (train_stats or {}).get("building_share", 0.0)
+    pred, used = decide(prob, threshold, args.clean_radius, prior, args.max_share)
     seconds = time.perf_counter() - t0
     warnings = input_warnings(image, float(pred.mean()), train_stats)
+    if used > threshold:  # the share limit acted
+        warnings.append(f"at the threshold {threshold:g} it would be marked more than {args.max_share:g}x the "
+                        f"training image's building share ({prior:.1%}): threshold raised to {used:.3f}")
     for w in warnings:
         print(f"warning: {item.key}: {w}", file=sys.stderr, flush=True)
     result = {"image": item.key, "name": item.name, "size": [image.shape[1], image.shape[0]],
-              "threshold": threshold, "seconds": round(seconds, 3), "building_fraction": round(float(pred.mean()), 4),
+              "threshold": round(used, 4) if used > threshold else threshold, "seconds": round(seconds, 3),
+              "building_fraction": round(float(pred.mean()), 4),
               "warnings": "; ".join(warnings)}
     if gt is not None:
         rep = segmentation_report(pred, gt)

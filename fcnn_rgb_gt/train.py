@@ -6,23 +6,16 @@
     torchrun --nproc_per_node=2 fcnn_rgb_gt/train.py # DistributedDataParallel over 2 processes (see README)
 
 A border strip of the image (``--val-fraction`` of one axis) is held out: training crops come only from the
-rest, and the strip tracks the run (validation loss and building IoU of the averaged weights). An exponential
-moving average of the weights (EMA_EPOCHS horizon) is kept at every step. Outputs in ``--out``: ``best.pt`` (the
-model to predict with: the averaged weights after the latest epoch, the decision threshold, the training image's
-colour statistics), ``last.pt`` (model, weight average, optimizer, scheduler, epoch, config, history,
-random-number states),
-``config.json`` (the resolved config: absolute paths, the device and threads used), ``log.csv`` and
-``loss_vs_epochs.png``. Training into a folder that holds an earlier run replaces its files (a warning says so);
-``--resume`` continues it instead, with the options stored in its ``last.pt`` (a resumed run equals an
-uninterrupted one, tested bit for bit).
-
-Memory: a step feeds ``--batch-size`` crops of ``--tile`` px, and the brief allows the network one 256x256x3
-input at a time, so ``batch-size x tile^2`` must stay within 256^2 pixels (default 4 x 128^2).
-
-Under ``torchrun`` the model is wrapped in DistributedDataParallel (fcnn_rgb_gt/ddp.py): every rank draws its own
-``--batch-size`` random crops per step (crop generator seeded with seed + 1000 x rank), gradients are averaged,
-and an epoch has 1/world_size the steps, so it still covers the training region about once. Validation,
-logging, checkpoints and the plot happen on rank 0 only.
+rest, and the strip tracks the run (validation loss and building IoU of the averaged weights, an exponential
+moving average kept at every step, EMA_EPOCHS horizon). Outputs in ``--out``: ``best.pt`` (the model to predict
+with: the averaged weights, the decision threshold, the training image's colour statistics), ``last.pt`` (the
+run's state, for --resume), ``config.json`` (the resolved config), ``log.csv`` and ``loss_vs_epochs.png``.
+Training into a folder that holds an earlier run replaces its files (a warning says so); ``--resume`` continues
+it with its own options (a resumed run equals an uninterrupted one, tested bit for bit). A step feeds
+``--batch-size`` crops of ``--tile`` px, and ``batch-size x tile^2`` must stay within 256^2 pixels (the brief
+allows the network one 256x256x3 input at a time). Under ``torchrun`` (fcnn_rgb_gt/ddp.py) every rank draws its
+own crops (seed + 1000 x rank), gradients are averaged and an epoch has 1/world_size the steps; validation,
+logs, checkpoints and the plot are rank 0's.
 """
 from __future__ import annotations
 
@@ -57,9 +50,9 @@ if TYPE_CHECKING:  # PyTorch is imported by the functions that use it, after the
 
     from fcnn_rgb_gt.model import FCN
 
-# options a resumed run takes from the command line; every other option is the checkpoint's (it defines the run)
 EMA_EPOCHS = 2.0  # horizon of the exponential moving average of the weights, in epochs (decay 1 - 1/(this x steps))
 OUTPUTS = ("best.pt", "last.pt", "config.json", "log.csv", "loss_vs_epochs.png")  # in --out
+# options a resumed run takes from the command line; every other option is the checkpoint's (it defines the run)
 RESUME_MAY_CHANGE = ("data", "rgb", "gt", "out", "epochs", "max_minutes", "device", "threads", "resume")
 
 
@@ -74,7 +67,6 @@ def parse_args(argv=None) -> TrainConfig:
     return cfg
 
 
-# --------------------------------------------------------------------------------- the resolved config
 def resolve_config(cfg: TrainConfig, ckpt: dict | None, device: torch.device, main_rank: bool) -> TrainConfig:
     """The config this run really uses, as saved with it: on --resume the checkpoint's options, except
     RESUME_MAY_CHANGE (one stderr line names every option the command line set to another value than the run's
@@ -114,7 +106,6 @@ def warn_if_earlier_run(out: Path) -> None:
               "(--resume continues it instead)", file=sys.stderr)
 
 
-# ------------------------------------------------------------------------------------------------ schedule
 def warmup_cosine(total: int, warmup: float = 0.05, floor: float = 0.01):
     """LR factor per step: linear warm-up over ``warmup`` of the run, then cosine decay to ``floor``."""
     w = max(1, int(total * warmup))
@@ -128,7 +119,6 @@ def warmup_cosine(total: int, warmup: float = 0.05, floor: float = 0.01):
     return factor
 
 
-# ---------------------------------------------------------------------------------------------- loop
 def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, show: bool = True,
                     after_step=None) -> float:
     """One epoch of ``steps`` optimiser steps; ``after_step()`` runs after each (the weight averages)."""
@@ -154,7 +144,7 @@ def train_one_epoch(model, sampler, opt, sched, steps, cfg, weights, device, sho
 
 def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, device, weights: torch.Tensor) -> dict:
     """Tiled prediction of the validation strip: the training loss (same class weights, so the two curves
-    compare), building IoU / F1 / accuracy of the mask predict.py makes (THRESHOLD, clean-up CLEAN_RADIUS)."""
+    compare), building IoU / F1 / accuracy of the mask at THRESHOLD after the clean-up (no share limit)."""
     from common.metrics import segmentation_report
     from fcnn_rgb_gt.infer import clean_mask, predict_probs
 
@@ -167,7 +157,6 @@ def evaluate(model, image: np.ndarray, mask: np.ndarray, cfg: TrainConfig, devic
     return {"val_loss": float((w * nll).sum() / w.sum()), **{f"val_{k}": float(v) for k, v in rep.items()}}
 
 
-# ------------------------------------------------------------------------------------------- outputs
 def write_log(path: Path, history: list[dict]) -> None:
     with atomic_write(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[-1]), extrasaction="ignore")  # a resumed older run's rows
@@ -175,7 +164,6 @@ def write_log(path: Path, history: list[dict]) -> None:
         w.writerows(history)
 
 
-# ------------------------------------------------------------------------------------------------- main
 def build(cfg: TrainConfig, rank: int, world: int, device: torch.device, ckpt: dict | None, log) -> dict:
     """Data, model, crop sampler, optimiser and schedule of the run: a dict the loop and checkpoints share."""
     import torch
@@ -287,10 +275,6 @@ def train(cfg: TrainConfig) -> tuple[dict, FCN]:
         return _train(cfg, rank, world, device)
 
 
-def _quiet(*args, **kwargs) -> None:
-    """The log of ranks other than 0."""
-
-
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tuple[dict, FCN]:
     import torch
 
@@ -299,7 +283,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> tup
     from fcnn_rgb_gt.infer import set_threads
 
     main_rank = rank == 0
-    log = partial(print, flush=True) if main_rank else _quiet
+    log = partial(print, flush=True) if main_rank else lambda *a, **k: None  # other ranks: quiet
     set_threads(cfg.threads)
     ckpt = read_resume(Path(cfg.out), main_rank, world) if cfg.resume else None
     cfg = resolve_config(cfg, ckpt, device, main_rank)

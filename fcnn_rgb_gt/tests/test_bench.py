@@ -52,18 +52,18 @@ def test_the_nested_figure_chooses_each_held_out_pairs_setting_on_the_other_pair
     def score(**grids: list[float]) -> dict:  # one run: its grid per test pair, the rest unused
         return {"pairs": {name: {"grid": g} for name, g in grids.items()}}
 
-    n, a, b = len(bench.GRID), 0, 5  # GRID settings a = (0.5, 0), b = (0.55, 3)
+    n, a, b = len(bench.GRID), 0, bench.GRID.index((0.55, 0, 3))  # a = (0.5, 0, 0): threshold, limit, radius
     good_a, good_b = [0.0] * n, [0.0] * n
     good_a[a], good_b[b] = 0.6, 0.4
     # pairs x and y do best at setting a, pair z at b: z held out gets a, chosen on x's and y's cells
     scores = {"x": {0: score(y=good_a, z=good_a)}, "y": {0: score(x=good_a, z=good_a)},
               "z": {0: score(x=good_b, y=good_b)}}
     m = bench.nested(scores, ["x", "y", "z"], [0])
-    assert m["chosen"]["z"] == {"threshold": 0.5, "clean_radius": 0}
+    assert m["chosen"]["z"] == {"threshold": 0.5, "max_share": 0, "clean_radius": 0}
     # x held out: y's cells (0.6 at a) beat z's (0.4 at b)
-    assert m["chosen"]["x"] == m["chosen"]["y"] == {"threshold": 0.5, "clean_radius": 0}
+    assert m["chosen"]["x"] == m["chosen"]["y"] == {"threshold": 0.5, "max_share": 0, "clean_radius": 0}
     assert m["matrix_mean_iou"] == 0.4 and m["worst_cell"] == 0.0  # z's cells score 0 at a
-    assert m["matrix_mean_by_setting"]["0.5/0"] == 0.4 and m["matrix_mean_by_setting"]["0.55/3"] == 0.1333
+    assert m["matrix_mean_by_setting"]["0.5/0/0"] == 0.4 and m["matrix_mean_by_setting"]["0.55/0/3"] == 0.1333
 
 
 def test_the_pool_is_the_training_pair_and_its_own_source(tmp_path):

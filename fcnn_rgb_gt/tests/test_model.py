@@ -62,3 +62,20 @@ def test_a_stored_model_config_of_an_older_version_loads_at_the_built_in_values(
     for name, value in (("dropout", 0.1), ("upsample", "bilinear")):
         with pytest.raises(ValueError, match=f"model option {name}="):
             ModelConfig.from_dict({**old, name: value})
+
+
+def test_prediction_computes_upsample_and_conv4_as_one_convolution_with_the_same_output():
+    import copy
+
+    from fcnn_rgb_gt.infer import fold_upsample, fuse_batch_norm
+
+    torch.manual_seed(0)
+    net = FCN(ModelConfig(normalize=True, batch_norm=True, scales=(1, 2))).eval()
+    for bn in (net.bn1, net.bn2, net.bn3):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 64, 38)
+    with torch.no_grad():
+        fast = fold_upsample(fuse_batch_norm(copy.deepcopy(net)))
+        assert sum(isinstance(m, torch.nn.Upsample) for m in fast.modules()) == 0
+        torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-5)  # float rounding only

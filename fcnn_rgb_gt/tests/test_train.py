@@ -88,6 +88,17 @@ def test_clean_up_drops_specks_and_fills_holes_but_keeps_a_building():
     assert np.array_equal(clean_mask(mask, 0), mask)
 
 
+def test_the_share_limit_raises_the_threshold_only_where_it_would_mark_too_much():
+    from fcnn_rgb_gt.infer import decide
+
+    prob = np.linspace(0, 1, 10_000, dtype=np.float32).reshape(100, 100)  # 0.6 marks 40 % of the pixels
+    mask, used = decide(prob, 0.6, 0, prior=0.1, max_share=1.5)
+    assert mask.mean() == 0.15 and used > 0.6  # at most 1.5 x the training share of 10 %
+    mask, used = decide(prob, 0.6, 0, prior=0.3, max_share=1.5)  # 40 % is within 45 %: unchanged
+    assert used == 0.6 and np.array_equal(mask, prob >= 0.6)
+    assert decide(prob, 0.6, 0, prior=0.1, max_share=0)[1] == decide(prob, 0.6, 0)[1] == 0.6  # no limit
+
+
 @pytest.mark.slow
 def test_training_run_writes_checkpoint_plot_and_log(trained_run):
     for name in ("best.pt", "last.pt", "log.csv", "loss_vs_epochs.png", "config.json"):
