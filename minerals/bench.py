@@ -72,8 +72,10 @@ def train_run(name: str, samples: Path, run: Path, fold: int, seed: int, threads
     if (run / "result.json").exists() and (run / "config.json").exists():
         saved = json.loads((run / "config.json").read_text())
         # options added since the run was made count as their "off" default (what the run did): -1 "backbone's
-        # default" options resolved as the run's backbone resolves them; no MixUp before --mix existed
-        off = dataclasses.asdict(dataclasses.replace(train.Config(backbone=cfg.backbone), mix=0.0).resolve())
+        # default" options resolved as the run's backbone resolves them; no MixUp before --mix existed, no whole
+        # photos before --photos
+        off = dataclasses.asdict(dataclasses.replace(train.Config(backbone=cfg.backbone), mix=0.0,
+                                                     photos="").resolve())
         have = {k: v for k, v in {**off, **saved}.items() if k not in skip and k not in REMOVED_OPTIONS}
         if have == want and not removed_options_in_use(saved):
             print(f"{name} fold {fold}: reusing the finished run in {run}", file=sys.stderr)

@@ -18,6 +18,7 @@ CLASSES = MINERALS + [NEGATIVE]  # model outputs, in this order
 TRANSFER_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 BACKBONES = ("orenet", *TRANSFER_SIZES)
 DEVICES = ("auto", "cpu", "cuda")
+PHOTOS_RECORD = "photos.txt"  # in a samples folder: the photos folder extract_samples.py read (one line)
 # Temperature and threshold an all-photos run (train.py --val-fold -1) stores when no --calibration is given: fitted
 # on held-out predictions of the backbone's default recipe at its last epoch (the all-photos run ships its last
 # epoch). Where each comes from: "source" and minerals/EXPERIMENTS.md; bench.py --folds 5 fits them on the pooled
@@ -60,9 +61,11 @@ class Config:
     #                   the run plans fewer (the schedule then spans those); 0 = no limit. A resumed run keeps
     #                   the epochs it planned and stops before an epoch that would end past this (from its restart)
     batch_size: int = 48  # global batch: under torchrun each of the N processes takes batch_size // N
-    photos: str = ""  # the photos the samples were extracted from (<class>/<image>): each training mineral patch
-    #                   cut from a larger photo is joined by that whole photo, so the model learns both inputs a
-    #                   user may pass; validation stays on the patches. Empty: the patches only
+    photos: str = "auto"  # the photos the samples were extracted from (<class>/<image>): each training mineral
+    #                   patch cut from a larger photo is joined by that whole photo, so the model learns both
+    #                   inputs a user may pass (a tight patch or the whole photo); validation stays on the patches.
+    #                   auto: for the transfer backbones the folder named in <data>/photos.txt (written by
+    #                   extract_samples.py; the patches only when it is missing), for orenet none. "": patches only
     crop_scale: float = 0.25  # smallest area share of a patch kept by RandomResizedCrop
     drop_path: float = -1.0  # stochastic depth rate of the deepest block (-1: 0.1 for orenet, 0 for transfer)
     lr: float = 0.0  # peak OneCycle learning rate (0: 4e-3 for orenet, 2e-3 for a transfer model's new classifier)
@@ -98,6 +101,9 @@ class Config:
         self.lr = self.lr or (2e-3 if transfer else 4e-3)
         self.backbone_lr_scale = self.backbone_lr_scale or (0.25 if transfer else 1.0)
         self.drop_path = (0.0 if transfer else 0.1) if self.drop_path < 0 else self.drop_path
+        if self.photos == "auto":
+            record = Path(self.data) / PHOTOS_RECORD
+            self.photos = record.read_text(encoding="utf-8").strip() if transfer and record.is_file() else ""
         return self
 
 

@@ -52,7 +52,8 @@ def with_photos(rows: list[dict], photos: str | Path) -> list[dict]:
     missing = [r["file"] for r in extra if not Path(r["file"]).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} source photos of the patches are not in {photos} (e.g. "
-                                f"{missing[0]}): give the folder the samples were extracted from")
+                                f"{missing[0]}): give the folder the samples were extracted from (--photos DIR), "
+                                f"or --photos '' for the patches only")
     return rows + extra
 
 

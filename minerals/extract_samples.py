@@ -19,8 +19,9 @@ For every image:
 Patches are stored pre-cropped and pre-resized (shorter side ``--patch-size``) so that training epochs only
 decode small files. Everything is deterministic for a given ``--seed``. Outputs (the patches and contact sheets
 of an earlier extraction into ``--out`` are removed): ``patches/<label>/*.jpg``,
-``index.csv`` (one row per patch), ``boxes.csv`` (the boxes used, re-usable as a box file) and
-``contact_sheet_NN.jpg`` pages showing every box (green: found, orange: whole-image fallback, blue: given)
+``index.csv`` (one row per patch), ``boxes.csv`` (the boxes used, re-usable as a box file), ``photos.txt``
+(the absolute path of ``--data``: train.py adds the whole photos of the transfer models' training patches from
+it) and ``contact_sheet_NN.jpg`` pages showing every box (green: found, orange: whole-image fallback, blue: given)
 and the negative crops (red) for review by eye.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from common.config import HelpFormatter
 from common.io import ImageReadError, atomic_write, list_images, read_rgb
-from minerals.config import CLASSES, MINERALS, NEGATIVE
+from minerals.config import CLASSES, MINERALS, NEGATIVE, PHOTOS_RECORD
 
 MIN_PHOTO_SIDE = 32  # px: a smaller photo cannot show a specimen (a 1x1 file would become a one-colour "patch")
 INDEX_FIELDS = ["patch", "label", "kind", "source", "group", "method", "x0", "y0", "x1", "y1", "src_w", "src_h"]
@@ -364,6 +365,8 @@ def extract(data: Path, out: Path, boxes: Path | None = None, patch_size: int = 
     rows += synthetic_rows(out, int(round(synthetic * len(images))), patch_size, seed)
     write_csv(out / "index.csv", rows, INDEX_FIELDS)
     write_csv(out / "boxes.csv", box_rows, ["path", "xmin", "ymin", "xmax", "ymax", "label", "method"])
+    with atomic_write(out / PHOTOS_RECORD, "w", encoding="utf-8") as f:  # (train.py --photos auto reads it)
+        f.write(f"{data.resolve()}\n")
     remove_stale(out, {out / "patches" / r["patch"] for r in rows}, contact_sheets(review, out) if sheets else None)
     return rows
 
@@ -483,7 +486,8 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", default="data/minerals", help="folder of <class>/<image> photos")
-    p.add_argument("--out", default="runs/minerals/samples", help="output folder (patches/, index.csv, sheets)")
+    p.add_argument("--out", default="runs/minerals/samples",
+                   help="output folder (patches/, index.csv, boxes.csv, photos.txt, sheets)")
     p.add_argument("--boxes", default=None, help="box file/folder: CSV, Pascal VOC XML or YOLO txt (default: the "
                                                  "boxes are found in the photos)")
     p.add_argument("--patch-size", type=int, default=160, help="shorter side of the stored patches, px")

