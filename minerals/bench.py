@@ -36,7 +36,7 @@ from common.demo import is_demo
 from common.io import dumps_json, list_images, write_json
 from minerals import evaluate, train
 from minerals.checkpoint import REMOVED_OPTIONS, removed_options_in_use
-from minerals.config import CLASSES, TRANSFER_SIZES
+from minerals.config import CLASSES, PHOTOS_RECORD, TRANSFER_SIZES
 from minerals.evaluate import labelled_patches
 from minerals.extract_samples import extract
 from minerals.figures import bench_figures, folds_figure
@@ -77,12 +77,21 @@ def train_run(name: str, samples: Path, run: Path, fold: int, seed: int, threads
         off = dataclasses.asdict(dataclasses.replace(train.Config(backbone=cfg.backbone), mix=0.0,
                                                      photos="").resolve())
         have = {k: v for k, v in {**off, **saved}.items() if k not in skip and k not in REMOVED_OPTIONS}
-        if have == want and not removed_options_in_use(saved):
+        same = same_photos(have, want) and {**have, "photos": ""} == {**want, "photos": ""}
+        if same and not removed_options_in_use(saved):
             print(f"{name} fold {fold}: reusing the finished run in {run}", file=sys.stderr)
             return json.loads((run / "result.json").read_text())
         print(f"{name} fold {fold}: {run} holds a run with another config; retraining", file=sys.stderr)
     subprocess.run([sys.executable, str(Path(__file__).with_name("train.py"))] + args, check=True)
     return json.loads((run / "result.json").read_text())
+
+
+def same_photos(a: dict, b: dict) -> bool:
+    """Whether two configs name the same whole-photos folder (a relative and an absolute path of one folder are
+    the same; "" is none)."""
+    def where(cfg):
+        return os.path.realpath(cfg["photos"]) if cfg.get("photos") else ""
+    return where(a) == where(b)
 
 
 def throughput(checkpoint: Path, files: list[Path], threads: int) -> float:
@@ -224,8 +233,8 @@ def main(argv=None) -> int:
         return 0
     load_start = os.getloadavg()
     samples = out / "samples"
-    if not (samples / "index.csv").exists():
-        extract(data, samples, seed=args.seed)
+    if not (samples / "index.csv").exists() or not (samples / PHOTOS_RECORD).exists():  # (a folder extracted
+        extract(data, samples, seed=args.seed)  # before photos.txt existed: the same seeded patches, and the record)
     metrics, timings, configs = {}, {}, {}
     for name in models:
         results = {k: train_run(name, samples, run_dir(out, name, k), k, args.seed, args.threads, args.device)

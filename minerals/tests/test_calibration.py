@@ -98,3 +98,17 @@ def test_answered_at_counts_mineral_patches_only():
     none = answered_at(probs, labels, 0.99)
     assert none["coverage"] == 0.0 and none["mineral_accuracy"] == 0.0 and np.isnan(none["answered_accuracy"])
     assert all(np.isnan(v) for v in answered_at(probs[4:], labels[4:], 0.5).values())  # negatives only
+
+
+def test_bench_reuses_a_run_whose_photos_folder_is_named_by_another_path(tmp_path, monkeypatch):
+    """bench.same_photos: a relative and an absolute path of one photos folder are the same setting (a finished
+    run is reused); another folder, or none, is not."""
+    from minerals import bench
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    assert bench.same_photos({"photos": "../photos"}, {"photos": str(tmp_path / "photos")})
+    assert not bench.same_photos({"photos": "../photos"}, {"photos": str(tmp_path / "other")})
+    assert not bench.same_photos({"photos": "../photos"}, {"photos": ""})
+    assert bench.same_photos({"photos": ""}, {})
