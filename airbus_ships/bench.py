@@ -99,14 +99,20 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
                 return None
             trained += 1
             train_csv = cv.write_rows(data / "masks.csv", set(frame.loc[folds != i, "ImageId"]), fold_dir / "train.csv")
-            print(f"fold {i + 1}/{k}: train.py on {int((folds != i).sum())} images, then its "
-                  f"{len(test_rows)} held-out images are predicted", flush=True)
+            # a training cut off (killed, machine gone) left its state: train.py --resume goes on from its last epoch
+            cut_off = ((fold_dir / "model" / "train_state.json").is_file()
+                       and not (fold_dir / "train_summary.json").is_file())
+            print(f"fold {i + 1}/{k}: train.py on {int((folds != i).sum())} images"
+                  f"{' (resumed from its last epoch)' if cut_off else ''}, then its {len(test_rows)} held-out images "
+                  f"are predicted", flush=True)
             wall, peak = run_measured([sys.executable, str(HERE / "train.py"), "--data", str(data), "--csv",
-                                       str(train_csv), "--out", str(fold_dir), "--device", device] + train_args)
+                                       str(train_csv), "--out", str(fold_dir), "--device", device] + train_args
+                                      + (["--resume"] if cut_off else []))
             start = time.time()
             fold_maps, fold_problems = cv.predict_maps(fold_dir / "model" / "best.keras", test_rows)
             cv.save_maps(fold_dir / cv.OOF_FILE, fold_maps)
             write_json(fold_dir / "fold.json", {"train_minutes_wall": wall / 60, "train_peak_memory_mib": round(peak),
+                                                "resumed": cut_off,  # train_minutes_wall: the resumed part only
                                                 "oof_predict_seconds": time.time() - start, "problems": fold_problems,
                                                 "train_args": train_args, "test_images": sorted(test_rows["ImageId"])})
             if i + 1 < k:
@@ -123,6 +129,7 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
         summary = json.loads((fold_dir / "train_summary.json").read_text())
         timings.append({**{key: fold_json[key] for key in ("train_minutes_wall", "train_peak_memory_mib",
                                                          "oof_predict_seconds")},
+                        "resumed": fold_json.get("resumed", False),
                         **{key: summary.get(key) for key in ("epochs_logged", "epochs_planned", "ended_by",
                                                            "best_epoch", "train_minutes")}})
     metrics = cv.score_folds(maps, dict(zip(frame["ImageId"], frame["rle"])), dict(zip(frame["ImageId"], folds)))

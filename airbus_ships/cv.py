@@ -6,9 +6,8 @@ folds are stratified ship / no ship (scikit-learn's ``StratifiedKFold``). Fold `
 default trained on the other folds (train.py keeps its own validation share of them for early stopping); it
 predicts the probability maps of fold ``i``'s images (``oof_probs.npz``, float16). Fold ``i`` is then scored with
 the ship rule chosen on the out-of-fold maps of the *other* folds (so no image chooses the rule it is scored
-with); the rule chosen on all out-of-fold maps is the one a model trained on all images would use. The same maps
-are scored a second time with the image gate added to the rule's grid (the image's peak probability decides
-ship / no ship, the per-ship peak can then be lower): no training is needed to compare the two.
+with); the rule chosen on all out-of-fold maps is the one a model trained on all images would use. bench.py run
+again on a finished folder scores the saved maps again without training (e.g. after a change of the rule's grid).
 """
 from __future__ import annotations
 
@@ -103,31 +102,20 @@ def score_folds(maps: dict[str, np.ndarray], rles: dict[str, str], folds: dict[s
     """Score the out-of-fold ``maps`` against the true ships (``rles``: a MaskTable's ``rle`` per ImageId): each
     fold with the rule chosen on the other folds' maps. Returns, for the ship rule train.py chooses (threshold,
     smallest ship, smallest peak), per fold its figures and rule, their mean and spread over the folds, the
-    figures of all images pooled (each scored with its fold's rule) and the rule chosen on all out-of-fold maps;
-    the same under ``with_image_gate`` for the grid that adds the image gate (``ShipRule.image_confidence``)."""
+    figures of all images pooled (each scored with its fold's rule) and the rule chosen on all out-of-fold
+    maps."""
     from airbus_ships.data import ship_instances
-    from airbus_ships.inference import IMAGE_CONFIDENCES, rule_table
+    from airbus_ships.inference import best_rule, rule_table, ships_from_probs
+    from airbus_ships.metrics import Scores
 
     start = time.time()
     ids = sorted(maps)
     truths = [ship_instances(rles[i], size=maps[i].shape[0]) for i in ids]  # maps are square (768 px)
     fold = np.array([folds[i] for i in ids])
-    rules, f2 = rule_table([maps[i] for i in ids], truths, image_confidences=(0.0,) + IMAGE_CONFIDENCES)
-    no_gate = np.array([r.image_confidence == 0 for r in rules])
-    result = _score_family(maps, ids, truths, fold, rules, f2, no_gate)
-    result["with_image_gate"] = _score_family(maps, ids, truths, fold, rules, f2, None)
-    result["scoring_seconds"] = time.time() - start
-    return result
-
-
-def _score_family(maps, ids, truths, fold, rules, f2, candidates) -> dict:
-    """:func:`score_folds` for the rules of ``candidates`` (a boolean mask over ``rules``; None: all)."""
-    from airbus_ships.inference import best_rule, ships_from_probs
-    from airbus_ships.metrics import Scores
-
+    rules, f2 = rule_table([maps[i] for i in ids], truths)
     pooled, per_fold = Scores(), []
     for k in sorted(set(fold)):
-        rule, score_elsewhere = best_rule(rules, f2, fold != k, candidates)
+        rule, score_elsewhere = best_rule(rules, f2, fold != k)
         scores = Scores()
         for j in np.flatnonzero(fold == k):
             ships = ships_from_probs(np.asarray(maps[ids[j]], np.float32), rule)
@@ -135,18 +123,19 @@ def _score_family(maps, ids, truths, fold, rules, f2, candidates) -> dict:
                 s.add(ships, truths[j], maps[ids[j]].shape, ids[j])
         per_fold.append({"fold": int(k), "images": int((fold == k).sum()), **fold_figures(scores.summary()),
                          "rule": vars(rule), "rule_kaggle_on_other_folds": score_elsewhere})
-    rule_all, score_all = best_rule(rules, f2, None, candidates)
+    rule_all, score_all = best_rule(rules, f2)
     keys = [k for k in per_fold[0] if k not in ("fold", "images", "rule", "rule_kaggle_on_other_folds")]
     pooled_summary = pooled.summary()
     return {"folds": per_fold, "over_folds": {k: spread([f[k] for f in per_fold]) for k in keys},
             "pooled": {**fold_figures(pooled_summary), "images": len(ids),
                        "ships_by_size": pooled_summary["ships_by_size"], "per_image": pooled_summary["per_image"]},
-            "rule_all_folds": {**vars(rule_all), "kaggle_score_on_all_oof": score_all}}
+            "rule_all_folds": {**vars(rule_all), "kaggle_score_on_all_oof": score_all},
+            "scoring_seconds": time.time() - start}
 
 
 def summary_lines(result: dict) -> list[str]:
-    """The printed report of :func:`score_folds`: mean +- spread over the folds of each figure, and the Kaggle
-    score with the image gate."""
+    """The printed report of :func:`score_folds`: mean +- spread over the folds of each figure, and the rule chosen
+    on all out-of-fold maps."""
     def show(s):
         if s["mean"] is None:
             return "n/a"
@@ -154,13 +143,8 @@ def summary_lines(result: dict) -> list[str]:
             f" ({s['min']:.3f}-{s['max']:.3f})"
     lines = [f"{len(result['folds'])}-fold cross-validation, mean +- standard deviation (min-max) over the folds:"]
     lines += [f"  {k}: {show(s)}" for k, s in result["over_folds"].items()]
-    gated = result["with_image_gate"]
-    for name, part in (("ship rule", result), ("with the image gate", gated)):
-        r = part["rule_all_folds"]
-        lines.append(f"{name} chosen on all {part['pooled']['images']} out-of-fold maps: "
-                     + ", ".join(f"{k} {r[k]}" for k in ("threshold", "min_size", "min_confidence", "image_confidence"))
-                     + f" (Kaggle {r['kaggle_score_on_all_oof']:.3f} there)")
-    g = gated["over_folds"]
-    lines.append(f"with the image gate: Kaggle {show(g['kaggle_score'])}, image recall {show(g['image_recall'])}, "
-                 f"precision {show(g['image_precision'])}")
+    r = result["rule_all_folds"]
+    lines.append(f"ship rule chosen on all {result['pooled']['images']} out-of-fold maps: "
+                 + ", ".join(f"{k} {r[k]}" for k in ("threshold", "min_size", "min_confidence"))
+                 + f" (Kaggle {r['kaggle_score_on_all_oof']:.3f} there)")
     return lines

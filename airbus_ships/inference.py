@@ -21,7 +21,7 @@ from common.io import ImageReadError, read_rgb
 from common.tiling import predict_tiled
 
 POSTPROCESS_FILE = "postprocess.json"  # next to the checkpoints in model/
-RULE_KEYS = ("threshold", "min_size", "min_confidence", "image_confidence")  # a ShipRule's fields in that file
+RULE_KEYS = ("threshold", "min_size", "min_confidence")  # a ShipRule's fields in that file
 
 
 def network_stride(model) -> int:
@@ -148,15 +148,12 @@ def predict_probs(model, image: np.ndarray, how: str = "auto") -> np.ndarray:
 @dataclass
 class ShipRule:
     """Turns a probability map into ships: pixels above ``threshold`` form 8-connected components; a component
-    is a ship when it has at least ``min_size`` pixels and its highest probability reaches ``min_confidence``,
-    and only when the image's highest probability reaches ``image_confidence`` (the ship / no-ship decision of the
-    image, apart from the per-ship rule; 0: no such gate). An image with no such component is a no-ship image
-    (one empty submission row)."""
+    is a ship when it has at least ``min_size`` pixels and its highest probability reaches ``min_confidence``.
+    An image with no such component is a no-ship image (one empty submission row)."""
 
     threshold: float = 0.5
     min_size: int = 0
     min_confidence: float = 0.5
-    image_confidence: float = 0.0
 
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
         from common.io import write_json
@@ -173,6 +170,8 @@ class ShipRule:
                                     f"train.py --out RUN --calibrate-only chooses it again)")
         try:
             cfg = json.loads(path.read_text())
+            if cfg.get("image_confidence", 0):  # a gate train.py never chose and this code no longer has
+                raise ValueError(f"image_confidence {cfg['image_confidence']}: the image gate was removed")
             return cls(**{k: cfg[k] for k in RULE_KEYS if k in cfg}), cfg
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: cannot read the ship rule ({type(err).__name__}: {err}); train.py --out RUN "
@@ -184,7 +183,7 @@ def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:
     from scipy import ndimage
 
     labels, n = ndimage.label(prob > rule.threshold, structure=np.ones((3, 3), bool))
-    if n == 0 or prob.max() < rule.image_confidence:
+    if n == 0:
         return []
     index = np.arange(1, n + 1)
     sizes = ndimage.sum_labels(np.ones_like(prob), labels, index)
@@ -198,9 +197,6 @@ def ships_from_probs(prob: np.ndarray, rule: ShipRule) -> list[np.ndarray]:
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_SIZES = (0, 10, 20, 40, 80, 150, 300)
 CONFIDENCES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
-# the image gate (ShipRule.image_confidence) bench.py's cross-validation also tries: the image's peak probability
-# decides ship / no ship, so that the per-ship peak (min_confidence) can be lower and keep faint ships
-IMAGE_CONFIDENCES = (0.9, 0.95, 0.98, 0.99, 0.995)
 
 
 @dataclass
@@ -213,7 +209,7 @@ class ComponentStats:
     iou: np.ndarray         # (n, g) IoU of each component with each true ship
     overlap: np.ndarray     # (n,) pixels of each component on a true ship
     truth_area: int         # pixels of all true ships
-    image_max: float        # highest probability in the image
+    image_max: float        # highest probability in the image (studies/rule_study.py's image gate)
 
 
 def component_stats(prob: np.ndarray, truth: list[np.ndarray], threshold: float) -> ComponentStats:
@@ -234,19 +230,16 @@ def component_stats(prob: np.ndarray, truth: list[np.ndarray], threshold: float)
     return ComponentStats(sizes, peaks, iou, inter.sum(axis=1), int(truth_sizes.sum()), float(prob.max()))
 
 
-def kept_components(stats: ComponentStats, min_size: int, min_confidence: float,
-                    image_confidence: float = 0.0) -> np.ndarray:
+def kept_components(stats: ComponentStats, min_size: int, min_confidence: float) -> np.ndarray:
     """``(n,)`` bool: the components of ``stats`` that the rule keeps as ships."""
-    return (stats.sizes >= min_size) & (stats.peaks >= min_confidence) & (stats.image_max >= image_confidence)
+    return (stats.sizes >= min_size) & (stats.peaks >= min_confidence)
 
 
-def rule_scores(stats: ComponentStats, min_size: int, min_confidence: float,
-                image_confidence: float = 0.0) -> tuple[float, bool, float | None]:
+def rule_scores(stats: ComponentStats, min_size: int, min_confidence: float) -> tuple[float, bool, float | None]:
     """``(Kaggle F2, ship / no-ship decision right, dice or None without true ships)`` of one image under the rule
-    (the components of ``stats`` with at least ``min_size`` pixels and a peak of at least ``min_confidence``, none
-    when the image's peak is below ``image_confidence``). Same F2 as :func:`common.metrics.f2_image_score` on the
-    masks of :func:`ships_from_probs`."""
-    keep = kept_components(stats, min_size, min_confidence, image_confidence)
+    (the components of ``stats`` with at least ``min_size`` pixels and a peak of at least ``min_confidence``).
+    Same F2 as :func:`common.metrics.f2_image_score` on the masks of :func:`ships_from_probs`."""
+    keep = kept_components(stats, min_size, min_confidence)
     n_pred, g = int(keep.sum()), stats.iou.shape[1]
     from common.metrics import f2_from_ious  # here, not above: it loads scikit-learn (slow for --help)
     f2 = f2_from_ious(stats.iou[keep])
@@ -255,26 +248,24 @@ def rule_scores(stats: ComponentStats, min_size: int, min_confidence: float,
 
 
 def rule_table(probs: list[np.ndarray], truths: list[list[np.ndarray]], thresholds=THRESHOLDS,
-               min_sizes=MIN_SIZES, confidences=CONFIDENCES,
-               image_confidences=(0.0,)) -> tuple[list[ShipRule], np.ndarray]:
+               min_sizes=MIN_SIZES, confidences=CONFIDENCES) -> tuple[list[ShipRule], np.ndarray]:
     """Every rule of the grid and its Kaggle F2 on every ``(probability map, true ships)`` pair: ``(rules,
     (n_rules, n_images) F2)``, rules in grid order (the least restrictive first). Each image is labelled once per
-    threshold (:func:`component_stats`), then every (size, peak, image gate) triple is scored from those
-    statistics; an image gate is tried only above the per-ship peak (below it, it changes nothing). Maps may be
-    float16 (bench.py's out-of-fold maps); they are compared in float32."""
+    threshold (:func:`component_stats`), then every (size, peak) pair is scored from those statistics. Maps may
+    be float16 (bench.py's out-of-fold maps); they are compared in float32."""
     from common.metrics import f2_from_ious
 
     rules, rows = [], []
     for t in thresholds:
         stats = [component_stats(np.asarray(p, np.float32), g, t) for p, g in zip(probs, truths)]
         known = [{} for _ in stats]  # per image: F2 of each set of kept components (many rules keep the same)
-        for m, c, ic in itertools.product(min_sizes, confidences, image_confidences):
-            if c < t or (ic and ic <= c):
+        for m, c in itertools.product(min_sizes, confidences):
+            if c < t:
                 continue
-            rules.append(ShipRule(t, m, c, ic))
+            rules.append(ShipRule(t, m, c))
             row = []
             for s, f2s in zip(stats, known):
-                keep = kept_components(s, m, c, ic)
+                keep = kept_components(s, m, c)
                 key = keep.tobytes()
                 if key not in f2s:
                     f2s[key] = f2_from_ious(s.iou[keep])
@@ -283,23 +274,19 @@ def rule_table(probs: list[np.ndarray], truths: list[list[np.ndarray]], threshol
     return rules, np.array(rows, np.float64).reshape(len(rules), len(probs))
 
 
-def best_rule(rules: list[ShipRule], f2: np.ndarray, images=None, candidates=None) -> tuple[ShipRule, float]:
+def best_rule(rules: list[ShipRule], f2: np.ndarray, images=None) -> tuple[ShipRule, float]:
     """The rule of :func:`rule_table` with the highest mean F2 over ``images`` (indices or a boolean mask; all by
-    default), among ``candidates`` (a boolean mask over the rules; all by default), and that mean. Ties go to the
-    least restrictive rule (earliest in the grid)."""
+    default), and that mean. Ties go to the least restrictive rule (earliest in the grid)."""
     means = (f2 if images is None else f2[:, images]).mean(axis=1)
-    if candidates is not None:
-        means = np.where(candidates, means, -np.inf)
     i = int(np.flatnonzero(means >= means.max() - 1e-9)[0])
     return rules[i], float(means[i])
 
 
 def calibrate_rule(probs: list[np.ndarray], truths: list[list[np.ndarray]], thresholds=THRESHOLDS,
-                   min_sizes=MIN_SIZES, confidences=CONFIDENCES, image_confidences=(0.0,)) -> tuple[ShipRule, float]:
+                   min_sizes=MIN_SIZES, confidences=CONFIDENCES) -> tuple[ShipRule, float]:
     """Grid-search the rule that maximises the Kaggle score on ``(probability map, true ships)`` pairs
-    (:func:`rule_table`, :func:`best_rule`; no image gate unless ``image_confidences`` names some). Returns
-    ``(rule, score)``."""
-    return best_rule(*rule_table(probs, truths, thresholds, min_sizes, confidences, image_confidences))
+    (:func:`rule_table`, :func:`best_rule`). Returns ``(rule, score)``."""
+    return best_rule(*rule_table(probs, truths, thresholds, min_sizes, confidences))
 
 
 def calibration_rows(val, train, n: int, seed: int):

@@ -78,49 +78,12 @@ def test_each_fold_is_scored_with_the_rule_chosen_on_the_other_folds(strict_json
     assert result["over_folds"]["image_precision"]["folds"] == 3
     assert result["pooled"]["images"] == 6 and result["pooled"]["recall_iou_0.5_0-99px"] == 1.0
     assert result["rule_all_folds"]["kaggle_score_on_all_oof"] == 1.0
-    assert result["rule_all_folds"]["image_confidence"] == 0  # the rule train.py chooses has no image gate
-    gated = result["with_image_gate"]  # the least restrictive of the rules that score 1 has no gate either
-    assert gated["over_folds"]["kaggle_score"]["mean"] == 1.0 and gated["rule_all_folds"]["image_confidence"] == 0
     assert "3-fold cross-validation" in summary_lines(result)[0]
     write_json(tmp_path / "cv.json", result)
     assert strict_json((tmp_path / "cv.json").read_text()) == json.loads(json.dumps(result))
     from airbus_ships.figures import plot_ships_by_size  # the README figure reads a cross-validation record too
     plot_ships_by_size({"metrics": result}, tmp_path / "ships_by_size.png")
     assert (tmp_path / "ships_by_size.png").stat().st_size > 1000
-
-
-def test_the_image_gate_keeps_faint_ships_on_ship_images():
-    """Ship images hold a clear ship (0.99) and a faint one (0.75); ship-free images a faint false blob (0.75) of
-    the same size. One rule for every component must drop both faint ones (Kaggle 5/9 on ship images, 1 on the
-    others) or keep both; with the image gate (the image's peak decides) both ships are kept and the blob goes."""
-    from airbus_ships.cv import score_folds
-    from common.io import rle_encode
-
-    maps, rles, folds = {}, {}, {}
-    for i in range(6):
-        prob = np.full((64, 64), 0.01, np.float32)
-        if i % 2 == 0:
-            clear, faint = box(5, 5, 5, 9, 64), box(40, 40, 4, 4, 64)
-            prob[clear], prob[faint] = 0.99, 0.75
-            rles[f"{i}.jpg"] = f"{rle_encode(clear)};{rle_encode(faint)}"
-        else:
-            prob[box(40, 40, 4, 4, 64)] = 0.75
-            rles[f"{i}.jpg"] = ""
-        maps[f"{i}.jpg"], folds[f"{i}.jpg"] = prob, i // 2
-    result = score_folds(maps, rles, folds)
-    assert result["over_folds"]["kaggle_score"]["mean"] == pytest.approx((5 / 9 + 1) / 2)
-    assert result["over_folds"]["recall_iou_0.5_0-99px"]["mean"] == 0.5
-    gated = result["with_image_gate"]
-    assert gated["over_folds"]["kaggle_score"]["mean"] == 1.0
-    assert gated["over_folds"]["recall_iou_0.5_0-99px"]["mean"] == 1.0
-    rule = gated["rule_all_folds"]
-    assert rule["min_confidence"] <= 0.75 < 0.99 >= rule["image_confidence"] > 0.75
-    from airbus_ships.data import ship_instances
-    from airbus_ships.inference import IMAGE_CONFIDENCES, calibrate_rule  # what train.py would call with the gate
-    truths = [ship_instances(rles[i], size=64) for i in maps]
-    assert calibrate_rule(list(maps.values()), truths)[1] == pytest.approx((5 / 9 + 1) / 2)
-    chosen, score = calibrate_rule(list(maps.values()), truths, image_confidences=(0.0,) + IMAGE_CONFIDENCES)
-    assert score == 1.0 and vars(chosen) == {k: rule[k] for k in vars(chosen)}
 
 
 @pytest.mark.parametrize("budget_after, early_epoch, ended_by, after", [
@@ -180,3 +143,26 @@ def test_cross_validation_end_to_end_on_demo_data(demo_dir, tmp_path, strict_jso
     assert again["metrics"]["over_folds"] == result["metrics"]["over_folds"]
     with pytest.raises(SystemExit, match="fold0 holds a fold of another cross-validation"):
         run_folds(demo_dir, tmp_path, 3, args + ["--seed", "1"])  # other settings: the saved folds are not mixed in
+
+
+def test_a_fold_cut_off_mid_training_is_resumed_not_restarted(demo_dir, tmp_path, monkeypatch):
+    """A fold whose training left its state (model/train_state.json) but no train_summary.json was cut off:
+    bench.run_folds calls train.py --resume on it; a fold with nothing on disk is trained from the start."""
+    from airbus_ships import bench
+
+    calls = []
+
+    def stop_at_train(cmd):
+        calls.append(cmd)
+        raise RuntimeError("stop before predicting")
+
+    monkeypatch.setattr(bench, "run_measured", stop_at_train)
+    (tmp_path / "fold0" / "model").mkdir(parents=True)
+    (tmp_path / "fold0" / "model" / "train_state.json").write_text('{"epochs_done": 3}')
+    with pytest.raises(RuntimeError):
+        bench.run_folds(demo_dir, tmp_path, 3, ["--epochs", "5"])
+    assert calls[-1][-1] == "--resume" and calls[-1][calls[-1].index("--out") + 1] == str(tmp_path / "fold0")
+    (tmp_path / "fold0" / "model" / "train_state.json").unlink()
+    with pytest.raises(RuntimeError):
+        bench.run_folds(demo_dir, tmp_path, 3, ["--epochs", "5"])
+    assert "--resume" not in calls[-1] and calls[-1][-2:] == ["--epochs", "5"]
