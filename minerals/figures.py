@@ -145,15 +145,18 @@ def reliability_figure(runs: Path, names: list[str], path: Path) -> None:
 
 
 def folds_figure(record: dict, path: Path) -> None:
-    """Accuracy and macro-F1 of every fold run of both defaults (benchmarks/minerals.json) against the targets."""
+    """Accuracy and macro-F1 of every fold run of each model in ``record`` (benchmarks/minerals.json: both
+    defaults; bench.py --models: the models it ran) against the targets."""
     import matplotlib.pyplot as plt
 
+    names = list(record["metrics"])
+    width = 0.76 / len(names)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, metric in zip(axes, ("accuracy", "macro_f1")):
-        for k, (name, m) in enumerate((n, record["metrics"][n]) for n in ("scratch", "transfer")):
+        for k, (name, m) in enumerate((n, record["metrics"][n]) for n in names):
             folds = sorted(m["per_fold"], key=int)
-            x = np.arange(len(folds)) + (k - 0.5) * 0.38
-            ax.bar(x, [m["per_fold"][f][metric] for f in folds], 0.38, label=f"{name} (mean {m['mean'][metric]:.3f})",
+            x = np.arange(len(folds)) + (k - (len(names) - 1) / 2) * width
+            ax.bar(x, [m["per_fold"][f][metric] for f in folds], width, label=f"{name} (mean {m['mean'][metric]:.3f})",
                    color=f"C{k}")
             if metric in m["target"]:
                 ax.axhline(m["target"][metric], color=f"C{k}", ls="--", lw=1)

@@ -17,6 +17,9 @@ def test_bench_writes_one_record_of_the_current_default(bench_record, tmp_path):
     assert m["mean"] == {"accuracy": 0.82, "macro_f1": 0.72} and m["target"] == bench.TARGETS["scratch"]
     figures.folds_figure(rec, tmp_path / "bench_folds.png")
     assert 0 < (tmp_path / "bench_folds.png").stat().st_size < 150_000
+    one = {**rec, "metrics": {"transfer": rec["metrics"]["transfer"]}}  # bench.py --models transfer
+    figures.folds_figure(one, tmp_path / "one_model.png")
+    assert 0 < (tmp_path / "one_model.png").stat().st_size < 150_000
 
 
 @pytest.mark.slow
