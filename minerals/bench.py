@@ -39,7 +39,7 @@ from minerals.checkpoint import REMOVED_OPTIONS, removed_options_in_use
 from minerals.config import CLASSES, PHOTOS_RECORD, TRANSFER_SIZES
 from minerals.evaluate import labelled_patches
 from minerals.extract_samples import extract
-from minerals.figures import bench_figures, folds_figure
+from minerals.figures import bench_figures, folds_figure, oof_reliability_figure
 from minerals.predict import load_classifier, predict_probs
 
 RUNS = {"scratch": [], "transfer": ["--backbone", "efficientnet_lite0"],
@@ -138,6 +138,7 @@ def oof_calibration(name: str, out: Path, samples: Path, folds: int) -> dict:
         choose_threshold,
         expected_calibration_error,
         fit_temperature,
+        reliability,
     )
 
     cpu, probs, labels, fold_of, per_fold = torch.device("cpu"), [], [], [], {}
@@ -168,6 +169,7 @@ def oof_calibration(name: str, out: Path, samples: Path, folds: int) -> dict:
            "ece": round(expected_calibration_error(cal, labels), 4),
            "ece_cross_fitted": round(expected_calibration_error(crossed, labels), 4),  # (folds in order)
            "at_threshold": at(thr), "at_0.5": at(0.5), "per_fold_last_epoch_temperature": per_fold,
+           "reliability": reliability(cal, labels),  # of the pooled predictions with the pooled temperature
            "source": f"bench.py: pooled out-of-fold predictions of the last epochs of folds 0-{folds - 1}"}
     write_json(out / f"{name}_calibration.json", rec)
     return rec
@@ -257,6 +259,8 @@ def main(argv=None) -> int:
     write_json(args.json if set(DEFAULT_MODELS) <= set(models) else out / "record.json", rec)
     bench_figures(out, Path(args.figures))
     folds_figure(rec, Path(args.figures) / "bench_folds.png")
+    if args.folds > 1:  # the pooled out-of-fold reliability replaces fold 0's in-sample one
+        oof_reliability_figure(rec, Path(args.figures) / "bench_reliability.png")
     print(dumps_json(rec, indent=2))
     return 0
 

@@ -144,6 +144,23 @@ def reliability_figure(runs: Path, names: list[str], path: Path) -> None:
     save_figure(fig, path, dpi=DPI)
 
 
+def oof_reliability_figure(record: dict, path: Path) -> None:
+    """Reliability diagrams of the pooled out-of-fold predictions of each model in ``record`` (its
+    ``calibration_out_of_fold``: every fold's last epoch on its own validation patches, one temperature)."""
+    import matplotlib.pyplot as plt
+
+    names = [n for n, m in record["metrics"].items() if "calibration_out_of_fold" in m]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        c = record["metrics"][name]["calibration_out_of_fold"]
+        draw_reliability(ax, c["reliability"], f"T = {c['temperature']:.2f}",
+                         f"{name}, {len(c['per_fold_last_epoch_temperature'])} folds pooled, last epochs\n"
+                         f"ECE {c['ece']:.3f} (cross-fitted {c['ece_cross_fitted']:.3f}; numbers: patches)")
+    save_figure(fig, path, dpi=DPI)
+
+
 def folds_figure(record: dict, path: Path) -> None:
     """Accuracy and macro-F1 of every fold run of each model in ``record`` (benchmarks/minerals.json: both
     defaults; bench.py --models: the models it ran) against the targets."""

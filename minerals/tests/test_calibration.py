@@ -79,6 +79,10 @@ def test_bench_fits_the_calibration_on_the_pooled_out_of_fold_predictions(run, s
     assert 0 <= rec["threshold"] <= 1 and 0 <= rec["ece"] <= 1 and 0 <= rec["at_0.5"]["coverage"] <= 1
     saved = json.loads((tmp_path / "scratch_calibration.json").read_text())
     assert saved == json.loads(json.dumps(rec))
+    assert sum(rec["reliability"]["count"]) == rec["held_out_patches"]  # the pooled reliability diagram's bins
+    from minerals.figures import oof_reliability_figure
+    oof_reliability_figure({"metrics": {"scratch": {"calibration_out_of_fold": rec}}}, tmp_path / "reliability.png")
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
     cfg = train.parse_args(["--val-fold", "-1", "--calibration", str(tmp_path / "scratch_calibration.json"),
                             "--img-size", str(meta["img_size"]), "--epochs", str(rec["epochs"])])
     taken = held_out_calibration(cfg)
