@@ -231,6 +231,14 @@ def summary_lines(runs: Path, run_dirs: list[Path], index: list[dict], bench_jso
                          f"{m['mean']['accuracy']:.3f} / {m['mean']['macro_f1']:.3f}; target "
                          + " / ".join(f"{name} {v}" for name, v in m["target"].items())
                          + (": met" if met else ": NOT met"))
+            c = m.get("calibration_out_of_fold")
+            if c:  # bench.py --folds 5: what the model trained on every photo stores
+                lines.append(f"    calibration on the {c['held_out_patches']} pooled out-of-fold patches (last "
+                             f"epochs): T {c['temperature']:.3f}, ECE {c['ece_uncalibrated']} -> {c['ece']} "
+                             f"(cross-fitted {c['ece_cross_fitted']}); threshold {c['threshold']}: coverage "
+                             f"{c['at_threshold']['coverage']}, accuracy {c['at_threshold']['mineral_accuracy']}; "
+                             f"at 0.5: coverage {c['at_0.5']['coverage']}, accuracy of the answered "
+                             f"{c['at_0.5']['answered_accuracy']}")
     return [textwrap.fill(s, 100) if len(s) > 100 else s for s in lines]
 
 
@@ -287,6 +295,9 @@ def write_pages(pdf, runs: Path, run_dirs: list[Path], index: list[dict], bench_
         image_page(pdf, f"5. Results: {d.name}", [(d / "eval" / "confusion_matrix.png", "closed set"),
                                                   (d / "eval" / "confusion_matrix_open_set.png", "with threshold"),
                                                   (d / "eval" / "reliability.png", "calibrated confidence")])
+    if bench_json.exists() and not any("demo" in str(d) for d in run_dirs):  # bench.py's pooled reliability
+        image_page(pdf, "5a. Calibration over the cross-validation folds",
+                   [(Path(__file__).with_name("docs") / "bench_reliability.png", f"from {bench_json}'s runs")])
     example_predictions(pdf, samples, main_run, rng)
     image_page(pdf, "5c. Mistakes to look at (evaluate.py's errors.png)",
                [(d / "eval" / "errors.png", f"{d.name}: validation mineral patches whose most likely mineral is wrong")

@@ -290,10 +290,15 @@ def test_report_builds_the_pdf_from_a_run(run, samples, tmp_path, bench_record):
     evaluate.main(["--checkpoint", str(runs / "scratch" / "best.pt"), "--data", str(runs / "samples"),
                    "--out", str(runs / "scratch" / "eval")])
     out, pages = tmp_path / "doc" / "report.pdf", tmp_path / "pages"
+    bench_record["metrics"]["transfer"]["calibration_out_of_fold"] = {  # what bench.py --folds 5 adds
+        "held_out_patches": 1059, "temperature": 0.65, "ece_uncalibrated": 0.08, "ece": 0.02, "ece_cross_fitted": 0.02,
+        "threshold": 0.28, "at_threshold": {"coverage": 1.0, "mineral_accuracy": 0.89},
+        "at_0.5": {"coverage": 0.96, "answered_accuracy": 0.91}}
     (tmp_path / "bench.json").write_text(json.dumps(bench_record))
     lines = report.summary_lines(runs, [runs / "scratch"], report.read_csv(runs / "samples" / "index.csv"),
                                  tmp_path / "bench.json")
     assert any("scratch: fold 0 accuracy 0.8" in s and "NOT met" in s for s in lines)
+    assert "T 0.650, ECE 0.08 -> 0.02" in " ".join(" ".join(lines).split())
     report.main(["--runs", str(runs), "--out", str(out), "--pages-png", str(pages),
                  "--bench-json", str(tmp_path / "bench.json")])
     assert out.read_bytes().startswith(b"%PDF") and not list(out.parent.glob("*.tmp.pdf"))
