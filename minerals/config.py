@@ -24,13 +24,13 @@ PHOTOS_RECORD = "photos.txt"  # in a samples folder: the photos folder extract_s
 # epoch). Where each comes from: "source" and minerals/EXPERIMENTS.md; bench.py --folds 5 fits them on the pooled
 # out-of-fold predictions (its <name>_calibration.json).
 CV_CALIBRATION: dict[str, dict] = {
-    "orenet": {"temperature": 0.6707, "threshold": 0.32,
-               "source": "the last epoch (100) of the default recipe on validation fold 0 of 5 (212 held-out "
-                         "patches; one fold only until bench.py --folds 5 fits the pooled out-of-fold predictions)"},
-    "efficientnet_lite0": {"temperature": 0.7791, "threshold": 0.26,
-                           "source": "the last epoch (15) of the default recipe on validation fold 0 of 5 (212 "
-                                     "held-out patches; one fold only until bench.py --folds 5 fits the pooled "
-                                     "out-of-fold predictions)"},
+    "orenet": {"temperature": 0.6877, "threshold": 0.24,
+               "source": "bench.py --folds 5: the pooled out-of-fold predictions of the last epochs (100) of the "
+                         "default recipe on folds 0-4 (1,059 held-out patches)"},
+    "efficientnet_lite0": {"temperature": 0.6542, "threshold": 0.28,
+                           "source": "bench.py --folds 5: the pooled out-of-fold predictions of the last epochs "
+                                     "(15) of the default recipe (patches + whole photos) on folds 0-4 (1,059 "
+                                     "held-out patches)"},
 }  # --device of train.py, predict.py and evaluate.py
 
 # The run the scripts use when no checkpoint is given: `make train-minerals`'s, else `make demo-minerals`'s
