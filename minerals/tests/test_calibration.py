@@ -116,3 +116,26 @@ def test_bench_reuses_a_run_whose_photos_folder_is_named_by_another_path(tmp_pat
     assert not bench.same_photos({"photos": "../photos"}, {"photos": str(tmp_path / "other")})
     assert not bench.same_photos({"photos": "../photos"}, {"photos": ""})
     assert bench.same_photos({"photos": ""}, {})
+
+
+@pytest.mark.parametrize("files, extracts", [((), True), (("index.csv",), True), (("index.csv", "photos.txt"), False)])
+def test_bench_extracts_again_a_samples_folder_without_its_photos_record(tmp_path, monkeypatch, files, extracts):
+    """bench.py extracts the samples when there are none, and again when the folder predates photos.txt (else
+    --photos auto would silently train the transfer model on the patches only); a complete folder is kept."""
+    from minerals import bench
+
+    data, samples = tmp_path / "photos", tmp_path / "out" / "samples"
+    (data / "quartz").mkdir(parents=True)
+    samples.mkdir(parents=True)
+    for name in files:
+        (samples / name).write_text("x\n")
+    calls = []
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(bench, "extract", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(bench, "train_run", stop)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        bench.main(["--data", str(data), "--out", str(tmp_path / "out")])
+    assert bool(calls) == extracts
