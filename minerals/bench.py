@@ -69,6 +69,7 @@ def train_run(name: str, samples: Path, run: Path, fold: int, seed: int, threads
     cfg = train.parse_args(args)
     skip = IGNORED | UNUSED[cfg.backbone]
     want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    want["photos"] = photos_folder(cfg.photos)
     if (run / "result.json").exists() and (run / "config.json").exists():
         saved = json.loads((run / "config.json").read_text())
         # options added since the run was made count as their "off" default (what the run did): -1 "backbone's
@@ -77,8 +78,8 @@ def train_run(name: str, samples: Path, run: Path, fold: int, seed: int, threads
         off = dataclasses.asdict(dataclasses.replace(train.Config(backbone=cfg.backbone), mix=0.0,
                                                      photos="").resolve())
         have = {k: v for k, v in {**off, **saved}.items() if k not in skip and k not in REMOVED_OPTIONS}
-        same = same_photos(have, want) and {**have, "photos": ""} == {**want, "photos": ""}
-        if same and not removed_options_in_use(saved):
+        have["photos"] = photos_folder(have["photos"])
+        if have == want and not removed_options_in_use(saved):
             print(f"{name} fold {fold}: reusing the finished run in {run}", file=sys.stderr)
             return json.loads((run / "result.json").read_text())
         print(f"{name} fold {fold}: {run} holds a run with another config; retraining", file=sys.stderr)
@@ -86,12 +87,10 @@ def train_run(name: str, samples: Path, run: Path, fold: int, seed: int, threads
     return json.loads((run / "result.json").read_text())
 
 
-def same_photos(a: dict, b: dict) -> bool:
-    """Whether two configs name the same whole-photos folder (a relative and an absolute path of one folder are
-    the same; "" is none)."""
-    def where(cfg):
-        return os.path.realpath(cfg["photos"]) if cfg.get("photos") else ""
-    return where(a) == where(b)
+def photos_folder(photos: str) -> str:
+    """A --photos setting as one spelling, so that a relative and an absolute path of one folder compare equal
+    (its real path; "" for none)."""
+    return os.path.realpath(photos) if photos else ""
 
 
 def throughput(checkpoint: Path, files: list[Path], threads: int) -> float:
@@ -235,8 +234,9 @@ def main(argv=None) -> int:
         return 0
     load_start = os.getloadavg()
     samples = out / "samples"
-    if not (samples / "index.csv").exists() or not (samples / PHOTOS_RECORD).exists():  # (a folder extracted
-        extract(data, samples, seed=args.seed)  # before photos.txt existed: the same seeded patches, and the record)
+    # a folder extracted before photos.txt existed is extracted again: the same seeded patches, and the record
+    if not (samples / "index.csv").exists() or not (samples / PHOTOS_RECORD).exists():
+        extract(data, samples, seed=args.seed)
     metrics, timings, configs = {}, {}, {}
     for name in models:
         results = {k: train_run(name, samples, run_dir(out, name, k), k, args.seed, args.threads, args.device)
@@ -257,9 +257,9 @@ def main(argv=None) -> int:
                  {"start": load_start, "end": os.getloadavg()}, args.note)
     # benchmarks/minerals.json holds the record of the current defaults; a comparison of other models stays in --out
     write_json(args.json if set(DEFAULT_MODELS) <= set(models) else out / "record.json", rec)
-    bench_figures(out, Path(args.figures))
+    bench_figures(out, Path(args.figures), reliability=args.folds == 1)
     folds_figure(rec, Path(args.figures) / "bench_folds.png")
-    if args.folds > 1:  # the pooled out-of-fold reliability replaces fold 0's in-sample one
+    if args.folds > 1:  # the pooled out-of-fold reliability in place of fold 0's in-sample one
         oof_reliability_figure(rec, Path(args.figures) / "bench_reliability.png")
     print(dumps_json(rec, indent=2))
     return 0

@@ -100,9 +100,9 @@ def demo_figures(demo: Path, photos_root: Path, out: Path) -> None:
     plot_threshold(m["threshold_curve"], m["threshold"], out / "demo_threshold.png", dpi=DPI)
 
 
-def bench_figures(runs: Path, out: Path) -> None:
-    """Fold-0 curves, confusion matrices, the threshold curve and the reliability diagrams of bench.py's runs
-    (numbers only)."""
+def bench_figures(runs: Path, out: Path, reliability: bool = True) -> None:
+    """Fold-0 curves, confusion matrices, the threshold curve and (``reliability``) the reliability diagrams of
+    bench.py's runs (numbers only)."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -129,36 +129,37 @@ def bench_figures(runs: Path, out: Path) -> None:
     save_figure(fig, out / "bench_confusion.png", dpi=DPI)
     m = json.loads((runs / names[-1] / "eval" / "metrics.json").read_text())
     plot_threshold(m["threshold_curve"], m["threshold"], out / "bench_threshold.png", dpi=DPI)
-    reliability_figure(runs, names, out / "bench_reliability.png")
+    if reliability:
+        reliability_figure(runs, names, out / "bench_reliability.png")
+
+
+def reliability_panels(panels: list[tuple[dict, str, str]], path: Path) -> None:
+    """Reliability diagrams side by side, one per ``(reliability table, legend label, title)``."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for ax, (rel, label, title) in zip(axes[0], panels):
+        draw_reliability(ax, rel, label, title)
+    save_figure(fig, path, dpi=DPI)
 
 
 def reliability_figure(runs: Path, names: list[str], path: Path) -> None:
     """Reliability diagrams of the fold-0 runs ``names`` (their eval/metrics.json), side by side."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        m = json.loads((runs / name / "eval" / "metrics.json").read_text())
-        draw_reliability(ax, m["reliability"], f"T = {m['temperature']:.2f}",
-                         f"{name}, fold 0: ECE {m['ece']:.3f} (numbers: patches)")
-    save_figure(fig, path, dpi=DPI)
+    metrics = {name: json.loads((runs / name / "eval" / "metrics.json").read_text()) for name in names}
+    reliability_panels([(m["reliability"], f"T = {m['temperature']:.2f}",
+                         f"{name}, fold 0: ECE {m['ece']:.3f} (numbers: patches)") for name, m in metrics.items()],
+                       path)
 
 
 def oof_reliability_figure(record: dict, path: Path) -> None:
     """Reliability diagrams of the pooled out-of-fold predictions of each model in ``record`` (its
     ``calibration_out_of_fold``: every fold's last epoch on its own validation patches, one temperature)."""
-    import matplotlib.pyplot as plt
-
-    names = [n for n, m in record["metrics"].items() if "calibration_out_of_fold" in m]
-    if not names:
-        return
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        c = record["metrics"][name]["calibration_out_of_fold"]
-        draw_reliability(ax, c["reliability"], f"T = {c['temperature']:.2f}",
-                         f"{name}, {len(c['per_fold_last_epoch_temperature'])} folds pooled, last epochs\n"
-                         f"ECE {c['ece']:.3f} (cross-fitted {c['ece_cross_fitted']:.3f}; numbers: patches)")
-    save_figure(fig, path, dpi=DPI)
+    fits = {n: m["calibration_out_of_fold"] for n, m in record["metrics"].items() if "calibration_out_of_fold" in m}
+    if fits:
+        reliability_panels([(c["reliability"], f"T = {c['temperature']:.2f}",
+                             f"{name}, {len(c['per_fold_last_epoch_temperature'])} folds pooled, last epochs\n"
+                             f"ECE {c['ece']:.3f} (cross-fitted {c['ece_cross_fitted']:.3f}; numbers: patches)")
+                            for name, c in fits.items()], path)
 
 
 def folds_figure(record: dict, path: Path) -> None:

@@ -295,7 +295,8 @@ def write_pages(pdf, runs: Path, run_dirs: list[Path], index: list[dict], bench_
         image_page(pdf, f"5. Results: {d.name}", [(d / "eval" / "confusion_matrix.png", "closed set"),
                                                   (d / "eval" / "confusion_matrix_open_set.png", "with threshold"),
                                                   (d / "eval" / "reliability.png", "calibrated confidence")])
-    if bench_json.exists() and not any("demo" in str(d) for d in run_dirs):  # bench.py's pooled reliability
+    if bench_json.exists() and not any("demo" in str(d) for d in run_dirs) and any(  # bench.py --folds 5 drew it
+            "calibration_out_of_fold" in m for m in json.loads(bench_json.read_text())["metrics"].values()):
         image_page(pdf, "5a. Calibration over the cross-validation folds",
                    [(Path(__file__).with_name("docs") / "bench_reliability.png", f"from {bench_json}'s runs")])
     example_predictions(pdf, samples, main_run, rng)

@@ -105,17 +105,17 @@ def test_answered_at_counts_mineral_patches_only():
 
 
 def test_bench_reuses_a_run_whose_photos_folder_is_named_by_another_path(tmp_path, monkeypatch):
-    """bench.same_photos: a relative and an absolute path of one photos folder are the same setting (a finished
+    """bench.photos_folder: a relative and an absolute path of one photos folder are the same setting (a finished
     run is reused); another folder, or none, is not."""
     from minerals import bench
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "other")
-    assert bench.same_photos({"photos": "../photos"}, {"photos": str(tmp_path / "photos")})
-    assert not bench.same_photos({"photos": "../photos"}, {"photos": str(tmp_path / "other")})
-    assert not bench.same_photos({"photos": "../photos"}, {"photos": ""})
-    assert bench.same_photos({"photos": ""}, {})
+    assert bench.photos_folder("../photos") == bench.photos_folder(str(tmp_path / "photos"))
+    assert bench.photos_folder("../photos") != bench.photos_folder(str(tmp_path / "other"))
+    assert bench.photos_folder("../photos") != bench.photos_folder("")
+    assert bench.photos_folder("") == ""
 
 
 @pytest.mark.parametrize("files, extracts", [((), True), (("index.csv",), True), (("index.csv", "photos.txt"), False)])
