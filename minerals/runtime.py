@@ -39,7 +39,9 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
 def sync_batchnorm(model: torch.nn.Module, backbone: str) -> torch.nn.Module:
     """BatchNorm statistics over the global batch on CUDA (SyncBatchNorm runs on GPUs only; on CPU each process
     normalises with its own batch and DDP broadcasts rank 0's running statistics every step)."""
-    if backbone == "efficientnet_lite0":
+    from minerals.config import TRANSFER_SIZES
+
+    if backbone in TRANSFER_SIZES:  # timm's EfficientNet-Lites
         from timm.layers import convert_sync_batchnorm  # also converts timm's fused BatchNormAct2d
 
         return convert_sync_batchnorm(model)

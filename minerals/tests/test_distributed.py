@@ -106,3 +106,22 @@ def test_sharded_predict_merges_to_the_single_worker_json(run, samples, tmp_path
     assert (tmp_path / "results.json").read_bytes() == (tmp_path / "single.json").read_bytes()
     single = json.loads((tmp_path / "single.json").read_text())
     assert list(single) == sorted(single) and len(single) == len(files) + 1
+
+
+@pytest.mark.parametrize("backbone", ["orenet", "efficientnet_lite0", "efficientnet_lite1"])
+def test_every_batch_norm_is_synchronised_for_cuda(backbone):
+    """sync_batchnorm (DDP on CUDA) leaves no BatchNorm that normalises with one process's batch, and the network
+    computes what it did: timm's fused BatchNormAct2d of every EfficientNet-Lite keeps its activation (torch's
+    converter would drop it), not only Lite0's."""
+    import copy
+
+    from minerals.model import build_model
+    from minerals.runtime import sync_batchnorm
+
+    model = build_model(backbone, 8, pretrained=False).eval()
+    synced = sync_batchnorm(copy.deepcopy(model), backbone).eval()
+    norms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(synced(x), model(x))
