@@ -29,7 +29,11 @@ CV_CALIBRATION: dict[str, dict] = {
                          "default recipe on folds 0-4 (1,059 held-out patches)"},
     "efficientnet_lite0": {"temperature": 0.6542, "threshold": 0.28,
                            "source": "bench.py --folds 5: the pooled out-of-fold predictions of the last epochs "
-                                     "(15) of the default recipe (patches + whole photos) on folds 0-4 (1,059 "
+                                     "(15) of the transfer recipe (patches + whole photos) on folds 0-4 (1,059 "
+                                     "held-out patches)"},
+    "efficientnet_lite1": {"temperature": 0.6707, "threshold": 0.28,
+                           "source": "bench.py --folds 5: the pooled out-of-fold predictions of the last epochs "
+                                     "(15) of the transfer default (patches + whole photos) on folds 0-4 (1,059 "
                                      "held-out patches)"},
 }  # --device of train.py, predict.py and evaluate.py
 

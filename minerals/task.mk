@@ -7,7 +7,7 @@ MINERALS_EVAL_DATA ?=
 
 .PHONY: train-minerals predict-minerals eval-minerals bench-minerals docs-minerals demo-minerals figures-minerals
 
-train-minerals: venv-torch demo-data-minerals  ## extract patches of $(DATA_ROOT)/minerals, train OreNet on every photo -> $(MINERALS_RUN)/train (MINERALS_TRAIN_ARGS="--backbone efficientnet_lite0": transfer)
+train-minerals: venv-torch demo-data-minerals  ## extract patches of $(DATA_ROOT)/minerals, train OreNet on every photo -> $(MINERALS_RUN)/train (MINERALS_TRAIN_ARGS="--backbone efficientnet_lite1": transfer)
 	@# --val-fold -1: every photo trains for the epochs chosen by cross-validation; temperature and threshold
 	@# from cross-validation runs' held-out predictions (config.CV_CALIBRATION, or --calibration FILE)
 	$(TORCH_PY) minerals/extract_samples.py --data $(DATA_ROOT)/minerals --out $(MINERALS_RUN)/samples

@@ -2,7 +2,7 @@
 
     python minerals/extract_samples.py --data data/minerals --out runs/minerals/samples
     python minerals/train.py --data runs/minerals/samples --out runs/minerals/train            # from scratch
-    python minerals/train.py --backbone efficientnet_lite0 --out runs/minerals/transfer        # transfer
+    python minerals/train.py --backbone efficientnet_lite1 --out runs/minerals/transfer        # transfer
     python minerals/train.py --val-fold -1 --out runs/minerals/train    # every photo trains: the model to ship
 
 Reads top to bottom: config -> data (group-aware split) -> model -> loop -> save. Writes into ``--out``:
