@@ -71,6 +71,28 @@ def write_split(data: Path, out: Path, test_fraction: float = TEST_FRACTION,
     return paths[0], paths[1], len(train), len(test)
 
 
+def model_flips(fold_dir: Path) -> bool:
+    """Whether the fold's model predicts with test-time flips: its train.py config's ``predict_flips`` (a config
+    from before that option: train.py's default, as ``--calibrate-only`` would choose its rule)."""
+    from airbus_ships.train import Config
+
+    return json.loads((fold_dir / "model" / "config.json").read_text()).get("predict_flips", Config.predict_flips)
+
+
+def predict_fold(fold_dir: Path, test_rows) -> dict:
+    """Predict the fold's held-out ``test_rows`` with its best model as test.py would (:func:`model_flips`), into
+    ``fold_dir/oof_probs.npz``; returns its ``fold.json`` with the prediction's time, problems and flips added."""
+    from airbus_ships import cv
+
+    start, flips = time.time(), model_flips(fold_dir)
+    maps, problems = cv.predict_maps(fold_dir / "model" / "best.keras", test_rows, flips)
+    cv.save_maps(fold_dir / cv.OOF_FILE, maps)
+    fold_json = {**json.loads((fold_dir / "fold.json").read_text()), "oof_predict_seconds": time.time() - start,
+                 "oof_flips": flips, "problems": problems}
+    write_json(fold_dir / "fold.json", fold_json)
+    return fold_json
+
+
 def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str = "auto",
               seed: int = SPLIT_SEED, stop_after: int = 0) -> dict | None:
     """Cross-validate train.py (with ``train_args``) on ``data`` in ``k`` folds (``cv.py``); returns the record's
@@ -108,28 +130,30 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
             wall, peak = run_measured([sys.executable, str(HERE / "train.py"), "--data", str(data), "--csv",
                                        str(train_csv), "--out", str(fold_dir), "--device", device] + train_args
                                       + (["--resume"] if cut_off else []))
-            start = time.time()
-            fold_maps, fold_problems = cv.predict_maps(fold_dir / "model" / "best.keras", test_rows)
-            cv.save_maps(fold_dir / cv.OOF_FILE, fold_maps)
             write_json(fold_dir / "fold.json", {"train_minutes_wall": wall / 60, "train_peak_memory_mib": round(peak),
                                                 "resumed": cut_off,  # train_minutes_wall: the resumed part only
-                                                "oof_predict_seconds": time.time() - start, "problems": fold_problems,
                                                 "train_args": train_args, "test_images": sorted(test_rows["ImageId"])})
+            fold_json = predict_fold(fold_dir, test_rows)
             if i + 1 < k:
-                print(f"fold {i + 1}/{k} took {(time.time() - start + wall) / 60:.1f} min: the {k - i - 1} folds left "
-                      f"take ~{(time.time() - start + wall) * (k - i - 1) / 60:.0f} min", flush=True)
+                took = wall + fold_json["oof_predict_seconds"]
+                print(f"fold {i + 1}/{k} took {took / 60:.1f} min: the {k - i - 1} folds left take "
+                      f"~{took * (k - i - 1) / 60:.0f} min", flush=True)
         else:
             print(f"fold {i + 1}/{k}: {fold_dir / cv.OOF_FILE} exists: not trained again (delete {fold_dir} to redo)")
         fold_json = json.loads((fold_dir / "fold.json").read_text())
         if (fold_json.get("train_args"), fold_json.get("test_images")) != (train_args, sorted(test_rows["ImageId"])):
             sys.exit(f"bench: {fold_dir} holds a fold of another cross-validation (other --train-args, --folds or "
                      f"data); give another --out, or delete {fold_dir} to redo it")
+        if fold_json.get("oof_flips", False) != model_flips(fold_dir):  # maps of a fold predicted the other way
+            print(f"fold {i + 1}/{k}: its maps were predicted {'with' if fold_json.get('oof_flips') else 'without'} "
+                  f"test-time flips, its model's config says otherwise: predicted again (not trained again)")
+            fold_json = predict_fold(fold_dir, test_rows)
         maps.update(cv.load_maps(fold_dir / cv.OOF_FILE))
         problems += fold_json["problems"]
         summary = json.loads((fold_dir / "train_summary.json").read_text())
         timings.append({**{key: fold_json[key] for key in ("train_minutes_wall", "train_peak_memory_mib",
                                                          "oof_predict_seconds")},
-                        "resumed": fold_json.get("resumed", False),
+                        "resumed": fold_json.get("resumed", False), "oof_flips": fold_json["oof_flips"],
                         **{key: summary.get(key) for key in ("epochs_logged", "epochs_planned", "ended_by",
                                                            "best_epoch", "train_minutes")}})
     metrics = cv.score_folds(maps, dict(zip(frame["ImageId"], frame["rle"])), dict(zip(frame["ImageId"], folds)))

@@ -50,9 +50,10 @@ def write_rows(masks_csv: Path, image_ids: set[str], path: Path) -> Path:
     return path
 
 
-def predict_maps(model_path: Path, rows) -> tuple[dict[str, np.ndarray], list[str]]:
+def predict_maps(model_path: Path, rows, flips: bool) -> tuple[dict[str, np.ndarray], list[str]]:
     """``({ImageId: float16 probability map}, problems)`` of the images of ``rows`` (a MaskTable frame), predicted
-    as test.py predicts (whole image); an unreadable or wrongly sized image is named in ``problems`` and left out."""
+    as test.py predicts (whole image, with or without test-time ``flips``); an unreadable or wrongly sized image is
+    named in ``problems`` and left out."""
     from tqdm import tqdm
 
     from airbus_ships.inference import calibration_image, open_model, predict_probs
@@ -65,7 +66,7 @@ def predict_maps(model_path: Path, rows) -> tuple[dict[str, np.ndarray], list[st
             problems.append(f"{why}; left out of the cross-validation")
             print(f"warning: {problems[-1]}", file=sys.stderr)
             continue
-        maps[row.ImageId] = predict_probs(model, image, "auto").astype(np.float16)
+        maps[row.ImageId] = predict_probs(model, image, "auto", flips).astype(np.float16)
     return maps, problems
 
 

@@ -127,14 +127,21 @@ def resolve_how(how: str, shape: tuple[int, ...]) -> str:
     return "full" if shape[0] * shape[1] <= FULL_MAX_PIXELS else "tile"
 
 
-def predict_probs(model, image: np.ndarray, how: str = "auto") -> np.ndarray:
+# test-time flips: the image as it is, flipped left-right, up-down and both (each its own inverse)
+FLIPS = (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1])
+
+
+def predict_probs(model, image: np.ndarray, how: str = "auto", flips: bool = False) -> np.ndarray:
     """``(H, W)`` float32 ship probabilities of one ``(H, W, 3)`` uint8 image of any size.
 
     ``how``: "full" runs the fully-convolutional net once on the whole image (reflect-padded to a multiple of the
     network stride); "tile" uses :func:`common.tiling.predict_tiled` (256x256 tiles, 32 px overlap,
     raised-cosine blending, bounded memory); "auto" (default) is full up to :data:`FULL_MAX_PIXELS` pixels and
-    tile above (:func:`resolve_how`). The net runs through :func:`compiled_forward`.
+    tile above (:func:`resolve_how`). The net runs through :func:`compiled_forward`. ``flips``: the mean of the
+    maps of the image and its three flips (:data:`FLIPS`, each map flipped back): 4x the time, the same memory.
     """
+    if flips:
+        return sum(flip(predict_probs(model, np.ascontiguousarray(flip(image)), how)) for flip in FLIPS) / len(FLIPS)
     h, w = image.shape[:2]
     if resolve_how(how, image.shape) == "tile":
         return predict_tiled(image, compiled_forward(model), tile=256, overlap=32, batch_size=16)[..., 0]
@@ -312,7 +319,7 @@ def calibration_image(path: str) -> tuple[np.ndarray | None, str | None]:
     return image, None
 
 
-def rule_seconds(model, calib: tuple, how: str) -> float:
+def rule_seconds(model, calib: tuple, how: str, flips: bool) -> float:
     """Estimated seconds of :func:`choose_ship_rule` on ``calib`` (``(validation rows, training rows)``): one
     image's prediction (timed on the second call: the first traces the graph) x the number of images, +10% and
     15 s for loading and the plot. The first readable image is timed (choose_ship_rule reports the others)."""
@@ -324,15 +331,15 @@ def rule_seconds(model, calib: tuple, how: str) -> float:
         return 15.0  # no readable image: choose_ship_rule will stop with the reasons
     predict_probs(model, image, how)
     start = time.time()
-    predict_probs(model, image, how)
+    predict_probs(model, image, how, flips)
     return (time.time() - start) * sum(map(len, calib)) * 1.1 + 15
 
 
-def choose_ship_rule(model, calib: tuple, how: str, model_dir: Path) -> ShipRule:
+def choose_ship_rule(model, calib: tuple, how: str, flips: bool, model_dir: Path) -> ShipRule:
     """Pick threshold / minimum ship size / minimum confidence maximising the Kaggle score on ``calib``:
-    ``(validation rows, training rows)`` from :func:`calibration_rows`, predicted ``how`` (as test.py --how),
-    and save it as ``model_dir/postprocess.json``. An image that cannot be read or is not 768x768 is reported by
-    name and left out (recorded in postprocess.json)."""
+    ``(validation rows, training rows)`` from :func:`calibration_rows`, predicted ``how`` with or without
+    ``flips`` (as test.py --how, --flips), and save it as ``model_dir/postprocess.json``. An image that cannot be
+    read or is not 768x768 is reported by name and left out (recorded in postprocess.json)."""
     val_rows, train_rows = calib
     probs, truths, skipped, used = [], [], [], {"val": 0, "train": 0}
     for part, rows in (("val", val_rows), ("train", train_rows)):
@@ -342,7 +349,7 @@ def choose_ship_rule(model, calib: tuple, how: str, model_dir: Path) -> ShipRule
                 print(f"warning: ship rule: {why}; image skipped", file=sys.stderr)
                 skipped.append(why)
                 continue
-            probs.append(predict_probs(model, image, how))
+            probs.append(predict_probs(model, image, how, flips))
             truths.append(ship_instances(row.rle))
             used[part] += 1
     if not probs:
@@ -350,7 +357,8 @@ def choose_ship_rule(model, calib: tuple, how: str, model_dir: Path) -> ShipRule
                  f"{model_dir / POSTPROCESS_FILE} not written")
     rule, score = calibrate_rule(probs, truths)
     rule.save(model_dir, {"kaggle_score_on_calib": score, "n_images": len(probs), "n_val_images": used["val"],
-                          "n_train_images": used["train"], "how": how, "skipped_images": skipped})
+                          "n_train_images": used["train"], "how": how, "flips": flips,
+                          "skipped_images": skipped})
     print(f"ship rule on {used['val']} validation + {used['train']} training images: {rule} -> "
           f"Kaggle score {score:.3f}" + (f"; {len(skipped)} image(s) skipped" if skipped else ""))
     return rule

@@ -7,8 +7,9 @@
 
 For every image: ship probabilities from the fully-convolutional net run once on the whole image, padded to a
 multiple of its stride (``--how auto``, default: whole images up to 1024x1024 px, larger ones through the common
-256x256 tiler so memory stays bounded; ``--how full`` / ``--how tile`` force one way). Then a threshold,
-8-connected components as ship instances, and the ship / no-ship rule chosen at training time
+256x256 tiler so memory stays bounded; ``--how full`` / ``--how tile`` force one way), by default averaged
+over the image and its three flips as the ship rule was chosen (``--no-flips``: 4x faster, a lower score). Then a
+threshold, 8-connected components as ship instances, and the ship / no-ship rule chosen at training time
 (``model/postprocess.json``: minimum component size and peak probability). Writes into ``--out``:
 
 * ``submission.csv``: ``ImageId,EncodedPixels``, one row per predicted ship, one empty row for an image
@@ -91,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--how", choices=HOWS, default="auto",
                    help="full: the whole image at once (more context, faster); tile: 256x256 tiles, bounded memory "
                         "for any image size; auto: full up to 1024x1024 px, tile above")
+    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                   help="the mean of the maps of the image and its three flips (4x the time; --no-flips: 4x "
+                        "faster, a lower score); default: as the ship rule was chosen (postprocess.json: flips)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: postprocess.json)")
     p.add_argument("--min-size", type=int, default=None, help="smallest ship in pixels (default: postprocess.json)")
     p.add_argument("--min-confidence", type=float, default=None,
@@ -166,14 +170,15 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np
 
 def load_rule(model_dir: Path, args: argparse.Namespace) -> tuple[ShipRule, str]:
     """The ship rule (train.py's postprocess.json, options on top) and where it came from; a clear warning when
-    the file is missing and the options do not replace all of it."""
+    the file is missing and the options do not replace all of it. Sets ``args.flips`` when not given: as the rule
+    was chosen (off for a rule recorded without flips, or none)."""
     keys = ("threshold", "min_size", "min_confidence")
     try:
         (rule, record), source = ShipRule.load(model_dir), str(model_dir / POSTPROCESS_FILE)
     except ValueError as err:  # unreadable JSON: one line naming the file
         sys.exit(str(err))
     except FileNotFoundError as err:
-        rule, source = ShipRule(), f"defaults ({model_dir / POSTPROCESS_FILE} missing)"
+        rule, source, record = ShipRule(), f"defaults ({model_dir / POSTPROCESS_FILE} missing)", {}
         if any(getattr(args, k) is None for k in keys):
             print(f"WARNING: {err}. Using the default rule {rule} for what --threshold / --min-size / "
                   f"--min-confidence do not give: scores will be lower than with the rule chosen for this model.",
@@ -184,6 +189,12 @@ def load_rule(model_dir: Path, args: argparse.Namespace) -> tuple[ShipRule, str]
             print(f"warning: the ship rule was chosen on '{chosen_on}' predictions and this run predicts '--how "
                   f"{args.how}': scores may be lower (--how {chosen_on}, or choose the rule again with train.py "
                   f"--out RUN --calibrate-only --predict-how {args.how})", file=sys.stderr)
+        if args.flips is not None and args.flips != record.get("flips", False):
+            print(f"warning: the ship rule was chosen on maps {'with' if record.get('flips') else 'without'} "
+                  f"test-time flips and this run predicts {'with' if args.flips else 'without'}: scores may be lower",
+                  file=sys.stderr)
+    if args.flips is None:
+        args.flips = bool(record.get("flips", False))
     given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key, value in given.items():
         setattr(rule, key, value)
@@ -270,12 +281,12 @@ class ImageResult:
     true_ships: list[np.ndarray] | None = None
 
 
-def predict_image(images_dir: Path, image_id: str, true_rles: list[str] | None, model, how: str, rule: ShipRule,
-                  overlay_path: Path | None) -> ImageResult:
-    """Read one image, predict its ship probabilities (``how``), apply the ship rule, and make its submission rows
-    and, when ``overlay_path`` is given, its overlay. An unreadable image, one smaller than the network's stride
-    or a failed prediction gives an empty row and a problem (one image's failure must not cost the others); an
-    image that is not 768x768 is predicted at its own size (and, with ground truth, not scored)."""
+def predict_image(images_dir: Path, image_id: str, true_rles: list[str] | None, model, how: str, flips: bool,
+                  rule: ShipRule, overlay_path: Path | None) -> ImageResult:
+    """Read one image, predict its ship probabilities (``how``, ``flips``), apply the ship rule, and make its
+    submission rows and, when ``overlay_path`` is given, its overlay. An unreadable image, one smaller than the
+    network's stride or a failed prediction gives an empty row and a problem (one image's failure must not cost the
+    others); an image that is not 768x768 is predicted at its own size (and, with ground truth, not scored)."""
     import tensorflow as tf  # loaded already (the model); for its error class
 
     try:
@@ -293,7 +304,7 @@ def predict_image(images_dir: Path, image_id: str, true_rles: list[str] | None, 
                         f"(RLE for that shape), not scored")
     t0 = time.perf_counter()
     try:
-        prob = predict_probs(model, image, how)
+        prob = predict_probs(model, image, how, flips)
     except (tf.errors.OpError, ValueError) as err:
         problems.append(f"{images_dir / image_id}: prediction failed ({type(err).__name__}: "
                         f"{str(err).strip().splitlines()[0][:300]}); empty submission row written")
@@ -392,7 +403,7 @@ def predict_all(args: argparse.Namespace, model, rule: ShipRule, images_dir: Pat
                                [rle_decode(r).astype(bool) for r in truth[image_id]], (SIZE, SIZE), image_id)
                 overlaid |= {overlay_name} if overlay_name else set()
                 continue
-            result = predict_image(images_dir, image_id, truth.get(image_id), model, args.how, rule,
+            result = predict_image(images_dir, image_id, truth.get(image_id), model, args.how, args.flips, rule,
                                    out / "result-image" / overlay_name if overlay_name else None)
             rows += result.rows
             for msg in result.problems:
@@ -469,11 +480,12 @@ def main(argv=None) -> dict:
     where = f"; shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     where += f"; {args.subset} images of {args.split}" if args.split else ""
     print(f"{len(image_ids)} images from {images_dir}{where}; ground truth: {csv_path if truth else 'none'} "
-          f"(listed in {time.perf_counter() - start:.1f} s); {args.model}, {args.how} prediction, {rule}")
+          f"(listed in {time.perf_counter() - start:.1f} s); {args.model}, {args.how} prediction"
+          f"{' with test-time flips' if args.flips else ''}, {rule}")
 
     rows, scores, n_done, elapsed, overlaid = predict_all(args, model, rule, images_dir, image_ids, truth, problems)
     result = {"images_predicted": n_done, "images_per_second": n_done / elapsed if elapsed else None,
-              "prediction": args.how, "rule": vars(rule), "problems": problems}
+              "prediction": args.how, "flips": args.flips, "rule": vars(rule), "problems": problems}
     if truth:
         result.update(scores.summary())
     settings = {**{k: v for k, v in vars(args).items() if k != "shard"},

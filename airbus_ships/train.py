@@ -76,6 +76,8 @@ class Config:
     #                                 bad images are named and left out (~0.1 ms an image)
     predict_how: str = "auto"       # how the rule's probabilities are predicted, as test.py --how: auto (the whole
     #                                 image up to 1024x1024 px, else tiled) | full | tile (256x256 tiles)
+    predict_flips: bool = True      # the rule's maps are the mean over the image and its 3 flips (4x the prediction
+    #                                 time); test.py then predicts with flips too (postprocess.json: flips)
     resume: bool = False            # continue from out/model/last.keras, train_state.json and train_log.csv, with the
     #                                 run's config.json (options given now override it, not the locked ones)
     calibrate_only: bool = False    # no training: re-choose the ship rule for out/model/best.keras (config as --resume)
@@ -268,7 +270,8 @@ def main(argv=None) -> None:
     # the images the ship rule is chosen on after the fit: validation first, topped up with training images
     calib = calibration_rows(val, train, cfg.calib_images, cfg.seed)
     if cfg.calibrate_only:  # cfg is the run's config.json (continue_config)
-        choose_ship_rule(load_checkpoint(cfg.model_dir / "best.keras"), calib, cfg.predict_how, cfg.model_dir)
+        choose_ship_rule(load_checkpoint(cfg.model_dir / "best.keras"), calib, cfg.predict_how, cfg.predict_flips,
+                         cfg.model_dir)
         return
     fit(cfg, strategy, chief, task_id, run_dir, state, (train, val, calib), run_start)
 
@@ -303,7 +306,7 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
           f"replica(s), global batch {cfg.batch_size * strategy.num_replicas_in_sync}"
           + ("" if chief else f"; worker {task_id} writes to {run_dir} (deleted at the end)"))
 
-    reserve = rule_seconds(model, calib, cfg.predict_how) if cfg.time_budget_min and chief else 0.0
+    reserve = rule_seconds(model, calib, cfg.predict_how, cfg.predict_flips) if cfg.time_budget_min and chief else 0.0
     if reserve:
         print(f"time budget {cfg.time_budget_min:g} min for the whole run, of which ~{reserve / 60:.1f} min kept "
               f"for choosing the ship rule on {sum(map(len, calib))} images")
@@ -336,7 +339,7 @@ def fit(cfg: Config, strategy, chief: bool, task_id: int, run_dir: Path, state: 
     if not (model_dir / "best.keras").is_file():  # ModelCheckpoint saves no epoch whose validation loss is NaN
         sys.exit(f"{model_dir / 'best.keras'}: not written: no epoch had a finite validation loss ({log_csv})")
     rule_start = time.time()
-    choose_ship_rule(load_checkpoint(model_dir / "best.keras"), calib, cfg.predict_how, model_dir)
+    choose_ship_rule(load_checkpoint(model_dir / "best.keras"), calib, cfg.predict_how, cfg.predict_flips, model_dir)
     log = pd.read_csv(log_csv)
     end = time.time()
     write_json(run_dir / "train_summary.json",

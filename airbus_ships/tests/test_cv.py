@@ -141,6 +141,16 @@ def test_cross_validation_end_to_end_on_demo_data(demo_dir, tmp_path, strict_jso
     again = run_folds(demo_dir, tmp_path, 3, args)
     assert (tmp_path / "fold1" / "model" / "best.keras").stat().st_mtime_ns == stamp
     assert again["metrics"]["over_folds"] == result["metrics"]["over_folds"]
+    # maps predicted without flips (a fold from before train.py's --predict-flips default): predicted again with
+    # them, as the fold's model config says, without training again
+    assert json.loads((tmp_path / "fold1" / "fold.json").read_text())["oof_flips"] is True
+    fold_json = json.loads((tmp_path / "fold1" / "fold.json").read_text())
+    write_json(tmp_path / "fold1" / "fold.json", {k: v for k, v in fold_json.items() if k != "oof_flips"})
+    maps_stamp = (tmp_path / "fold1" / "oof_probs.npz").stat().st_mtime_ns
+    run_folds(demo_dir, tmp_path, 3, args)
+    assert (tmp_path / "fold1" / "model" / "best.keras").stat().st_mtime_ns == stamp
+    assert (tmp_path / "fold1" / "oof_probs.npz").stat().st_mtime_ns != maps_stamp
+    assert json.loads((tmp_path / "fold1" / "fold.json").read_text())["oof_flips"] is True
     with pytest.raises(SystemExit, match="fold0 holds a fold of another cross-validation"):
         run_folds(demo_dir, tmp_path, 3, args + ["--seed", "1"])  # other settings: the saved folds are not mixed in
 

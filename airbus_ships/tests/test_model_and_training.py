@@ -111,6 +111,7 @@ def test_train_script_outputs_and_resume(trained_run):
     rule = json.loads((model_dir / "postprocess.json").read_text())
     assert {"threshold", "min_size", "min_confidence"} <= set(rule)
     assert (rule["n_val_images"], rule["n_train_images"], rule["n_images"]) == (3, 2, 5)  # topped up
+    assert rule["flips"] is True  # chosen on maps with test-time flips (the default), as test.py then predicts
     model = keras.saving.load_model(model_dir / "best.keras", custom_objects=CUSTOM_OBJECTS, safe_mode=True)
     assert model.output_shape[-1] == 1
     assert not list(trained_run.rglob("*.tmp*"))  # atomic writes leave no temporary file

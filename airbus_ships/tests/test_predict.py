@@ -36,6 +36,7 @@ def test_submission_is_valid(demo_dir, trained_run, tmp_path, run_test_script):
         if masks:
             assert np.sum(masks, axis=0).max() == 1  # ships do not overlap (Kaggle rule)
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["flips"] is True  # as the rule was chosen (train.py's default) without --flips
     for key in ("kaggle_score", "dice_pixels", "iou_pixels", "dice_ship_images_mean", "ship_no_ship_accuracy"):
         assert 0 <= metrics[key] <= 1, key
     assert metrics["images_scored"] == len(images)
@@ -64,6 +65,29 @@ def test_tiled_prediction_matches_whole_image(demo_dir, trained_run):
     full, tiled = predict_probs(model, image, "full"), predict_probs(model, image, "tile")
     assert full.shape == tiled.shape == (768, 768)
     assert np.mean(np.abs(full - tiled)) < 0.05  # same network, only the borders of tiles differ
+
+
+@pytest.mark.parametrize("how", ["full", "tile"])
+def test_flipped_prediction_is_the_mean_over_the_flips_and_flip_equivariant(how):
+    """predict_probs(flips=True) is the mean of the four flipped maps, each flipped back: on a network that is not
+    symmetric (a random 3x3 convolution), the plain map of a flipped image differs from the flipped map, the flipped
+    mean does not (up to the order of the sum); odd image sizes come back at their size."""
+    import keras
+
+    from airbus_ships.inference import FLIPS, predict_probs
+    inputs = keras.Input(shape=(None, None, 3))
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    outputs = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid",
+                                  kernel_initializer=keras.initializers.RandomNormal(seed=0))(x)
+    model = keras.Model(inputs, outputs)
+    image = np.random.default_rng(0).integers(0, 256, (75, 98, 3), dtype=np.uint8)
+    mean = predict_probs(model, image, how, flips=True)
+    assert mean.shape == (75, 98) and mean.dtype == np.float32
+    each = [flip(predict_probs(model, np.ascontiguousarray(flip(image)), how)) for flip in FLIPS]
+    np.testing.assert_allclose(mean, np.mean(each, axis=0), atol=1e-6)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    assert np.abs(predict_probs(model, mirrored, how)[:, ::-1] - predict_probs(model, image, how)).max() > 0.01
+    np.testing.assert_allclose(predict_probs(model, mirrored, how, flips=True)[:, ::-1], mean, atol=1e-6)
 
 
 def test_zoomed_prediction_comes_back_at_the_image_size():
@@ -431,13 +455,37 @@ def test_rule_chosen_on_other_predictions_is_warned_about(tmp_path, capsys):
     from airbus_ships.test import load_rule
     (tmp_path / "postprocess.json").write_text(json.dumps({"threshold": 0.4, "min_size": 80,
                                                            "min_confidence": 0.9, "how": "tile"}))
-    args = argparse.Namespace(how="auto", threshold=None, min_size=None, min_confidence=None)
+    args = argparse.Namespace(how="auto", flips=None, threshold=None, min_size=None, min_confidence=None)
     rule, _ = load_rule(tmp_path, args)
     assert (rule.threshold, rule.min_size, rule.min_confidence) == (0.4, 80, 0.9)
     err = capsys.readouterr().err
     assert "chosen on 'tile' predictions" in err and "--calibrate-only --predict-how auto" in err
-    load_rule(tmp_path, argparse.Namespace(how="tile", threshold=None, min_size=None, min_confidence=None))
+    load_rule(tmp_path, argparse.Namespace(how="tile", flips=None, threshold=None, min_size=None, min_confidence=None))
     assert "warning" not in capsys.readouterr().err
+
+
+def test_test_time_flips_follow_the_rule_unless_given(tmp_path, capsys):
+    """test.py without --flips / --no-flips predicts as the rule was chosen (postprocess.json's "flips"; a rule
+    recorded before flips existed, or none: without); a choice against the rule's is kept and warned about."""
+    import argparse
+
+    from airbus_ships.test import load_rule
+
+    def flips_of(given, record):
+        (tmp_path / "postprocess.json").write_text(json.dumps({"threshold": 0.6, "min_size": 300,
+                                                               "min_confidence": 0.99, "how": "auto", **record}))
+        args = argparse.Namespace(how="auto", flips=given, threshold=None, min_size=None, min_confidence=None)
+        load_rule(tmp_path, args)
+        return args.flips, capsys.readouterr().err
+
+    assert flips_of(None, {"flips": True}) == (True, "")
+    assert flips_of(None, {"flips": False}) == (False, "")
+    assert flips_of(None, {}) == (False, "")
+    assert flips_of(True, {"flips": True}) == (True, "")
+    flips, err = flips_of(False, {"flips": True})
+    assert flips is False and "chosen on maps with test-time flips and this run predicts without" in err
+    flips, err = flips_of(True, {})
+    assert flips is True and "chosen on maps without test-time flips and this run predicts with" in err
 
 
 def test_a_rule_file_of_the_removed_image_gate(tmp_path):
