@@ -140,7 +140,7 @@ def run_folds(data: Path, out: Path, k: int, train_args: list[str], device: str 
                       f"~{took * (k - i - 1) / 60:.0f} min", flush=True)
         else:
             print(f"fold {i + 1}/{k}: {fold_dir / cv.OOF_FILE} exists: not trained again (delete {fold_dir} to redo)")
-        fold_json = json.loads((fold_dir / "fold.json").read_text())
+            fold_json = json.loads((fold_dir / "fold.json").read_text())
         if (fold_json.get("train_args"), fold_json.get("test_images")) != (train_args, sorted(test_rows["ImageId"])):
             sys.exit(f"bench: {fold_dir} holds a fold of another cross-validation (other --train-args, --folds or "
                      f"data); give another --out, or delete {fold_dir} to redo it")
