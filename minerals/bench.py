@@ -1,7 +1,7 @@
 """Benchmark on the real minerals photos: both defaults on a fixed, seeded, stratified group-aware split.
 
-    make bench-minerals DATA_ROOT=../shared/data                                  # fold 0 (~30 min on 2 cores)
-    make bench-minerals DATA_ROOT=../shared/data MINERALS_BENCH_ARGS="--folds 5"  # all five folds (~2 h 20 min)
+    make bench-minerals DATA_ROOT=../shared/data                                  # fold 0 (~35 min on 2 cores)
+    make bench-minerals DATA_ROOT=../shared/data MINERALS_BENCH_ARGS="--folds 5"  # all five folds (~2 h 50 min)
     python minerals/bench.py --data ../shared/data/minerals --folds 5 --models transfer,transfer_lite0,transfer_lite2
     python minerals/bench.py --data ../shared/data/minerals --out runs/minerals_bench --json benchmarks/minerals.json
 

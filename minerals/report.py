@@ -75,7 +75,7 @@ cross-entropy is weighted by (N / (K n_c))^0.5. Label smoothing 0.1. Augmentatio
 (torchvision.transforms.v2): RandomResizedCrop (scale 0.25-1), horizontal and vertical flips,
 brightness/contrast/saturation jitter (no hue: colour is a key cue), random erasing. Optimiser AdamW (weight
 decay 0.05) with a OneCycle schedule (https://arxiv.org/abs/1708.07120); the from-scratch net also uses
-stochastic depth and dropout and trains 100 epochs at 128 px (width 1.0) with MixUp
+stochastic depth and dropout and trains 200 epochs at 128 px (width 1.0) with MixUp
 (https://arxiv.org/abs/1710.09412) or CutMix (https://arxiv.org/abs/1905.04899) on half of the batches (+4
 to +8 points macro-F1 over 96 px / 30 epochs / no mixing on validation folds 0 and 1). Patches are decoded
 once into memory, so an epoch costs only augmentation and the network. The best checkpoint is the epoch with

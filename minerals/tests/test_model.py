@@ -92,7 +92,7 @@ def test_transfer_defaults_use_discriminative_learning_rates():
     assert sum(p.numel() for p in groups[1]["params"]) == 1280 * 8 + 8  # the new classifier only
     assert cfg.mix == 0.0  # MixUp/CutMix is the from-scratch default only
     scratch = train.parse_args([])
-    assert (scratch.width, scratch.img_size, scratch.epochs, scratch.mix) == (1.0, 128, 100, 0.5)
+    assert (scratch.width, scratch.img_size, scratch.epochs, scratch.mix) == (1.0, 128, 200, 0.5)
     assert train.parse_args(["--mix", "0"]).mix == 0.0
     assert len(train.param_groups(build_model("orenet", 8, 0.5), scratch)) == 1
 
