@@ -143,8 +143,8 @@ def test_cross_validation_end_to_end_on_demo_data(demo_dir, tmp_path, strict_jso
     assert again["metrics"]["over_folds"] == result["metrics"]["over_folds"]
     # maps predicted without flips (a fold from before train.py's --predict-flips default): predicted again with
     # them, as the fold's model config says, without training again
-    assert json.loads((tmp_path / "fold1" / "fold.json").read_text())["oof_flips"] is True
     fold_json = json.loads((tmp_path / "fold1" / "fold.json").read_text())
+    assert fold_json["oof_flips"] is True
     write_json(tmp_path / "fold1" / "fold.json", {k: v for k, v in fold_json.items() if k != "oof_flips"})
     maps_stamp = (tmp_path / "fold1" / "oof_probs.npz").stat().st_mtime_ns
     run_folds(demo_dir, tmp_path, 3, args)
