@@ -95,7 +95,19 @@ def _gather(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, mode: str) -> np.
         out = image[np.ix_(np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1))]
         out[((ys < 0) | (ys >= h))[:, None] | ((xs < 0) | (xs >= w))[None, :]] = 0
         return out
-    return image[np.ix_(_source_index(ys, h, mode), _source_index(xs, w, mode))]
+    rows, cols = _run_or_index(_source_index(ys, h, mode)), _run_or_index(_source_index(xs, w, mode))
+    if isinstance(rows, slice) and isinstance(cols, slice):  # inside the image: a plain copy, ~10x faster
+        return image[rows, cols].copy()
+    if isinstance(rows, slice) or isinstance(cols, slice):  # one axis inside: index the other one only
+        return image[rows][:, cols] if isinstance(rows, slice) else image[:, cols][rows]
+    return image[np.ix_(rows, cols)]
+
+
+def _run_or_index(index: np.ndarray) -> slice | np.ndarray:
+    """``index`` as a slice when it is a run of consecutive increasing integers, else unchanged."""
+    if len(index) and index[-1] - index[0] == len(index) - 1 and (np.diff(index) == 1).all():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
 
 
 def extract_tile(image: np.ndarray, grid: TileGrid, origin: tuple[int, int], mode: str = "reflect") -> np.ndarray:

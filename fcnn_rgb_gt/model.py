@@ -98,6 +98,10 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.normalize:
             x = (x - self.mean) / self.std
+        return self.pyramid(x)
+
+    def pyramid(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of an already standardised ``x``: the mean over ``cfg.scales`` of :meth:`at_scale`."""
         y = self.at_scale(x, self.cfg.scales[0])
         for s in self.cfg.scales[1:]:
             y = y + self.at_scale(x, s)

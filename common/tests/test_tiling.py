@@ -81,8 +81,9 @@ def test_two_dimensional_input_and_single_channel_output():
 
 
 @pytest.mark.parametrize("mode", ["reflect", "symmetric", "edge", "constant"])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (255, 257)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (255, 257), (400, 300)])
 def test_padding_on_the_fly_equals_np_pad(mode, shape):
+    """Tiles inside the image (sliced), across one border or two (indexed) alike; each a fresh array."""
     from common.tiling import extract_tile, pad_to_grid
 
     image = np.random.default_rng(0).integers(0, 256, size=shape + (2,), dtype=np.uint8)
@@ -93,7 +94,9 @@ def test_padding_on_the_fly_equals_np_pad(mode, shape):
     expected = np.pad(image, pads, mode=np_mode)
     np.testing.assert_array_equal(pad_to_grid(image, grid, mode), expected)
     for y, x in grid.origins:
-        np.testing.assert_array_equal(extract_tile(image, grid, (y, x), mode), expected[y:y + 128, x:x + 128])
+        tile = extract_tile(image, grid, (y, x), mode)
+        np.testing.assert_array_equal(tile, expected[y:y + 128, x:x + 128])
+        assert not np.shares_memory(tile, image)
 
 
 def test_tiling_memory_is_one_batch_not_one_image():

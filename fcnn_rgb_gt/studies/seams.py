@@ -22,7 +22,7 @@ from common.tiling import MAX_TILE, pad_to_grid, tile_grid
 def seam_check(ckpt: Path, image_path: Path, tile: int = MAX_TILE, overlap: int = 32) -> dict:
     import torch
 
-    from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
+    from fcnn_rgb_gt.infer import building_logit, load_checkpoint, predict_probs
 
     model, _ = load_checkpoint(ckpt, torch.device("cpu"))
     image = read_rgb(image_path)
@@ -32,8 +32,8 @@ def seam_check(ckpt: Path, image_path: Path, tile: int = MAX_TILE, overlap: int 
         g = tile_grid(h, w, tile, ov)
         x = torch.from_numpy(pad_to_grid(image, g)).permute(2, 0, 1)[None].float().div_(255)
         with torch.inference_mode():
-            logits = model(x.contiguous(memory_format=torch.channels_last))[0]
-            ref = torch.sigmoid(logits[1] - logits[0]).numpy()[g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + w]
+            logit = building_logit(model(x.contiguous(memory_format=torch.channels_last)))[0]
+            ref = torch.sigmoid(logit).numpy()[g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + w]
         prob = predict_probs(model, image, tile=tile, overlap=ov)
         diff = np.abs(prob - ref)
         out[name] = {"tile": tile, "overlap": ov, "max_abs_diff": round(float(diff.max()), 4),

@@ -79,3 +79,29 @@ def test_prediction_computes_upsample_and_conv4_as_one_convolution_with_the_same
         fast = fold_upsample(fuse_batch_norm(copy.deepcopy(net)))
         assert sum(isinstance(m, torch.nn.Upsample) for m in fast.modules()) == 0
         torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-5)  # float rounding only
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_prediction_model_gives_the_networks_probabilities_from_raw_pixels(normalize):
+    """What predict_probs runs: batch norm folded, conv4 reduced to the building-minus-background logit and folded
+    with the upsampling, the input standardisation as one multiply-add on 0-255 pixels."""
+    import copy
+
+    import numpy as np
+
+    from fcnn_rgb_gt.infer import building_logit, fold_difference, fold_upsample, fuse_batch_norm, input_affine
+
+    torch.manual_seed(0)
+    net = FCN(ModelConfig(normalize=normalize, batch_norm=True, scales=(1, 2))).eval()
+    net.set_input_stats([0.4, 0.5, 0.3], [0.2, 0.25, 0.1])
+    for bn in (net.bn1, net.bn2, net.bn3):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 64, 38), dtype=np.uint8))
+    with torch.no_grad():
+        fast = fold_upsample(fold_difference(fuse_batch_norm(copy.deepcopy(net))))
+        assert fast.conv4.conv.out_channels == 4  # the 2x2 phases of one logit
+        scale, shift = input_affine(fast)
+        got = torch.sigmoid(building_logit(fast.pyramid(torch.addcmul(shift, pixels, scale))))
+        want = torch.softmax(net(pixels.float() / 255), 1)[:, 1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from common.tiling import MAX_TILE, pad_to_grid, tile_grid
 from fcnn_rgb_gt import predict
-from fcnn_rgb_gt.infer import load_checkpoint, predict_probs
+from fcnn_rgb_gt.infer import building_logit, load_checkpoint, predict_probs
 from fcnn_rgb_gt.model import FCN
 
 
@@ -18,7 +18,7 @@ from fcnn_rgb_gt.model import FCN
 def test_tiled_prediction_returns_the_input_size_and_never_feeds_more_than_256(shape):
     net = FCN().eval()
     seen = []
-    net.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    net.conv1.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))  # every scale's input
     image = np.random.default_rng(0).integers(0, 256, shape + (3,), dtype=np.uint8)
     prob = predict_probs(net, image, torch.device("cpu"))
     assert prob.shape == shape and prob.dtype == np.float32
@@ -40,7 +40,7 @@ def test_blending_leaves_no_seam(trained_run, pair_dir, overlap):
         g = tile_grid(150, 190, 64, ov)
         padded = pad_to_grid(image, g)
         with torch.inference_mode():
-            p = torch.softmax(net(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255), 1)[0, 1]
+            p = torch.sigmoid(building_logit(net(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255)))[0]
         return p.numpy()[g.pad_top:g.pad_top + 150, g.pad_left:g.pad_left + 190]
 
     seams = np.abs(predict_probs(net, image, tile=64, overlap=0) - reference(0)).max()
@@ -58,8 +58,8 @@ def test_an_odd_overlap_leaves_no_seam(trained_run, pair_dir):
     net, _ = load_checkpoint(trained_run / "best.pt", torch.device("cpu"))
     image = np.asarray(Image.open(pair_dir / "rgb.png").convert("RGB"))[:150, :190]
     with torch.inference_mode():
-        logits = net(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255)[0]
-    reference = torch.sigmoid(logits[1] - logits[0]).numpy()[16:-16, 16:-16]
+        logit = building_logit(net(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255))[0]
+    reference = torch.sigmoid(logit).numpy()[16:-16, 16:-16]
 
     def diff(overlap):
         return np.abs(predict_probs(net, image, tile=64, overlap=overlap)[16:-16, 16:-16] - reference).max()
@@ -113,7 +113,7 @@ def test_a_checkpoint_without_scales_loads_as_one_scale_and_a_pyramid_one_as_sav
     torch.save({**old, "model": pyramid.state_dict(), "model_config": pyramid.cfg.to_dict()}, tmp_path / "new.pt")
     model, _ = load_checkpoint(tmp_path / "new.pt", torch.device("cpu"))
     x = torch.rand(1, 3, 64, 64)
-    torch.testing.assert_close(model(x), pyramid.eval()(x), atol=1e-5, rtol=1e-4)  # batch norm folded
+    torch.testing.assert_close(building_logit(model(x)), building_logit(pyramid.eval()(x)), atol=1e-5, rtol=1e-4)
     assert model.cfg.scales == (1, 2)
 
 

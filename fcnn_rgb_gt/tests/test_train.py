@@ -88,6 +88,26 @@ def test_clean_up_drops_specks_and_fills_holes_but_keeps_a_building():
     assert np.array_equal(clean_mask(mask, 0), mask)
 
 
+def test_clean_up_is_scipys_opening_then_closing():
+    from scipy import ndimage
+
+    from fcnn_rgb_gt.infer import clean_mask
+
+    def scipy_clean(mask, radius):  # min / max filters (reflected border) of a (2 radius + 1) px square
+        k, m = 2 * radius + 1, mask.astype(np.uint8)
+        m = ndimage.maximum_filter(ndimage.minimum_filter(m, k), k)
+        return ndimage.minimum_filter(ndimage.maximum_filter(m, k), k).astype(bool)
+
+    rng = np.random.default_rng(0)
+    for share in (0.1, 0.5, 0.9):
+        blobs = ndimage.uniform_filter((rng.random((97, 130)) < share).astype(float), 3) > 0.5
+        for radius in (1, 2, 6, 7):
+            assert np.array_equal(clean_mask(blobs, radius), scipy_clean(blobs, radius)), (share, radius)
+    for shape in ((1, 1), (1, 40), (13, 13)):  # smaller than the window
+        mask = rng.random(shape) < 0.5
+        assert np.array_equal(clean_mask(mask, 6), scipy_clean(mask, 6)), shape
+
+
 def test_the_share_limit_raises_the_threshold_only_where_it_would_mark_too_much():
     from fcnn_rgb_gt.infer import decide
 
