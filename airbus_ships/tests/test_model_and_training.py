@@ -88,6 +88,19 @@ def test_a_run_trained_with_a_removed_option_is_not_continued(tmp_path):
         parse_args(["--out", str(tmp_path), "--resume", "--epochs", "3"])
 
 
+def test_a_run_saved_before_an_option_existed_continues_without_it(tmp_path):
+    """A config.json without ``hue_delta`` was trained without hue changes: --resume keeps it that way (0, not
+    today's default); a run that saved it keeps its value; a new run gets the default."""
+    from airbus_ships.train import Config, parse_args
+    (tmp_path / "model").mkdir()
+    saved = {"encoder": "scratch", "widths": "4,8", "epochs": 2}
+    (tmp_path / "model" / "config.json").write_text(json.dumps(saved))
+    assert parse_args(["--out", str(tmp_path), "--resume"]).hue_delta == 0.0
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**saved, "hue_delta": 0.3}))
+    assert parse_args(["--out", str(tmp_path), "--resume"]).hue_delta == 0.3
+    assert parse_args([]).hue_delta == Config.hue_delta > 0
+
+
 @pytest.mark.slow
 def test_few_training_steps_lower_the_loss(demo_dir):
     keras.utils.set_random_seed(0)

@@ -185,3 +185,24 @@ def test_start_skips_what_a_resumed_run_has_seen(demo_dir):
     rest = [x.numpy() for x, _ in make_dataset(frame, batch_size=4, input_size=128, seed=3, start=3 * 4).take(2)]
     assert all((a == b).all() for a, b in zip(whole[3:], rest))
     assert not (whole[0] == rest[0]).all()
+
+
+def test_hue_augmentation_turns_the_colours_only():
+    """``hue_delta`` changes the crop's colours, never its mask, flips or turns: with the same seed the image
+    differs from the one without it by a hue turn only, which keeps each pixel's brightest and darkest channel
+    values (HSV's value and saturation), and the mask is the same."""
+    import tensorflow as tf
+
+    from airbus_ships.pipeline import augment
+
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    mask = tf.constant(rng.integers(0, 2, (32, 32, 1), dtype=np.uint8))
+    seed = tf.constant([3, 4], tf.int64)
+    plain_x, plain_y = augment(image, mask, seed)
+    hue_x, hue_y = augment(image, mask, seed, hue_delta=0.3)
+    np.testing.assert_array_equal(plain_y.numpy(), hue_y.numpy())
+    plain, hue = plain_x.numpy().astype(int), hue_x.numpy().astype(int)
+    assert np.abs(plain - hue).mean() > 5  # colours moved
+    for extreme in (np.max, np.min):  # the same pixels in the same place, only turned round the colour circle
+        assert np.abs(extreme(plain, -1) - extreme(hue, -1)).max() <= 1  # rounding to uint8
