@@ -179,13 +179,11 @@ def clean_mask(mask: np.ndarray, radius: int) -> np.ndarray:
         return mask
     k = 2 * radius + 1
 
-    def erode(m: np.ndarray) -> np.ndarray:
-        return _window(_window(m, k, np.logical_and).T, k, np.logical_and).T
+    def square(m: np.ndarray, op) -> np.ndarray:  # np.logical_and: erosion, np.logical_or: dilation
+        return _window(_window(m, k, op).T, k, op).T
 
-    def dilate(m: np.ndarray) -> np.ndarray:
-        return _window(_window(m, k, np.logical_or).T, k, np.logical_or).T
-
-    return erode(dilate(dilate(erode(mask.astype(bool)))))  # opening, then closing
+    opened = square(square(mask.astype(bool), np.logical_and), np.logical_or)
+    return square(square(opened, np.logical_or), np.logical_and)  # then closed
 
 
 def decide(prob: np.ndarray, threshold: float, radius: int, prior: float = 0.0,
